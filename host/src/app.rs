@@ -1,0 +1,598 @@
+//! The application core: what Gatehouse does, independent of HTTP. It holds the store,
+//! the policy engine and every tenant's current policy, and carries out operations:
+//! tenants, the policy lifecycle (upload → compile → type-check → validate settings →
+//! run the policy's cases → store → activate), and evaluations.
+
+use crate::config::Config;
+use crate::model::TenantId;
+use crate::policy::{self, Compiled, PolicyEngine, PolicyError, Registry, TenantPolicy};
+use crate::store::{
+    NewPolicyVersion, PolicyState, PolicyVersionRecord, Store, StoreError, TenantRecord,
+};
+use gatehouse_rules::{self as rules, cases};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Instant;
+
+/// What an operation can fail with; `http::error` turns each into an answer.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("a valid operator token is required")]
+    Unauthorized,
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    PolicyRefused(PolicyError),
+    #[error("{} of {} policy cases failed", .failed.len(), .total)]
+    CasesFailed {
+        total: usize,
+        failed: Vec<cases::CaseReport>,
+    },
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for AppError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(what) => AppError::NotFound(what),
+            StoreError::Conflict(why) => AppError::Conflict(why),
+            e @ (StoreError::Corrupt { .. } | StoreError::Io(_)) => {
+                AppError::Internal(e.to_string())
+            }
+        }
+    }
+}
+
+/// Who asked for a change, for the record.
+pub const OPERATOR: &str = "operator";
+
+/// A policy upload.
+pub struct Upload {
+    pub component: Vec<u8>,
+    pub settings: String,
+    /// The policy's own decision cases; all must pass before the version is stored.
+    pub cases: Vec<cases::Case>,
+    pub activate: bool,
+}
+
+/// A tenant's policy: what runs now, and every stored version.
+#[derive(Debug, serde::Serialize)]
+pub struct PolicyOverview {
+    /// The active version; `null` is the built-in default policy.
+    pub active: Option<u64>,
+    pub active_policy: rules::PolicyInfo,
+    /// Versions that `rollback` would return to, most recent last.
+    pub history: Vec<Option<u64>>,
+    pub versions: Vec<PolicyVersionRecord>,
+}
+
+/// One decision to evaluate through a tenant's policy (tests, benchmarks, explanations).
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(tag = "decision", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Evaluate {
+    Login { input: rules::LoginInput },
+    Resolve { input: rules::ResolveInput },
+    EffectiveRole { input: Vec<rules::RoleInput> },
+    ClaimMapping { input: rules::IdpClaims },
+}
+
+/// The answer to [`Evaluate`]: the decision, or the policy error that became a deny.
+#[derive(Debug, serde::Serialize)]
+pub struct Evaluated {
+    pub policy_version: Option<u64>,
+    pub policy: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decision: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy_error: Option<PolicyFailure>,
+}
+
+/// A policy error as reported to the caller: `deny` with reason `policy_error`.
+#[derive(Debug, serde::Serialize)]
+pub struct PolicyFailure {
+    pub reason: &'static str,
+    pub kind: &'static str,
+    pub message: String,
+}
+
+/// The application.
+pub struct App {
+    pub store: Store,
+    pub engine: Arc<PolicyEngine>,
+    pub policies: Registry,
+    default_policy: Arc<Compiled>,
+    /// Compiled components by hash, so tenants running the same bytes share machine code.
+    compiled: Mutex<HashMap<[u8; 32], Weak<Compiled>>>,
+    operator_token_sha256: [u8; 32],
+    /// Serializes policy changes so the store and the registry agree.
+    policy_changes: tokio::sync::Mutex<()>,
+}
+
+const OPERATOR_TOKEN_HASH: &str = "operator-token-sha256";
+
+impl App {
+    /// Opens the store, loads the default policy and every tenant's policy (from
+    /// precompiled artifacts), and sets up the operator token. Returns the app and, on a
+    /// first start without a configured token, the generated token to show once.
+    pub fn open(config: &Config) -> Result<(App, Option<String>), AppError> {
+        let store = Store::open(&config.data)?;
+        let engine = Arc::new(
+            PolicyEngine::new(config.policy.limits())
+                .map_err(|e| AppError::Internal(e.to_string()))?,
+        );
+        let (operator_token_sha256, generated) = operator_token(&store, config)?;
+        let default_policy = load_default_policy(&store, &engine)?;
+        let app = App {
+            store,
+            engine,
+            policies: Registry::default(),
+            default_policy,
+            compiled: Mutex::default(),
+            operator_token_sha256,
+            policy_changes: tokio::sync::Mutex::new(()),
+        };
+        app.load_all_tenants()?;
+        Ok((app, generated))
+    }
+
+    /// Checks a bearer token against the operator token, in constant time.
+    pub fn authorize_operator(&self, bearer: Option<&str>) -> Result<(), AppError> {
+        use subtle::ConstantTimeEq;
+        let given = policy::sha256(bearer.unwrap_or_default().as_bytes());
+        if bearer.is_some() && bool::from(given.ct_eq(&self.operator_token_sha256)) {
+            Ok(())
+        } else {
+            Err(AppError::Unauthorized)
+        }
+    }
+
+    // ------------------------------------------------------------------ tenants
+
+    /// Creates a tenant running the built-in default policy.
+    pub fn create_tenant(&self, slug: &str, actor: &str) -> Result<TenantRecord, AppError> {
+        let tenant = TenantId::parse(slug).map_err(AppError::BadRequest)?;
+        let record = TenantRecord {
+            slug: tenant.to_string(),
+            created_at: now_rfc3339(),
+            created_by: actor.to_owned(),
+        };
+        self.store.create_tenant(&record)?;
+        self.policies.set(
+            tenant.as_str(),
+            TenantPolicy::new(None, self.default_policy.clone(), "{}".into()),
+        );
+        tracing::info!(tenant = %tenant, actor, "tenant created");
+        Ok(record)
+    }
+
+    /// Every tenant.
+    pub fn tenants(&self) -> Result<Vec<TenantRecord>, AppError> {
+        Ok(self.store.tenants()?)
+    }
+
+    /// One tenant; `NotFound` for an unknown or malformed slug alike.
+    pub fn tenant(&self, slug: &str) -> Result<TenantRecord, AppError> {
+        let not_found = || AppError::NotFound(format!("tenant {slug}"));
+        let tenant = TenantId::parse(slug).map_err(|_| not_found())?;
+        self.store.tenant(tenant.as_str())?.ok_or_else(not_found)
+    }
+
+    // ----------------------------------------------------------------- policies
+
+    /// The tenant's policy overview.
+    pub fn policy_overview(&self, tenant: &str) -> Result<PolicyOverview, AppError> {
+        let tenant = self.tenant(tenant)?;
+        let state = self.store.policy_state(&tenant.slug)?;
+        let current = self.current_policy(&tenant.slug)?;
+        let active_policy = match current.compiled() {
+            Ok(compiled) => compiled.info.clone(),
+            Err(e) => rules::PolicyInfo {
+                name: "unavailable".into(),
+                version: e.to_string(),
+                contract: String::new(),
+            },
+        };
+        Ok(PolicyOverview {
+            active: state.active,
+            active_policy,
+            history: state.history,
+            versions: self.store.policy_versions(&tenant.slug)?,
+        })
+    }
+
+    /// Uploads a policy version: size check, compile (on a blocking thread, off the
+    /// request path), type-check, `validate-settings`, the policy's own cases, then one
+    /// durable transaction, then (if asked) an atomic swap. Nothing is stored unless every
+    /// step passed.
+    pub async fn upload_policy(
+        self: &Arc<Self>,
+        tenant: &str,
+        upload: Upload,
+        actor: &str,
+    ) -> Result<PolicyVersionRecord, AppError> {
+        let tenant = self.tenant(tenant)?.slug;
+        let started = Instant::now();
+        let app = self.clone();
+        let prepared = tokio::task::spawn_blocking(move || app.prepare_upload(upload))
+            .await
+            .map_err(|e| AppError::Internal(format!("policy compilation stopped: {e}")))??;
+        let (compiled, upload) = prepared;
+        let _guard = self.policy_changes.lock().await;
+        let record = PolicyVersionRecord {
+            version: 0,
+            sha256: hex::encode(compiled.sha256),
+            size: upload.component.len() as u64,
+            name: compiled.info.name.clone(),
+            policy_version: compiled.info.version.clone(),
+            contract: compiled.info.contract.clone(),
+            settings: upload.settings.clone(),
+            uploaded_by: actor.to_owned(),
+            uploaded_at: now_rfc3339(),
+        };
+        let (record, state) = self.store.add_policy_version(
+            &tenant,
+            NewPolicyVersion {
+                record,
+                component: &upload.component,
+                activate: upload.activate,
+            },
+        )?;
+        if upload.activate {
+            self.policies.set(
+                &tenant,
+                TenantPolicy::new(state.active, compiled, upload.settings.into()),
+            );
+        }
+        tracing::info!(
+            tenant, actor, version = record.version, sha256 = %record.sha256, activated = upload.activate,
+            elapsed_ms = started.elapsed().as_millis() as u64, "policy uploaded"
+        );
+        Ok(record)
+    }
+
+    /// Everything of an upload that needs no lock: compile, checks, cases, artifact file.
+    fn prepare_upload(&self, upload: Upload) -> Result<(Arc<Compiled>, Upload), AppError> {
+        let compiled = self
+            .compile(&upload.component)
+            .map_err(AppError::PolicyRefused)?;
+        match self.engine.validate_settings(&compiled, &upload.settings) {
+            Ok(Ok(())) => {}
+            Ok(Err(message)) => {
+                return Err(AppError::PolicyRefused(PolicyError::Settings(message)))
+            }
+            Err(e) => return Err(AppError::PolicyRefused(e)),
+        }
+        let mut runner = policy::CaseRunner::new(&self.engine, &compiled);
+        let reports: Vec<_> = upload
+            .cases
+            .iter()
+            .map(|case| case.run(&mut runner))
+            .collect();
+        let failed: Vec<_> = reports.into_iter().filter(|r| !r.passed).collect();
+        if !failed.is_empty() {
+            return Err(AppError::CasesFailed {
+                total: upload.cases.len(),
+                failed,
+            });
+        }
+        let artifact = self
+            .engine
+            .serialize(&compiled)
+            .map_err(|e| AppError::Internal(e.to_string()))?;
+        self.store.put_artifact(
+            &hex::encode(compiled.sha256),
+            &self.engine.artifact_key(),
+            &artifact,
+        )?;
+        Ok((compiled, upload))
+    }
+
+    /// Activates a stored version (`None`: the built-in default). Its precompiled artifact
+    /// is loaded before anything changes, so a version that cannot load is never active.
+    pub async fn activate_policy(
+        &self,
+        tenant: &str,
+        version: Option<u64>,
+    ) -> Result<PolicyState, AppError> {
+        let tenant = self.tenant(tenant)?.slug;
+        let _guard = self.policy_changes.lock().await;
+        let policy = self.policy_for_version(&tenant, version)?;
+        let state = self.store.activate_policy(&tenant, version)?;
+        self.policies.set(&tenant, policy);
+        tracing::info!(tenant, version, "policy activated");
+        Ok(state)
+    }
+
+    /// Returns the tenant to the policy it ran before the current one.
+    pub async fn rollback_policy(&self, tenant: &str) -> Result<PolicyState, AppError> {
+        let tenant = self.tenant(tenant)?.slug;
+        let _guard = self.policy_changes.lock().await;
+        let state = self.store.policy_state(&tenant)?;
+        let Some(&previous) = state.history.last() else {
+            return Err(AppError::Conflict(format!(
+                "tenant {tenant} has no earlier policy to roll back to"
+            )));
+        };
+        let policy = self.policy_for_version(&tenant, previous)?;
+        let state = self.store.rollback_policy(&tenant)?;
+        self.policies.set(&tenant, policy);
+        tracing::info!(tenant, version = previous, "policy rolled back");
+        Ok(state)
+    }
+
+    /// The tenant's current policy.
+    pub fn current_policy(&self, tenant: &str) -> Result<Arc<TenantPolicy>, AppError> {
+        self.policies
+            .get(tenant)
+            .ok_or_else(|| AppError::NotFound(format!("tenant {tenant}")))
+    }
+
+    /// Evaluates one decision with the tenant's current policy. A policy failure is an
+    /// answer (a deny with reason `policy_error`), not an error of the request.
+    pub fn evaluate(&self, tenant: &str, request: &Evaluate) -> Result<Evaluated, AppError> {
+        let policy = self.current_policy(tenant)?;
+        let started = Instant::now();
+        let engine = &self.engine;
+        let (decision, result) = match request {
+            Evaluate::Login { input } => ("login", policy.login(engine, input).map(json)),
+            Evaluate::Resolve { input } => ("resolve", policy.resolve(engine, input).map(json)),
+            Evaluate::EffectiveRole { input } => (
+                "effective_role",
+                policy.effective_role(engine, input).map(json),
+            ),
+            Evaluate::ClaimMapping { input } => (
+                "claim_mapping",
+                policy.claim_mapping(engine, input).map(json),
+            ),
+        };
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(e) => e.kind(),
+        };
+        metrics::counter!("gatehouse_policy_evaluations_total", "decision" => decision, "outcome" => outcome).increment(1);
+        metrics::histogram!("gatehouse_policy_evaluation_seconds", "decision" => decision)
+            .record(started.elapsed());
+        let name = policy
+            .compiled()
+            .map(|c| c.info.name.clone())
+            .unwrap_or_else(|_| "unavailable".into());
+        Ok(match result {
+            Ok(decision) => Evaluated {
+                policy_version: policy.version,
+                policy: name,
+                decision: Some(decision),
+                policy_error: None,
+            },
+            Err(e) => {
+                tracing::warn!(tenant, decision, kind = e.kind(), error = %e, "policy error: request denied");
+                Evaluated {
+                    policy_version: policy.version,
+                    policy: name,
+                    decision: None,
+                    policy_error: Some(PolicyFailure {
+                        reason: "policy_error",
+                        kind: e.kind(),
+                        message: e.to_string(),
+                    }),
+                }
+            }
+        })
+    }
+
+    // ------------------------------------------------------------------ loading
+
+    /// Loads every tenant's policy, spread over the machine's cores: each load is a
+    /// store read and a deserialization of machine code, independent of the others.
+    fn load_all_tenants(&self) -> Result<(), AppError> {
+        let tenants = self.store.tenants()?;
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(tenants.len().max(1));
+        let chunk = tenants.len().div_ceil(threads).max(1);
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = tenants
+                .chunks(chunk)
+                .map(|chunk| {
+                    scope.spawn(move || {
+                        for tenant in chunk {
+                            let policy = self.load_tenant_policy(&tenant.slug)?;
+                            self.policies.set(&tenant.slug, policy);
+                        }
+                        Ok::<(), AppError>(())
+                    })
+                })
+                .collect();
+            workers.into_iter().try_for_each(|worker| {
+                worker
+                    .join()
+                    .map_err(|_| AppError::Internal("a policy loader thread panicked".into()))?
+            })
+        })
+    }
+
+    fn load_tenant_policy(&self, tenant: &str) -> Result<TenantPolicy, AppError> {
+        let state = self.store.policy_state(tenant)?;
+        match self.policy_for_version(tenant, state.active) {
+            Ok(policy) => Ok(policy),
+            Err(e) => {
+                // Fail closed for this tenant only: the others keep serving.
+                tracing::error!(tenant, version = state.active, error = %e, "tenant policy unavailable; its decisions are denied");
+                Ok(TenantPolicy::unavailable(
+                    state.active,
+                    "{}".into(),
+                    e.to_string(),
+                ))
+            }
+        }
+    }
+
+    /// The runnable policy for a version of a tenant: compiled code from the in-process
+    /// cache, else the precompiled artifact, else (engine upgraded) a recompile of the
+    /// stored bytes whose artifact is stored for next time.
+    fn policy_for_version(
+        &self,
+        tenant: &str,
+        version: Option<u64>,
+    ) -> Result<TenantPolicy, AppError> {
+        let Some(version) = version else {
+            return Ok(TenantPolicy::new(
+                None,
+                self.default_policy.clone(),
+                "{}".into(),
+            ));
+        };
+        let record = self.store.policy_version(tenant, version)?.ok_or_else(|| {
+            AppError::NotFound(format!("policy version {version} of tenant {tenant}"))
+        })?;
+        let sha: [u8; 32] = hex::decode(&record.sha256)
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| {
+                AppError::Internal(format!(
+                    "policy version {version} of tenant {tenant} has a bad hash"
+                ))
+            })?;
+        if let Some(compiled) = self.cached(&sha) {
+            return Ok(TenantPolicy::new(
+                Some(version),
+                compiled,
+                record.settings.into(),
+            ));
+        }
+        let compiled = precompiled(&self.store, &self.engine, sha, || {
+            self.store
+                .policy_component(tenant, &record.sha256)?
+                .ok_or_else(|| {
+                    AppError::Internal(format!(
+                        "policy version {version} of tenant {tenant} has no stored component"
+                    ))
+                })
+        })?;
+        self.remember(&compiled);
+        Ok(TenantPolicy::new(
+            Some(version),
+            compiled,
+            record.settings.into(),
+        ))
+    }
+
+    /// Compiles uploaded bytes, reusing machine code already compiled for the same hash.
+    fn compile(&self, bytes: &[u8]) -> Result<Arc<Compiled>, PolicyError> {
+        if bytes.len() > self.engine.limits().max_component_bytes {
+            return Err(PolicyError::TooLarge {
+                size: bytes.len(),
+                max: self.engine.limits().max_component_bytes,
+            });
+        }
+        if let Some(compiled) = self.cached(&policy::sha256(bytes)) {
+            return Ok(compiled);
+        }
+        let compiled = self.engine.compile(bytes)?;
+        self.remember(&compiled);
+        Ok(compiled)
+    }
+
+    fn cached(&self, sha: &[u8; 32]) -> Option<Arc<Compiled>> {
+        self.compiled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(sha)
+            .and_then(Weak::upgrade)
+    }
+
+    fn remember(&self, compiled: &Arc<Compiled>) {
+        let mut cache = self.compiled.lock().unwrap_or_else(|p| p.into_inner());
+        cache.retain(|_, weak| weak.strong_count() > 0);
+        cache.insert(compiled.sha256, Arc::downgrade(compiled));
+    }
+}
+
+/// The default policy from its precompiled artifact, or compiled (and its artifact
+/// written) on the first start of this build.
+fn load_default_policy(store: &Store, engine: &PolicyEngine) -> Result<Arc<Compiled>, AppError> {
+    precompiled(
+        store,
+        engine,
+        policy::sha256(policy::DEFAULT_POLICY),
+        || Ok(policy::DEFAULT_POLICY.to_vec()),
+    )
+    .map_err(|e| AppError::Internal(format!("the built-in default policy does not load: {e}")))
+}
+
+/// The runnable form of component `sha`: its artifact file mapped, else (first start, or
+/// an engine upgrade) the component's `bytes` compiled and the artifact written for next
+/// time.
+fn precompiled(
+    store: &Store,
+    engine: &PolicyEngine,
+    sha: [u8; 32],
+    bytes: impl FnOnce() -> Result<Vec<u8>, AppError>,
+) -> Result<Arc<Compiled>, AppError> {
+    let (sha_hex, key) = (hex::encode(sha), engine.artifact_key());
+    let path = store.artifact_path(&sha_hex, &key);
+    if path.exists() {
+        match engine.load_precompiled_file(&path, sha) {
+            Ok(compiled) => return Ok(compiled),
+            Err(e) => {
+                tracing::warn!(artifact = %path.display(), error = %e, "artifact unusable; recompiling")
+            }
+        }
+    }
+    let compiled = engine.compile(&bytes()?).map_err(AppError::PolicyRefused)?;
+    let artifact = engine
+        .serialize(&compiled)
+        .map_err(|e| AppError::Internal(e.to_string()))?;
+    store.put_artifact(&sha_hex, &key, &artifact)?;
+    Ok(compiled)
+}
+
+/// The operator token's hash: from the configuration, else the stored one, else a new
+/// token (returned so it can be shown once).
+fn operator_token(store: &Store, config: &Config) -> Result<([u8; 32], Option<String>), AppError> {
+    if let Some(token) = config
+        .operator_token()
+        .map_err(|e| AppError::BadRequest(e.to_string()))?
+    {
+        if token.len() < 16 {
+            return Err(AppError::BadRequest(
+                "the operator token must be at least 16 characters".into(),
+            ));
+        }
+        return Ok((policy::sha256(token.as_bytes()), None));
+    }
+    if let Some(hash) = store.system_get(OPERATOR_TOKEN_HASH)? {
+        if let Ok(hash) = <[u8; 32]>::try_from(hash.as_slice()) {
+            return Ok((hash, None));
+        }
+    }
+    let token = new_secret("gho_");
+    let hash = policy::sha256(token.as_bytes());
+    store.system_put(OPERATOR_TOKEN_HASH, &hash)?;
+    Ok((hash, Some(token)))
+}
+
+/// A random secret with a recognisable prefix (so scanners can find leaked ones).
+pub fn new_secret(prefix: &str) -> String {
+    use base64::Engine;
+    let bytes: [u8; 32] = rand::random();
+    format!(
+        "{prefix}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    )
+}
+
+fn json<T: serde::Serialize>(value: T) -> serde_json::Value {
+    serde_json::to_value(value).unwrap_or(serde_json::Value::Null)
+}
+
+/// The current time as RFC 3339 (UTC).
+pub fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".into())
+}

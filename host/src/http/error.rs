@@ -1,0 +1,115 @@
+//! The one place an error becomes an HTTP answer: an RFC 9457 problem body. A 5xx carries
+//! only the request id; its detail goes to the log.
+
+use crate::app::AppError;
+use crate::policy::PolicyError;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+tokio::task_local! {
+    /// The id of the request being answered, for 5xx bodies.
+    pub(super) static REQUEST_ID: String;
+}
+
+/// A problem body.
+#[derive(Debug, Serialize)]
+pub struct Problem {
+    pub status: u16,
+    pub title: &'static str,
+    pub detail: String,
+    /// A stable machine-readable code.
+    pub reason: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failed_cases: Option<Vec<gatehouse_rules::cases::CaseReport>>,
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let (status, reason, detail, failed_cases) = match self {
+            AppError::Unauthorized => (
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                self.to_string(),
+                None,
+            ),
+            AppError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found", self.to_string(), None),
+            AppError::BadRequest(_) => (
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                self.to_string(),
+                None,
+            ),
+            AppError::Conflict(_) => (StatusCode::CONFLICT, "conflict", self.to_string(), None),
+            AppError::PolicyRefused(ref e) => {
+                let status = match e {
+                    PolicyError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+                    PolicyError::Busy => StatusCode::SERVICE_UNAVAILABLE,
+                    PolicyError::Invalid(_)
+                    | PolicyError::Imports(_)
+                    | PolicyError::Contract { .. }
+                    | PolicyError::Settings(_)
+                    | PolicyError::Timeout(_)
+                    | PolicyError::OutOfMemory(_)
+                    | PolicyError::Trap(_)
+                    | PolicyError::Malformed(_)
+                    | PolicyError::Unavailable(_)
+                    | PolicyError::Engine(_) => StatusCode::UNPROCESSABLE_ENTITY,
+                };
+                (status, policy_reason(e), self.to_string(), None)
+            }
+            AppError::CasesFailed { ref failed, .. } => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "policy_cases_failed",
+                self.to_string(),
+                Some(failed.clone()),
+            ),
+            AppError::Internal(detail) => {
+                let id = REQUEST_ID.try_with(Clone::clone).unwrap_or_default();
+                tracing::error!(request_id = %id, detail, "internal error");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    format!("internal error; request id {id}"),
+                    None,
+                )
+            }
+        };
+        let problem = Problem {
+            status: status.as_u16(),
+            title: status.canonical_reason().unwrap_or("error"),
+            detail,
+            reason,
+            failed_cases,
+        };
+        let mut response = (status, axum::Json(problem)).into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("application/problem+json"),
+        );
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+        }
+        response
+    }
+}
+
+fn policy_reason(e: &PolicyError) -> &'static str {
+    match e {
+        PolicyError::TooLarge { .. } => "policy_too_large",
+        PolicyError::Invalid(_) => "policy_invalid",
+        PolicyError::Imports(_) => "policy_imports",
+        PolicyError::Contract { .. } => "policy_contract",
+        PolicyError::Settings(_) => "policy_settings",
+        PolicyError::Timeout(_)
+        | PolicyError::OutOfMemory(_)
+        | PolicyError::Trap(_)
+        | PolicyError::Malformed(_)
+        | PolicyError::Unavailable(_)
+        | PolicyError::Engine(_) => "policy_error",
+        PolicyError::Busy => "policy_busy",
+    }
+}

@@ -1,0 +1,313 @@
+//! The HTTP surface: the only module that names axum. Handlers parse, call [`App`], and
+//! answer; `error` is the one place an error becomes a response.
+
+mod error;
+
+use crate::app::{App, AppError, Evaluate, Upload, OPERATOR};
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, RawQuery, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use gatehouse_rules::cases::Case;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use tracing::Instrument;
+
+pub use error::Problem;
+
+type Shared = State<Arc<App>>;
+
+/// The process's Prometheus recorder; installed once, rendered by `/metrics`.
+fn metrics_handle() -> &'static metrics_exporter_prometheus::PrometheusHandle {
+    static HANDLE: OnceLock<metrics_exporter_prometheus::PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new()
+            .set_buckets(&[
+                0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.005, 0.025,
+                0.1, 0.5,
+            ])
+            .expect("bucket list is not empty")
+            .build_recorder();
+        let handle = recorder.handle();
+        // Another recorder may already be installed (tests embedding several servers);
+        // then this handle renders an empty registry, which is still valid output.
+        let _ = metrics::set_global_recorder(recorder);
+        handle
+    })
+}
+
+/// The whole router.
+pub fn router(app: Arc<App>) -> Router {
+    let max_upload = app.engine.limits().max_component_bytes * 2 + (1 << 20);
+    let _ = metrics_handle();
+    let api = Router::new()
+        .route("/tenants", post(create_tenant).get(list_tenants))
+        .route("/tenants/{tenant}", get(get_tenant))
+        .route("/tenants/{tenant}/policy", get(policy_overview))
+        .route(
+            "/tenants/{tenant}/policy/versions",
+            post(upload_policy)
+                .get(policy_overview)
+                .layer(DefaultBodyLimit::max(max_upload)),
+        )
+        .route("/tenants/{tenant}/policy/activate", post(activate_policy))
+        .route("/tenants/{tenant}/policy/rollback", post(rollback_policy))
+        .route("/tenants/{tenant}/policy/evaluate", post(evaluate));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .nest("/api/v1", api)
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(1 << 20))
+        .layer(middleware::from_fn(request_span))
+        .with_state(app)
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves; requests in flight finish.
+pub async fn serve(
+    app: Arc<App>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(app))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+static REQUEST_IDS: AtomicU64 = AtomicU64::new(1);
+
+/// A span per request with its id; the id is echoed in `x-request-id`.
+async fn request_span(request: Request, next: Next) -> Response {
+    let id = format!(
+        "{:x}-{:x}",
+        std::process::id(),
+        REQUEST_IDS.fetch_add(1, Ordering::Relaxed)
+    );
+    let span = tracing::info_span!("request", id = %id, method = %request.method(), path = %request.uri().path());
+    let mut response = error::REQUEST_ID
+        .scope(id.clone(), next.run(request))
+        .instrument(span.clone())
+        .await;
+    span.in_scope(|| tracing::debug!(status = response.status().as_u16(), "answered"));
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    response
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+fn operator(app: &App, headers: &HeaderMap) -> Result<(), AppError> {
+    app.authorize_operator(bearer(headers))
+}
+
+/// Parses a JSON body whatever its media type, answering 400 with serde's reason.
+fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, AppError> {
+    serde_json::from_slice(body)
+        .map_err(|e| AppError::BadRequest(format!("request body is not valid: {e}")))
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn readyz(State(app): Shared) -> Response {
+    match app.store.tenants() {
+        Ok(tenants) => {
+            Json(serde_json::json!({ "status": "ready", "tenants": tenants.len() })).into_response()
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "not ready: store unavailable");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(serde_json::json!({ "status": "unavailable" })),
+            )
+                .into_response()
+        }
+    }
+}
+
+async fn metrics_text() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        metrics_handle().render(),
+    )
+        .into_response()
+}
+
+async fn not_found() -> Result<(), AppError> {
+    Err(AppError::NotFound("route".into()))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateTenant {
+    slug: String,
+}
+
+async fn create_tenant(
+    State(app): Shared,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, AppError> {
+    operator(&app, &headers)?;
+    let request: CreateTenant = parse_json(&body)?;
+    let tenant = app.create_tenant(&request.slug, OPERATOR)?;
+    Ok((StatusCode::CREATED, Json(tenant)).into_response())
+}
+
+async fn list_tenants(State(app): Shared, headers: HeaderMap) -> Result<Response, AppError> {
+    operator(&app, &headers)?;
+    Ok(Json(serde_json::json!({ "tenants": app.tenants()? })).into_response())
+}
+
+async fn get_tenant(
+    State(app): Shared,
+    headers: HeaderMap,
+    Path(tenant): Path<String>,
+) -> Result<Response, AppError> {
+    operator(&app, &headers)?;
+    Ok(Json(app.tenant(&tenant)?).into_response())
+}
+
+async fn policy_overview(
+    State(app): Shared,
+    headers: HeaderMap,
+    Path(tenant): Path<String>,
+) -> Result<Response, AppError> {
+    operator(&app, &headers)?;
+    Ok(Json(app.policy_overview(&tenant)?).into_response())
+}
+
+/// A JSON upload: the component in base64, its settings, its cases.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UploadJson {
+    component_base64: String,
+    #[serde(default)]
+    settings: Option<serde_json::Value>,
+    #[serde(default)]
+    cases: Vec<Case>,
+    #[serde(default = "yes")]
+    activate: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `?activate=true|false` (default true) of a raw `application/wasm` upload.
+fn activate_param(query: Option<&str>) -> Result<bool, AppError> {
+    let mut activate = true;
+    for pair in query
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        activate = match pair {
+            "activate=true" | "activate" => true,
+            "activate=false" => false,
+            other => {
+                return Err(AppError::BadRequest(format!(
+                "query parameter {other:?} is not understood: use activate=true or activate=false"
+            )))
+            }
+        };
+    }
+    Ok(activate)
+}
+
+/// `application/wasm`: the body is the component (no settings, no cases; `?activate=`).
+/// Anything else: [`UploadJson`].
+async fn upload_policy(
+    State(app): Shared,
+    headers: HeaderMap,
+    Path(tenant): Path<String>,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Result<Response, AppError> {
+    operator(&app, &headers)?;
+    let is_wasm = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/wasm"));
+    let upload = if is_wasm {
+        let activate = activate_param(query.as_deref())?;
+        Upload {
+            component: body.to_vec(),
+            settings: "{}".into(),
+            cases: Vec::new(),
+            activate,
+        }
+    } else {
+        use base64::Engine;
+        let request: UploadJson = parse_json(&body)?;
+        let component = base64::engine::general_purpose::STANDARD
+            .decode(request.component_base64.trim())
+            .map_err(|e| AppError::BadRequest(format!("component_base64 is not base64: {e}")))?;
+        let settings = match request.settings {
+            None | Some(serde_json::Value::Null) => "{}".to_owned(),
+            Some(serde_json::Value::String(text)) => text,
+            Some(value) => value.to_string(),
+        };
+        Upload {
+            component,
+            settings,
+            cases: request.cases,
+            activate: request.activate,
+        }
+    };
+    let record = app.upload_policy(&tenant, upload, OPERATOR).await?;
+    Ok((StatusCode::CREATED, Json(record)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Activate {
+    /// `null` activates the built-in default policy.
+    version: Option<u64>,
+}
+
+async fn activate_policy(
+    State(app): Shared,
+    headers: HeaderMap,
+    Path(tenant): Path<String>,
+    body: Bytes,
+) -> Result<Response, AppError> {
+    operator(&app, &headers)?;
+    let request: Activate = parse_json(&body)?;
+    let state = app.activate_policy(&tenant, request.version).await?;
+    Ok(Json(state).into_response())
+}
+
+async fn rollback_policy(
+    State(app): Shared,
+    headers: HeaderMap,
+    Path(tenant): Path<String>,
+) -> Result<Response, AppError> {
+    operator(&app, &headers)?;
+    let state = app.rollback_policy(&tenant).await?;
+    Ok(Json(state).into_response())
+}
+
+async fn evaluate(
+    State(app): Shared,
+    headers: HeaderMap,
+    Path(tenant): Path<String>,
+    body: Bytes,
+) -> Result<Response, AppError> {
+    operator(&app, &headers)?;
+    let request: Evaluate = parse_json(&body)?;
+    Ok(Json(app.evaluate(&tenant, &request)?).into_response())
+}

@@ -1,0 +1,14 @@
+//! Gatehouse: a multi-tenant identity edge. See ARCHITECTURE.md for the map.
+//!
+//! Module boundaries (each owns one outside dependency):
+//! - [`policy`] names wasmtime: the sandboxed policy engine and per-tenant hot swap;
+//! - [`store`] names sled: durable, tenant-prefixed state behind a narrow interface;
+//! - [`http`] names axum: routes, extraction, the one error-to-answer mapping;
+//! - [`app`] is the core that ties them together, free of all three.
+
+pub mod app;
+pub mod config;
+pub mod http;
+pub mod model;
+pub mod policy;
+pub mod store;

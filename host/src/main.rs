@@ -1,0 +1,337 @@
+//! The `gatehouse` binary: `serve`, the policy tool chain, and operator commands.
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use gatehouse::app::App;
+use gatehouse::config::{Config, LogFormat};
+use gatehouse::policy::{CaseRunner, Limits, PolicyEngine};
+use gatehouse_rules::cases;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+#[derive(Parser)]
+#[command(
+    name = "gatehouse",
+    version,
+    about = "Multi-tenant identity edge: SCIM 2.0, SSO, edge token evaluation, policy in WebAssembly"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (embedded store, built-in default policy; nothing else to set up).
+    Serve(ServeArgs),
+    /// Build, test and push tenant policies.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Manage tenants on a running server (GATEHOUSE_URL, GATEHOUSE_TOKEN).
+    #[command(subcommand)]
+    Tenant(TenantCommand),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Address to listen on (port 0 picks a free one). Overrides config and environment.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Directory of the embedded store. Overrides config and environment.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// TOML configuration file.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Build a policy crate into a component.
+    Build {
+        /// The policy crate's directory.
+        dir: PathBuf,
+        /// Where to write the component (default: DIR/target/policy.wasm).
+        #[arg(short, long)]
+        out: Option<PathBuf>,
+    },
+    /// Build a policy crate and run its cases (DIR/cases/*.json) through the component.
+    Test {
+        /// The policy crate's directory.
+        dir: PathBuf,
+        /// Test this component instead of building DIR.
+        #[arg(long)]
+        component: Option<PathBuf>,
+    },
+    /// Upload a component to a tenant on a running server and activate it.
+    Push {
+        #[arg(long)]
+        tenant: String,
+        /// The component file.
+        file: PathBuf,
+        /// A JSON file with the policy's settings.
+        #[arg(long)]
+        settings: Option<PathBuf>,
+        /// A directory of cases the server runs before accepting the upload.
+        #[arg(long)]
+        cases: Option<PathBuf>,
+        /// Store the version without activating it.
+        #[arg(long)]
+        no_activate: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum TenantCommand {
+    /// Create a tenant.
+    Create { slug: String },
+    /// List tenants.
+    List,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Policy(command) => policy(command),
+        Command::Tenant(command) => tenant(command),
+    }
+}
+
+fn serve(args: ServeArgs) -> Result<()> {
+    let mut config = Config::load(args.config.as_deref(), std::env::vars())?;
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if let Some(data) = args.data {
+        config.data = data;
+    }
+    init_logging(config.log_format);
+    let (app, generated_token) = App::open(&config).context("starting gatehouse")?;
+    if let Some(token) = generated_token {
+        // stderr: stdout's first line is reserved for `listening on`.
+        eprintln!(
+            "operator token (shown once; set GATEHOUSE_OPERATOR_TOKEN to choose your own): {token}"
+        );
+    }
+    let app = Arc::new(app);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let addr = listener.local_addr()?;
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "listening on http://{addr}")?;
+        stdout.flush()?;
+        drop(stdout);
+        tracing::info!(%addr, data = %config.data.display(), tenants = app.policies.len(), "gatehouse serving");
+        gatehouse::http::serve(app.clone(), listener, shutdown_signal()).await?;
+        anyhow::Ok(())
+    })?;
+    app.store.flush().context("flushing the store")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down: finishing requests in flight");
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("GATEHOUSE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn policy(command: PolicyCommand) -> Result<()> {
+    match command {
+        PolicyCommand::Build { dir, out } => {
+            let component = build_policy(&dir)?;
+            let out = out.unwrap_or_else(|| dir.join("target").join("policy.wasm"));
+            if let Some(parent) = out.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::write(&out, &component)
+                .with_context(|| format!("writing {}", out.display()))?;
+            println!("built {} ({} bytes)", out.display(), component.len());
+            Ok(())
+        }
+        PolicyCommand::Test { dir, component } => {
+            let bytes = match component {
+                Some(path) => {
+                    std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?
+                }
+                None => build_policy(&dir)?,
+            };
+            test_policy(&bytes, &dir.join("cases"))
+        }
+        PolicyCommand::Push {
+            tenant,
+            file,
+            settings,
+            cases,
+            no_activate,
+        } => push_policy(
+            &tenant,
+            &file,
+            settings.as_deref(),
+            cases.as_deref(),
+            !no_activate,
+        ),
+    }
+}
+
+fn build_policy(dir: &Path) -> Result<Vec<u8>> {
+    let target = dir.join("target");
+    gatehouse_policy_build::build(dir, &target)
+        .with_context(|| format!("building the policy in {}", dir.display()))
+}
+
+fn test_policy(component: &[u8], cases_dir: &Path) -> Result<()> {
+    let engine = PolicyEngine::new(Limits::default())?;
+    let compiled = engine.compile(component)?;
+    let cases = cases::load_dir(cases_dir)?;
+    if cases.is_empty() {
+        bail!(
+            "no cases in {}: add *.json files with input and expected decision",
+            cases_dir.display()
+        );
+    }
+    let mut runner = CaseRunner::new(&engine, &compiled);
+    let mut failed = 0;
+    for (file, case) in &cases {
+        let report = case.run(&mut runner);
+        if report.passed {
+            println!("ok    {file}: {}", report.name);
+        } else {
+            failed += 1;
+            println!("FAIL  {file}: {}", report.name);
+            println!("      expected: {}", report.expected);
+            println!("      actual:   {}", report.actual);
+        }
+    }
+    println!("{} passed, {} failed", cases.len() - failed, failed);
+    if failed > 0 {
+        bail!("{failed} of {} cases failed", cases.len());
+    }
+    Ok(())
+}
+
+/// Server URL and token for client commands.
+fn client() -> Result<(String, String, reqwest::blocking::Client)> {
+    let url = std::env::var("GATEHOUSE_URL").unwrap_or_else(|_| "http://127.0.0.1:8080".into());
+    let token =
+        std::env::var("GATEHOUSE_TOKEN").context("set GATEHOUSE_TOKEN to the operator token")?;
+    Ok((
+        url.trim_end_matches('/').to_owned(),
+        token,
+        reqwest::blocking::Client::new(),
+    ))
+}
+
+fn answer(response: reqwest::blocking::Response) -> Result<serde_json::Value> {
+    let status = response.status();
+    let body: serde_json::Value = response.json().unwrap_or(serde_json::Value::Null);
+    if !status.is_success() {
+        bail!(
+            "{status}: {}",
+            body.get("detail")
+                .and_then(|d| d.as_str())
+                .unwrap_or("no detail")
+        );
+    }
+    Ok(body)
+}
+
+fn push_policy(
+    tenant: &str,
+    file: &Path,
+    settings: Option<&Path>,
+    cases_dir: Option<&Path>,
+    activate: bool,
+) -> Result<()> {
+    use base64::Engine;
+    let component = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let settings: serde_json::Value = match settings {
+        Some(path) => serde_json::from_str(&std::fs::read_to_string(path)?)
+            .with_context(|| format!("{} is not JSON", path.display()))?,
+        None => serde_json::json!({}),
+    };
+    let cases: Vec<cases::Case> = match cases_dir {
+        Some(dir) => cases::load_dir(dir)?
+            .into_iter()
+            .map(|(_, case)| case)
+            .collect(),
+        None => Vec::new(),
+    };
+    let (url, token, client) = client()?;
+    let body = serde_json::json!({
+        "component_base64": base64::engine::general_purpose::STANDARD.encode(&component),
+        "settings": settings,
+        "cases": cases,
+        "activate": activate,
+    });
+    let response = client
+        .post(format!("{url}/api/v1/tenants/{tenant}/policy/versions"))
+        .bearer_auth(token)
+        .json(&body)
+        .send()?;
+    let record = answer(response)?;
+    println!(
+        "tenant {tenant}: stored policy version {} ({} {}){}",
+        record["version"],
+        record["name"].as_str().unwrap_or("?"),
+        record["policy_version"].as_str().unwrap_or("?"),
+        if activate { ", active" } else { "" }
+    );
+    Ok(())
+}
+
+fn tenant(command: TenantCommand) -> Result<()> {
+    let (url, token, client) = client()?;
+    match command {
+        TenantCommand::Create { slug } => {
+            let response = client
+                .post(format!("{url}/api/v1/tenants"))
+                .bearer_auth(token)
+                .json(&serde_json::json!({ "slug": slug }))
+                .send()?;
+            let tenant = answer(response)?;
+            println!(
+                "created tenant {}",
+                tenant["slug"].as_str().unwrap_or(&slug)
+            );
+        }
+        TenantCommand::List => {
+            let response = client
+                .get(format!("{url}/api/v1/tenants"))
+                .bearer_auth(token)
+                .send()?;
+            for tenant in answer(response)?["tenants"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                println!("{}", tenant["slug"].as_str().unwrap_or("?"));
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,559 @@
+//! Durable state: the only module that names sled.
+//!
+//! Two layers:
+//! - [`Backend`]: a narrow key-value interface (get, prefix scan, a serializable
+//!   transaction, flush) over named spaces. `sled` implements it today; a distributed
+//!   backend implements the same five methods.
+//! - [`Store`]: the typed API the rest of the host uses. Every key starts with the tenant
+//!   slug and a 0 byte, so a scan or a page can never cross tenants. Every write that the
+//!   caller acknowledges is flushed to disk before the method returns.
+//!
+//! Precompiled policy artifacts are not in sled: they are files under `DIR/artifacts`,
+//! named by the component's SHA-256 and the engine's compatibility key, so the engine can
+//! map them instead of copying them (a restart with 1,000 tenants reads no artifact bytes
+//! through sled). They are a cache: each is derivable from component bytes kept in sled.
+
+mod sled_backend;
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub use sled_backend::SledBackend;
+
+/// The named key spaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Space {
+    /// Process-wide records (the operator token's hash).
+    System,
+    Tenants,
+    PolicyState,
+    PolicyVersions,
+    PolicyBlobs,
+}
+
+impl Space {
+    /// Every space, for backends that create them up front.
+    pub const ALL: [Space; 5] = [
+        Space::System,
+        Space::Tenants,
+        Space::PolicyState,
+        Space::PolicyVersions,
+        Space::PolicyBlobs,
+    ];
+
+    /// The space's stable name on disk.
+    pub fn name(self) -> &'static str {
+        match self {
+            Space::System => "system",
+            Space::Tenants => "tenants",
+            Space::PolicyState => "policy_state",
+            Space::PolicyVersions => "policy_versions",
+            Space::PolicyBlobs => "policy_blobs",
+        }
+    }
+}
+
+/// What the store can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("stored record {key} is unreadable: {reason}")]
+    Corrupt { key: String, reason: String },
+    #[error("storage failure: {0}")]
+    Io(String),
+}
+
+/// Why a transaction body stopped.
+pub enum TxFail {
+    /// The body decided to abort; nothing is written and the error is returned.
+    Abort(StoreError),
+    /// The backend needs the body to stop (conflict, I/O); it may run the body again.
+    Backend(sled_backend::BackendFail),
+}
+
+impl From<StoreError> for TxFail {
+    fn from(e: StoreError) -> Self {
+        TxFail::Abort(e)
+    }
+}
+
+/// Reads and writes inside one transaction.
+pub trait Txn {
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, TxFail>;
+    fn put(&self, space: Space, key: &[u8], value: &[u8]) -> Result<(), TxFail>;
+    fn remove(&self, space: Space, key: &[u8]) -> Result<(), TxFail>;
+}
+
+/// A transaction body; it may run more than once, so it must only act through `Txn`.
+pub type TxBody<'a> = dyn Fn(&dyn Txn) -> Result<(), TxFail> + 'a;
+
+/// Key-value pairs, in key order.
+pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// The narrow storage interface.
+pub trait Backend: Send + Sync + 'static {
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    fn scan(&self, space: Space, prefix: &[u8]) -> Result<Pairs, StoreError>;
+    /// Runs `body` atomically and in isolation: all its writes happen, or none.
+    fn transact(&self, body: &TxBody<'_>) -> Result<(), StoreError>;
+    /// Makes every write so far durable.
+    fn flush(&self) -> Result<(), StoreError>;
+}
+
+/// A tenant as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TenantRecord {
+    pub slug: String,
+    pub created_at: String,
+    pub created_by: String,
+}
+
+/// One uploaded version of a tenant's policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyVersionRecord {
+    pub version: u64,
+    /// Hex SHA-256 of the component bytes.
+    pub sha256: String,
+    pub size: u64,
+    /// The component's own name and version (from its `info`).
+    pub name: String,
+    pub policy_version: String,
+    pub contract: String,
+    pub settings: String,
+    pub uploaded_by: String,
+    pub uploaded_at: String,
+}
+
+/// Which version a tenant runs (`None`: the built-in default) and which ones it ran
+/// before, most recent last, for rollback.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyState {
+    pub active: Option<u64>,
+    pub history: Vec<Option<u64>>,
+    pub next_version: u64,
+}
+
+/// A new policy version to store.
+pub struct NewPolicyVersion<'a> {
+    pub record: PolicyVersionRecord,
+    pub component: &'a [u8],
+    pub activate: bool,
+}
+
+/// The typed store.
+#[derive(Clone)]
+pub struct Store {
+    kv: Arc<dyn Backend>,
+    artifacts: PathBuf,
+}
+
+/// `tenant \0 rest...`: every tenant-owned key starts like this.
+fn tkey(tenant: &str, rest: &[&[u8]]) -> Vec<u8> {
+    let mut key =
+        Vec::with_capacity(tenant.len() + 1 + rest.iter().map(|r| r.len() + 1).sum::<usize>());
+    key.extend_from_slice(tenant.as_bytes());
+    key.push(0);
+    for (i, part) in rest.iter().enumerate() {
+        if i > 0 {
+            key.push(0);
+        }
+        key.extend_from_slice(part);
+    }
+    key
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("store records serialize")
+}
+
+fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        key: String::from_utf8_lossy(key).replace('\0', "/"),
+        reason: e.to_string(),
+    })
+}
+
+impl Store {
+    /// Opens (or creates) the embedded sled store in `dir`.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        let artifacts = dir.join("artifacts");
+        std::fs::create_dir_all(&artifacts)
+            .map_err(|e| StoreError::Io(format!("cannot create {}: {e}", artifacts.display())))?;
+        Ok(Store {
+            kv: Arc::new(SledBackend::open(&dir.join("sled"))?),
+            artifacts,
+        })
+    }
+
+    /// A store over any backend, with artifacts in `artifacts`.
+    pub fn with_backend(kv: Arc<dyn Backend>, artifacts: PathBuf) -> Store {
+        Store { kv, artifacts }
+    }
+
+    /// Makes every write so far durable (also done by each write method).
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.kv.flush()
+    }
+
+    fn transact_durably(&self, body: &TxBody<'_>) -> Result<(), StoreError> {
+        self.kv.transact(body)?;
+        self.kv.flush()
+    }
+
+    // ------------------------------------------------------------------ system
+
+    /// A process-wide value.
+    pub fn system_get(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.kv.get(Space::System, name.as_bytes())
+    }
+
+    /// Sets a process-wide value, durably.
+    pub fn system_put(&self, name: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.transact_durably(&|tx| tx.put(Space::System, name.as_bytes(), value))
+    }
+
+    // ----------------------------------------------------------------- tenants
+
+    /// Creates a tenant; `Conflict` if the slug is taken.
+    pub fn create_tenant(&self, tenant: &TenantRecord) -> Result<(), StoreError> {
+        let value = encode(tenant);
+        self.transact_durably(&|tx| {
+            if tx.get(Space::Tenants, tenant.slug.as_bytes())?.is_some() {
+                return Err(
+                    StoreError::Conflict(format!("tenant {} already exists", tenant.slug)).into(),
+                );
+            }
+            tx.put(Space::Tenants, tenant.slug.as_bytes(), &value)
+        })
+    }
+
+    /// A tenant by slug.
+    pub fn tenant(&self, slug: &str) -> Result<Option<TenantRecord>, StoreError> {
+        self.kv
+            .get(Space::Tenants, slug.as_bytes())?
+            .map(|v| decode(slug.as_bytes(), &v))
+            .transpose()
+    }
+
+    /// Every tenant, by slug.
+    pub fn tenants(&self) -> Result<Vec<TenantRecord>, StoreError> {
+        self.kv
+            .scan(Space::Tenants, b"")?
+            .iter()
+            .map(|(k, v)| decode(k, v))
+            .collect()
+    }
+
+    // ---------------------------------------------------------------- policies
+
+    /// The tenant's policy state (default state when it never uploaded one).
+    pub fn policy_state(&self, tenant: &str) -> Result<PolicyState, StoreError> {
+        let key = tkey(tenant, &[]);
+        Ok(self
+            .kv
+            .get(Space::PolicyState, &key)?
+            .map(|v| decode(&key, &v))
+            .transpose()?
+            .unwrap_or_default())
+    }
+
+    /// Stores a new version (bytes and record) and, if asked, activates it, all in one
+    /// transaction. The version number is assigned here. Write its artifact first
+    /// ([`Store::put_artifact`]) so an acknowledged version never lacks one.
+    pub fn add_policy_version(
+        &self,
+        tenant: &str,
+        new: NewPolicyVersion<'_>,
+    ) -> Result<(PolicyVersionRecord, PolicyState), StoreError> {
+        let state_key = tkey(tenant, &[]);
+        let blob_key = tkey(tenant, &[new.record.sha256.as_bytes()]);
+        let outcome = std::sync::Mutex::new(None);
+        self.transact_durably(&|tx| {
+            if tx.get(Space::Tenants, tenant.as_bytes())?.is_none() {
+                return Err(StoreError::NotFound(format!("tenant {tenant}")).into());
+            }
+            let mut state: PolicyState = tx
+                .get(Space::PolicyState, &state_key)?
+                .map(|v| decode(&state_key, &v))
+                .transpose()?
+                .unwrap_or_default();
+            state.next_version = state.next_version.max(1);
+            let record = PolicyVersionRecord {
+                version: state.next_version,
+                ..new.record.clone()
+            };
+            state.next_version += 1;
+            if new.activate {
+                state.history.push(state.active);
+                state.active = Some(record.version);
+            }
+            tx.put(
+                Space::PolicyVersions,
+                &tkey(tenant, &[&record.version.to_be_bytes()]),
+                &encode(&record),
+            )?;
+            tx.put(Space::PolicyBlobs, &blob_key, new.component)?;
+            tx.put(Space::PolicyState, &state_key, &encode(&state))?;
+            *outcome.lock().unwrap_or_else(|p| p.into_inner()) = Some((record, state));
+            Ok(())
+        })?;
+        let outcome = outcome.into_inner().unwrap_or_else(|p| p.into_inner());
+        outcome.ok_or_else(|| StoreError::Io("transaction committed without an outcome".into()))
+    }
+
+    /// Makes `version` (`None`: the built-in default) the tenant's active policy.
+    pub fn activate_policy(
+        &self,
+        tenant: &str,
+        version: Option<u64>,
+    ) -> Result<PolicyState, StoreError> {
+        self.update_policy_state(tenant, &|state, tx| {
+            if let Some(v) = version {
+                if tx
+                    .get(Space::PolicyVersions, &tkey(tenant, &[&v.to_be_bytes()]))?
+                    .is_none()
+                {
+                    return Err(StoreError::NotFound(format!(
+                        "policy version {v} of tenant {tenant}"
+                    ))
+                    .into());
+                }
+            }
+            if state.active != version {
+                state.history.push(state.active);
+                state.active = version;
+            }
+            Ok(())
+        })
+    }
+
+    /// Returns the tenant to the version it ran before the current one.
+    pub fn rollback_policy(&self, tenant: &str) -> Result<PolicyState, StoreError> {
+        self.update_policy_state(tenant, &|state, _| match state.history.pop() {
+            Some(previous) => {
+                state.active = previous;
+                Ok(())
+            }
+            None => Err(StoreError::Conflict(format!(
+                "tenant {tenant} has no earlier policy to roll back to"
+            ))
+            .into()),
+        })
+    }
+
+    fn update_policy_state(
+        &self,
+        tenant: &str,
+        change: &dyn Fn(&mut PolicyState, &dyn Txn) -> Result<(), TxFail>,
+    ) -> Result<PolicyState, StoreError> {
+        let key = tkey(tenant, &[]);
+        let outcome = std::sync::Mutex::new(None);
+        self.transact_durably(&|tx| {
+            if tx.get(Space::Tenants, tenant.as_bytes())?.is_none() {
+                return Err(StoreError::NotFound(format!("tenant {tenant}")).into());
+            }
+            let mut state: PolicyState = tx
+                .get(Space::PolicyState, &key)?
+                .map(|v| decode(&key, &v))
+                .transpose()?
+                .unwrap_or_default();
+            change(&mut state, tx)?;
+            tx.put(Space::PolicyState, &key, &encode(&state))?;
+            *outcome.lock().unwrap_or_else(|p| p.into_inner()) = Some(state);
+            Ok(())
+        })?;
+        let outcome = outcome.into_inner().unwrap_or_else(|p| p.into_inner());
+        outcome.ok_or_else(|| StoreError::Io("transaction committed without an outcome".into()))
+    }
+
+    /// One version's record.
+    pub fn policy_version(
+        &self,
+        tenant: &str,
+        version: u64,
+    ) -> Result<Option<PolicyVersionRecord>, StoreError> {
+        let key = tkey(tenant, &[&version.to_be_bytes()]);
+        self.kv
+            .get(Space::PolicyVersions, &key)?
+            .map(|v| decode(&key, &v))
+            .transpose()
+    }
+
+    /// Every version of the tenant's policy, oldest first.
+    pub fn policy_versions(&self, tenant: &str) -> Result<Vec<PolicyVersionRecord>, StoreError> {
+        self.kv
+            .scan(Space::PolicyVersions, &tkey(tenant, &[]))?
+            .iter()
+            .map(|(k, v)| decode(k, v))
+            .collect()
+    }
+
+    /// The component bytes with this hash, as uploaded by the tenant.
+    pub fn policy_component(
+        &self,
+        tenant: &str,
+        sha256: &str,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        self.kv
+            .get(Space::PolicyBlobs, &tkey(tenant, &[sha256.as_bytes()]))
+    }
+
+    /// Where the precompiled artifact of component `sha256` for an engine with
+    /// `artifact_key` lives (it may not exist yet).
+    pub fn artifact_path(&self, sha256: &str, artifact_key: &str) -> PathBuf {
+        self.artifacts
+            .join(format!("{sha256}-{artifact_key}.cwasm"))
+    }
+
+    /// Writes an artifact durably and atomically: a temporary file, fsync, rename, fsync of
+    /// the directory. A mapped artifact is never modified in place.
+    pub fn put_artifact(
+        &self,
+        sha256: &str,
+        artifact_key: &str,
+        artifact: &[u8],
+    ) -> Result<PathBuf, StoreError> {
+        let path = self.artifact_path(sha256, artifact_key);
+        let io = |e: std::io::Error| StoreError::Io(format!("writing {}: {e}", path.display()));
+        let tmp = path.with_extension(format!(
+            "tmp-{}-{:x}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        let mut file = std::fs::File::create(&tmp).map_err(io)?;
+        file.write_all(artifact).map_err(io)?;
+        file.sync_all().map_err(io)?;
+        std::fs::rename(&tmp, &path).map_err(io)?;
+        std::fs::File::open(&self.artifacts)
+            .and_then(|dir| dir.sync_all())
+            .map_err(io)?;
+        Ok(path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        (dir, store)
+    }
+
+    fn tenant(slug: &str) -> TenantRecord {
+        TenantRecord {
+            slug: slug.into(),
+            created_at: "2026-01-01T00:00:00Z".into(),
+            created_by: "operator".into(),
+        }
+    }
+
+    fn version(sha: &str) -> PolicyVersionRecord {
+        PolicyVersionRecord {
+            version: 0,
+            sha256: sha.into(),
+            size: 3,
+            name: "p".into(),
+            policy_version: "1".into(),
+            contract: "0.1.0".into(),
+            settings: "{}".into(),
+            uploaded_by: "operator".into(),
+            uploaded_at: "2026-01-01T00:00:00Z".into(),
+        }
+    }
+
+    fn add(store: &Store, t: &str, sha: &str, activate: bool) -> PolicyVersionRecord {
+        let new = NewPolicyVersion {
+            record: version(sha),
+            component: b"abc",
+            activate,
+        };
+        store.add_policy_version(t, new).unwrap().0
+    }
+
+    #[test]
+    fn a_tenant_slug_is_taken_once() {
+        let (_dir, store) = store();
+        store.create_tenant(&tenant("acme")).unwrap();
+        let err = store.create_tenant(&tenant("acme")).unwrap_err();
+        assert!(matches!(err, StoreError::Conflict(_)), "{err}");
+        assert_eq!(store.tenants().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn versions_activate_and_roll_back_in_order() {
+        let (_dir, store) = store();
+        store.create_tenant(&tenant("acme")).unwrap();
+        assert_eq!(add(&store, "acme", "aa", true).version, 1);
+        assert_eq!(add(&store, "acme", "bb", false).version, 2);
+        assert_eq!(store.policy_state("acme").unwrap().active, Some(1));
+        assert_eq!(
+            store.activate_policy("acme", Some(2)).unwrap().active,
+            Some(2)
+        );
+        assert_eq!(store.rollback_policy("acme").unwrap().active, Some(1));
+        assert_eq!(store.rollback_policy("acme").unwrap().active, None);
+        assert!(matches!(
+            store.rollback_policy("acme"),
+            Err(StoreError::Conflict(_))
+        ));
+        assert!(matches!(
+            store.activate_policy("acme", Some(9)),
+            Err(StoreError::NotFound(_))
+        ));
+    }
+
+    #[test]
+    fn one_tenant_never_sees_another_tenants_policies() {
+        let (_dir, store) = store();
+        // "acme" is a prefix of "acme-labs": the 0 byte after the slug keeps them apart.
+        store.create_tenant(&tenant("acme")).unwrap();
+        store.create_tenant(&tenant("acme-labs")).unwrap();
+        add(&store, "acme-labs", "cc", true);
+        assert!(store.policy_versions("acme").unwrap().is_empty());
+        assert_eq!(store.policy_state("acme").unwrap().active, None);
+        assert!(store.policy_component("acme", "cc").unwrap().is_none());
+        assert_eq!(store.policy_versions("acme-labs").unwrap().len(), 1);
+    }
+
+    #[test]
+    fn writes_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store.create_tenant(&tenant("acme")).unwrap();
+            add(&store, "acme", "aa", true);
+            store.put_artifact("aa", "k", b"art").unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.policy_state("acme").unwrap().active, Some(1));
+        assert_eq!(
+            store.policy_component("acme", "aa").unwrap().as_deref(),
+            Some(&b"abc"[..])
+        );
+        assert_eq!(
+            std::fs::read(store.artifact_path("aa", "k")).unwrap(),
+            b"art"
+        );
+    }
+
+    #[test]
+    fn a_version_for_an_unknown_tenant_is_refused() {
+        let (_dir, store) = store();
+        let new = NewPolicyVersion {
+            record: version("aa"),
+            component: b"abc",
+            activate: true,
+        };
+        assert!(matches!(
+            store.add_policy_version("ghost", new),
+            Err(StoreError::NotFound(_))
+        ));
+    }
+}

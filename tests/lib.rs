@@ -1,0 +1,291 @@
+//! Shared helpers of Gatehouse's integration tests: fixture components, an in-process
+//! server on a loopback port, and the real `gatehouse` binary started on port 0.
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+/// The operator token every test server uses.
+pub const OPERATOR_TOKEN: &str = "test-operator-token-0123456789";
+
+/// Fixture components, built by `build.rs`.
+pub mod fixtures {
+    use std::path::PathBuf;
+
+    /// `policies/nested-claims`, the example policy.
+    pub static NESTED_CLAIMS: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/nested-claims.wasm"));
+    /// `tests/fixtures/hostile`: misbehaves as its settings say (`{"mode": "loop"}`, ...).
+    pub static HOSTILE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/hostile.wasm"));
+
+    /// The repository root.
+    pub fn root() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("tests/ is in the root")
+            .to_owned()
+    }
+
+    /// A WAT component fixture of `tests/fixtures/`, assembled.
+    pub fn wat(name: &str) -> Vec<u8> {
+        let path = root().join("tests/fixtures").join(name);
+        wat::parse_file(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+}
+
+/// A Gatehouse server under test, reachable at `base`.
+pub struct TestServer {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub data: Arc<tempfile::TempDir>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestServer {
+    /// Starts the router in this process on a loopback port, with a fresh store.
+    pub async fn start() -> TestServer {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Like [`TestServer::start`], after `tweak` adjusted the configuration.
+    pub async fn start_with(tweak: impl FnOnce(&mut gatehouse::config::Config)) -> TestServer {
+        let data = Arc::new(tempfile::tempdir().expect("temp dir"));
+        let mut config = gatehouse::config::Config {
+            data: data.path().to_owned(),
+            operator_token: Some(OPERATOR_TOKEN.into()),
+            ..Default::default()
+        };
+        tweak(&mut config);
+        let (app, _) = gatehouse::app::App::open(&config).expect("app opens");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let base = format!("http://{}", listener.local_addr().expect("local addr"));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let shutdown = async {
+                let _ = stopped.await;
+            };
+            gatehouse::http::serve(Arc::new(app), listener, shutdown)
+                .await
+                .expect("server runs");
+        });
+        TestServer {
+            base,
+            client: reqwest::Client::new(),
+            data,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Stops the server and waits for it (requests in flight finish first).
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+
+    /// A request with the operator token.
+    pub fn op(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.client
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(OPERATOR_TOKEN)
+    }
+
+    /// Creates a tenant, asserting success.
+    pub async fn create_tenant(&self, slug: &str) {
+        let response = self
+            .op(reqwest::Method::POST, "/api/v1/tenants")
+            .json(&json!({ "slug": slug }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            response.status(),
+            201,
+            "creating tenant {slug}: {}",
+            response.text().await.unwrap()
+        );
+    }
+
+    /// Uploads a component (base64 JSON form); returns status and body.
+    pub async fn upload(
+        &self,
+        tenant: &str,
+        component: &[u8],
+        settings: Value,
+        activate: bool,
+    ) -> (u16, Value) {
+        use base64::Engine;
+        let body = json!({
+            "component_base64": base64::engine::general_purpose::STANDARD.encode(component),
+            "settings": settings,
+            "activate": activate,
+        });
+        self.send_json(
+            reqwest::Method::POST,
+            &format!("/api/v1/tenants/{tenant}/policy/versions"),
+            &body,
+        )
+        .await
+    }
+
+    /// Sends a JSON body with the operator token; returns status and JSON body.
+    pub async fn send_json(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: &Value,
+    ) -> (u16, Value) {
+        let response = self
+            .op(method, path)
+            .json(body)
+            .send()
+            .await
+            .expect("request sent");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Evaluates a decision through the tenant's policy.
+    pub async fn evaluate(&self, tenant: &str, request: &Value) -> (u16, Value) {
+        self.send_json(
+            reqwest::Method::POST,
+            &format!("/api/v1/tenants/{tenant}/policy/evaluate"),
+            request,
+        )
+        .await
+    }
+}
+
+/// A login request that the default policy answers with `create` in `jit` mode.
+pub fn jit_login(email: &str) -> Value {
+    json!({
+        "decision": "login",
+        "input": { "mode": "jit", "sso_configured": true, "claims": { "email": email, "subject": "s-1" } }
+    })
+}
+
+/// The path of the `gatehouse` binary, built on first use if this test run has not built it.
+pub fn gatehouse_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        // Test executables live in <target>/<profile>/deps; the binary in <target>/<profile>.
+        let exe = std::env::current_exe().expect("current exe");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("test exe is in <profile>/deps")
+            .to_owned();
+        let bin = profile_dir.join("gatehouse");
+        if !bin.exists() {
+            let status = Command::new(env!("CARGO"))
+                .args(["build", "-p", "gatehouse", "--bin", "gatehouse"])
+                .current_dir(fixtures::root())
+                .status()
+                .expect("cargo runs");
+            assert!(status.success(), "building the gatehouse binary failed");
+        }
+        bin
+    })
+    .clone()
+}
+
+/// The real binary, started with `gatehouse serve --listen 127.0.0.1:0 --data DIR`.
+pub struct Process {
+    pub child: Child,
+    pub base: String,
+    pub stderr_log: PathBuf,
+}
+
+impl Process {
+    /// Starts the binary on `data` and waits for its `listening on` line.
+    pub fn start(data: &Path) -> Result<Process> {
+        Self::start_with_env(data, &[("GATEHOUSE_OPERATOR_TOKEN", OPERATOR_TOKEN)])
+    }
+
+    /// Starts the binary with exactly these `GATEHOUSE_*` variables.
+    pub fn start_with_env(data: &Path, env: &[(&str, &str)]) -> Result<Process> {
+        let stderr_log = data.with_extension(format!("stderr-{}.log", std::process::id()));
+        let stderr = std::fs::File::create(&stderr_log)?;
+        let mut command = Command::new(gatehouse_bin());
+        command
+            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+            .arg(data)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr);
+        for (key, _) in std::env::vars() {
+            if key.starts_with("GATEHOUSE_") {
+                command.env_remove(key);
+            }
+        }
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().context("starting gatehouse")?;
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut first = String::new();
+            let mut reader = BufReader::new(stdout);
+            let _ = reader.read_line(&mut first);
+            let _ = tx.send(first);
+            // Keep draining so the child never blocks on a full pipe.
+            let mut rest = String::new();
+            while reader.read_line(&mut rest).is_ok_and(|n| n > 0) {
+                rest.clear();
+            }
+        });
+        let first = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = child.kill();
+                bail!(
+                    "gatehouse did not print its listening line: {}",
+                    std::fs::read_to_string(&stderr_log)?
+                );
+            }
+        };
+        let Some(base) = first.trim().strip_prefix("listening on ") else {
+            let _ = child.kill();
+            bail!(
+                "first stdout line was {first:?}; stderr: {}",
+                std::fs::read_to_string(&stderr_log)?
+            );
+        };
+        Ok(Process {
+            child,
+            base: base.to_owned(),
+            stderr_log,
+        })
+    }
+
+    /// What the process wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
+    }
+
+    /// `kill -9`.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits; returns the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        self.child.wait().expect("child exits")
+    }
+}

@@ -1,0 +1,127 @@
+//! The real binary: `listening on` first, health endpoints, graceful SIGTERM, and an
+//! acknowledged policy upload that survives `kill -9`.
+
+use gatehouse_tests::{fixtures, Process, OPERATOR_TOKEN};
+use serde_json::{json, Value};
+
+fn get(base: &str, path: &str) -> reqwest::blocking::Response {
+    reqwest::blocking::Client::new()
+        .get(format!("{base}{path}"))
+        .bearer_auth(OPERATOR_TOKEN)
+        .send()
+        .unwrap()
+}
+
+fn post(base: &str, path: &str, body: &Value) -> (u16, Value) {
+    let response = reqwest::blocking::Client::new()
+        .post(format!("{base}{path}"))
+        .bearer_auth(OPERATOR_TOKEN)
+        .json(body)
+        .send()
+        .unwrap();
+    (
+        response.status().as_u16(),
+        response.json().unwrap_or(Value::Null),
+    )
+}
+
+#[test]
+fn serve_answers_health_and_stops_gracefully_on_sigterm() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Process::start(&data.path().join("db")).unwrap();
+    assert!(
+        server.base.starts_with("http://127.0.0.1:"),
+        "{}",
+        server.base
+    );
+    assert_eq!(get(&server.base, "/healthz").status(), 200);
+    let ready: Value = get(&server.base, "/readyz").json().unwrap();
+    assert_eq!(ready["status"], "ready");
+    let (status, _) = post(&server.base, "/api/v1/tenants", &json!({ "slug": "acme" }));
+    assert_eq!(status, 201);
+    let (status, body) = post(
+        &server.base,
+        "/api/v1/tenants/acme/policy/evaluate",
+        &gatehouse_tests::jit_login("a@acme.io"),
+    );
+    assert_eq!(status, 200, "{body}");
+    let metrics = get(&server.base, "/metrics").text().unwrap();
+    assert!(
+        metrics.contains("gatehouse_policy_evaluations_total"),
+        "{metrics}"
+    );
+    let status = server.terminate();
+    assert!(status.success(), "graceful shutdown exits 0, got {status}");
+}
+
+#[test]
+fn first_start_without_a_token_prints_one_that_works() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Process::start_with_env(&data.path().join("db"), &[]).unwrap();
+    let stderr = server.stderr();
+    let token = stderr
+        .lines()
+        .find_map(|line| {
+            line.split("operator token")
+                .nth(1)?
+                .rsplit(' ')
+                .next()
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| panic!("no operator token in stderr: {stderr}"));
+    let client = reqwest::blocking::Client::new();
+    let ok = client
+        .get(format!("{}/api/v1/tenants", server.base))
+        .bearer_auth(&token)
+        .send()
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    let refused = client
+        .get(format!("{}/api/v1/tenants", server.base))
+        .bearer_auth("nope")
+        .send()
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+    server.kill9();
+}
+
+#[test]
+fn an_acknowledged_upload_survives_kill_9() {
+    use base64::Engine;
+    let data = tempfile::tempdir().unwrap();
+    let db = data.path().join("db");
+    let server = Process::start(&db).unwrap();
+    assert_eq!(
+        post(&server.base, "/api/v1/tenants", &json!({ "slug": "acme" })).0,
+        201
+    );
+    let upload = json!({
+        "component_base64": base64::engine::general_purpose::STANDARD.encode(fixtures::NESTED_CLAIMS),
+        "settings": {},
+    });
+    let (status, body) = post(
+        &server.base,
+        "/api/v1/tenants/acme/policy/versions",
+        &upload,
+    );
+    assert_eq!(status, 201, "{body}");
+    server.kill9();
+
+    let server = Process::start(&db).unwrap();
+    let policy: Value = get(&server.base, "/api/v1/tenants/acme/policy")
+        .json()
+        .unwrap();
+    assert_eq!(policy["active"], 1, "{policy}");
+    assert_eq!(policy["active_policy"]["name"], "nested-claims", "{policy}");
+    let (status, body) = post(
+        &server.base,
+        "/api/v1/tenants/acme/policy/evaluate",
+        &gatehouse_tests::jit_login("a@acme.io"),
+    );
+    assert_eq!(
+        (status, body["policy_version"].clone()),
+        (200, json!(1)),
+        "{body}"
+    );
+    server.kill9();
+}
