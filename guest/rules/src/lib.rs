@@ -39,6 +39,17 @@ pub enum ProvisioningMode {
     InviteOnly,
 }
 
+impl ProvisioningMode {
+    /// The mode's wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProvisioningMode::Scim => "scim",
+            ProvisioningMode::Jit => "jit",
+            ProvisioningMode::InviteOnly => "invite_only",
+        }
+    }
+}
+
 /// Lifecycle state of a user record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(
@@ -50,6 +61,17 @@ pub enum UserStatus {
     Invited,
     Active,
     Deactivated,
+}
+
+impl UserStatus {
+    /// The status's wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UserStatus::Invited => "invited",
+            UserStatus::Active => "active",
+            UserStatus::Deactivated => "deactivated",
+        }
+    }
 }
 
 /// How a user record came to exist.

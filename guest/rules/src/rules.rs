@@ -87,8 +87,9 @@ pub fn login(input: &LoginInput) -> LoginDecision {
 fn login_outcome(input: &LoginInput, trace: &mut Vec<String>) -> LoginOutcome {
     if let Some(user) = &input.user {
         trace.push(format!(
-            "user {} exists with status {:?}",
-            user.id, user.status
+            "user {} exists with status {}",
+            user.id,
+            user.status.as_str()
         ));
         return match user.status {
             UserStatus::Deactivated => {
@@ -108,7 +109,10 @@ fn login_outcome(input: &LoginInput, trace: &mut Vec<String>) -> LoginOutcome {
             }
         };
     }
-    trace.push(format!("no user has this email; mode is {:?}", input.mode));
+    trace.push(format!(
+        "no user has this email; mode is {}",
+        input.mode.as_str()
+    ));
     match input.mode {
         ProvisioningMode::Jit if !input.sso_configured => {
             trace.push("jit needs an SSO configuration".into());
@@ -294,6 +298,13 @@ fn resolve_outcome(input: &ResolveInput, trace: &mut Vec<String>) -> Resolution 
     }
 }
 
+fn kind_name(kind: UserMatch) -> &'static str {
+    match kind {
+        UserMatch::Mapping => "its own mapping",
+        UserMatch::Email => "email",
+    }
+}
+
 /// A user matched by its own mapping wins over one matched by email; two of the same kind
 /// are ambiguous (None, with the trace saying so).
 fn pick_user<'a>(users: &'a [UserCandidate], trace: &mut Vec<String>) -> Option<&'a UserCandidate> {
@@ -301,12 +312,13 @@ fn pick_user<'a>(users: &'a [UserCandidate], trace: &mut Vec<String>) -> Option<
         let mut matching = users.iter().filter(|u| u.matched_by == kind);
         if let Some(first) = matching.next() {
             if matching.next().is_some() {
-                trace.push(format!("several users match by {kind:?}"));
+                trace.push(format!("several users match by {}", kind_name(kind)));
                 return None;
             }
             trace.push(format!(
-                "user {} matches the user claim by {kind:?}",
-                first.id
+                "user {} matches the user claim by {}",
+                first.id,
+                kind_name(kind)
             ));
             return Some(first);
         }
