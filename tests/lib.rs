@@ -156,6 +156,43 @@ impl TestServer {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
+    /// Any request: `token` as bearer (none: no header), optional JSON body; returns status
+    /// and JSON body (`null` when empty).
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> (u16, Value) {
+        let mut request = self.client.request(method, format!("{}{path}", self.base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.expect("request sent");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Creates a tenant with a first admin; returns the admin's token.
+    pub async fn create_tenant_with_admin(&self, slug: &str, email: &str) -> String {
+        let (status, body) = self
+            .send_json(
+                reqwest::Method::POST,
+                "/api/v1/tenants",
+                &json!({ "slug": slug, "admin_email": email }),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        body["admin_token"]
+            .as_str()
+            .expect("admin token")
+            .to_owned()
+    }
+
     /// Evaluates a decision through the tenant's policy.
     pub async fn evaluate(&self, tenant: &str, request: &Value) -> (u16, Value) {
         self.send_json(

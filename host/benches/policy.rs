@@ -258,6 +258,7 @@ fn main() {
                     slug: slug.clone(),
                     created_at: String::new(),
                     created_by: "bench".into(),
+                    mode: "invite_only".into(),
                 })
                 .unwrap();
             let mut component = DEFAULT_POLICY.to_vec();

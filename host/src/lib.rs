@@ -9,6 +9,7 @@
 pub mod app;
 pub mod config;
 pub mod http;
+pub mod identity;
 pub mod model;
 pub mod policy;
 pub mod store;

@@ -33,6 +33,13 @@ impl IntoResponse for AppError {
                 self.to_string(),
                 None,
             ),
+            AppError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", self.to_string(), None),
+            AppError::PolicyFailed(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "policy_error",
+                self.to_string(),
+                None,
+            ),
             AppError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found", self.to_string(), None),
             AppError::BadRequest(_) => (
                 StatusCode::BAD_REQUEST,

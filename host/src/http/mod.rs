@@ -2,8 +2,9 @@
 //! answer; `error` is the one place an error becomes a response.
 
 mod error;
+mod identity;
 
-use crate::app::{App, AppError, Evaluate, Upload, OPERATOR};
+use crate::app::{App, AppError, Caller, Evaluate, Upload, OPERATOR};
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, RawQuery, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -58,7 +59,8 @@ pub fn router(app: Arc<App>) -> Router {
         )
         .route("/tenants/{tenant}/policy/activate", post(activate_policy))
         .route("/tenants/{tenant}/policy/rollback", post(rollback_policy))
-        .route("/tenants/{tenant}/policy/evaluate", post(evaluate));
+        .route("/tenants/{tenant}/policy/evaluate", post(evaluate))
+        .merge(identity::routes());
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -112,6 +114,18 @@ fn operator(app: &App, headers: &HeaderMap) -> Result<(), AppError> {
     app.authorize_operator(bearer(headers))
 }
 
+/// The caller of a tenant route.
+fn caller(app: &App, tenant: &str, headers: &HeaderMap) -> Result<Caller, AppError> {
+    app.authenticate(Some(tenant), bearer(headers))
+}
+
+/// The caller of a tenant route that needs a tenant admin (or the operator).
+fn admin(app: &App, tenant: &str, headers: &HeaderMap) -> Result<Caller, AppError> {
+    let caller = caller(app, tenant, headers)?;
+    caller.require_admin()?;
+    Ok(caller)
+}
+
 /// Parses a JSON body whatever its media type, answering 400 with serde's reason.
 fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, AppError> {
     serde_json::from_slice(body)
@@ -154,6 +168,9 @@ async fn not_found() -> Result<(), AppError> {
 #[serde(deny_unknown_fields)]
 struct CreateTenant {
     slug: String,
+    /// The first tenant admin; the answer carries a token for them (shown once).
+    #[serde(default)]
+    admin_email: Option<String>,
 }
 
 async fn create_tenant(
@@ -163,8 +180,9 @@ async fn create_tenant(
 ) -> Result<Response, AppError> {
     operator(&app, &headers)?;
     let request: CreateTenant = parse_json(&body)?;
-    let tenant = app.create_tenant(&request.slug, OPERATOR)?;
-    Ok((StatusCode::CREATED, Json(tenant)).into_response())
+    let created =
+        app.create_tenant_with_admin(&request.slug, request.admin_email.as_deref(), OPERATOR)?;
+    Ok((StatusCode::CREATED, Json(created)).into_response())
 }
 
 async fn list_tenants(State(app): Shared, headers: HeaderMap) -> Result<Response, AppError> {
@@ -177,7 +195,7 @@ async fn get_tenant(
     headers: HeaderMap,
     Path(tenant): Path<String>,
 ) -> Result<Response, AppError> {
-    operator(&app, &headers)?;
+    admin(&app, &tenant, &headers)?;
     Ok(Json(app.tenant(&tenant)?).into_response())
 }
 
@@ -186,7 +204,7 @@ async fn policy_overview(
     headers: HeaderMap,
     Path(tenant): Path<String>,
 ) -> Result<Response, AppError> {
-    operator(&app, &headers)?;
+    admin(&app, &tenant, &headers)?;
     Ok(Json(app.policy_overview(&tenant)?).into_response())
 }
 
@@ -237,7 +255,7 @@ async fn upload_policy(
     RawQuery(query): RawQuery,
     body: Bytes,
 ) -> Result<Response, AppError> {
-    operator(&app, &headers)?;
+    let caller = admin(&app, &tenant, &headers)?;
     let is_wasm = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -268,7 +286,7 @@ async fn upload_policy(
             activate: request.activate,
         }
     };
-    let record = app.upload_policy(&tenant, upload, OPERATOR).await?;
+    let record = app.upload_policy(&tenant, upload, &caller.actor()).await?;
     Ok((StatusCode::CREATED, Json(record)).into_response())
 }
 
@@ -285,7 +303,7 @@ async fn activate_policy(
     Path(tenant): Path<String>,
     body: Bytes,
 ) -> Result<Response, AppError> {
-    operator(&app, &headers)?;
+    admin(&app, &tenant, &headers)?;
     let request: Activate = parse_json(&body)?;
     let state = app.activate_policy(&tenant, request.version).await?;
     Ok(Json(state).into_response())
@@ -296,7 +314,7 @@ async fn rollback_policy(
     headers: HeaderMap,
     Path(tenant): Path<String>,
 ) -> Result<Response, AppError> {
-    operator(&app, &headers)?;
+    admin(&app, &tenant, &headers)?;
     let state = app.rollback_policy(&tenant).await?;
     Ok(Json(state).into_response())
 }
@@ -307,7 +325,7 @@ async fn evaluate(
     Path(tenant): Path<String>,
     body: Bytes,
 ) -> Result<Response, AppError> {
-    operator(&app, &headers)?;
+    admin(&app, &tenant, &headers)?;
     let request: Evaluate = parse_json(&body)?;
     Ok(Json(app.evaluate(&tenant, &request)?).into_response())
 }

@@ -13,7 +13,10 @@
 //! map them instead of copying them (a restart with 1,000 tenants reads no artifact bytes
 //! through sled). They are a cache: each is derivable from component bytes kept in sled.
 
+mod records;
 mod sled_backend;
+
+pub use records::{Batch, Record};
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::io::Write;
@@ -31,16 +34,52 @@ pub enum Space {
     PolicyState,
     PolicyVersions,
     PolicyBlobs,
+    /// Users by id.
+    Users,
+    /// Index: lowercased email → user id.
+    UserEmails,
+    /// Teams by id.
+    Teams,
+    /// Index: lowercased team name → team id.
+    TeamNames,
+    /// Index: team id, user id → (empty). A team's members.
+    Members,
+    /// Index: user id, team id → (empty). A user's teams.
+    UserTeams,
+    /// Tokens (PATs and VA tokens) by SHA-256 of the secret.
+    Tokens,
+    /// Index: owner id, token id → token hash.
+    OwnerTokens,
+    /// Append-only audit entries by sequence number.
+    Audit,
+    /// Per-tenant counters (audit sequence, ...).
+    Counters,
+    /// Outbox messages by id.
+    Outbox,
+    /// One-time links (set password, reset) by SHA-256 of the secret.
+    Links,
 }
 
 impl Space {
     /// Every space, for backends that create them up front.
-    pub const ALL: [Space; 5] = [
+    pub const ALL: [Space; 17] = [
         Space::System,
         Space::Tenants,
         Space::PolicyState,
         Space::PolicyVersions,
         Space::PolicyBlobs,
+        Space::Users,
+        Space::UserEmails,
+        Space::Teams,
+        Space::TeamNames,
+        Space::Members,
+        Space::UserTeams,
+        Space::Tokens,
+        Space::OwnerTokens,
+        Space::Audit,
+        Space::Counters,
+        Space::Outbox,
+        Space::Links,
     ];
 
     /// The space's stable name on disk.
@@ -51,6 +90,18 @@ impl Space {
             Space::PolicyState => "policy_state",
             Space::PolicyVersions => "policy_versions",
             Space::PolicyBlobs => "policy_blobs",
+            Space::Users => "users",
+            Space::UserEmails => "user_emails",
+            Space::Teams => "teams",
+            Space::TeamNames => "team_names",
+            Space::Members => "members",
+            Space::UserTeams => "user_teams",
+            Space::Tokens => "tokens",
+            Space::OwnerTokens => "owner_tokens",
+            Space::Audit => "audit",
+            Space::Counters => "counters",
+            Space::Outbox => "outbox",
+            Space::Links => "links",
         }
     }
 }
@@ -111,6 +162,13 @@ pub struct TenantRecord {
     pub slug: String,
     pub created_at: String,
     pub created_by: String,
+    /// `scim`, `jit` or `invite_only`.
+    #[serde(default = "invite_only")]
+    pub mode: String,
+}
+
+fn invite_only() -> String {
+    "invite_only".to_owned()
 }
 
 /// One uploaded version of a tenant's policy.
@@ -451,6 +509,7 @@ mod tests {
             slug: slug.into(),
             created_at: "2026-01-01T00:00:00Z".into(),
             created_by: "operator".into(),
+            mode: "invite_only".into(),
         }
     }
 

@@ -14,11 +14,22 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
 
+mod identity;
+
+pub use identity::{
+    Caller, Invite, MemberChange, NewTeam, NewToken, Page, TeamPatch, TeamView, TenantCreated,
+    TokenCreated, UserQuery,
+};
+
 /// What an operation can fail with; `http::error` turns each into an answer.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     #[error("a valid operator token is required")]
     Unauthorized,
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("the tenant's policy could not decide, so nothing changed: {0}")]
+    PolicyFailed(PolicyError),
     #[error("{0} not found")]
     NotFound(String),
     #[error("{0}")]
@@ -103,6 +114,8 @@ pub struct PolicyFailure {
 /// The application.
 pub struct App {
     pub store: Store,
+    /// One write lock per tenant for identity changes (see `identity`).
+    tenant_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
     pub engine: Arc<PolicyEngine>,
     pub policies: Registry,
     default_policy: Arc<Compiled>,
@@ -135,6 +148,7 @@ impl App {
             compiled: Mutex::default(),
             operator_token_sha256,
             policy_changes: tokio::sync::Mutex::new(()),
+            tenant_locks: Mutex::default(),
         };
         app.load_all_tenants()?;
         Ok((app, generated))
@@ -155,13 +169,25 @@ impl App {
 
     /// Creates a tenant running the built-in default policy.
     pub fn create_tenant(&self, slug: &str, actor: &str) -> Result<TenantRecord, AppError> {
-        let tenant = TenantId::parse(slug).map_err(AppError::BadRequest)?;
+        Ok(self.create_tenant_with_admin(slug, None, actor)?.tenant)
+    }
+
+    /// Stores a new tenant (with the rest of `batch`, atomically) and gives it the
+    /// built-in default policy.
+    fn insert_tenant(
+        &self,
+        tenant: &TenantId,
+        actor: &str,
+        batch: &mut crate::store::Batch,
+    ) -> Result<TenantRecord, AppError> {
         let record = TenantRecord {
             slug: tenant.to_string(),
             created_at: now_rfc3339(),
             created_by: actor.to_owned(),
+            mode: "invite_only".to_owned(),
         };
-        self.store.create_tenant(&record)?;
+        batch.create_tenant(&record);
+        self.store.apply(batch)?;
         self.policies.set(
             tenant.as_str(),
             TenantPolicy::new(None, self.default_policy.clone(), "{}".into()),
@@ -588,6 +614,11 @@ pub fn new_secret(prefix: &str) -> String {
 
 fn json<T: serde::Serialize>(value: T) -> serde_json::Value {
     serde_json::to_value(value).unwrap_or(serde_json::Value::Null)
+}
+
+/// The clock, read once per operation and passed down.
+pub fn now() -> time::OffsetDateTime {
+    time::OffsetDateTime::now_utc()
 }
 
 /// The current time as RFC 3339 (UTC).

@@ -1,0 +1,1467 @@
+//! Identity operations: callers, users, teams, roles, personal access tokens, audit.
+//!
+//! Every change to a tenant's identity data runs under that tenant's write lock: it reads
+//! what it needs, asks the policy what it must (effective roles), and writes everything —
+//! records, indexes, recomputed roles, the audit entry — as one durable batch.
+
+use super::{now, App, AppError};
+use crate::identity::{
+    new_id, AuditEntry, Email, Link, LinkPurpose, Mapping, OutboxMessage, Team, TeamName, Token,
+    TokenKind, User, EVERYONE,
+};
+use crate::policy;
+use crate::store::{Batch, Space};
+use gatehouse_rules::{self as rules, Role, RoleSource, UserSource, UserStatus};
+use serde::Serialize;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use time::{Duration, OffsetDateTime};
+
+/// Who is making a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    /// The operator token: everything, in every tenant.
+    Operator,
+    /// A tenant admin's token: everything in that tenant.
+    Admin { user: String },
+    /// A member's token: itself only.
+    Member { user: String },
+}
+
+impl Caller {
+    /// How the caller appears in the audit log.
+    pub fn actor(&self) -> String {
+        match self {
+            Caller::Operator => "operator".to_owned(),
+            Caller::Admin { user } | Caller::Member { user } => format!("user:{user}"),
+        }
+    }
+
+    /// Refuses anyone who is not the operator or a tenant admin.
+    pub fn require_admin(&self) -> Result<(), AppError> {
+        match self {
+            Caller::Operator | Caller::Admin { .. } => Ok(()),
+            Caller::Member { .. } => Err(AppError::Forbidden("this needs a tenant admin".into())),
+        }
+    }
+
+    /// Refuses anyone but the operator, a tenant admin, or the user `id` itself.
+    pub fn require_self_or_admin(&self, id: &str) -> Result<(), AppError> {
+        match self {
+            Caller::Member { user } if user != id => Err(AppError::Forbidden(
+                "a member's token can only read its own user".into(),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Prefix of personal access tokens: `ghp_<tenant>_<secret>`.
+const PAT_PREFIX: &str = "ghp_";
+
+/// A tenant just created: its first admin and that admin's token (shown once).
+#[derive(Debug, Serialize)]
+pub struct TenantCreated {
+    pub tenant: crate::store::TenantRecord,
+    pub admin: Option<User>,
+    pub admin_token: Option<String>,
+}
+
+/// An invitation.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Invite {
+    pub email: String,
+    #[serde(default)]
+    pub display_name: Option<String>,
+    #[serde(default)]
+    pub given_name: Option<String>,
+    #[serde(default)]
+    pub family_name: Option<String>,
+    /// Send an email with a one-time link to set a password.
+    #[serde(default)]
+    pub send_password_email: bool,
+}
+
+/// Filters and paging of the user list.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserQuery {
+    pub status: Option<UserStatus>,
+    pub source: Option<UserSource>,
+    /// Case-insensitive substring of email or display name.
+    pub q: Option<String>,
+    /// Only members of this team (id).
+    pub team: Option<String>,
+    /// Page size (1-500, default 50).
+    pub limit: Option<usize>,
+    /// Continue after this user id (the previous page's `next`).
+    pub after: Option<String>,
+}
+
+/// One page of a list.
+#[derive(Debug, Serialize)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// Pass as `after` for the next page; absent on the last page.
+    pub next: Option<String>,
+}
+
+/// A team with its members.
+#[derive(Debug, Serialize)]
+pub struct TeamView {
+    #[serde(flatten)]
+    pub team: Team,
+    pub members: Vec<String>,
+}
+
+/// A new team.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewTeam {
+    pub name: String,
+    #[serde(default)]
+    pub role: Option<Role>,
+    #[serde(default)]
+    pub members: Vec<String>,
+    #[serde(default)]
+    pub mappings: Vec<Mapping>,
+}
+
+/// A change to a team; absent fields stay as they are. `role: null` clears the role.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TeamPatch {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default, with = "double_option")]
+    pub role: Option<Option<Role>>,
+    #[serde(default)]
+    pub mappings: Option<Vec<Mapping>>,
+}
+
+mod double_option {
+    use serde::{Deserialize, Deserializer};
+    pub fn deserialize<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+        d: D,
+    ) -> Result<Option<Option<T>>, D::Error> {
+        Option::<T>::deserialize(d).map(Some)
+    }
+}
+
+/// A membership change: ids to add and to remove.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberChange {
+    #[serde(default)]
+    pub add: Vec<String>,
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+/// A new personal access token.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewToken {
+    pub name: String,
+    /// Days until it expires (1-3650); absent: 90.
+    #[serde(default)]
+    pub expires_in_days: Option<i64>,
+}
+
+/// A token as shown: never its secret, except once at creation.
+#[derive(Debug, Serialize)]
+pub struct TokenCreated {
+    #[serde(flatten)]
+    pub token: Token,
+    /// The secret, shown this once.
+    pub secret: String,
+}
+
+/// A user whose role the policy must decide, with where its inputs come from.
+struct RoleView<'a> {
+    /// Team roles that differ from the stored ones (changed in this operation).
+    team_roles: HashMap<&'a str, Option<Role>>,
+    /// Users whose team list differs from the stored one.
+    user_teams: HashMap<&'a str, Vec<String>>,
+    /// Users whose manual role differs from the stored one.
+    manual: HashMap<&'a str, Option<Role>>,
+}
+
+impl App {
+    // ------------------------------------------------------------- callers
+
+    /// Who `bearer` is for a request about `tenant` (`None`: not a tenant route). A tenant
+    /// token used on another tenant's route reads as "no such tenant" (404), so tenant
+    /// names do not leak; an unknown, expired or revoked token, or one whose user is
+    /// deactivated, is 401.
+    pub fn authenticate(
+        &self,
+        tenant: Option<&str>,
+        bearer: Option<&str>,
+    ) -> Result<Caller, AppError> {
+        let Some(bearer) = bearer else {
+            return Err(AppError::Unauthorized);
+        };
+        if self.authorize_operator(Some(bearer)).is_ok() {
+            return Ok(Caller::Operator);
+        }
+        let Some(tenant) = tenant else {
+            return Err(AppError::Unauthorized);
+        };
+        let Some((token_tenant, _)) = bearer
+            .strip_prefix(PAT_PREFIX)
+            .and_then(|rest| rest.split_once('_'))
+        else {
+            return Err(AppError::Unauthorized);
+        };
+        if token_tenant != tenant {
+            return Err(AppError::NotFound(format!("tenant {tenant}")));
+        }
+        let sha = hex::encode(policy::sha256(bearer.as_bytes()));
+        let token: Token = self
+            .store
+            .get(tenant, &[&sha])?
+            .ok_or(AppError::Unauthorized)?;
+        let now = now();
+        if token.kind != TokenKind::Pat || !token.is_live(now) {
+            return Err(AppError::Unauthorized);
+        }
+        let user: User = self
+            .store
+            .get(tenant, &[&token.owner])?
+            .ok_or(AppError::Unauthorized)?;
+        if user.status != UserStatus::Active {
+            return Err(AppError::Unauthorized);
+        }
+        Ok(match user.role {
+            Role::Admin => Caller::Admin { user: user.id },
+            Role::Member => Caller::Member { user: user.id },
+        })
+    }
+
+    fn tenant_lock(&self, tenant: &str) -> Arc<std::sync::Mutex<()>> {
+        let mut locks = self.tenant_locks.lock().unwrap_or_else(|p| p.into_inner());
+        locks.entry(tenant.to_owned()).or_default().clone()
+    }
+
+    /// Runs `change` under the tenant's write lock (after checking the tenant exists).
+    fn with_tenant<R>(
+        &self,
+        tenant: &str,
+        change: impl FnOnce(&str) -> Result<R, AppError>,
+    ) -> Result<R, AppError> {
+        let slug = self.tenant(tenant)?.slug;
+        let lock = self.tenant_lock(&slug);
+        let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+        change(&slug)
+    }
+
+    // ------------------------------------------------------------- tenants
+
+    /// Creates a tenant with its built-in `everyone` team and, when `admin_email` is
+    /// given, its first admin (active, manual admin role) and a token for that admin.
+    pub fn create_tenant_with_admin(
+        &self,
+        slug: &str,
+        admin_email: Option<&str>,
+        actor: &str,
+    ) -> Result<TenantCreated, AppError> {
+        let admin_email = admin_email
+            .map(Email::parse)
+            .transpose()
+            .map_err(AppError::BadRequest)?;
+        let tenant_id = crate::model::TenantId::parse(slug).map_err(AppError::BadRequest)?;
+        let slug = tenant_id.to_string();
+        let lock = self.tenant_lock(&slug);
+        let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let now = now();
+        let everyone = Team {
+            id: new_id("team_"),
+            name: EVERYONE.to_owned(),
+            role: None,
+            mappings: Vec::new(),
+            scim: None,
+            builtin: true,
+            created_at: now,
+            updated_at: now,
+        };
+        let mut batch = Batch::new(&slug);
+        batch.put(&[&everyone.id], &everyone).put_raw(
+            Space::TeamNames,
+            &[EVERYONE],
+            everyone.id.as_bytes(),
+        );
+        let mut audit = self.audit_log(&slug)?;
+        audit.record(
+            &mut batch,
+            actor,
+            "team.create",
+            &everyone.id,
+            None,
+            Some(&everyone),
+        );
+        let (admin, admin_token) = match admin_email {
+            Some(email) => {
+                let admin = User {
+                    status: UserStatus::Active,
+                    role: Role::Admin,
+                    role_source: RoleSource::Manual,
+                    manual_role: Some(Role::Admin),
+                    ..new_user(&email, UserSource::Invite, now)
+                };
+                add_user_records(&mut batch, &admin, &email, &everyone.id);
+                audit.record(
+                    &mut batch,
+                    actor,
+                    "user.create",
+                    &admin.id,
+                    None,
+                    Some(&admin),
+                );
+                let (token, secret) = new_pat(&slug, &admin.id, "bootstrap", None, now);
+                put_token(&mut batch, &token);
+                audit.record(
+                    &mut batch,
+                    actor,
+                    "token.create",
+                    &token.id,
+                    None,
+                    Some(&token),
+                );
+                (Some(admin), Some(secret))
+            }
+            None => (None, None),
+        };
+        let tenant = self.insert_tenant(&tenant_id, actor, &mut batch)?;
+        Ok(TenantCreated {
+            tenant,
+            admin,
+            admin_token,
+        })
+    }
+
+    /// Sets the tenant's provisioning mode. Switching deletes and deactivates no one; `jit`
+    /// needs an SSO configuration, and this build has no SSO configurations yet.
+    pub fn set_mode(
+        &self,
+        tenant: &str,
+        mode: &str,
+        caller: &Caller,
+    ) -> Result<crate::store::TenantRecord, AppError> {
+        caller.require_admin()?;
+        let mode = match mode {
+            "scim" | "invite_only" => mode,
+            "jit" => {
+                return Err(AppError::Conflict(
+                    "jit needs an SSO configuration: add one to the tenant first".into(),
+                ))
+            }
+            other => {
+                return Err(AppError::BadRequest(format!(
+                    "provisioning mode {other:?} is invalid: use scim, jit or invite_only"
+                )))
+            }
+        };
+        self.with_tenant(tenant, |slug| {
+            let before = self.tenant(slug)?;
+            let after = crate::store::TenantRecord {
+                mode: mode.to_owned(),
+                ..before.clone()
+            };
+            let mut batch = Batch::new(slug);
+            batch.put_tenant(&after);
+            self.audit_log(slug)?.record(
+                &mut batch,
+                &caller.actor(),
+                "tenant.mode",
+                slug,
+                Some(&before),
+                Some(&after),
+            );
+            self.store.apply(&batch)?;
+            Ok(after)
+        })
+    }
+
+    // --------------------------------------------------------------- users
+
+    /// Invites a user (status `invited`, source `invite`, role `member` from `initial`), and
+    /// with `send_password_email` queues a one-time set-password link in the outbox.
+    pub fn invite_user(
+        &self,
+        tenant: &str,
+        invite: Invite,
+        caller: &Caller,
+    ) -> Result<User, AppError> {
+        caller.require_admin()?;
+        let email = Email::parse(&invite.email).map_err(AppError::BadRequest)?;
+        self.with_tenant(tenant, |slug| {
+            let now = now();
+            let everyone = self.everyone(slug)?;
+            let mut user = User {
+                display_name: clean(invite.display_name),
+                given_name: clean(invite.given_name),
+                family_name: clean(invite.family_name),
+                ..new_user(&email, UserSource::Invite, now)
+            };
+            let mut batch = Batch::new(slug);
+            add_user_records(&mut batch, &user, &email, &everyone.id);
+            let view = RoleView::default_with_teams(&user.id, vec![everyone.id.clone()]);
+            let roles = self.decide_roles(slug, std::slice::from_ref(&user), &view)?;
+            (user.role, user.role_source) = roles[0];
+            batch.put(&[&user.id], &user);
+            let mut audit = self.audit_log(slug)?;
+            audit.record(
+                &mut batch,
+                &caller.actor(),
+                "user.invite",
+                &user.id,
+                None,
+                Some(&user),
+            );
+            if invite.send_password_email {
+                self.queue_link(&mut batch, slug, &user, LinkPurpose::SetPassword, now);
+                audit.record::<()>(
+                    &mut batch,
+                    &caller.actor(),
+                    "user.set_password_link",
+                    &user.id,
+                    None,
+                    None,
+                );
+            }
+            self.store.apply(&batch)?;
+            Ok(user)
+        })
+    }
+
+    /// One user; a member may read only itself.
+    pub fn user(&self, tenant: &str, id: &str, caller: &Caller) -> Result<User, AppError> {
+        caller.require_self_or_admin(id)?;
+        let slug = self.tenant(tenant)?.slug;
+        self.store
+            .get(&slug, &[id])?
+            .ok_or_else(|| AppError::NotFound(format!("user {id}")))
+    }
+
+    /// A page of users, in id order, filtered.
+    pub fn users(
+        &self,
+        tenant: &str,
+        query: &UserQuery,
+        caller: &Caller,
+    ) -> Result<Page<User>, AppError> {
+        caller.require_admin()?;
+        let slug = self.tenant(tenant)?.slug;
+        let limit = query.limit.unwrap_or(50);
+        if !(1..=500).contains(&limit) {
+            return Err(AppError::BadRequest(format!(
+                "limit {limit} is invalid: use 1-500"
+            )));
+        }
+        let in_team: Option<BTreeSet<String>> = match &query.team {
+            Some(team) => Some(
+                self.store
+                    .index(Space::Members, &slug, &[team])?
+                    .into_iter()
+                    .collect(),
+            ),
+            None => None,
+        };
+        let needle = query.q.as_deref().map(str::to_lowercase);
+        let mut items = Vec::new();
+        let mut next = None;
+        for user in self.store.list::<User>(&slug, &[])? {
+            if query
+                .after
+                .as_deref()
+                .is_some_and(|after| user.id.as_str() <= after)
+            {
+                continue;
+            }
+            let keep = query.status.is_none_or(|s| s == user.status)
+                && query.source.is_none_or(|s| s == user.source)
+                && in_team
+                    .as_ref()
+                    .is_none_or(|members| members.contains(&user.id))
+                && needle.as_deref().is_none_or(|n| {
+                    user.email.to_lowercase().contains(n)
+                        || user
+                            .display_name
+                            .as_deref()
+                            .is_some_and(|d| d.to_lowercase().contains(n))
+                });
+            if !keep {
+                continue;
+            }
+            if items.len() == limit {
+                next = items.last().map(|u: &User| u.id.clone());
+                break;
+            }
+            items.push(user);
+        }
+        Ok(Page { items, next })
+    }
+
+    /// Deactivates (`false`) or reactivates (`true`) a user. Deactivation keeps the record
+    /// and memberships and takes effect on the next request: tokens stop authenticating.
+    pub fn set_user_active(
+        &self,
+        tenant: &str,
+        id: &str,
+        active: bool,
+        caller: &Caller,
+    ) -> Result<User, AppError> {
+        caller.require_admin()?;
+        self.with_tenant(tenant, |slug| {
+            let before = self.existing_user(slug, id)?;
+            let status = if active {
+                UserStatus::Active
+            } else {
+                UserStatus::Deactivated
+            };
+            if before.status == status {
+                return Ok(before);
+            }
+            if !active
+                && caller
+                    == &(Caller::Admin {
+                        user: id.to_owned(),
+                    })
+            {
+                return Err(AppError::Conflict(
+                    "an admin cannot deactivate their own user".into(),
+                ));
+            }
+            let after = User {
+                status,
+                updated_at: now(),
+                ..before.clone()
+            };
+            let mut batch = Batch::new(slug);
+            batch.put(&[id], &after);
+            let action = if active {
+                "user.reactivate"
+            } else {
+                "user.deactivate"
+            };
+            self.audit_log(slug)?.record(
+                &mut batch,
+                &caller.actor(),
+                action,
+                id,
+                Some(&before),
+                Some(&after),
+            );
+            self.store.apply(&batch)?;
+            Ok(after)
+        })
+    }
+
+    /// Deletes a user, refused (409, naming them) while the user is in any team but
+    /// `everyone`. Tokens go with the user; the audit log keeps the history.
+    pub fn delete_user(&self, tenant: &str, id: &str, caller: &Caller) -> Result<(), AppError> {
+        caller.require_admin()?;
+        self.with_tenant(tenant, |slug| {
+            let user = self.existing_user(slug, id)?;
+            let teams = self.store.index(Space::UserTeams, slug, &[id])?;
+            let mut blocking = Vec::new();
+            for team_id in &teams {
+                if let Some(team) = self.store.get::<Team>(slug, &[team_id])? {
+                    if !team.builtin {
+                        blocking.push(format!("team {}", team.name));
+                    }
+                }
+            }
+            if !blocking.is_empty() {
+                return Err(AppError::Conflict(format!(
+                    "user {} cannot be deleted while it belongs to: {}; remove it from them first",
+                    user.email,
+                    blocking.join(", ")
+                )));
+            }
+            let mut batch = Batch::new(slug);
+            batch
+                .remove(Space::Users, &[id])
+                .remove(Space::UserEmails, &[&user.email.to_lowercase()]);
+            for team_id in &teams {
+                batch
+                    .remove(Space::Members, &[team_id, id])
+                    .remove(Space::UserTeams, &[id, team_id]);
+            }
+            for token_id in self.store.index(Space::OwnerTokens, slug, &[id])? {
+                if let Some(sha) = self
+                    .store
+                    .get_raw(Space::OwnerTokens, slug, &[id, &token_id])?
+                {
+                    batch.remove(Space::Tokens, &[&String::from_utf8_lossy(&sha)]);
+                }
+                batch.remove(Space::OwnerTokens, &[id, &token_id]);
+            }
+            self.audit_log(slug)?.record(
+                &mut batch,
+                &caller.actor(),
+                "user.delete",
+                id,
+                Some(&user),
+                None::<&User>,
+            );
+            self.store.apply(&batch)?;
+            Ok(())
+        })
+    }
+
+    /// Sets (`Some`) or clears (`None`) a user's manual role; the policy decides the
+    /// effective role (a manual role always wins; cleared, the derived one applies).
+    pub fn set_manual_role(
+        &self,
+        tenant: &str,
+        id: &str,
+        role: Option<Role>,
+        caller: &Caller,
+    ) -> Result<User, AppError> {
+        caller.require_admin()?;
+        self.with_tenant(tenant, |slug| {
+            let before = self.existing_user(slug, id)?;
+            let mut view = RoleView::empty();
+            view.manual.insert(id, role);
+            let (new_role, source) =
+                self.decide_roles(slug, std::slice::from_ref(&before), &view)?[0];
+            let after = User {
+                manual_role: role,
+                role: new_role,
+                role_source: source,
+                updated_at: now(),
+                ..before.clone()
+            };
+            let mut batch = Batch::new(slug);
+            batch.put(&[id], &after);
+            let action = if role.is_some() {
+                "user.role.set"
+            } else {
+                "user.role.clear"
+            };
+            self.audit_log(slug)?.record(
+                &mut batch,
+                &caller.actor(),
+                action,
+                id,
+                Some(&before),
+                Some(&after),
+            );
+            self.store.apply(&batch)?;
+            Ok(after)
+        })
+    }
+
+    /// Queues a one-time password-reset link for the user in the outbox.
+    pub fn reset_password(&self, tenant: &str, id: &str, caller: &Caller) -> Result<(), AppError> {
+        caller.require_admin()?;
+        self.with_tenant(tenant, |slug| {
+            let user = self.existing_user(slug, id)?;
+            if user.status == UserStatus::Deactivated {
+                return Err(AppError::Conflict(format!(
+                    "user {} is deactivated; reactivate it first",
+                    user.email
+                )));
+            }
+            let mut batch = Batch::new(slug);
+            self.queue_link(&mut batch, slug, &user, LinkPurpose::ResetPassword, now());
+            self.audit_log(slug)?.record::<()>(
+                &mut batch,
+                &caller.actor(),
+                "user.reset_password",
+                id,
+                None,
+                None,
+            );
+            self.store.apply(&batch)?;
+            Ok(())
+        })
+    }
+
+    /// The outbox of a tenant (oldest first).
+    pub fn outbox(&self, tenant: &str, caller: &Caller) -> Result<Vec<OutboxMessage>, AppError> {
+        if caller != &Caller::Operator {
+            return Err(AppError::Forbidden("the outbox is for the operator".into()));
+        }
+        let slug = self.tenant(tenant)?.slug;
+        Ok(self.store.list(&slug, &[])?)
+    }
+
+    fn queue_link(
+        &self,
+        batch: &mut Batch,
+        tenant: &str,
+        user: &User,
+        purpose: LinkPurpose,
+        now: OffsetDateTime,
+    ) {
+        let secret = super::new_secret("");
+        let link = Link {
+            purpose,
+            user: user.id.clone(),
+            expires_at: now + Duration::hours(24),
+        };
+        batch.put(&[&hex::encode(policy::sha256(secret.as_bytes()))], &link);
+        let (subject, verb) = match purpose {
+            LinkPurpose::SetPassword => ("Set your password", "set"),
+            LinkPurpose::ResetPassword => ("Reset your password", "reset"),
+        };
+        let message = OutboxMessage {
+            id: format!("{:020}-{}", now.unix_timestamp_nanos(), new_id("msg_")),
+            to: user.email.clone(),
+            subject: format!("{subject} for {tenant}"),
+            body: format!(
+                "Use this link within 24 hours to {verb} your password for {tenant}:\n\n/v1/{tenant}/password?token={secret}\n\nIf you did not expect this email, ignore it.\n"
+            ),
+            created_at: now,
+            sent_at: None,
+            attempts: 0,
+        };
+        batch.put(&[&message.id], &message);
+    }
+
+    fn existing_user(&self, tenant: &str, id: &str) -> Result<User, AppError> {
+        self.store
+            .get(tenant, &[id])?
+            .ok_or_else(|| AppError::NotFound(format!("user {id}")))
+    }
+
+    fn everyone(&self, tenant: &str) -> Result<Team, AppError> {
+        let id = self
+            .store
+            .get_raw(Space::TeamNames, tenant, &[EVERYONE])?
+            .ok_or_else(|| AppError::Internal(format!("tenant {tenant} has no everyone team")))?;
+        let id = String::from_utf8_lossy(&id).into_owned();
+        self.store
+            .get(tenant, &[&id])?
+            .ok_or_else(|| AppError::Internal(format!("team {id} is missing")))
+    }
+
+    // --------------------------------------------------------------- teams
+
+    /// Every team of the tenant, with members.
+    pub fn teams(&self, tenant: &str, caller: &Caller) -> Result<Vec<TeamView>, AppError> {
+        caller.require_admin()?;
+        let slug = self.tenant(tenant)?.slug;
+        self.store
+            .list::<Team>(&slug, &[])?
+            .into_iter()
+            .map(|team| {
+                Ok(TeamView {
+                    members: self.store.index(Space::Members, &slug, &[&team.id])?,
+                    team,
+                })
+            })
+            .collect()
+    }
+
+    /// One team with its members.
+    pub fn team(&self, tenant: &str, id: &str, caller: &Caller) -> Result<TeamView, AppError> {
+        caller.require_admin()?;
+        let slug = self.tenant(tenant)?.slug;
+        let team = self.existing_team(&slug, id)?;
+        Ok(TeamView {
+            members: self.store.index(Space::Members, &slug, &[id])?,
+            team,
+        })
+    }
+
+    /// Creates a team (name rule, unique case-insensitively), with members and a role.
+    pub fn create_team(
+        &self,
+        tenant: &str,
+        new: NewTeam,
+        caller: &Caller,
+    ) -> Result<TeamView, AppError> {
+        caller.require_admin()?;
+        let name = TeamName::parse(&new.name).map_err(AppError::BadRequest)?;
+        validate_mappings(&new.mappings)?;
+        self.with_tenant(tenant, |slug| {
+            let now = now();
+            let team = Team {
+                id: new_id("team_"),
+                name: name.as_str().to_owned(),
+                role: new.role,
+                mappings: new.mappings.clone(),
+                scim: None,
+                builtin: false,
+                created_at: now,
+                updated_at: now,
+            };
+            let members: BTreeSet<String> = new.members.iter().cloned().collect();
+            let mut batch = Batch::new(slug);
+            batch
+                .require_absent(
+                    Space::TeamNames,
+                    &[&name.key()],
+                    format!("a team named {} already exists", name.as_str()),
+                )
+                .put(&[&team.id], &team)
+                .put_raw(Space::TeamNames, &[&name.key()], team.id.as_bytes());
+            let users = self.users_by_id(slug, &members)?;
+            let mut view = RoleView::empty();
+            view.team_roles.insert(&team.id, team.role);
+            for user in &users {
+                let mut teams = self.store.index(Space::UserTeams, slug, &[&user.id])?;
+                teams.push(team.id.clone());
+                view.user_teams.insert(&user.id, teams);
+                batch
+                    .put_raw(Space::Members, &[&team.id, &user.id], b"")
+                    .put_raw(Space::UserTeams, &[&user.id, &team.id], b"");
+            }
+            let mut audit = self.audit_log(slug)?;
+            let after = TeamView {
+                team: team.clone(),
+                members: members.iter().cloned().collect(),
+            };
+            audit.record(
+                &mut batch,
+                &caller.actor(),
+                "team.create",
+                &team.id,
+                None,
+                Some(&after),
+            );
+            self.recompute(slug, &users, &view, &mut batch, &mut audit, &caller.actor())?;
+            self.store.apply(&batch)?;
+            Ok(after)
+        })
+    }
+
+    /// Renames a team, changes its role (`null` clears it) or its mappings. A role change
+    /// recomputes every member's effective role through the policy.
+    pub fn patch_team(
+        &self,
+        tenant: &str,
+        id: &str,
+        patch: TeamPatch,
+        caller: &Caller,
+    ) -> Result<TeamView, AppError> {
+        caller.require_admin()?;
+        let name = patch
+            .name
+            .as_deref()
+            .map(TeamName::parse)
+            .transpose()
+            .map_err(AppError::BadRequest)?;
+        if let Some(mappings) = &patch.mappings {
+            validate_mappings(mappings)?;
+        }
+        self.with_tenant(tenant, |slug| {
+            let before = self.existing_team(slug, id)?;
+            let mut after = Team {
+                updated_at: now(),
+                ..before.clone()
+            };
+            let mut batch = Batch::new(slug);
+            if let Some(name) = &name {
+                if before.builtin && name.as_str() != before.name {
+                    return Err(AppError::Conflict(format!(
+                        "the built-in team {EVERYONE} cannot be renamed"
+                    )));
+                }
+                if name.key() != before.name.to_ascii_lowercase() {
+                    batch
+                        .require_absent(
+                            Space::TeamNames,
+                            &[&name.key()],
+                            format!("a team named {} already exists", name.as_str()),
+                        )
+                        .remove(Space::TeamNames, &[&before.name.to_ascii_lowercase()])
+                        .put_raw(Space::TeamNames, &[&name.key()], id.as_bytes());
+                }
+                after.name = name.as_str().to_owned();
+            }
+            if let Some(role) = patch.role {
+                after.role = role;
+            }
+            if let Some(mappings) = &patch.mappings {
+                after.mappings = mappings.clone();
+            }
+            batch.put(&[id], &after);
+            let members = self.store.index(Space::Members, slug, &[id])?;
+            let mut audit = self.audit_log(slug)?;
+            audit.record(
+                &mut batch,
+                &caller.actor(),
+                "team.update",
+                id,
+                Some(&before),
+                Some(&after),
+            );
+            if after.role != before.role {
+                let users = self.users_by_id(slug, &members.iter().cloned().collect())?;
+                let mut view = RoleView::empty();
+                view.team_roles.insert(id, after.role);
+                self.recompute(slug, &users, &view, &mut batch, &mut audit, &caller.actor())?;
+            }
+            self.store.apply(&batch)?;
+            Ok(TeamView {
+                team: after,
+                members,
+            })
+        })
+    }
+
+    /// Deletes a team (never `everyone`); its members' roles are recomputed.
+    pub fn delete_team(&self, tenant: &str, id: &str, caller: &Caller) -> Result<(), AppError> {
+        caller.require_admin()?;
+        self.with_tenant(tenant, |slug| {
+            let team = self.existing_team(slug, id)?;
+            if team.builtin {
+                return Err(AppError::Conflict(format!(
+                    "the built-in team {EVERYONE} cannot be deleted"
+                )));
+            }
+            let members = self.store.index(Space::Members, slug, &[id])?;
+            let mut batch = Batch::new(slug);
+            batch
+                .remove(Space::Teams, &[id])
+                .remove(Space::TeamNames, &[&team.name.to_ascii_lowercase()]);
+            let users = self.users_by_id(slug, &members.iter().cloned().collect())?;
+            let mut view = RoleView::empty();
+            for user in &users {
+                batch
+                    .remove(Space::Members, &[id, &user.id])
+                    .remove(Space::UserTeams, &[&user.id, id]);
+                let teams = self
+                    .store
+                    .index(Space::UserTeams, slug, &[&user.id])?
+                    .into_iter()
+                    .filter(|t| t != id)
+                    .collect();
+                view.user_teams.insert(&user.id, teams);
+            }
+            let mut audit = self.audit_log(slug)?;
+            let before = TeamView { team, members };
+            audit.record(
+                &mut batch,
+                &caller.actor(),
+                "team.delete",
+                id,
+                Some(&before),
+                None,
+            );
+            self.recompute(slug, &users, &view, &mut batch, &mut audit, &caller.actor())?;
+            self.store.apply(&batch)?;
+            Ok(())
+        })
+    }
+
+    /// Adds and removes members (`replace`: the members become exactly `add`). Unknown
+    /// user ids are refused, naming them. Roles of everyone affected are recomputed.
+    pub fn change_members(
+        &self,
+        tenant: &str,
+        id: &str,
+        change: MemberChange,
+        replace: bool,
+        caller: &Caller,
+    ) -> Result<TeamView, AppError> {
+        caller.require_admin()?;
+        self.with_tenant(tenant, |slug| {
+            let team = self.existing_team(slug, id)?;
+            if team.builtin {
+                return Err(AppError::Conflict(format!(
+                    "the members of {EVERYONE} are every user; they cannot be changed"
+                )));
+            }
+            let before: BTreeSet<String> = self
+                .store
+                .index(Space::Members, slug, &[id])?
+                .into_iter()
+                .collect();
+            let mut after = if replace {
+                BTreeSet::new()
+            } else {
+                before.clone()
+            };
+            after.extend(change.add.iter().cloned());
+            for user in &change.remove {
+                after.remove(user);
+            }
+            let added: BTreeSet<String> = after.difference(&before).cloned().collect();
+            let removed: BTreeSet<String> = before.difference(&after).cloned().collect();
+            let users = self.users_by_id(slug, &added.union(&removed).cloned().collect())?;
+            let mut batch = Batch::new(slug);
+            let mut view = RoleView::empty();
+            for user in &users {
+                let mut teams = self.store.index(Space::UserTeams, slug, &[&user.id])?;
+                if added.contains(&user.id) {
+                    teams.push(id.to_owned());
+                    batch.put_raw(Space::Members, &[id, &user.id], b"").put_raw(
+                        Space::UserTeams,
+                        &[&user.id, id],
+                        b"",
+                    );
+                } else {
+                    teams.retain(|t| t != id);
+                    batch
+                        .remove(Space::Members, &[id, &user.id])
+                        .remove(Space::UserTeams, &[&user.id, id]);
+                }
+                view.user_teams.insert(&user.id, teams);
+            }
+            let mut audit = self.audit_log(slug)?;
+            if !added.is_empty() || !removed.is_empty() {
+                audit.record(
+                    &mut batch,
+                    &caller.actor(),
+                    "team.members",
+                    id,
+                    Some(&before),
+                    Some(&after),
+                );
+            }
+            self.recompute(slug, &users, &view, &mut batch, &mut audit, &caller.actor())?;
+            self.store.apply(&batch)?;
+            Ok(TeamView {
+                team,
+                members: after.into_iter().collect(),
+            })
+        })
+    }
+
+    fn existing_team(&self, tenant: &str, id: &str) -> Result<Team, AppError> {
+        self.store
+            .get(tenant, &[id])?
+            .ok_or_else(|| AppError::NotFound(format!("team {id}")))
+    }
+
+    /// The users with these ids; an unknown id is a 400 that names it.
+    fn users_by_id(&self, tenant: &str, ids: &BTreeSet<String>) -> Result<Vec<User>, AppError> {
+        let mut users = Vec::with_capacity(ids.len());
+        let mut unknown = Vec::new();
+        for id in ids {
+            match self.store.get::<User>(tenant, &[id])? {
+                Some(user) => users.push(user),
+                None => unknown.push(id.as_str()),
+            }
+        }
+        if !unknown.is_empty() {
+            return Err(AppError::BadRequest(format!(
+                "no such user: {}",
+                unknown.join(", ")
+            )));
+        }
+        Ok(users)
+    }
+
+    // --------------------------------------------------------------- roles
+
+    /// The effective role and source of each user, decided by the tenant's policy in one
+    /// batched call, seeing the changes in `view`.
+    fn decide_roles(
+        &self,
+        tenant: &str,
+        users: &[User],
+        view: &RoleView<'_>,
+    ) -> Result<Vec<(Role, RoleSource)>, AppError> {
+        if users.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut team_roles: HashMap<String, Option<Role>> = view
+            .team_roles
+            .iter()
+            .map(|(id, role)| ((*id).to_owned(), *role))
+            .collect();
+        let mut inputs = Vec::with_capacity(users.len());
+        for user in users {
+            let teams = match view.user_teams.get(user.id.as_str()) {
+                Some(teams) => teams.clone(),
+                None => self.store.index(Space::UserTeams, tenant, &[&user.id])?,
+            };
+            let mut roles = Vec::new();
+            for team in teams {
+                let role = match team_roles.get(&team) {
+                    Some(role) => *role,
+                    None => {
+                        let role = self
+                            .store
+                            .get::<Team>(tenant, &[&team])?
+                            .and_then(|t| t.role);
+                        team_roles.insert(team, role);
+                        role
+                    }
+                };
+                roles.extend(role);
+            }
+            let manual = view
+                .manual
+                .get(user.id.as_str())
+                .copied()
+                .unwrap_or(user.manual_role);
+            inputs.push(rules::RoleInput {
+                manual,
+                team_roles: roles,
+            });
+        }
+        let policy = self.current_policy(tenant)?;
+        let decisions = policy.effective_role(&self.engine, &inputs).map_err(|e| {
+            tracing::warn!(tenant, error = %e, "policy error while deciding roles; nothing changed");
+            AppError::PolicyFailed(e)
+        })?;
+        Ok(decisions.into_iter().map(|d| (d.role, d.source)).collect())
+    }
+
+    /// Puts every user whose effective role changed into `batch`, audited.
+    fn recompute(
+        &self,
+        tenant: &str,
+        users: &[User],
+        view: &RoleView<'_>,
+        batch: &mut Batch,
+        audit: &mut AuditLog,
+        actor: &str,
+    ) -> Result<(), AppError> {
+        let decided = self.decide_roles(tenant, users, view)?;
+        let now = now();
+        for (user, (role, source)) in users.iter().zip(decided) {
+            if user.role != role || user.role_source != source {
+                let after = User {
+                    role,
+                    role_source: source,
+                    updated_at: now,
+                    ..user.clone()
+                };
+                batch.put(&[&user.id], &after);
+                audit.record(
+                    batch,
+                    actor,
+                    "user.role.recompute",
+                    &user.id,
+                    Some(&(user.role, user.role_source)),
+                    Some(&(role, source)),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Recomputes the effective role of every user of the tenant (e.g. after a policy
+    /// change); returns how many changed.
+    pub fn recompute_all_roles(&self, tenant: &str, caller: &Caller) -> Result<usize, AppError> {
+        caller.require_admin()?;
+        self.with_tenant(tenant, |slug| {
+            let users = self.store.list::<User>(slug, &[])?;
+            let mut batch = Batch::new(slug);
+            let mut audit = self.audit_log(slug)?;
+            self.recompute(
+                slug,
+                &users,
+                &RoleView::empty(),
+                &mut batch,
+                &mut audit,
+                &caller.actor(),
+            )?;
+            let changed = audit.recorded;
+            self.store.apply(&batch)?;
+            Ok(changed)
+        })
+    }
+
+    // -------------------------------------------------------------- tokens
+
+    /// Creates a personal access token for a user (an admin's, or the user's own).
+    pub fn create_pat(
+        &self,
+        tenant: &str,
+        user: &str,
+        new: NewToken,
+        caller: &Caller,
+    ) -> Result<TokenCreated, AppError> {
+        caller.require_self_or_admin(user)?;
+        if new.name.trim().is_empty() || new.name.len() > 100 {
+            return Err(AppError::BadRequest(
+                "a token name must be 1-100 characters".into(),
+            ));
+        }
+        let days = new.expires_in_days.unwrap_or(90);
+        if !(1..=3650).contains(&days) {
+            return Err(AppError::BadRequest(format!(
+                "expires_in_days {days} is invalid: use 1-3650"
+            )));
+        }
+        self.with_tenant(tenant, |slug| {
+            let owner = self.existing_user(slug, user)?;
+            if owner.status == UserStatus::Deactivated {
+                return Err(AppError::Conflict(format!(
+                    "user {} is deactivated",
+                    owner.email
+                )));
+            }
+            let now = now();
+            let (token, secret) = new_pat(
+                slug,
+                user,
+                new.name.trim(),
+                Some(now + Duration::days(days)),
+                now,
+            );
+            let mut batch = Batch::new(slug);
+            put_token(&mut batch, &token);
+            self.audit_log(slug)?.record(
+                &mut batch,
+                &caller.actor(),
+                "token.create",
+                &token.id,
+                None,
+                Some(&token),
+            );
+            self.store.apply(&batch)?;
+            Ok(TokenCreated { token, secret })
+        })
+    }
+
+    /// A user's tokens (never their secrets).
+    pub fn pats(&self, tenant: &str, user: &str, caller: &Caller) -> Result<Vec<Token>, AppError> {
+        caller.require_self_or_admin(user)?;
+        let slug = self.tenant(tenant)?.slug;
+        self.existing_user(&slug, user)?;
+        self.owner_tokens(&slug, user)
+    }
+
+    fn owner_tokens(&self, tenant: &str, owner: &str) -> Result<Vec<Token>, AppError> {
+        let mut tokens = Vec::new();
+        for token_id in self.store.index(Space::OwnerTokens, tenant, &[owner])? {
+            if let Some(sha) =
+                self.store
+                    .get_raw(Space::OwnerTokens, tenant, &[owner, &token_id])?
+            {
+                tokens.extend(
+                    self.store
+                        .get::<Token>(tenant, &[&String::from_utf8_lossy(&sha)])?,
+                );
+            }
+        }
+        Ok(tokens)
+    }
+
+    /// Revokes one token (`Some(id)`) or every token (`None`) of a user, at once.
+    pub fn revoke_pats(
+        &self,
+        tenant: &str,
+        user: &str,
+        token: Option<&str>,
+        caller: &Caller,
+    ) -> Result<usize, AppError> {
+        caller.require_self_or_admin(user)?;
+        self.with_tenant(tenant, |slug| {
+            self.existing_user(slug, user)?;
+            let now = now();
+            let tokens = self.owner_tokens(slug, user)?;
+            if let Some(id) = token {
+                if !tokens.iter().any(|t| t.id == id) {
+                    return Err(AppError::NotFound(format!("token {id}")));
+                }
+            }
+            let mut batch = Batch::new(slug);
+            let mut audit = self.audit_log(slug)?;
+            let mut revoked = 0;
+            for before in tokens
+                .iter()
+                .filter(|t| token.is_none_or(|id| t.id == id) && t.revoked_at.is_none())
+            {
+                let after = Token {
+                    revoked_at: Some(now),
+                    ..before.clone()
+                };
+                batch.put(&[&after.sha256], &after);
+                audit.record(
+                    &mut batch,
+                    &caller.actor(),
+                    "token.revoke",
+                    &after.id,
+                    Some(before),
+                    Some(&after),
+                );
+                revoked += 1;
+            }
+            self.store.apply(&batch)?;
+            Ok(revoked)
+        })
+    }
+
+    // --------------------------------------------------------------- audit
+
+    /// Audit entries after sequence number `after`, oldest first, at most `limit`.
+    pub fn audit(
+        &self,
+        tenant: &str,
+        after: u64,
+        limit: usize,
+        caller: &Caller,
+    ) -> Result<Page<AuditEntry>, AppError> {
+        caller.require_admin()?;
+        if !(1..=1000).contains(&limit) {
+            return Err(AppError::BadRequest(format!(
+                "limit {limit} is invalid: use 1-1000"
+            )));
+        }
+        let slug = self.tenant(tenant)?.slug;
+        let mut items: Vec<AuditEntry> = self
+            .store
+            .list::<AuditEntry>(&slug, &[])?
+            .into_iter()
+            .filter(|e| e.seq > after)
+            .take(limit + 1)
+            .collect();
+        let next = (items.len() > limit).then(|| {
+            items.truncate(limit);
+            items.last().map(|e| e.seq.to_string()).unwrap_or_default()
+        });
+        Ok(Page { items, next })
+    }
+
+    fn audit_log(&self, tenant: &str) -> Result<AuditLog, AppError> {
+        let seq = match self.store.get_raw(Space::Counters, tenant, &["audit"])? {
+            Some(bytes) => u64::from_be_bytes(
+                bytes
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| AppError::Internal("audit counter is unreadable".into()))?,
+            ),
+            None => 0,
+        };
+        Ok(AuditLog { seq, recorded: 0 })
+    }
+}
+
+/// Audit entries added to a batch, numbered from the tenant's counter (read under the
+/// tenant's write lock, so numbers never repeat).
+struct AuditLog {
+    seq: u64,
+    recorded: usize,
+}
+
+impl AuditLog {
+    fn record<T: Serialize>(
+        &mut self,
+        batch: &mut Batch,
+        actor: &str,
+        action: &str,
+        target: &str,
+        before: Option<&T>,
+        after: Option<&T>,
+    ) {
+        self.seq += 1;
+        self.recorded += 1;
+        let entry = AuditEntry {
+            seq: self.seq,
+            at: now(),
+            actor: actor.to_owned(),
+            action: action.to_owned(),
+            target: target.to_owned(),
+            before: before.map(scrub),
+            after: after.map(scrub),
+        };
+        batch.put(&[&format!("{:020}", self.seq)], &entry).put_raw(
+            Space::Counters,
+            &["audit"],
+            &self.seq.to_be_bytes(),
+        );
+    }
+}
+
+/// A value as JSON without secrets (hashes of passwords and tokens).
+fn scrub<T: Serialize>(value: &T) -> serde_json::Value {
+    let mut json = serde_json::to_value(value).unwrap_or(serde_json::Value::Null);
+    if let Some(object) = json.as_object_mut() {
+        for secret in ["password_hash", "sha256", "secret"] {
+            object.remove(secret);
+        }
+    }
+    json
+}
+
+impl<'a> RoleView<'a> {
+    fn empty() -> Self {
+        RoleView {
+            team_roles: HashMap::new(),
+            user_teams: HashMap::new(),
+            manual: HashMap::new(),
+        }
+    }
+
+    fn default_with_teams(user: &'a str, teams: Vec<String>) -> Self {
+        let mut view = RoleView::empty();
+        view.user_teams.insert(user, teams);
+        view
+    }
+}
+
+fn new_user(email: &Email, source: UserSource, now: OffsetDateTime) -> User {
+    User {
+        id: new_id("usr_"),
+        email: email.as_str().to_owned(),
+        display_name: None,
+        given_name: None,
+        family_name: None,
+        external_id: None,
+        status: UserStatus::Invited,
+        source,
+        role: Role::Member,
+        role_source: RoleSource::Initial,
+        manual_role: None,
+        password_hash: None,
+        mappings: Vec::new(),
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+/// The records of a new user: itself, its email index (unique), `everyone` membership.
+fn add_user_records(batch: &mut Batch, user: &User, email: &Email, everyone: &str) {
+    batch
+        .require_absent(
+            Space::UserEmails,
+            &[&email.key()],
+            format!("a user with email {} already exists", email.as_str()),
+        )
+        .put(&[&user.id], user)
+        .put_raw(Space::UserEmails, &[&email.key()], user.id.as_bytes())
+        .put_raw(Space::Members, &[everyone, &user.id], b"")
+        .put_raw(Space::UserTeams, &[&user.id, everyone], b"");
+}
+
+fn new_pat(
+    tenant: &str,
+    owner: &str,
+    name: &str,
+    expires_at: Option<OffsetDateTime>,
+    now: OffsetDateTime,
+) -> (Token, String) {
+    let secret = super::new_secret(&format!("{PAT_PREFIX}{tenant}_"));
+    let token = Token {
+        id: new_id("tok_"),
+        kind: TokenKind::Pat,
+        owner: owner.to_owned(),
+        name: name.to_owned(),
+        sha256: hex::encode(policy::sha256(secret.as_bytes())),
+        created_at: now,
+        expires_at,
+        revoked_at: None,
+    };
+    (token, secret)
+}
+
+fn put_token(batch: &mut Batch, token: &Token) {
+    batch.put(&[&token.sha256], token).put_raw(
+        Space::OwnerTokens,
+        &[&token.owner, &token.id],
+        token.sha256.as_bytes(),
+    );
+}
+
+fn validate_mappings(mappings: &[Mapping]) -> Result<(), AppError> {
+    mappings
+        .iter()
+        .try_for_each(|m| m.validate().map_err(AppError::BadRequest))
+}
+
+fn clean(value: Option<String>) -> Option<String> {
+    value.map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
+}

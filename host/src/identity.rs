@@ -1,0 +1,300 @@
+//! The identity model (SPEC §1): users, teams, tokens, audit entries, as stored. Newtypes
+//! carry the rules that must not be forgotten (email and team-name comparison, slugs).
+
+use crate::store::{Record, Space};
+use gatehouse_rules::{Role, RoleSource, UserSource, UserStatus};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+/// An email address, kept as given; compared case-insensitively through [`Email::key`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Email(String);
+
+impl Email {
+    /// Parses an address: one `@`, something on both sides, no spaces or control
+    /// characters, at most 254 characters.
+    pub fn parse(text: &str) -> Result<Email, String> {
+        let text = text.trim();
+        let shown: String = text.chars().take(80).collect();
+        let valid = text.len() <= 254
+            && !text.chars().any(|c| c.is_whitespace() || c.is_control())
+            && matches!(text.split_once('@'), Some((local, domain))
+                if !local.is_empty() && !domain.is_empty() && !domain.contains('@') && !domain.starts_with('.') && !domain.ends_with('.'));
+        if valid {
+            Ok(Email(text.to_owned()))
+        } else {
+            Err(format!(
+                "email {shown:?} is invalid: use an address like name@example.com"
+            ))
+        }
+    }
+
+    /// The address as given.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The comparison key: emails are unique per tenant, case-insensitively.
+    pub fn key(&self) -> String {
+        self.0.to_lowercase()
+    }
+}
+
+/// A team name: `^[A-Za-z0-9_-]{1,36}$`, unique per tenant case-insensitively.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TeamName(String);
+
+impl TeamName {
+    /// Parses a team name, saying what is allowed when it is not one.
+    pub fn parse(text: &str) -> Result<TeamName, String> {
+        let valid = (1..=36).contains(&text.len())
+            && text
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if valid {
+            Ok(TeamName(text.to_owned()))
+        } else {
+            let shown: String = text.chars().take(80).collect();
+            Err(format!(
+                "team name {shown:?} is invalid: use 1-36 of A-Z a-z 0-9 _ -"
+            ))
+        }
+    }
+
+    /// The name as given.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The comparison key.
+    pub fn key(&self) -> String {
+        self.0.to_ascii_lowercase()
+    }
+}
+
+/// The name of the built-in team every tenant has.
+pub const EVERYONE: &str = "everyone";
+
+/// A new random id with a readable prefix (`usr_`, `team_`, `tok_`).
+pub fn new_id(prefix: &str) -> String {
+    let bytes: [u8; 10] = rand::random();
+    format!("{prefix}{}", hex::encode(bytes))
+}
+
+/// An identity-provider mapping on its target: `{idp, value}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mapping {
+    pub idp: String,
+    pub value: String,
+}
+
+impl Mapping {
+    /// Checks the IdP name rule and a non-empty value.
+    pub fn validate(&self) -> Result<(), String> {
+        crate::model::TenantId::parse(&self.idp)
+            .map_err(|_| format!("identity provider name {:?} is invalid: use 1-63 of a-z 0-9 - starting with a letter or digit", self.idp))?;
+        if self.value.is_empty() || self.value.len() > 512 {
+            return Err("a mapping value must be 1-512 characters".into());
+        }
+        Ok(())
+    }
+}
+
+/// A user as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct User {
+    pub id: String,
+    pub email: String,
+    pub display_name: Option<String>,
+    pub given_name: Option<String>,
+    pub family_name: Option<String>,
+    pub external_id: Option<String>,
+    pub status: UserStatus,
+    pub source: UserSource,
+    /// The effective role, as the tenant's policy last decided it.
+    pub role: Role,
+    pub role_source: RoleSource,
+    /// The role an admin set by hand, if any; it always wins.
+    pub manual_role: Option<Role>,
+    /// Whether a set-password or reset link was ever completed.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub password_hash: Option<String>,
+    #[serde(default)]
+    pub mappings: Vec<Mapping>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+impl Record for User {
+    const SPACE: Space = Space::Users;
+}
+
+/// A team as stored (members are kept in index spaces).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Team {
+    pub id: String,
+    pub name: String,
+    /// The tenant role every member inherits, if any.
+    pub role: Option<Role>,
+    #[serde(default)]
+    pub mappings: Vec<Mapping>,
+    /// Set when a SCIM connection manages this team (its SSO id and the group's externalId).
+    #[serde(default)]
+    pub scim: Option<ScimLink>,
+    /// The built-in `everyone` team.
+    #[serde(default)]
+    pub builtin: bool,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+impl Record for Team {
+    const SPACE: Space = Space::Teams;
+}
+
+/// Which SCIM connection manages a team.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScimLink {
+    pub sso_id: String,
+    pub external_id: Option<String>,
+}
+
+/// What a token authenticates as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenKind {
+    /// A user's personal access token.
+    Pat,
+    /// A virtual account's API token.
+    VirtualAccount,
+}
+
+/// A token as stored, keyed by the SHA-256 of its secret (the secret is never stored).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Token {
+    pub id: String,
+    pub kind: TokenKind,
+    /// The user or virtual account it belongs to.
+    pub owner: String,
+    pub name: String,
+    /// Hex SHA-256 of the secret.
+    pub sha256: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub expires_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    pub revoked_at: Option<OffsetDateTime>,
+}
+
+impl Record for Token {
+    const SPACE: Space = Space::Tokens;
+}
+
+impl Token {
+    /// Whether the token authenticates at `now`.
+    pub fn is_live(&self, now: OffsetDateTime) -> bool {
+        self.revoked_at.is_none_or(|revoked| revoked > now)
+            && self.expires_at.is_none_or(|expires| expires > now)
+    }
+}
+
+/// One audit entry: who changed what, when, from what to what. Secrets never appear.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub seq: u64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub before: Option<serde_json::Value>,
+    pub after: Option<serde_json::Value>,
+}
+
+impl Record for AuditEntry {
+    const SPACE: Space = Space::Audit;
+}
+
+/// An email waiting to be sent (or sent) by the outbox relay.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutboxMessage {
+    pub id: String,
+    pub to: String,
+    pub subject: String,
+    pub body: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    pub sent_at: Option<OffsetDateTime>,
+    #[serde(default)]
+    pub attempts: u32,
+}
+
+impl Record for OutboxMessage {
+    const SPACE: Space = Space::Outbox;
+}
+
+/// What a one-time link does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LinkPurpose {
+    SetPassword,
+    ResetPassword,
+}
+
+/// A one-time link, keyed by the SHA-256 of its secret.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Link {
+    pub purpose: LinkPurpose,
+    pub user: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+}
+
+impl Record for Link {
+    const SPACE: Space = Space::Links;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emails_compare_case_insensitively_and_refuse_junk() {
+        assert_eq!(Email::parse(" Ann@Acme.IO ").unwrap().key(), "ann@acme.io");
+        for bad in [
+            "",
+            "ann",
+            "@acme.io",
+            "ann@",
+            "a b@acme.io",
+            "ann@acme.io@x",
+            "ann@.io",
+            "a\u{0}@x.io",
+        ] {
+            assert!(
+                Email::parse(bad).unwrap_err().contains("is invalid"),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn team_names_follow_the_rule() {
+        assert_eq!(TeamName::parse("ML-Ops_2").unwrap().key(), "ml-ops_2");
+        for bad in ["", "a b", "é", &"x".repeat(37), "team/1"] {
+            assert!(
+                TeamName::parse(bad)
+                    .unwrap_err()
+                    .contains("1-36 of A-Z a-z 0-9 _ -"),
+                "{bad}"
+            );
+        }
+    }
+}
