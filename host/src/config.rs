@@ -21,6 +21,9 @@ pub struct Config {
     pub operator_token_file: Option<PathBuf>,
     /// `text` or `json` log lines.
     pub log_format: LogFormat,
+    /// Allow JWKS and discovery URLs on loopback and private networks, and plain http
+    /// (tests, internal identity providers).
+    pub allow_private_urls: bool,
     pub policy: PolicyConfig,
 }
 
@@ -54,6 +57,7 @@ impl Default for Config {
             operator_token: None,
             operator_token_file: None,
             log_format: LogFormat::Text,
+            allow_private_urls: false,
             policy: PolicyConfig::default(),
         }
     }
@@ -101,6 +105,7 @@ const ENV_KEYS: &[&str] = &[
     "GATEHOUSE_OPERATOR_TOKEN",
     "GATEHOUSE_OPERATOR_TOKEN_FILE",
     "GATEHOUSE_LOG_FORMAT",
+    "GATEHOUSE_ALLOW_PRIVATE_URLS",
     "GATEHOUSE_POLICY_MEMORY_LIMIT_MIB",
     "GATEHOUSE_POLICY_TIMEOUT_MS",
     "GATEHOUSE_POLICY_MAX_COMPONENT_KIB",
@@ -169,6 +174,7 @@ impl Config {
                     }
                 }
             }
+            "GATEHOUSE_ALLOW_PRIVATE_URLS" => self.allow_private_urls = parse(key, value)?,
             "GATEHOUSE_POLICY_MEMORY_LIMIT_MIB" => {
                 self.policy.memory_limit_mib = parse(key, value)?
             }

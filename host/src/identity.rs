@@ -261,6 +261,110 @@ impl Record for Link {
     const SPACE: Space = Space::Links;
 }
 
+/// A machine identity.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VirtualAccount {
+    pub id: String,
+    pub name: String,
+    pub enabled: bool,
+    pub role: Role,
+    #[serde(default)]
+    pub mappings: Vec<Mapping>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+impl Record for VirtualAccount {
+    const SPACE: Space = Space::VirtualAccounts;
+}
+
+/// An identity provider: validates externally issued JWTs (it never creates users).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IdentityProvider {
+    pub name: String,
+    pub issuer: String,
+    /// Exactly one of `jwks_uri` and `discovery_url`.
+    pub jwks_uri: Option<String>,
+    pub discovery_url: Option<String>,
+    pub audiences: Vec<String>,
+    pub algorithms: Vec<String>,
+    pub leeway_seconds: u32,
+    pub user_claim: Option<String>,
+    pub va_name_claim: Option<String>,
+    pub team_claim: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+impl Record for IdentityProvider {
+    const SPACE: Space = Space::IdentityProviders;
+}
+
+/// An SSO configuration (OIDC): authentication only, plus its SCIM endpoint's token.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SsoConfig {
+    pub id: String,
+    pub issuer: String,
+    pub client_id: String,
+    /// Never shown after it is set.
+    pub client_secret: Option<String>,
+    pub discovery_url: Option<String>,
+    pub jwks_uri: Option<String>,
+    pub email_claim: String,
+    pub unique_id_claim: String,
+    /// Hex SHA-256 of the current SCIM bearer token.
+    pub scim_token_sha256: Option<String>,
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    pub scim_token_created_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+impl Record for SsoConfig {
+    const SPACE: Space = Space::SsoConfigs;
+}
+
+/// Who collaborates on a resource.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Subject {
+    User(String),
+    Team(String),
+    VirtualAccount(String),
+    /// A legacy External Identity, by name (until the migration replaces it).
+    ExternalIdentity(String),
+}
+
+/// A collaborator on a resource.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Collaborator {
+    pub subject: Subject,
+    pub role: String,
+}
+
+/// Something identities collaborate on (model, workspace, MCP server, agent, ...).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Resource {
+    pub id: String,
+    pub kind: String,
+    pub name: String,
+    pub collaborators: Vec<Collaborator>,
+    pub created_by: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+impl Record for Resource {
+    const SPACE: Space = Space::Resources;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

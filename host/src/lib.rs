@@ -11,5 +11,6 @@ pub mod config;
 pub mod http;
 pub mod identity;
 pub mod model;
+pub mod netguard;
 pub mod policy;
 pub mod store;

@@ -59,6 +59,9 @@ impl Caller {
 /// Prefix of personal access tokens: `ghp_<tenant>_<secret>`.
 const PAT_PREFIX: &str = "ghp_";
 
+/// Prefix of virtual-account API tokens: `gva_<tenant>_<secret>`.
+pub(super) const VA_PREFIX: &str = "gva_";
+
 /// A tenant just created: its first admin and that admin's token (shown once).
 #[derive(Debug, Serialize)]
 pub struct TenantCreated {
@@ -246,7 +249,7 @@ impl App {
     }
 
     /// Runs `change` under the tenant's write lock (after checking the tenant exists).
-    fn with_tenant<R>(
+    pub(super) fn with_tenant<R>(
         &self,
         tenant: &str,
         change: impl FnOnce(&str) -> Result<R, AppError>,
@@ -342,7 +345,7 @@ impl App {
     }
 
     /// Sets the tenant's provisioning mode. Switching deletes and deactivates no one; `jit`
-    /// needs an SSO configuration, and this build has no SSO configurations yet.
+    /// needs an SSO configuration.
     pub fn set_mode(
         &self,
         tenant: &str,
@@ -351,12 +354,7 @@ impl App {
     ) -> Result<crate::store::TenantRecord, AppError> {
         caller.require_admin()?;
         let mode = match mode {
-            "scim" | "invite_only" => mode,
-            "jit" => {
-                return Err(AppError::Conflict(
-                    "jit needs an SSO configuration: add one to the tenant first".into(),
-                ))
-            }
+            "scim" | "invite_only" | "jit" => mode,
             other => {
                 return Err(AppError::BadRequest(format!(
                     "provisioning mode {other:?} is invalid: use scim, jit or invite_only"
@@ -364,6 +362,11 @@ impl App {
             }
         };
         self.with_tenant(tenant, |slug| {
+            if mode == "jit" && !self.has_sso_config(slug)? {
+                return Err(AppError::Conflict(
+                    "jit needs an SSO configuration: add one to the tenant first".into(),
+                ));
+            }
             let before = self.tenant(slug)?;
             let after = crate::store::TenantRecord {
                 mode: mode.to_owned(),
@@ -574,6 +577,15 @@ impl App {
                     }
                 }
             }
+            let subject = crate::identity::Subject::User(id.to_owned());
+            for resource in self.store.list::<crate::identity::Resource>(slug, &[])? {
+                if resource.collaborators.iter().any(|c| c.subject == subject) {
+                    blocking.push(format!(
+                        "{} {} (collaborator)",
+                        resource.kind, resource.name
+                    ));
+                }
+            }
             if !blocking.is_empty() {
                 return Err(AppError::Conflict(format!(
                     "user {} cannot be deleted while it belongs to: {}; remove it from them first",
@@ -723,7 +735,7 @@ impl App {
         batch.put(&[&message.id], &message);
     }
 
-    fn existing_user(&self, tenant: &str, id: &str) -> Result<User, AppError> {
+    pub(super) fn existing_user(&self, tenant: &str, id: &str) -> Result<User, AppError> {
         self.store
             .get(tenant, &[id])?
             .ok_or_else(|| AppError::NotFound(format!("user {id}")))
@@ -778,8 +790,8 @@ impl App {
     ) -> Result<TeamView, AppError> {
         caller.require_admin()?;
         let name = TeamName::parse(&new.name).map_err(AppError::BadRequest)?;
-        validate_mappings(&new.mappings)?;
         self.with_tenant(tenant, |slug| {
+            self.check_mappings(slug, &new.mappings)?;
             let now = now();
             let team = Team {
                 id: new_id("team_"),
@@ -847,10 +859,10 @@ impl App {
             .map(TeamName::parse)
             .transpose()
             .map_err(AppError::BadRequest)?;
-        if let Some(mappings) = &patch.mappings {
-            validate_mappings(mappings)?;
-        }
         self.with_tenant(tenant, |slug| {
+            if let Some(mappings) = &patch.mappings {
+                self.check_mappings(slug, mappings)?;
+            }
             let before = self.existing_team(slug, id)?;
             let mut after = Team {
                 updated_at: now(),
@@ -1224,7 +1236,7 @@ impl App {
         self.owner_tokens(&slug, user)
     }
 
-    fn owner_tokens(&self, tenant: &str, owner: &str) -> Result<Vec<Token>, AppError> {
+    pub(super) fn owner_tokens(&self, tenant: &str, owner: &str) -> Result<Vec<Token>, AppError> {
         let mut tokens = Vec::new();
         for token_id in self.store.index(Space::OwnerTokens, tenant, &[owner])? {
             if let Some(sha) =
@@ -1316,7 +1328,7 @@ impl App {
         Ok(Page { items, next })
     }
 
-    fn audit_log(&self, tenant: &str) -> Result<AuditLog, AppError> {
+    pub(super) fn audit_log(&self, tenant: &str) -> Result<AuditLog, AppError> {
         let seq = match self.store.get_raw(Space::Counters, tenant, &["audit"])? {
             Some(bytes) => u64::from_be_bytes(
                 bytes
@@ -1332,13 +1344,13 @@ impl App {
 
 /// Audit entries added to a batch, numbered from the tenant's counter (read under the
 /// tenant's write lock, so numbers never repeat).
-struct AuditLog {
+pub(super) struct AuditLog {
     seq: u64,
     recorded: usize,
 }
 
 impl AuditLog {
-    fn record<T: Serialize>(
+    pub(super) fn record<T: Serialize>(
         &mut self,
         batch: &mut Batch,
         actor: &str,
@@ -1434,10 +1446,27 @@ fn new_pat(
     expires_at: Option<OffsetDateTime>,
     now: OffsetDateTime,
 ) -> (Token, String) {
-    let secret = super::new_secret(&format!("{PAT_PREFIX}{tenant}_"));
+    new_token(TokenKind::Pat, tenant, owner, name, expires_at, now)
+}
+
+/// A new token and its secret, `<prefix><tenant>_<random>`: the tenant in the secret lets
+/// a request on another tenant's route be told apart without a lookup.
+pub(super) fn new_token(
+    kind: TokenKind,
+    tenant: &str,
+    owner: &str,
+    name: &str,
+    expires_at: Option<OffsetDateTime>,
+    now: OffsetDateTime,
+) -> (Token, String) {
+    let prefix = match kind {
+        TokenKind::Pat => PAT_PREFIX,
+        TokenKind::VirtualAccount => VA_PREFIX,
+    };
+    let secret = super::new_secret(&format!("{prefix}{tenant}_"));
     let token = Token {
         id: new_id("tok_"),
-        kind: TokenKind::Pat,
+        kind,
         owner: owner.to_owned(),
         name: name.to_owned(),
         sha256: hex::encode(policy::sha256(secret.as_bytes())),
@@ -1448,18 +1477,12 @@ fn new_pat(
     (token, secret)
 }
 
-fn put_token(batch: &mut Batch, token: &Token) {
+pub(super) fn put_token(batch: &mut Batch, token: &Token) {
     batch.put(&[&token.sha256], token).put_raw(
         Space::OwnerTokens,
         &[&token.owner, &token.id],
         token.sha256.as_bytes(),
     );
-}
-
-fn validate_mappings(mappings: &[Mapping]) -> Result<(), AppError> {
-    mappings
-        .iter()
-        .try_for_each(|m| m.validate().map_err(AppError::BadRequest))
 }
 
 fn clean(value: Option<String>) -> Option<String> {

@@ -14,8 +14,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
 
+mod directory;
 mod identity;
 
+pub use directory::{
+    IdpInput, NewResource, NewVaToken, NewVirtualAccount, ScimToken, SsoInput, SsoView,
+    VirtualAccountPatch, ALLOWED_ALGORITHMS,
+};
 pub use identity::{
     Caller, Invite, MemberChange, NewTeam, NewToken, Page, TeamPatch, TeamView, TenantCreated,
     TokenCreated, UserQuery,
@@ -114,6 +119,8 @@ pub struct PolicyFailure {
 /// The application.
 pub struct App {
     pub store: Store,
+    /// Whether JWKS and discovery URLs may point at private addresses.
+    allow_private_urls: bool,
     /// One write lock per tenant for identity changes (see `identity`).
     tenant_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
     pub engine: Arc<PolicyEngine>,
@@ -149,6 +156,7 @@ impl App {
             operator_token_sha256,
             policy_changes: tokio::sync::Mutex::new(()),
             tenant_locks: Mutex::default(),
+            allow_private_urls: config.allow_private_urls,
         };
         app.load_all_tenants()?;
         Ok((app, generated))

@@ -1,6 +1,7 @@
 //! The HTTP surface: the only module that names axum. Handlers parse, call [`App`], and
 //! answer; `error` is the one place an error becomes a response.
 
+mod directory;
 mod error;
 mod identity;
 
@@ -60,7 +61,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/tenants/{tenant}/policy/activate", post(activate_policy))
         .route("/tenants/{tenant}/policy/rollback", post(rollback_policy))
         .route("/tenants/{tenant}/policy/evaluate", post(evaluate))
-        .merge(identity::routes());
+        .merge(identity::routes())
+        .merge(directory::routes());
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

@@ -58,11 +58,25 @@ pub enum Space {
     Outbox,
     /// One-time links (set password, reset) by SHA-256 of the secret.
     Links,
+    /// Virtual accounts by id.
+    VirtualAccounts,
+    /// Index: virtual account name → id.
+    VaNames,
+    /// Index: idp, value → virtual account id (a VA mapping is unique).
+    VaMappings,
+    /// Identity providers by name.
+    IdentityProviders,
+    /// Index: issuer → identity provider name (an issuer is used once per tenant).
+    IdpIssuers,
+    /// SSO configurations by id.
+    SsoConfigs,
+    /// Resources by id.
+    Resources,
 }
 
 impl Space {
     /// Every space, for backends that create them up front.
-    pub const ALL: [Space; 17] = [
+    pub const ALL: [Space; 24] = [
         Space::System,
         Space::Tenants,
         Space::PolicyState,
@@ -80,6 +94,13 @@ impl Space {
         Space::Counters,
         Space::Outbox,
         Space::Links,
+        Space::VirtualAccounts,
+        Space::VaNames,
+        Space::VaMappings,
+        Space::IdentityProviders,
+        Space::IdpIssuers,
+        Space::SsoConfigs,
+        Space::Resources,
     ];
 
     /// The space's stable name on disk.
@@ -102,6 +123,13 @@ impl Space {
             Space::Counters => "counters",
             Space::Outbox => "outbox",
             Space::Links => "links",
+            Space::VirtualAccounts => "virtual_accounts",
+            Space::VaNames => "va_names",
+            Space::VaMappings => "va_mappings",
+            Space::IdentityProviders => "identity_providers",
+            Space::IdpIssuers => "idp_issuers",
+            Space::SsoConfigs => "sso_configs",
+            Space::Resources => "resources",
         }
     }
 }
