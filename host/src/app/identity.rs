@@ -56,6 +56,9 @@ impl Caller {
     }
 }
 
+/// Above this many users, role decisions read all memberships in one scan.
+const BULK_USERS: usize = 256;
+
 /// Prefix of personal access tokens: `ghp_<tenant>_<secret>`.
 const PAT_PREFIX: &str = "ghp_";
 
@@ -473,37 +476,23 @@ impl App {
             None => None,
         };
         let needle = query.q.as_deref().map(str::to_lowercase);
-        let mut items = Vec::new();
-        let mut next = None;
-        for user in self.store.list::<User>(&slug, &[])? {
-            if query
-                .after
-                .as_deref()
-                .is_some_and(|after| user.id.as_str() <= after)
-            {
-                continue;
-            }
-            let keep = query.status.is_none_or(|s| s == user.status)
-                && query.source.is_none_or(|s| s == user.source)
-                && in_team
-                    .as_ref()
-                    .is_none_or(|members| members.contains(&user.id))
-                && needle.as_deref().is_none_or(|n| {
-                    user.email.to_lowercase().contains(n)
-                        || user
-                            .display_name
-                            .as_deref()
-                            .is_some_and(|d| d.to_lowercase().contains(n))
-                });
-            if !keep {
-                continue;
-            }
-            if items.len() == limit {
-                next = items.last().map(|u: &User| u.id.clone());
-                break;
-            }
-            items.push(user);
-        }
+        let (items, more) =
+            self.store
+                .page::<User>(&slug, &[], query.after.as_deref(), limit, &mut |user| {
+                    query.status.is_none_or(|s| s == user.status)
+                        && query.source.is_none_or(|s| s == user.source)
+                        && in_team
+                            .as_ref()
+                            .is_none_or(|members| members.contains(&user.id))
+                        && needle.as_deref().is_none_or(|n| {
+                            user.email.to_lowercase().contains(n)
+                                || user
+                                    .display_name
+                                    .as_deref()
+                                    .is_some_and(|d| d.to_lowercase().contains(n))
+                        })
+                })?;
+        let next = more.then(|| items.last().map(|u| u.id.clone())).flatten();
         Ok(Page { items, next })
     }
 
@@ -1080,11 +1069,28 @@ impl App {
             .iter()
             .map(|(id, role)| ((*id).to_owned(), *role))
             .collect();
+        // Many users (a large team changing role): one pass over the tenant's
+        // memberships beats a lookup per user.
+        let memberships: Option<HashMap<String, Vec<String>>> = if users.len() > BULK_USERS {
+            let mut by_user: HashMap<String, Vec<String>> = HashMap::new();
+            for pair in self.store.index(Space::UserTeams, tenant, &[])? {
+                if let Some((user, team)) = pair.split_once('\0') {
+                    by_user
+                        .entry(user.to_owned())
+                        .or_default()
+                        .push(team.to_owned());
+                }
+            }
+            Some(by_user)
+        } else {
+            None
+        };
         let mut inputs = Vec::with_capacity(users.len());
         for user in users {
-            let teams = match view.user_teams.get(user.id.as_str()) {
-                Some(teams) => teams.clone(),
-                None => self.store.index(Space::UserTeams, tenant, &[&user.id])?,
+            let teams = match (view.user_teams.get(user.id.as_str()), &memberships) {
+                (Some(teams), _) => teams.clone(),
+                (None, Some(by_user)) => by_user.get(&user.id).cloned().unwrap_or_default(),
+                (None, None) => self.store.index(Space::UserTeams, tenant, &[&user.id])?,
             };
             let mut roles = Vec::new();
             for team in teams {
@@ -1128,9 +1134,10 @@ impl App {
         batch: &mut Batch,
         audit: &mut AuditLog,
         actor: &str,
-    ) -> Result<(), AppError> {
+    ) -> Result<usize, AppError> {
         let decided = self.decide_roles(tenant, users, view)?;
         let now = now();
+        let mut changes = Vec::new();
         for (user, (role, source)) in users.iter().zip(decided) {
             if user.role != role || user.role_source != source {
                 let after = User {
@@ -1140,17 +1147,26 @@ impl App {
                     ..user.clone()
                 };
                 batch.put(&[&user.id], &after);
-                audit.record(
-                    batch,
-                    actor,
-                    "user.role.recompute",
-                    &user.id,
-                    Some(&(user.role, user.role_source)),
-                    Some(&(role, source)),
-                );
+                changes.push(RoleChange {
+                    user: &user.id,
+                    before: (user.role, user.role_source),
+                    after: (role, source),
+                });
             }
         }
-        Ok(())
+        // One entry for the whole recomputation: a team of 10,000 changes role in one
+        // audited step, every user's before and after listed in it.
+        if !changes.is_empty() {
+            audit.record(
+                batch,
+                actor,
+                "user.role.recompute",
+                &format!("{} users", changes.len()),
+                None,
+                Some(&changes),
+            );
+        }
+        Ok(changes.len())
     }
 
     /// Recomputes the effective role of every user of the tenant (e.g. after a policy
@@ -1161,7 +1177,7 @@ impl App {
             let users = self.store.list::<User>(slug, &[])?;
             let mut batch = Batch::new(slug);
             let mut audit = self.audit_log(slug)?;
-            self.recompute(
+            let changed = self.recompute(
                 slug,
                 &users,
                 &RoleView::empty(),
@@ -1169,7 +1185,6 @@ impl App {
                 &mut audit,
                 &caller.actor(),
             )?;
-            let changed = audit.recorded;
             self.store.apply(&batch)?;
             Ok(changed)
         })
@@ -1338,15 +1353,22 @@ impl App {
             ),
             None => 0,
         };
-        Ok(AuditLog { seq, recorded: 0 })
+        Ok(AuditLog { seq })
     }
+}
+
+/// One user's role change inside a recomputation's audit entry.
+#[derive(Serialize)]
+struct RoleChange<'a> {
+    user: &'a str,
+    before: (Role, RoleSource),
+    after: (Role, RoleSource),
 }
 
 /// Audit entries added to a batch, numbered from the tenant's counter (read under the
 /// tenant's write lock, so numbers never repeat).
 pub(super) struct AuditLog {
     seq: u64,
-    recorded: usize,
 }
 
 impl AuditLog {
@@ -1360,7 +1382,6 @@ impl AuditLog {
         after: Option<&T>,
     ) {
         self.seq += 1;
-        self.recorded += 1;
         let entry = AuditEntry {
             seq: self.seq,
             at: now(),

@@ -177,7 +177,24 @@ pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
 /// The narrow storage interface.
 pub trait Backend: Send + Sync + 'static {
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
-    fn scan(&self, space: Space, prefix: &[u8]) -> Result<Pairs, StoreError>;
+    /// Visits the entries under `prefix` in key order, starting after `after` (a full
+    /// key), until `visit` returns false.
+    fn scan_each(
+        &self,
+        space: Space,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StoreError>;
+    /// Every entry under `prefix`, in key order.
+    fn scan(&self, space: Space, prefix: &[u8]) -> Result<Pairs, StoreError> {
+        let mut pairs = Vec::new();
+        self.scan_each(space, prefix, None, &mut |k, v| {
+            pairs.push((k.to_vec(), v.to_vec()));
+            true
+        })?;
+        Ok(pairs)
+    }
     /// Runs `body` atomically and in isolation: all its writes happen, or none.
     fn transact(&self, body: &TxBody<'_>) -> Result<(), StoreError>;
     /// Makes every write so far durable.

@@ -131,6 +131,49 @@ impl Store {
             .collect()
     }
 
+    /// Up to `limit` records under `prefix` that `keep` accepts, in key order, starting
+    /// after the record keyed `after` (its last key part); and whether more may follow.
+    pub fn page<T: Record>(
+        &self,
+        tenant: &str,
+        prefix: &[&str],
+        after: Option<&str>,
+        limit: usize,
+        keep: &mut dyn FnMut(&T) -> bool,
+    ) -> Result<(Vec<T>, bool), StoreError> {
+        let scan = scan_prefix(tenant, prefix);
+        let after = after.map(|a| {
+            let mut key = scan.clone();
+            key.extend_from_slice(a.as_bytes());
+            key
+        });
+        let (mut items, mut more, mut failure) = (Vec::new(), false, None);
+        self.kv.scan_each(
+            T::SPACE,
+            &scan,
+            after.as_deref(),
+            &mut |k, v| match decode::<T>(k, v) {
+                Ok(record) if keep(&record) => {
+                    if items.len() == limit {
+                        more = true;
+                        return false;
+                    }
+                    items.push(record);
+                    true
+                }
+                Ok(_) => true,
+                Err(e) => {
+                    failure = Some(e);
+                    false
+                }
+            },
+        )?;
+        match failure {
+            Some(e) => Err(e),
+            None => Ok((items, more)),
+        }
+    }
+
     /// The last key part of every entry under `prefix` in an index space, in key order
     /// (e.g. the user ids of a team's members).
     pub fn index(

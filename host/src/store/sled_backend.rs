@@ -1,6 +1,6 @@
 //! [`Backend`] on an embedded sled database: one tree per [`Space`].
 
-use super::{Backend, Pairs, Space, StoreError, TxBody, TxFail, Txn};
+use super::{Backend, Space, StoreError, TxBody, TxFail, Txn};
 use sled::transaction::{
     ConflictableTransactionError, TransactionError, TransactionalTree, UnabortableTransactionError,
 };
@@ -80,11 +80,28 @@ impl Backend for SledBackend {
             .map_err(io)
     }
 
-    fn scan(&self, space: Space, prefix: &[u8]) -> Result<Pairs, StoreError> {
-        self.tree(space)
-            .scan_prefix(prefix)
-            .map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(io))
-            .collect()
+    fn scan_each(
+        &self,
+        space: Space,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StoreError> {
+        use std::ops::Bound;
+        let start = match after {
+            Some(after) if after >= prefix => Bound::Excluded(after.to_vec()),
+            _ => Bound::Included(prefix.to_vec()),
+        };
+        for entry in self
+            .tree(space)
+            .range::<Vec<u8>, _>((start, Bound::Unbounded))
+        {
+            let (key, value) = entry.map_err(io)?;
+            if !key.starts_with(prefix) || !visit(&key, &value) {
+                break;
+            }
+        }
+        Ok(())
     }
 
     fn transact(&self, body: &TxBody<'_>) -> Result<(), StoreError> {
