@@ -11,6 +11,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+mod client;
+
 #[derive(Parser)]
 #[command(
     name = "gatehouse",
@@ -18,6 +20,9 @@ use std::sync::Arc;
     about = "Multi-tenant identity edge: SCIM 2.0, SSO, edge token evaluation, policy in WebAssembly"
 )]
 struct Cli {
+    /// Print client commands' answers as JSON.
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -31,7 +36,13 @@ enum Command {
     Policy(PolicyCommand),
     /// Manage tenants on a running server (GATEHOUSE_URL, GATEHOUSE_TOKEN).
     #[command(subcommand)]
-    Tenant(TenantCommand),
+    Tenant(client::TenantCommand),
+    /// Manage a tenant's users on a running server.
+    #[command(subcommand)]
+    User(client::UserCommand),
+    /// Manage a tenant's teams on a running server.
+    #[command(subcommand)]
+    Team(client::TeamCommand),
 }
 
 #[derive(Args)]
@@ -83,20 +94,14 @@ enum PolicyCommand {
     },
 }
 
-#[derive(Subcommand)]
-enum TenantCommand {
-    /// Create a tenant.
-    Create { slug: String },
-    /// List tenants.
-    List,
-}
-
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(args),
         Command::Policy(command) => policy(command),
-        Command::Tenant(command) => tenant(command),
+        Command::Tenant(command) => client::tenant(&client::Api::from_env(cli.json)?, command),
+        Command::User(command) => client::user(&client::Api::from_env(cli.json)?, command),
+        Command::Team(command) => client::team(&client::Api::from_env(cli.json)?, command),
     }
 }
 
@@ -235,32 +240,6 @@ fn test_policy(component: &[u8], cases_dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Server URL and token for client commands.
-fn client() -> Result<(String, String, reqwest::blocking::Client)> {
-    let url = std::env::var("GATEHOUSE_URL").unwrap_or_else(|_| "http://127.0.0.1:8080".into());
-    let token =
-        std::env::var("GATEHOUSE_TOKEN").context("set GATEHOUSE_TOKEN to the operator token")?;
-    Ok((
-        url.trim_end_matches('/').to_owned(),
-        token,
-        reqwest::blocking::Client::new(),
-    ))
-}
-
-fn answer(response: reqwest::blocking::Response) -> Result<serde_json::Value> {
-    let status = response.status();
-    let body: serde_json::Value = response.json().unwrap_or(serde_json::Value::Null);
-    if !status.is_success() {
-        bail!(
-            "{status}: {}",
-            body.get("detail")
-                .and_then(|d| d.as_str())
-                .unwrap_or("no detail")
-        );
-    }
-    Ok(body)
-}
-
 fn push_policy(
     tenant: &str,
     file: &Path,
@@ -282,19 +261,18 @@ fn push_policy(
             .collect(),
         None => Vec::new(),
     };
-    let (url, token, client) = client()?;
+    let api = client::Api::from_env(false)?;
     let body = serde_json::json!({
         "component_base64": base64::engine::general_purpose::STANDARD.encode(&component),
         "settings": settings,
         "cases": cases,
         "activate": activate,
     });
-    let response = client
-        .post(format!("{url}/api/v1/tenants/{tenant}/policy/versions"))
-        .bearer_auth(token)
-        .json(&body)
-        .send()?;
-    let record = answer(response)?;
+    let record = api.call(
+        reqwest::Method::POST,
+        &format!("/api/v1/tenants/{tenant}/policy/versions"),
+        Some(body),
+    )?;
     println!(
         "tenant {tenant}: stored policy version {} ({} {}){}",
         record["version"],
@@ -302,37 +280,5 @@ fn push_policy(
         record["policy_version"].as_str().unwrap_or("?"),
         if activate { ", active" } else { "" }
     );
-    Ok(())
-}
-
-fn tenant(command: TenantCommand) -> Result<()> {
-    let (url, token, client) = client()?;
-    match command {
-        TenantCommand::Create { slug } => {
-            let response = client
-                .post(format!("{url}/api/v1/tenants"))
-                .bearer_auth(token)
-                .json(&serde_json::json!({ "slug": slug }))
-                .send()?;
-            let tenant = answer(response)?;
-            println!(
-                "created tenant {}",
-                tenant["slug"].as_str().unwrap_or(&slug)
-            );
-        }
-        TenantCommand::List => {
-            let response = client
-                .get(format!("{url}/api/v1/tenants"))
-                .bearer_auth(token)
-                .send()?;
-            for tenant in answer(response)?["tenants"]
-                .as_array()
-                .into_iter()
-                .flatten()
-            {
-                println!("{}", tenant["slug"].as_str().unwrap_or("?"));
-            }
-        }
-    }
     Ok(())
 }

@@ -125,3 +125,53 @@ fn an_acknowledged_upload_survives_kill_9() {
     );
     server.kill9();
 }
+
+#[test]
+fn the_cli_manages_tenants_users_and_teams_on_a_running_server() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Process::start(&data.path().join("db")).unwrap();
+    let run = |args: &[&str]| {
+        let output = std::process::Command::new(gatehouse_tests::gatehouse_bin())
+            .args(args)
+            .env("GATEHOUSE_URL", &server.base)
+            .env("GATEHOUSE_TOKEN", OPERATOR_TOKEN)
+            .output()
+            .unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let (ok, out, err) = run(&["tenant", "create", "acme", "--admin-email", "a@acme.io"]);
+    assert!(
+        ok && out.contains("created tenant acme") && out.contains("ghp_acme_"),
+        "{out}{err}"
+    );
+    let (ok, out, err) = run(&["user", "invite", "--tenant", "acme", "bob@acme.io"]);
+    assert!(ok && out.contains("invited bob@acme.io"), "{out}{err}");
+    let (ok, out, _) = run(&["--json", "user", "list", "--tenant", "acme", "--q", "bob"]);
+    assert!(ok);
+    let listed: Value = serde_json::from_str(&out).unwrap();
+    let bob = listed["items"][0]["id"].as_str().unwrap().to_owned();
+    let (ok, out, err) = run(&[
+        "team", "create", "--tenant", "acme", "ml", "--role", "admin",
+    ]);
+    assert!(ok && out.contains("created team ml"), "{out}{err}");
+    let team = out.trim().rsplit(' ').next().unwrap().to_owned();
+    let (ok, out, err) = run(&["team", "add", "--tenant", "acme", &team, &bob]);
+    assert!(ok && out.contains("1 members"), "{out}{err}");
+    let (ok, out, _) = run(&["user", "list", "--tenant", "acme"]);
+    assert!(
+        ok && out.lines().next().unwrap().starts_with("ID") && out.contains("admin (group)"),
+        "{out}"
+    );
+    let (ok, _, err) = run(&["user", "role", "--tenant", "acme", &bob, "boss"]);
+    assert!(!ok && err.contains("admin, member or clear"), "{err}");
+    let (ok, _, err) = run(&["user", "delete", "--tenant", "acme", &bob]);
+    assert!(
+        !ok && err.contains("team ml"),
+        "the server's refusal reaches the user: {err}"
+    );
+    server.kill9();
+}
