@@ -389,3 +389,84 @@ async fn collaborators_guard_deletion_and_must_exist() {
         204
     );
 }
+
+#[tokio::test]
+async fn user_mappings_name_an_idp_and_map_one_user() {
+    let server = TestServer::start().await;
+    server.create_tenant_with_admin("acme", "a@acme.io").await;
+    let users = "/api/v1/tenants/acme/users";
+    let (_, bob) = post(&server, users, json!({ "email": "bob@acme.io" })).await;
+    let (_, eve) = post(&server, users, json!({ "email": "eve@acme.io" })).await;
+    let (bob, eve) = (
+        bob["id"].as_str().unwrap().to_owned(),
+        eve["id"].as_str().unwrap().to_owned(),
+    );
+    let mappings = json!({ "mappings": [{ "idp": "okta", "value": "00u-bob" }] });
+    let (status, body) = server
+        .call(
+            Method::PUT,
+            &format!("{users}/{bob}/mappings"),
+            OP,
+            Some(&mappings),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    post(
+        &server,
+        "/api/v1/tenants/acme/identity-providers",
+        idp("okta", "https://acme.okta.com", &[]),
+    )
+    .await;
+    let (status, body) = server
+        .call(
+            Method::PUT,
+            &format!("{users}/{bob}/mappings"),
+            OP,
+            Some(&mappings),
+        )
+        .await;
+    assert_eq!(
+        (status, body["mappings"][0]["value"].as_str()),
+        (200, Some("00u-bob")),
+        "{body}"
+    );
+    let (status, body) = server
+        .call(
+            Method::PUT,
+            &format!("{users}/{eve}/mappings"),
+            OP,
+            Some(&mappings),
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+    let (status, body) = server
+        .call(
+            Method::DELETE,
+            "/api/v1/tenants/acme/identity-providers/okta",
+            OP,
+            None,
+        )
+        .await;
+    assert_eq!(status, 409);
+    assert!(
+        body["detail"].as_str().unwrap().contains("bob@acme.io"),
+        "{body}"
+    );
+    server
+        .call(
+            Method::PUT,
+            &format!("{users}/{bob}/mappings"),
+            OP,
+            Some(&json!({ "mappings": [] })),
+        )
+        .await;
+    let (status, _) = server
+        .call(
+            Method::PUT,
+            &format!("{users}/{eve}/mappings"),
+            OP,
+            Some(&mappings),
+        )
+        .await;
+    assert_eq!(status, 200, "the mapping is free again");
+}

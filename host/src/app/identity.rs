@@ -583,6 +583,9 @@ impl App {
                 )));
             }
             let mut batch = Batch::new(slug);
+            for mapping in &user.mappings {
+                batch.remove(Space::UserMappings, &[&mapping.idp, &mapping.value]);
+            }
             batch
                 .remove(Space::Users, &[id])
                 .remove(Space::UserEmails, &[&user.email.to_lowercase()]);
@@ -647,6 +650,63 @@ impl App {
                 &mut batch,
                 &caller.actor(),
                 action,
+                id,
+                Some(&before),
+                Some(&after),
+            );
+            self.store.apply(&batch)?;
+            Ok(after)
+        })
+    }
+
+    /// Replaces a user's identity-provider mappings: each names an IdP of the tenant, and a
+    /// `{idp, value}` pair maps one user only.
+    pub fn set_user_mappings(
+        &self,
+        tenant: &str,
+        id: &str,
+        mappings: Vec<Mapping>,
+        caller: &Caller,
+    ) -> Result<User, AppError> {
+        caller.require_admin()?;
+        self.with_tenant(tenant, |slug| {
+            let before = self.existing_user(slug, id)?;
+            let added: Vec<Mapping> = mappings
+                .iter()
+                .filter(|m| !before.mappings.contains(m))
+                .cloned()
+                .collect();
+            self.check_mappings(slug, &added)?;
+            let mut batch = Batch::new(slug);
+            for gone in before.mappings.iter().filter(|m| !mappings.contains(m)) {
+                batch.remove(Space::UserMappings, &[&gone.idp, &gone.value]);
+            }
+            for mapping in &added {
+                batch
+                    .require_absent(
+                        Space::UserMappings,
+                        &[&mapping.idp, &mapping.value],
+                        format!(
+                            "another user already maps {} on {}",
+                            mapping.value, mapping.idp
+                        ),
+                    )
+                    .put_raw(
+                        Space::UserMappings,
+                        &[&mapping.idp, &mapping.value],
+                        id.as_bytes(),
+                    );
+            }
+            let after = User {
+                mappings,
+                updated_at: now(),
+                ..before.clone()
+            };
+            batch.put(&[id], &after);
+            self.audit_log(slug)?.record(
+                &mut batch,
+                &caller.actor(),
+                "user.mappings",
                 id,
                 Some(&before),
                 Some(&after),

@@ -41,6 +41,7 @@ pub(super) fn routes() -> Router<Arc<App>> {
             "/tenants/{tenant}/users/{user}/reset-password",
             post(reset_password),
         )
+        .route("/tenants/{tenant}/users/{user}/mappings", put(set_mappings))
         .route(
             "/tenants/{tenant}/users/{user}/tokens",
             get(list_tokens)
@@ -226,6 +227,26 @@ async fn reset_password(
     let caller = caller(&app, &tenant, &headers)?;
     app.reset_password(&tenant, &user, &caller)?;
     Ok(StatusCode::ACCEPTED.into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Mappings {
+    mappings: Vec<crate::identity::Mapping>,
+}
+
+async fn set_mappings(
+    State(app): Shared,
+    headers: HeaderMap,
+    Path((tenant, user)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Response, AppError> {
+    let caller = caller(&app, &tenant, &headers)?;
+    let request: Mappings = parse_json(&body)?;
+    Ok(json(
+        StatusCode::OK,
+        app.set_user_mappings(&tenant, &user, request.mappings, &caller)?,
+    ))
 }
 
 async fn list_tokens(

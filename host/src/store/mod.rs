@@ -72,11 +72,13 @@ pub enum Space {
     SsoConfigs,
     /// Resources by id.
     Resources,
+    /// Index: idp, value → user id (a user mapping is unique).
+    UserMappings,
 }
 
 impl Space {
     /// Every space, for backends that create them up front.
-    pub const ALL: [Space; 24] = [
+    pub const ALL: [Space; 25] = [
         Space::System,
         Space::Tenants,
         Space::PolicyState,
@@ -101,6 +103,7 @@ impl Space {
         Space::IdpIssuers,
         Space::SsoConfigs,
         Space::Resources,
+        Space::UserMappings,
     ];
 
     /// The space's stable name on disk.
@@ -130,6 +133,7 @@ impl Space {
             Space::IdpIssuers => "idp_issuers",
             Space::SsoConfigs => "sso_configs",
             Space::Resources => "resources",
+            Space::UserMappings => "user_mappings",
         }
     }
 }
