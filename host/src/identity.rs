@@ -82,7 +82,7 @@ pub fn new_id(prefix: &str) -> String {
 }
 
 /// An identity-provider mapping on its target: `{idp, value}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Mapping {
     pub idp: String,
@@ -102,7 +102,7 @@ impl Mapping {
 }
 
 /// A user as stored.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct User {
     pub id: String,
     pub email: String,
@@ -133,7 +133,7 @@ impl Record for User {
 }
 
 /// A team as stored (members are kept in index spaces).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Team {
     pub id: String,
     pub name: String,
@@ -158,14 +158,14 @@ impl Record for Team {
 }
 
 /// Which SCIM connection manages a team.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ScimLink {
     pub sso_id: String,
     pub external_id: Option<String>,
 }
 
 /// What a token authenticates as.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TokenKind {
     /// A user's personal access token.
@@ -175,7 +175,7 @@ pub enum TokenKind {
 }
 
 /// A token as stored, keyed by the SHA-256 of its secret (the secret is never stored).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Token {
     pub id: String,
     pub kind: TokenKind,
@@ -205,7 +205,7 @@ impl Token {
 }
 
 /// One audit entry: who changed what, when, from what to what. Secrets never appear.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AuditEntry {
     pub seq: u64,
     #[serde(with = "time::serde::rfc3339")]
@@ -222,7 +222,7 @@ impl Record for AuditEntry {
 }
 
 /// An email waiting to be sent (or sent) by the outbox relay.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct OutboxMessage {
     pub id: String,
     pub to: String,
@@ -262,7 +262,7 @@ impl Record for Link {
 }
 
 /// A machine identity.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct VirtualAccount {
     pub id: String,
     pub name: String,
@@ -281,7 +281,7 @@ impl Record for VirtualAccount {
 }
 
 /// An identity provider: validates externally issued JWTs (it never creates users).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct IdentityProvider {
     pub name: String,
     pub issuer: String,
@@ -331,7 +331,7 @@ impl Record for SsoConfig {
 }
 
 /// Who collaborates on a resource.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Subject {
     User(String),
@@ -342,7 +342,7 @@ pub enum Subject {
 }
 
 /// A collaborator on a resource.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Collaborator {
     pub subject: Subject,
@@ -350,7 +350,7 @@ pub struct Collaborator {
 }
 
 /// Something identities collaborate on (model, workspace, MCP server, agent, ...).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Resource {
     pub id: String,
     pub kind: String,

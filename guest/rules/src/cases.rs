@@ -117,6 +117,7 @@ impl Evaluator for Native {
 }
 
 /// What running one case gave.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CaseReport {
     pub name: String,

@@ -27,6 +27,7 @@ pub const CONTRACT_VERSION: &str = "0.1.0";
 use serde::{Deserialize, Serialize};
 
 /// How users come into a tenant. Exactly one per tenant.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(
     feature = "serde",
@@ -51,6 +52,7 @@ impl ProvisioningMode {
 }
 
 /// Lifecycle state of a user record.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(
     feature = "serde",
@@ -75,6 +77,7 @@ impl UserStatus {
 }
 
 /// How a user record came to exist.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(
     feature = "serde",
@@ -89,6 +92,7 @@ pub enum UserSource {
 }
 
 /// A tenant role; `Admin` outranks `Member`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 #[cfg_attr(
     feature = "serde",
@@ -101,6 +105,7 @@ pub enum Role {
 }
 
 /// Who decided a user's effective role.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(
     feature = "serde",
@@ -132,6 +137,7 @@ impl Refusal {
 }
 
 /// Name, version and contract of a policy.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
 pub struct PolicyInfo {

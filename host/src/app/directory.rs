@@ -21,7 +21,7 @@ pub const ALLOWED_ALGORITHMS: [&str; 9] = [
 ];
 
 /// A new virtual account.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewVirtualAccount {
     pub name: String,
@@ -36,7 +36,7 @@ fn member() -> Role {
 }
 
 /// A change to a virtual account; absent fields stay.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VirtualAccountPatch {
     pub enabled: Option<bool>,
@@ -46,7 +46,7 @@ pub struct VirtualAccountPatch {
 
 /// A new VA token; `replaces` regenerates an existing token, which stays valid for
 /// `grace_seconds` (0: revoked at once).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewVaToken {
     pub name: String,
@@ -59,7 +59,7 @@ pub struct NewVaToken {
 }
 
 /// An identity provider as written by an admin.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IdpInput {
     pub name: String,
@@ -91,7 +91,7 @@ fn default_leeway() -> u32 {
 }
 
 /// An SSO configuration as written by an admin.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SsoInput {
     pub id: String,
@@ -110,7 +110,7 @@ pub struct SsoInput {
 }
 
 /// An SSO configuration as shown: never its client secret or SCIM token hash.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct SsoView {
     pub id: String,
     pub issuer: String,
@@ -127,14 +127,14 @@ pub struct SsoView {
 }
 
 /// A SCIM token, shown once, with the endpoint it opens.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ScimToken {
     pub token: String,
     pub scim_base_url: String,
 }
 
 /// A new resource.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewResource {
     pub kind: String,

@@ -66,7 +66,7 @@ const PAT_PREFIX: &str = "ghp_";
 pub(super) const VA_PREFIX: &str = "gva_";
 
 /// A tenant just created: its first admin and that admin's token (shown once).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TenantCreated {
     pub tenant: crate::store::TenantRecord,
     pub admin: Option<User>,
@@ -74,7 +74,7 @@ pub struct TenantCreated {
 }
 
 /// An invitation.
-#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Default, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Invite {
     pub email: String,
@@ -106,7 +106,7 @@ pub struct UserQuery {
 }
 
 /// One page of a list.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Page<T> {
     pub items: Vec<T>,
     /// Pass as `after` for the next page; absent on the last page.
@@ -114,7 +114,7 @@ pub struct Page<T> {
 }
 
 /// A team with its members.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TeamView {
     #[serde(flatten)]
     pub team: Team,
@@ -122,7 +122,7 @@ pub struct TeamView {
 }
 
 /// A new team.
-#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Default, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewTeam {
     pub name: String,
@@ -135,7 +135,7 @@ pub struct NewTeam {
 }
 
 /// A change to a team; absent fields stay as they are. `role: null` clears the role.
-#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Default, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TeamPatch {
     #[serde(default)]
@@ -156,7 +156,7 @@ mod double_option {
 }
 
 /// A membership change: ids to add and to remove.
-#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Default, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MemberChange {
     #[serde(default)]
@@ -166,7 +166,7 @@ pub struct MemberChange {
 }
 
 /// A new personal access token.
-#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Default, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewToken {
     pub name: String,
@@ -176,7 +176,7 @@ pub struct NewToken {
 }
 
 /// A token as shown: never its secret, except once at creation.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TokenCreated {
     #[serde(flatten)]
     pub token: Token,

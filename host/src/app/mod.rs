@@ -77,7 +77,7 @@ pub struct Upload {
 }
 
 /// A tenant's policy: what runs now, and every stored version.
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct PolicyOverview {
     /// The active version; `null` is the built-in default policy.
     pub active: Option<u64>,
@@ -98,7 +98,7 @@ pub enum Evaluate {
 }
 
 /// The answer to [`Evaluate`]: the decision, or the policy error that became a deny.
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct Evaluated {
     pub policy_version: Option<u64>,
     pub policy: String,
@@ -109,7 +109,7 @@ pub struct Evaluated {
 }
 
 /// A policy error as reported to the caller: `deny` with reason `policy_error`.
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct PolicyFailure {
     pub reason: &'static str,
     pub kind: &'static str,

@@ -13,7 +13,7 @@ tokio::task_local! {
 }
 
 /// A problem body.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Problem {
     pub status: u16,
     pub title: &'static str,

@@ -206,7 +206,7 @@ pub trait Backend: Send + Sync + 'static {
 }
 
 /// A tenant as stored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TenantRecord {
     pub slug: String,
     pub created_at: String,
@@ -221,7 +221,7 @@ fn invite_only() -> String {
 }
 
 /// One uploaded version of a tenant's policy.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PolicyVersionRecord {
     pub version: u64,
     /// Hex SHA-256 of the component bytes.
@@ -238,7 +238,7 @@ pub struct PolicyVersionRecord {
 
 /// Which version a tenant runs (`None`: the built-in default) and which ones it ran
 /// before, most recent last, for rollback.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PolicyState {
     pub active: Option<u64>,
     pub history: Vec<Option<u64>>,
