@@ -205,7 +205,7 @@ impl Token {
 }
 
 /// One audit entry: who changed what, when, from what to what. Secrets never appear.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AuditEntry {
     pub seq: u64,
     #[serde(with = "time::serde::rfc3339")]
@@ -213,8 +213,11 @@ pub struct AuditEntry {
     pub actor: String,
     pub action: String,
     pub target: String,
-    pub before: Option<serde_json::Value>,
-    pub after: Option<serde_json::Value>,
+    /// The record before the change (kept as written: never re-parsed on the way out).
+    #[schema(value_type = Option<Object>)]
+    pub before: Option<Box<serde_json::value::RawValue>>,
+    #[schema(value_type = Option<Object>)]
+    pub after: Option<Box<serde_json::value::RawValue>>,
 }
 
 impl Record for AuditEntry {
