@@ -22,6 +22,7 @@ use std::fmt::Display;
 use std::path::{Path, PathBuf};
 
 /// One named case.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Case {
     pub name: String,
@@ -30,6 +31,7 @@ pub struct Case {
 }
 
 /// The decision a case exercises, its input and the expected outcome.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "decision", rename_all = "snake_case")]
 pub enum CaseKind {
@@ -59,6 +61,7 @@ pub enum CaseKind {
 }
 
 /// Input of the claim-mapping decision.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClaimMappingInput {
     #[serde(default)]
@@ -69,6 +72,7 @@ pub struct ClaimMappingInput {
 
 /// Expected answer of `validate-settings`: accepted, or refused with a message that
 /// contains `message_contains` (when given).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SettingsVerdict {
     pub ok: bool,

@@ -119,6 +119,7 @@ pub enum RoleSource {
 }
 
 /// A refusal with a stable code and a message a person can act on.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
 pub struct Refusal {
@@ -149,6 +150,7 @@ pub struct PolicyInfo {
 // ------------------------------------------------------------------------- login
 
 /// Claims of a validated SSO login.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize), serde(default))]
 pub struct LoginClaims {
@@ -160,6 +162,7 @@ pub struct LoginClaims {
 }
 
 /// The user record that already carries the login's email.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
 pub struct ExistingUser {
@@ -169,6 +172,7 @@ pub struct ExistingUser {
 }
 
 /// Everything the login decision depends on.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
 pub struct LoginInput {
@@ -182,6 +186,7 @@ pub struct LoginInput {
 }
 
 /// The profile of a user created just in time.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
 pub struct NewUser {
@@ -192,6 +197,7 @@ pub struct NewUser {
 }
 
 /// What the host does with a login.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[cfg_attr(
     feature = "serde",
@@ -217,6 +223,7 @@ pub struct LoginDecision {
 // ----------------------------------------------------------------------- resolve
 
 /// A claim extracted at a dot path.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
 pub struct Claim {
@@ -225,6 +232,7 @@ pub struct Claim {
 }
 
 /// A virtual account whose mapping matched the VA-name claim.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
 pub struct VaCandidate {
@@ -234,6 +242,7 @@ pub struct VaCandidate {
 }
 
 /// How a user candidate matched the user claim.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(
     feature = "serde",
@@ -246,6 +255,7 @@ pub enum UserMatch {
 }
 
 /// A user whose mapping or email matched the user claim.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
 pub struct UserCandidate {
@@ -258,6 +268,7 @@ pub struct UserCandidate {
 }
 
 /// A team whose mapping matched a team-claim value.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
 pub struct TeamCandidate {
@@ -267,6 +278,7 @@ pub struct TeamCandidate {
 }
 
 /// Everything the token-resolution decision depends on.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize), serde(default))]
 pub struct ResolveInput {
@@ -283,6 +295,7 @@ pub struct ResolveInput {
 }
 
 /// A token resolved to a user.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
 pub struct UserResolution {
@@ -291,6 +304,7 @@ pub struct UserResolution {
 }
 
 /// Who a token is.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[cfg_attr(
     feature = "serde",
@@ -315,6 +329,7 @@ pub struct ResolveDecision {
 // ------------------------------------------------------------------------- roles
 
 /// The inputs of one user's effective role.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize), serde(default))]
 pub struct RoleInput {
@@ -323,6 +338,7 @@ pub struct RoleInput {
 }
 
 /// A user's effective role and who decided it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
 pub struct RoleDecision {
@@ -333,6 +349,7 @@ pub struct RoleDecision {
 // ----------------------------------------------------------------- claim mapping
 
 /// Claim overrides configured on an identity provider.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Default, Hash)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize), serde(default))]
 pub struct IdpClaims {
@@ -342,6 +359,7 @@ pub struct IdpClaims {
 }
 
 /// Where the host finds each value in a token's claims (dot paths).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
 pub struct ClaimMap {

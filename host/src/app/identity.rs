@@ -91,16 +91,20 @@ pub struct Invite {
 }
 
 /// Filters and paging of the user list.
-#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Default, serde::Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct UserQuery {
+    /// Only users in this lifecycle state.
     pub status: Option<UserStatus>,
+    /// Only users that came in this way.
     pub source: Option<UserSource>,
     /// Case-insensitive substring of email or display name.
     pub q: Option<String>,
     /// Only members of this team (id).
     pub team: Option<String>,
     /// Page size (1-500, default 50).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<usize>,
     /// Continue after this user id (the previous page's `next`).
     pub after: Option<String>,

@@ -88,7 +88,7 @@ pub struct PolicyOverview {
 }
 
 /// One decision to evaluate through a tenant's policy (tests, benchmarks, explanations).
-#[derive(Debug, Clone, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Deserialize, utoipa::ToSchema)]
 #[serde(tag = "decision", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Evaluate {
     Login { input: rules::LoginInput },

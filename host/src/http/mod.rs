@@ -4,8 +4,12 @@
 mod directory;
 mod error;
 mod identity;
+mod openapi;
 
-use crate::app::{App, AppError, Caller, Evaluate, Upload, OPERATOR};
+use crate::app::{
+    App, AppError, Caller, Evaluate, Evaluated, PolicyOverview, TenantCreated, Upload, OPERATOR,
+};
+use crate::store::{PolicyState, PolicyVersionRecord, TenantRecord};
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, RawQuery, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -15,13 +19,14 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use gatehouse_rules::cases::Case;
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use tracing::Instrument;
 
 pub use error::Problem;
+pub use openapi::{openapi_json, ApiDoc};
 
 type Shared = State<Arc<App>>;
 
@@ -51,11 +56,12 @@ pub fn router(app: Arc<App>) -> Router {
     let api = Router::new()
         .route("/tenants", post(create_tenant).get(list_tenants))
         .route("/tenants/{tenant}", get(get_tenant))
+        .route("/openapi.json", get(openapi::document))
         .route("/tenants/{tenant}/policy", get(policy_overview))
         .route(
             "/tenants/{tenant}/policy/versions",
             post(upload_policy)
-                .get(policy_overview)
+                .get(policy_versions)
                 .layer(DefaultBodyLimit::max(max_upload)),
         )
         .route("/tenants/{tenant}/policy/activate", post(activate_policy))
@@ -134,26 +140,73 @@ fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, AppError> {
         .map_err(|e| AppError::BadRequest(format!("request body is not valid: {e}")))
 }
 
-async fn healthz() -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "status": "ok" }))
+/// Liveness or readiness of the process.
+#[derive(Serialize, utoipa::ToSchema)]
+struct Health {
+    /// `ok` (liveness); `ready` or `unavailable` (readiness).
+    status: &'static str,
+    /// How many tenants the store holds (readiness, when ready).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tenants: Option<usize>,
 }
 
+/// Liveness: the process answers.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "health",
+    responses((status = 200, description = "The process is up", body = Health)),
+)]
+async fn healthz() -> Json<Health> {
+    Json(Health {
+        status: "ok",
+        tenants: None,
+    })
+}
+
+/// Readiness: the store answers.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "health",
+    responses(
+        (status = 200, description = "Ready: the store answers", body = Health),
+        (status = 503, description = "The store does not answer", body = Health),
+    ),
+)]
 async fn readyz(State(app): Shared) -> Response {
     match app.store.tenants() {
-        Ok(tenants) => {
-            Json(serde_json::json!({ "status": "ready", "tenants": tenants.len() })).into_response()
-        }
+        Ok(tenants) => Json(Health {
+            status: "ready",
+            tenants: Some(tenants.len()),
+        })
+        .into_response(),
         Err(e) => {
             tracing::error!(error = %e, "not ready: store unavailable");
             (
                 StatusCode::SERVICE_UNAVAILABLE,
-                Json(serde_json::json!({ "status": "unavailable" })),
+                Json(Health {
+                    status: "unavailable",
+                    tenants: None,
+                }),
             )
                 .into_response()
         }
     }
 }
 
+/// Prometheus metrics.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "health",
+    responses((
+        status = 200,
+        description = "Prometheus text exposition format",
+        body = String,
+        content_type = "text/plain; version=0.0.4",
+    )),
+)]
 async fn metrics_text() -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -166,15 +219,35 @@ async fn not_found() -> Result<(), AppError> {
     Err(AppError::NotFound("route".into()))
 }
 
-#[derive(Deserialize)]
+/// A new tenant.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateTenant {
+    /// Lowercase letters, digits and hyphens.
     slug: String,
     /// The first tenant admin; the answer carries a token for them (shown once).
     #[serde(default)]
     admin_email: Option<String>,
 }
 
+/// Create a tenant (operator only).
+///
+/// The tenant starts with its built-in `everyone` team, the built-in default policy and
+/// `invite_only` provisioning; with `admin_email`, also with a first admin whose token the
+/// answer carries, once.
+#[utoipa::path(
+    post,
+    path = "/api/v1/tenants",
+    tag = "tenants",
+    request_body = CreateTenant,
+    responses(
+        (status = 201, description = "Created", body = TenantCreated),
+        (status = 400, description = "The body, the slug or the email is not valid", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Not the operator token", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The tenant exists", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
 async fn create_tenant(
     State(app): Shared,
     headers: HeaderMap,
@@ -187,11 +260,45 @@ async fn create_tenant(
     Ok((StatusCode::CREATED, Json(created)).into_response())
 }
 
-async fn list_tenants(State(app): Shared, headers: HeaderMap) -> Result<Response, AppError> {
-    operator(&app, &headers)?;
-    Ok(Json(serde_json::json!({ "tenants": app.tenants()? })).into_response())
+/// Every tenant.
+#[derive(Serialize, utoipa::ToSchema)]
+struct TenantList {
+    tenants: Vec<TenantRecord>,
 }
 
+/// List tenants (operator only).
+#[utoipa::path(
+    get,
+    path = "/api/v1/tenants",
+    tag = "tenants",
+    responses(
+        (status = 200, description = "Every tenant", body = TenantList),
+        (status = 401, description = "Not the operator token", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
+async fn list_tenants(State(app): Shared, headers: HeaderMap) -> Result<Response, AppError> {
+    operator(&app, &headers)?;
+    Ok(Json(TenantList {
+        tenants: app.tenants()?,
+    })
+    .into_response())
+}
+
+/// Read a tenant (operator or tenant admin).
+#[utoipa::path(
+    get,
+    path = "/api/v1/tenants/{tenant}",
+    tag = "tenants",
+    params(("tenant" = String, Path, description = "Tenant slug")),
+    responses(
+        (status = 200, description = "The tenant", body = TenantRecord),
+        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "A member's token: this needs a tenant admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such tenant (or a token of another tenant)", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
 async fn get_tenant(
     State(app): Shared,
     headers: HeaderMap,
@@ -201,6 +308,20 @@ async fn get_tenant(
     Ok(Json(app.tenant(&tenant)?).into_response())
 }
 
+/// The tenant's policy: the active version, rollback history, every stored version.
+#[utoipa::path(
+    get,
+    path = "/api/v1/tenants/{tenant}/policy",
+    tag = "policies",
+    params(("tenant" = String, Path, description = "Tenant slug")),
+    responses(
+        (status = 200, description = "The policy overview", body = PolicyOverview),
+        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "A member's token: this needs a tenant admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such tenant (or a token of another tenant)", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
 async fn policy_overview(
     State(app): Shared,
     headers: HeaderMap,
@@ -210,16 +331,43 @@ async fn policy_overview(
     Ok(Json(app.policy_overview(&tenant)?).into_response())
 }
 
+/// The same overview as `GET /policy`, at the collection the uploads go to.
+#[utoipa::path(
+    get,
+    path = "/api/v1/tenants/{tenant}/policy/versions",
+    tag = "policies",
+    params(("tenant" = String, Path, description = "Tenant slug")),
+    responses(
+        (status = 200, description = "The policy overview", body = PolicyOverview),
+        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "A member's token: this needs a tenant admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such tenant (or a token of another tenant)", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
+async fn policy_versions(
+    state: Shared,
+    headers: HeaderMap,
+    tenant: Path<String>,
+) -> Result<Response, AppError> {
+    policy_overview(state, headers, tenant).await
+}
+
 /// A JSON upload: the component in base64, its settings, its cases.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct UploadJson {
+    /// The component's bytes, base64 (standard alphabet, padded).
     component_base64: String,
+    /// The policy's settings: a JSON value, or JSON text in a string (absent: `{}`).
     #[serde(default)]
     settings: Option<serde_json::Value>,
+    /// The policy's decision cases; every one must pass before the version is stored.
     #[serde(default)]
     cases: Vec<Case>,
+    /// Activate the version once stored (default `true`).
     #[serde(default = "yes")]
+    #[schema(default = true)]
     activate: bool,
 }
 
@@ -248,8 +396,38 @@ fn activate_param(query: Option<&str>) -> Result<bool, AppError> {
     Ok(activate)
 }
 
+/// Upload a policy version: compile, type-check, validate settings, run its cases, store,
+/// and (by default) activate it.
+///
 /// `application/wasm`: the body is the component (no settings, no cases; `?activate=`).
 /// Anything else: [`UploadJson`].
+#[utoipa::path(
+    post,
+    path = "/api/v1/tenants/{tenant}/policy/versions",
+    tag = "policies",
+    params(
+        ("tenant" = String, Path, description = "Tenant slug"),
+        ("activate" = Option<bool>, Query, description = "Raw `application/wasm` uploads only: activate the version once stored (default `true`)"),
+    ),
+    request_body(
+        description = "The component as base64 JSON with settings and cases, or as raw bytes",
+        content(
+            (UploadJson = "application/json"),
+            ("application/wasm"),
+        ),
+    ),
+    responses(
+        (status = 201, description = "Stored (and activated, unless asked not to)", body = PolicyVersionRecord),
+        (status = 400, description = "The body, its base64 or the query string is not valid", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "A member's token: this needs a tenant admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such tenant (or a token of another tenant)", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The component is larger than the configured limit (a body past twice that, plus 1 MiB, is cut off earlier with a plain-text 413)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Refused: not a valid component, forbidden imports, wrong contract, settings refused, or failing cases (`failed_cases`)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Every sandbox slot is busy; try again", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
 async fn upload_policy(
     State(app): Shared,
     headers: HeaderMap,
@@ -292,13 +470,30 @@ async fn upload_policy(
     Ok((StatusCode::CREATED, Json(record)).into_response())
 }
 
-#[derive(Deserialize)]
+/// Which stored version to run.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Activate {
     /// `null` activates the built-in default policy.
     version: Option<u64>,
 }
 
+/// Activate a stored policy version (`null`: the built-in default policy).
+#[utoipa::path(
+    post,
+    path = "/api/v1/tenants/{tenant}/policy/activate",
+    tag = "policies",
+    params(("tenant" = String, Path, description = "Tenant slug")),
+    request_body = Activate,
+    responses(
+        (status = 200, description = "The version now runs", body = PolicyState),
+        (status = 400, description = "The body is not valid", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "A member's token: this needs a tenant admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such tenant or version", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
 async fn activate_policy(
     State(app): Shared,
     headers: HeaderMap,
@@ -311,6 +506,21 @@ async fn activate_policy(
     Ok(Json(state).into_response())
 }
 
+/// Return to the version that ran before the current one.
+#[utoipa::path(
+    post,
+    path = "/api/v1/tenants/{tenant}/policy/rollback",
+    tag = "policies",
+    params(("tenant" = String, Path, description = "Tenant slug")),
+    responses(
+        (status = 200, description = "The previous version runs again", body = PolicyState),
+        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "A member's token: this needs a tenant admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such tenant (or a token of another tenant)", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Nothing to roll back to", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
 async fn rollback_policy(
     State(app): Shared,
     headers: HeaderMap,
@@ -321,6 +531,23 @@ async fn rollback_policy(
     Ok(Json(state).into_response())
 }
 
+/// Run one decision through the tenant's active policy. A policy error is not a failure
+/// here: it is reported in `policy_error`, as the deny it becomes.
+#[utoipa::path(
+    post,
+    path = "/api/v1/tenants/{tenant}/policy/evaluate",
+    tag = "policies",
+    params(("tenant" = String, Path, description = "Tenant slug")),
+    request_body = Evaluate,
+    responses(
+        (status = 200, description = "The decision, or the policy error", body = Evaluated),
+        (status = 400, description = "The body is not valid", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "A member's token: this needs a tenant admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such tenant (or a token of another tenant)", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
 async fn evaluate(
     State(app): Shared,
     headers: HeaderMap,
