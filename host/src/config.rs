@@ -25,6 +25,77 @@ pub struct Config {
     /// (tests, internal identity providers).
     pub allow_private_urls: bool,
     pub policy: PolicyConfig,
+    pub edge: EdgeConfig,
+}
+
+/// The edge token evaluator: answer headers, caches, key fetching.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EdgeConfig {
+    /// Prefix of the identity headers of `forward-auth` answers (`X-Gatehouse-Id`, ...).
+    pub header_prefix: String,
+    /// Ask the proxy to drop `Authorization` before the request goes upstream
+    /// (`x-envoy-auth-headers-to-remove`; nginx and Traefik are configured instead, see
+    /// docs/edge.md).
+    pub strip_authorization: bool,
+    /// One log line per decision (target `gatehouse::decision`).
+    pub decision_log: bool,
+    /// Entries in the verified-result cache.
+    pub cache_entries: usize,
+    /// Longest a verified result is reused, in seconds (never past the token's `exp`).
+    pub cache_ttl_secs: u64,
+    /// Key-set lifetime when the provider sends no `max-age`, in seconds.
+    pub jwks_default_ttl_secs: u64,
+    /// `max-age` is clamped to `[jwks_min_ttl_secs, jwks_max_ttl_secs]`.
+    pub jwks_min_ttl_secs: u64,
+    pub jwks_max_ttl_secs: u64,
+    /// At most one refetch per key location in this time for unknown `kid`s, in ms.
+    pub jwks_refetch_cooldown_ms: u64,
+    /// How long an expired key set keeps serving while its provider is down, in seconds.
+    pub jwks_max_stale_secs: u64,
+    /// Timeout of one key or discovery fetch, in ms.
+    pub jwks_fetch_timeout_ms: u64,
+}
+
+impl Default for EdgeConfig {
+    fn default() -> Self {
+        EdgeConfig {
+            header_prefix: "X-Gatehouse-".into(),
+            strip_authorization: false,
+            decision_log: true,
+            cache_entries: 100_000,
+            cache_ttl_secs: 300,
+            jwks_default_ttl_secs: 600,
+            jwks_min_ttl_secs: 60,
+            jwks_max_ttl_secs: 86_400,
+            jwks_refetch_cooldown_ms: 30_000,
+            jwks_max_stale_secs: 3_600,
+            jwks_fetch_timeout_ms: 5_000,
+        }
+    }
+}
+
+impl EdgeConfig {
+    /// The evaluator settings this configuration describes.
+    pub fn settings(&self, allow_private_urls: bool) -> crate::edge::EdgeSettings {
+        crate::edge::EdgeSettings {
+            jwks: crate::jwt::jwks::JwksSettings {
+                default_ttl: Duration::from_secs(self.jwks_default_ttl_secs),
+                min_ttl: Duration::from_secs(self.jwks_min_ttl_secs),
+                max_ttl: Duration::from_secs(self.jwks_max_ttl_secs.max(self.jwks_min_ttl_secs)),
+                refetch_cooldown: Duration::from_millis(self.jwks_refetch_cooldown_ms),
+                max_stale: Duration::from_secs(self.jwks_max_stale_secs),
+                fetch_timeout: Duration::from_millis(self.jwks_fetch_timeout_ms),
+                allow_private: allow_private_urls,
+                ..Default::default()
+            },
+            cache_entries: self.cache_entries,
+            cache_ttl: Duration::from_secs(self.cache_ttl_secs),
+            decision_log: self.decision_log,
+            header_prefix: self.header_prefix.clone(),
+            strip_authorization: self.strip_authorization,
+        }
+    }
 }
 
 /// Log line format.
@@ -59,6 +130,7 @@ impl Default for Config {
             log_format: LogFormat::Text,
             allow_private_urls: false,
             policy: PolicyConfig::default(),
+            edge: EdgeConfig::default(),
         }
     }
 }
@@ -110,6 +182,9 @@ const ENV_KEYS: &[&str] = &[
     "GATEHOUSE_POLICY_TIMEOUT_MS",
     "GATEHOUSE_POLICY_MAX_COMPONENT_KIB",
     "GATEHOUSE_POLICY_CONCURRENT_INSTANCES",
+    "GATEHOUSE_EDGE_HEADER_PREFIX",
+    "GATEHOUSE_EDGE_STRIP_AUTHORIZATION",
+    "GATEHOUSE_EDGE_DECISION_LOG",
     // Read by the CLI's client commands, not by the server.
     "GATEHOUSE_URL",
     "GATEHOUSE_TOKEN",
@@ -185,6 +260,11 @@ impl Config {
             "GATEHOUSE_POLICY_CONCURRENT_INSTANCES" => {
                 self.policy.concurrent_instances = parse(key, value)?
             }
+            "GATEHOUSE_EDGE_HEADER_PREFIX" => self.edge.header_prefix = value.to_owned(),
+            "GATEHOUSE_EDGE_STRIP_AUTHORIZATION" => {
+                self.edge.strip_authorization = parse(key, value)?
+            }
+            "GATEHOUSE_EDGE_DECISION_LOG" => self.edge.decision_log = parse(key, value)?,
             "GATEHOUSE_URL" | "GATEHOUSE_TOKEN" | "GATEHOUSE_LOG" => {}
             _ => {
                 return Err(ConfigError::UnknownEnv {

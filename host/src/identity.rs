@@ -214,9 +214,9 @@ pub struct AuditEntry {
     pub action: String,
     pub target: String,
     /// The record before the change (kept as written: never re-parsed on the way out).
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<serde_json::Value>)]
     pub before: Option<Box<serde_json::value::RawValue>>,
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<serde_json::Value>)]
     pub after: Option<Box<serde_json::value::RawValue>>,
 }
 

@@ -8,8 +8,10 @@
 
 pub mod app;
 pub mod config;
+pub mod edge;
 pub mod http;
 pub mod identity;
+pub mod jwt;
 pub mod model;
 pub mod netguard;
 pub mod policy;

@@ -265,7 +265,11 @@ impl App {
         let slug = self.tenant(tenant)?.slug;
         let lock = self.tenant_lock(&slug);
         let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
-        change(&slug)
+        let result = change(&slug);
+        // After the change is durable: the edge's next decision for this tenant rebuilds
+        // its view (a view built meanwhile carries the older generation and is dropped).
+        self.edge.touch(&slug);
+        result
     }
 
     // ------------------------------------------------------------- tenants

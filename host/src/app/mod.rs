@@ -4,6 +4,7 @@
 //! run the policy's cases → store → activate), and evaluations.
 
 use crate::config::Config;
+use crate::edge::{Edge, EdgeContext, Evaluation};
 use crate::model::TenantId;
 use crate::policy::{self, Compiled, PolicyEngine, PolicyError, Registry, TenantPolicy};
 use crate::store::{
@@ -131,6 +132,8 @@ pub struct App {
     operator_token_sha256: [u8; 32],
     /// Serializes policy changes so the store and the registry agree.
     policy_changes: tokio::sync::Mutex<()>,
+    /// The edge token evaluator (its directories are rebuilt after identity changes).
+    pub edge: Edge,
 }
 
 const OPERATOR_TOKEN_HASH: &str = "operator-token-sha256";
@@ -157,9 +160,22 @@ impl App {
             policy_changes: tokio::sync::Mutex::new(()),
             tenant_locks: Mutex::default(),
             allow_private_urls: config.allow_private_urls,
+            edge: Edge::new(config.edge.settings(config.allow_private_urls))
+                .map_err(AppError::Internal)?,
         };
         app.load_all_tenants()?;
         Ok((app, generated))
+    }
+
+    /// Who the bearer token of a request for `tenant` is (SPEC §4): the `Authorization`
+    /// header values as received.
+    pub async fn resolve_token(&self, tenant: &str, authorization: &[&[u8]]) -> Evaluation {
+        let ctx = EdgeContext {
+            store: &self.store,
+            policies: &self.policies,
+            engine: &self.engine,
+        };
+        self.edge.evaluate(&ctx, tenant, authorization).await
     }
 
     /// Checks a bearer token against the operator token, in constant time.

@@ -2,6 +2,7 @@
 //! answer; `error` is the one place an error becomes a response.
 
 mod directory;
+mod edge;
 mod error;
 mod identity;
 mod openapi;
@@ -74,6 +75,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .nest("/api/v1", api)
+        .merge(edge::routes())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(1 << 20))
         .layer(middleware::from_fn(request_span))

@@ -1,0 +1,263 @@
+//! A tenant's identity data as the edge needs it, in memory: built from the store in one
+//! pass, never changed (a change builds a new one), so lookups take no lock.
+
+use crate::identity::{IdentityProvider, Team, Token, TokenKind, User, VirtualAccount};
+use crate::jwt::jwks::KeyLocation;
+use crate::store::{Space, Store};
+use gatehouse_rules::{self as rules, Role, UserStatus};
+use jsonwebtoken::Algorithm;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+pub struct DirUser {
+    pub email: String,
+    pub status: UserStatus,
+    pub role: Role,
+    /// Team ids.
+    pub teams: Vec<String>,
+}
+
+pub struct DirVa {
+    pub name: String,
+    pub enabled: bool,
+    pub role: Role,
+}
+
+pub enum TokenOwner {
+    User(String),
+    VirtualAccount(String),
+}
+
+pub struct DirToken {
+    pub owner: TokenOwner,
+    pub expires_at: Option<i64>,
+    pub revoked_at: Option<i64>,
+}
+
+pub struct DirIdp {
+    pub name: String,
+    pub keys: KeyLocation,
+    pub audiences: Vec<String>,
+    pub algorithms: Vec<Algorithm>,
+    pub leeway_seconds: i64,
+    pub claims: rules::IdpClaims,
+}
+
+/// One tenant's snapshot.
+pub struct Directory {
+    /// The tenant generation it was built at.
+    pub generation: u64,
+    pub users: HashMap<String, DirUser>,
+    by_email: HashMap<String, String>,
+    /// `idp\0value` → user id.
+    user_mappings: HashMap<String, String>,
+    pub vas: HashMap<String, DirVa>,
+    /// `idp\0value` → virtual account id.
+    va_mappings: HashMap<String, String>,
+    pub team_names: HashMap<String, String>,
+    /// `idp\0value` → team ids.
+    team_mappings: HashMap<String, Vec<String>>,
+    /// SHA-256 of the secret → token.
+    pub tokens: HashMap<[u8; 32], DirToken>,
+    /// Exact issuer → identity provider.
+    pub idps: HashMap<String, Arc<DirIdp>>,
+}
+
+fn mapping_key(idp: &str, value: &str) -> String {
+    let mut key = String::with_capacity(idp.len() + value.len() + 1);
+    key.push_str(idp);
+    key.push('\0');
+    key.push_str(value);
+    key
+}
+
+impl Directory {
+    /// Reads everything the edge needs for `tenant`.
+    pub fn build(store: &Store, tenant: &str, generation: u64) -> Result<Directory, String> {
+        let e = |e: crate::store::StoreError| e.to_string();
+        let mut teams_of: HashMap<String, Vec<String>> = HashMap::new();
+        for pair in store.index(Space::UserTeams, tenant, &[]).map_err(e)? {
+            if let Some((user, team)) = pair.split_once('\0') {
+                teams_of
+                    .entry(user.to_owned())
+                    .or_default()
+                    .push(team.to_owned());
+            }
+        }
+        let mut dir = Directory {
+            generation,
+            users: HashMap::new(),
+            by_email: HashMap::new(),
+            user_mappings: HashMap::new(),
+            vas: HashMap::new(),
+            va_mappings: HashMap::new(),
+            team_names: HashMap::new(),
+            team_mappings: HashMap::new(),
+            tokens: HashMap::new(),
+            idps: HashMap::new(),
+        };
+        for user in store.list::<User>(tenant, &[]).map_err(e)? {
+            dir.by_email
+                .insert(user.email.to_lowercase(), user.id.clone());
+            for m in &user.mappings {
+                dir.user_mappings
+                    .insert(mapping_key(&m.idp, &m.value), user.id.clone());
+            }
+            let teams = teams_of.remove(&user.id).unwrap_or_default();
+            dir.users.insert(
+                user.id,
+                DirUser {
+                    email: user.email,
+                    status: user.status,
+                    role: user.role,
+                    teams,
+                },
+            );
+        }
+        for team in store.list::<Team>(tenant, &[]).map_err(e)? {
+            for m in &team.mappings {
+                dir.team_mappings
+                    .entry(mapping_key(&m.idp, &m.value))
+                    .or_default()
+                    .push(team.id.clone());
+            }
+            dir.team_names.insert(team.id, team.name);
+        }
+        for va in store.list::<VirtualAccount>(tenant, &[]).map_err(e)? {
+            for m in &va.mappings {
+                dir.va_mappings
+                    .insert(mapping_key(&m.idp, &m.value), va.id.clone());
+            }
+            dir.vas.insert(
+                va.id,
+                DirVa {
+                    name: va.name,
+                    enabled: va.enabled,
+                    role: va.role,
+                },
+            );
+        }
+        for token in store.list::<Token>(tenant, &[]).map_err(e)? {
+            let Some(sha) = hex::decode(&token.sha256)
+                .ok()
+                .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            else {
+                continue;
+            };
+            let owner = match token.kind {
+                TokenKind::Pat => TokenOwner::User(token.owner),
+                TokenKind::VirtualAccount => TokenOwner::VirtualAccount(token.owner),
+            };
+            dir.tokens.insert(
+                sha,
+                DirToken {
+                    owner,
+                    expires_at: token.expires_at.map(|t| t.unix_timestamp()),
+                    revoked_at: token.revoked_at.map(|t| t.unix_timestamp()),
+                },
+            );
+        }
+        for idp in store.list::<IdentityProvider>(tenant, &[]).map_err(e)? {
+            let keys = match (&idp.jwks_uri, &idp.discovery_url) {
+                (Some(uri), _) => KeyLocation::Jwks(uri.clone()),
+                (None, Some(url)) => KeyLocation::Discovery(url.clone()),
+                (None, None) => continue,
+            };
+            let algorithms = idp
+                .algorithms
+                .iter()
+                .filter_map(|a| crate::jwt::asymmetric_algorithm(a).ok())
+                .collect();
+            dir.idps.insert(
+                idp.issuer.clone(),
+                Arc::new(DirIdp {
+                    keys,
+                    audiences: idp.audiences,
+                    algorithms,
+                    leeway_seconds: i64::from(idp.leeway_seconds),
+                    claims: rules::IdpClaims {
+                        user_claim: idp.user_claim,
+                        va_name_claim: idp.va_name_claim,
+                        team_claim: idp.team_claim,
+                    },
+                    name: idp.name,
+                }),
+            );
+        }
+        Ok(dir)
+    }
+
+    /// The candidates the host offers the policy for a verified token of `idp`.
+    pub fn candidates(
+        &self,
+        idp: &str,
+        user_claim: Option<String>,
+        va_name: Option<String>,
+        team_values: Vec<String>,
+        extra: Vec<rules::Claim>,
+    ) -> rules::ResolveInput {
+        let virtual_accounts = va_name
+            .as_deref()
+            .and_then(|name| self.va_mappings.get(&mapping_key(idp, name)))
+            .and_then(|id| {
+                self.vas.get(id).map(|va| rules::VaCandidate {
+                    id: id.clone(),
+                    name: va.name.clone(),
+                    enabled: va.enabled,
+                })
+            })
+            .into_iter()
+            .collect();
+        let mut users = Vec::new();
+        if let Some(claim) = user_claim.as_deref() {
+            let by_mapping = self.user_mappings.get(&mapping_key(idp, claim));
+            let by_email = self.by_email.get(&claim.to_lowercase());
+            for (id, matched_by) in [
+                (by_mapping, rules::UserMatch::Mapping),
+                (by_email, rules::UserMatch::Email),
+            ] {
+                let Some(id) = id else { continue };
+                if users.iter().any(|u: &rules::UserCandidate| &u.id == id) {
+                    continue;
+                }
+                if let Some(user) = self.users.get(id) {
+                    users.push(rules::UserCandidate {
+                        id: id.clone(),
+                        email: user.email.clone(),
+                        status: user.status,
+                        matched_by,
+                        teams: user.teams.clone(),
+                    });
+                }
+            }
+        }
+        let mut teams = Vec::new();
+        for value in &team_values {
+            for id in self
+                .team_mappings
+                .get(&mapping_key(idp, value))
+                .into_iter()
+                .flatten()
+            {
+                if let Some(name) = self.team_names.get(id) {
+                    teams.push(rules::TeamCandidate {
+                        id: id.clone(),
+                        name: name.clone(),
+                        matched: value.clone(),
+                    });
+                }
+            }
+        }
+        rules::ResolveInput {
+            idp: idp.to_owned(),
+            user_claim,
+            va_name,
+            team_values,
+            extra,
+            virtual_accounts,
+            users,
+            teams,
+            settings: String::new(),
+        }
+    }
+}

@@ -1,0 +1,662 @@
+//! The edge token evaluator (SPEC §4): a bearer token for a tenant → who that is, or a
+//! refusal with a stable reason.
+//!
+//! Hot path, in order: the verified-result cache (keyed by tenant and token hash); for an
+//! opaque token (PAT, VA token) a lookup in the tenant's in-memory [`Directory`]; for a
+//! JWT strict parsing, the IdP by exact `iss`, its key (cached JWKS), the signature and
+//! claims, the policy's claim map (cached per policy version and IdP), candidate lookups in
+//! the directory and the policy's `resolve`. No storage read happens on that path: the
+//! directory is an immutable snapshot rebuilt from the store after a change (every
+//! identity change bumps the tenant's generation; the next request rebuilds once).
+//!
+//! A cached result is used only while the token is unexpired, the tenant's generation and
+//! policy are the ones it was computed with, and the key that verified it is still in its
+//! provider's set — so a deactivation, a team or role change, a disabled VA, a new policy or
+//! a removed key takes effect on the very next request.
+
+mod directory;
+
+pub use directory::Directory;
+
+use crate::jwt::jwks::{JwksCache, JwksSettings, Source};
+use crate::jwt::{self, ClaimRules, JwtError};
+use crate::policy::{PolicyEngine, Registry, TenantPolicy};
+use crate::store::Store;
+use directory::{DirUser, TokenOwner};
+use gatehouse_rules::{self as rules, Role, UserStatus};
+use serde::Serialize;
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, Instant};
+
+/// Limits and timings of the evaluator.
+#[derive(Debug, Clone)]
+pub struct EdgeSettings {
+    pub jwks: JwksSettings,
+    /// Entries in the verified-result cache.
+    pub cache_entries: usize,
+    /// Longest a verified result is reused (never past the token's `exp`).
+    pub cache_ttl: Duration,
+    /// One log line per decision.
+    pub decision_log: bool,
+    /// Prefix of `forward-auth` identity headers.
+    pub header_prefix: String,
+    /// Ask the proxy to drop `Authorization` upstream.
+    pub strip_authorization: bool,
+}
+
+impl Default for EdgeSettings {
+    fn default() -> Self {
+        EdgeSettings {
+            jwks: JwksSettings::default(),
+            cache_entries: 100_000,
+            cache_ttl: Duration::from_secs(300),
+            decision_log: true,
+            header_prefix: "X-Gatehouse-".into(),
+            strip_authorization: false,
+        }
+    }
+}
+
+/// Who a token is.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct Identity {
+    /// `user` or `virtual_account`.
+    pub kind: &'static str,
+    pub id: String,
+    /// A user's email.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    /// A virtual account's name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Team names giving the request its team context.
+    pub teams: Vec<String>,
+    pub team_ids: Vec<String>,
+    pub tenant_role: Role,
+    /// The identity provider that issued the token (external JWTs only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idp: Option<String>,
+    /// `jwt`, `pat` or `va_token`.
+    pub token: &'static str,
+    /// When the token stops being valid (seconds since the epoch), if it expires.
+    pub expires_at: Option<i64>,
+}
+
+/// Whether a refusal means "who are you?" (401) or "not you" (403).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DenyKind {
+    /// The token is missing, malformed, unverifiable, expired or revoked.
+    Unauthenticated,
+    /// The token is genuine but its subject may not pass (deactivated, not provisioned,
+    /// disabled, refused by the policy).
+    Forbidden,
+}
+
+/// A refusal: a stable reason code and a message a person can act on. Never the token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Deny {
+    pub kind: DenyKind,
+    pub reason: Cow<'static, str>,
+    pub message: String,
+}
+
+impl Deny {
+    fn unauthenticated(reason: &'static str, message: impl Into<String>) -> Self {
+        Deny {
+            kind: DenyKind::Unauthenticated,
+            reason: Cow::Borrowed(reason),
+            message: message.into(),
+        }
+    }
+
+    fn forbidden(reason: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Self {
+        Deny {
+            kind: DenyKind::Forbidden,
+            reason: reason.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl From<JwtError> for Deny {
+    fn from(error: JwtError) -> Self {
+        Deny::unauthenticated(error.reason(), error.to_string())
+    }
+}
+
+/// The evaluator's answer, with what the decision log needs.
+#[derive(Debug, Clone)]
+pub struct Evaluation {
+    pub result: Result<Arc<Identity>, Deny>,
+    pub cache_hit: bool,
+    pub idp: Option<String>,
+    pub kid: Option<String>,
+}
+
+/// A verified result kept for reuse.
+struct Cached {
+    identity: Arc<Identity>,
+    generation: u64,
+    /// The policy it was decided by (a `Weak` keeps the address from being reused).
+    policy: Weak<TenantPolicy>,
+    /// Unix seconds after which the entry is not used.
+    valid_until: i64,
+    key: Option<(Arc<Source>, [u8; 32])>,
+    kid: Option<String>,
+}
+
+/// Per-tenant state: the generation counter and the current directory snapshot.
+#[derive(Default)]
+struct TenantState {
+    generation: AtomicU64,
+    snapshot: RwLock<Option<Arc<Directory>>>,
+    rebuild: Mutex<()>,
+}
+
+/// The edge evaluator. One per process, shared by every request.
+pub struct Edge {
+    settings: EdgeSettings,
+    jwks: Arc<JwksCache>,
+    cache: quick_cache::sync::Cache<[u8; 32], Arc<Cached>>,
+    tenants: RwLock<HashMap<String, Arc<TenantState>>>,
+}
+
+/// Token prefixes of Gatehouse's own opaque tokens.
+const PAT_PREFIX: &str = "ghp_";
+const VA_PREFIX: &str = "gva_";
+
+impl Edge {
+    pub fn new(settings: EdgeSettings) -> Result<Self, String> {
+        let jwks = Arc::new(JwksCache::new(settings.jwks.clone())?);
+        let cache = quick_cache::sync::Cache::new(settings.cache_entries.max(16));
+        Ok(Edge {
+            settings,
+            jwks,
+            cache,
+            tenants: RwLock::default(),
+        })
+    }
+
+    pub fn settings(&self) -> &EdgeSettings {
+        &self.settings
+    }
+
+    fn state(&self, tenant: &str) -> Arc<TenantState> {
+        if let Some(state) = self
+            .tenants
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(tenant)
+        {
+            return state.clone();
+        }
+        self.tenants
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(tenant.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// Marks the tenant's identity data as changed: its directory is rebuilt on the next
+    /// request and no cached result computed before is used again. Called after every
+    /// acknowledged identity change.
+    pub fn touch(&self, tenant: &str) {
+        self.state(tenant).generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// The tenant's directory, rebuilt from the store if something changed since.
+    pub fn directory(&self, store: &Store, tenant: &str) -> Result<Arc<Directory>, String> {
+        let state = self.state(tenant);
+        let generation = state.generation.load(Ordering::SeqCst);
+        if let Some(dir) = state
+            .snapshot
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .filter(|d| d.generation == generation)
+        {
+            return Ok(dir.clone());
+        }
+        // One rebuild at a time per tenant; who waited finds it done.
+        let _rebuild = state.rebuild.lock().unwrap_or_else(|p| p.into_inner());
+        let generation = state.generation.load(Ordering::SeqCst);
+        if let Some(dir) = state
+            .snapshot
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .filter(|d| d.generation == generation)
+        {
+            return Ok(dir.clone());
+        }
+        let started = Instant::now();
+        let dir = Arc::new(Directory::build(store, tenant, generation)?);
+        metrics::histogram!("gatehouse_edge_directory_build_seconds").record(started.elapsed());
+        *state.snapshot.write().unwrap_or_else(|p| p.into_inner()) = Some(dir.clone());
+        Ok(dir)
+    }
+
+    /// Evaluates one request, then logs and counts the decision (never the token).
+    pub async fn evaluate(
+        &self,
+        ctx: &EdgeContext<'_>,
+        tenant: &str,
+        authorization: &[&[u8]],
+    ) -> Evaluation {
+        let started = Instant::now();
+        let evaluation = self.decide(ctx, tenant, authorization).await;
+        let elapsed = started.elapsed();
+        let (result, reason) = match &evaluation.result {
+            Ok(_) => ("allow", "ok"),
+            Err(deny) => ("deny", deny.reason.as_ref()),
+        };
+        // Policy-defined reasons are bounded by the policy contract's code shape; the
+        // label set stays small in practice.
+        metrics::counter!("gatehouse_edge_decisions_total", "result" => result, "reason" => reason.to_owned()).increment(1);
+        metrics::histogram!("gatehouse_edge_decision_seconds").record(elapsed);
+        if evaluation.cache_hit {
+            metrics::counter!("gatehouse_edge_cache_hits_total").increment(1);
+        }
+        if self.settings.decision_log {
+            let (kind, id) = match &evaluation.result {
+                Ok(identity) => (identity.kind, identity.id.as_str()),
+                Err(_) => ("", ""),
+            };
+            tracing::info!(
+                target: "gatehouse::decision",
+                tenant,
+                idp = evaluation.idp.as_deref().unwrap_or(""),
+                kid = evaluation.kid.as_deref().unwrap_or(""),
+                subject_kind = kind,
+                subject_id = id,
+                decision = result,
+                reason,
+                latency_us = elapsed.as_micros() as u64,
+                cache_hit = evaluation.cache_hit,
+            );
+        }
+        evaluation
+    }
+
+    /// Evaluates the `Authorization` header values of one request for `tenant`.
+    async fn decide(
+        &self,
+        ctx: &EdgeContext<'_>,
+        tenant: &str,
+        authorization: &[&[u8]],
+    ) -> Evaluation {
+        let deny = |d: Deny| Evaluation {
+            result: Err(d),
+            cache_hit: false,
+            idp: None,
+            kid: None,
+        };
+        let token = match bearer(authorization) {
+            Ok(token) => token,
+            Err(d) => return deny(d),
+        };
+        let Some(policy) = ctx.policies.get(tenant) else {
+            return deny(Deny::unauthenticated(
+                "unknown_tenant",
+                "no such tenant at this address",
+            ));
+        };
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let cache_key = cache_key(tenant, token);
+        let state = self.state(tenant);
+        if let Some(hit) = self.cache.get(&cache_key) {
+            let fresh = hit.valid_until > now
+                && hit.generation == state.generation.load(Ordering::SeqCst)
+                && std::ptr::eq(hit.policy.as_ptr(), Arc::as_ptr(&policy))
+                && hit.key.as_ref().is_none_or(|(source, fingerprint)| {
+                    source.still_holds(fingerprint, self.settings.jwks.max_stale)
+                });
+            if fresh {
+                return Evaluation {
+                    result: Ok(hit.identity.clone()),
+                    cache_hit: true,
+                    idp: hit.identity.idp.clone(),
+                    kid: hit.kid.clone(),
+                };
+            }
+            self.cache.remove(&cache_key);
+        }
+        let dir = match self.directory(ctx.store, tenant) {
+            Ok(dir) => dir,
+            Err(e) => {
+                tracing::error!(tenant, error = %e, "directory rebuild failed");
+                return deny(Deny::forbidden(
+                    "unavailable",
+                    "the tenant's directory cannot be read; try again",
+                ));
+            }
+        };
+        if let Some(rest) = token.strip_prefix(PAT_PREFIX) {
+            return deny_or(opaque(&dir, tenant, rest, token, now, false));
+        }
+        if let Some(rest) = token.strip_prefix(VA_PREFIX) {
+            return deny_or(opaque(&dir, tenant, rest, token, now, true));
+        }
+        let mut evaluation = Evaluation {
+            result: Err(Deny::unauthenticated("malformed", "")),
+            cache_hit: false,
+            idp: None,
+            kid: None,
+        };
+        match self
+            .external(ctx, &policy, &dir, token, now, &mut evaluation)
+            .await
+        {
+            Ok((identity, valid_until, key)) => {
+                let identity = Arc::new(identity);
+                self.cache.insert(
+                    cache_key,
+                    Arc::new(Cached {
+                        identity: identity.clone(),
+                        generation: dir.generation,
+                        policy: Arc::downgrade(&policy),
+                        valid_until: valid_until
+                            .min(now + self.settings.cache_ttl.as_secs() as i64),
+                        key: Some(key),
+                        kid: evaluation.kid.clone(),
+                    }),
+                );
+                evaluation.result = Ok(identity);
+            }
+            Err(d) => evaluation.result = Err(d),
+        }
+        evaluation
+    }
+
+    /// An external JWT: verified against its IdP, then resolved by the policy.
+    async fn external(
+        &self,
+        ctx: &EdgeContext<'_>,
+        policy: &TenantPolicy,
+        dir: &Directory,
+        token: &str,
+        now: i64,
+        log: &mut Evaluation,
+    ) -> Result<(Identity, i64, (Arc<Source>, [u8; 32])), Deny> {
+        let parsed = jwt::parse(token)?;
+        log.kid = parsed.kid.clone();
+        let idp = dir.idps.get(&parsed.iss).ok_or(JwtError::UnknownIssuer)?;
+        log.idp = Some(idp.name.clone());
+        if !idp.algorithms.contains(&parsed.alg) {
+            return Err(JwtError::Algorithm(format!("{:?}", parsed.alg)).into());
+        }
+        let (source, key) = self
+            .jwks
+            .key(&idp.keys, parsed.kid.as_deref(), parsed.alg)
+            .await?;
+        parsed.verify(&key)?;
+        parsed.check_claims(
+            &ClaimRules {
+                audiences: &idp.audiences,
+                leeway_seconds: idp.leeway_seconds,
+            },
+            now,
+        )?;
+        let map = policy
+            .claim_mapping(ctx.engine, &idp.claims)
+            .map_err(policy_error)?;
+        let user_claim = jwt::claim_values(&parsed.claims, &map.user_claim)
+            .into_iter()
+            .next();
+        let va_name = map
+            .va_name_claim
+            .as_deref()
+            .and_then(|path| jwt::claim_values(&parsed.claims, path).into_iter().next());
+        let team_values = map
+            .team_claim
+            .as_deref()
+            .map(|path| jwt::claim_values(&parsed.claims, path))
+            .unwrap_or_default();
+        let extra = map
+            .extra_claims
+            .iter()
+            .map(|path| rules::Claim {
+                path: path.clone(),
+                values: jwt::claim_values(&parsed.claims, path),
+            })
+            .collect();
+        let input = dir.candidates(&idp.name, user_claim, va_name, team_values, extra);
+        let decision = policy.resolve(ctx.engine, &input).map_err(policy_error)?;
+        let expires_at = Some(parsed.exp);
+        let identity = match decision.outcome {
+            rules::Resolution::VirtualAccount(id) => {
+                let va = dir.vas.get(&id).ok_or_else(|| {
+                    Deny::forbidden("policy_error", "the policy named an unknown account")
+                })?;
+                if !va.enabled {
+                    return Err(Deny::forbidden(
+                        "disabled",
+                        format!("virtual account {} is disabled", va.name),
+                    ));
+                }
+                Identity {
+                    kind: "virtual_account",
+                    id,
+                    email: None,
+                    name: Some(va.name.clone()),
+                    teams: Vec::new(),
+                    team_ids: Vec::new(),
+                    tenant_role: va.role,
+                    idp: Some(idp.name.clone()),
+                    token: "jwt",
+                    expires_at,
+                }
+            }
+            rules::Resolution::User(resolved) => {
+                let user = dir.users.get(&resolved.id).ok_or_else(|| {
+                    Deny::forbidden("policy_error", "the policy named an unknown user")
+                })?;
+                user_may_pass(user)?;
+                let mut identity = user_identity(dir, &resolved.id, user, &resolved.teams);
+                identity.idp = Some(idp.name.clone());
+                identity.token = "jwt";
+                identity.expires_at = expires_at;
+                identity
+            }
+            rules::Resolution::Refuse(refusal) => {
+                return Err(Deny::forbidden(refusal.code, refusal.message));
+            }
+        };
+        Ok((identity, parsed.exp, (source, key.fingerprint)))
+    }
+}
+
+/// What the evaluator needs from the rest of the app.
+pub struct EdgeContext<'a> {
+    pub store: &'a Store,
+    pub policies: &'a Registry,
+    pub engine: &'a PolicyEngine,
+}
+
+fn deny_or(result: Result<Identity, Deny>) -> Evaluation {
+    Evaluation {
+        result: result.map(Arc::new),
+        cache_hit: false,
+        idp: None,
+        kid: None,
+    }
+}
+
+fn policy_error(error: crate::policy::PolicyError) -> Deny {
+    tracing::warn!(kind = error.kind(), %error, "policy error on the edge: denied");
+    Deny::forbidden(
+        "policy_error",
+        "the tenant's policy failed; the request is refused",
+    )
+}
+
+/// The one bearer token of a request: exactly one `Authorization` header, scheme
+/// `Bearer` (any case), a token68 value.
+fn bearer<'a>(values: &[&'a [u8]]) -> Result<&'a str, Deny> {
+    let value = match values {
+        [] => {
+            return Err(Deny::unauthenticated(
+                "missing_token",
+                "send Authorization: Bearer <token>",
+            ))
+        }
+        [one] => *one,
+        _ => {
+            return Err(Deny::unauthenticated(
+                "malformed",
+                "more than one Authorization header",
+            ))
+        }
+    };
+    let value = std::str::from_utf8(value)
+        .map_err(|_| Deny::unauthenticated("malformed", "the Authorization header is not text"))?;
+    let (scheme, token) = value
+        .split_once(' ')
+        .ok_or_else(|| Deny::unauthenticated("malformed", "use Authorization: Bearer <token>"))?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(Deny::unauthenticated("malformed", "use the Bearer scheme"));
+    }
+    let token = token.trim_matches(' ');
+    if token.is_empty()
+        || token.len() > jwt::MAX_TOKEN_BYTES
+        || !token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~+/=".contains(&b))
+    {
+        return Err(Deny::unauthenticated(
+            "malformed",
+            "the bearer token is empty, too large or has invalid characters",
+        ));
+    }
+    Ok(token)
+}
+
+fn cache_key(tenant: &str, token: &str) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    hasher.update(tenant.as_bytes());
+    hasher.update([0]);
+    hasher.update(token.as_bytes());
+    hasher.finalize().into()
+}
+
+/// A PAT (`ghp_<tenant>_…`) or VA token (`gva_<tenant>_…`), looked up by hash.
+fn opaque(
+    dir: &Directory,
+    tenant: &str,
+    rest: &str,
+    token: &str,
+    now: i64,
+    va: bool,
+) -> Result<Identity, Deny> {
+    let unknown = || Deny::unauthenticated("unknown_token", "this token is not known here");
+    // A token of another tenant reads as unknown: it never says that tenant exists.
+    let (token_tenant, _) = rest.split_once('_').ok_or_else(unknown)?;
+    if token_tenant != tenant {
+        return Err(unknown());
+    }
+    let sha = crate::policy::sha256(token.as_bytes());
+    let entry = dir.tokens.get(&sha).ok_or_else(unknown)?;
+    if entry.revoked_at.is_some_and(|at| at <= now) {
+        return Err(Deny::unauthenticated("revoked", "this token was revoked"));
+    }
+    if entry.expires_at.is_some_and(|at| at <= now) {
+        return Err(Deny::unauthenticated("expired", "this token has expired"));
+    }
+    match (&entry.owner, va) {
+        (TokenOwner::User(id), false) => {
+            let user = dir.users.get(id).ok_or_else(unknown)?;
+            user_may_pass(user)?;
+            let mut identity = user_identity(dir, id, user, &user.teams);
+            identity.token = "pat";
+            identity.expires_at = entry.expires_at;
+            Ok(identity)
+        }
+        (TokenOwner::VirtualAccount(id), true) => {
+            let account = dir.vas.get(id).ok_or_else(unknown)?;
+            if !account.enabled {
+                return Err(Deny::forbidden(
+                    "disabled",
+                    format!("virtual account {} is disabled", account.name),
+                ));
+            }
+            Ok(Identity {
+                kind: "virtual_account",
+                id: id.clone(),
+                email: None,
+                name: Some(account.name.clone()),
+                teams: Vec::new(),
+                team_ids: Vec::new(),
+                tenant_role: account.role,
+                idp: None,
+                token: "va_token",
+                expires_at: entry.expires_at,
+            })
+        }
+        _ => Err(unknown()),
+    }
+}
+
+fn user_may_pass(user: &DirUser) -> Result<(), Deny> {
+    match user.status {
+        UserStatus::Active => Ok(()),
+        UserStatus::Deactivated => Err(Deny::forbidden(
+            "deactivated",
+            "this user is deactivated; ask a tenant admin",
+        )),
+        UserStatus::Invited => Err(Deny::forbidden(
+            "not_provisioned",
+            "this user has not logged in yet; log in once through SSO first",
+        )),
+    }
+}
+
+fn user_identity(dir: &Directory, id: &str, user: &DirUser, teams: &[String]) -> Identity {
+    // Teams by name (stable for headers and logs), ids in the same order.
+    let mut named: Vec<(&String, &String)> = teams
+        .iter()
+        .filter_map(|t| dir.team_names.get(t).map(|name| (name, t)))
+        .collect();
+    named.sort();
+    named.dedup();
+    let teams = named.iter().map(|(name, _)| (*name).clone()).collect();
+    let team_ids = named.iter().map(|(_, id)| (*id).clone()).collect();
+    Identity {
+        kind: "user",
+        id: id.to_owned(),
+        email: Some(user.email.clone()),
+        name: None,
+        teams,
+        team_ids,
+        tenant_role: user.role,
+        idp: None,
+        token: "pat",
+        expires_at: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_takes_exactly_one_well_formed_header() {
+        assert_eq!(bearer(&[b"Bearer abc.def"]).unwrap(), "abc.def");
+        assert_eq!(bearer(&[b"bearer abc"]).unwrap(), "abc");
+        for (values, reason) in [
+            (vec![], "missing_token"),
+            (vec![&b"Bearer a"[..], &b"Bearer b"[..]], "malformed"),
+            (vec![&b"Basic YTpi"[..]], "malformed"),
+            (vec![&b"Bearer"[..]], "malformed"),
+            (vec![&b"Bearer "[..]], "malformed"),
+            (vec![&b"Bearer a b"[..]], "malformed"),
+            (vec![&b"Bearer \xff"[..]], "malformed"),
+        ] {
+            assert_eq!(bearer(&values).unwrap_err().reason, reason, "{values:?}");
+        }
+    }
+}

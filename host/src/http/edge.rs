@@ -1,0 +1,167 @@
+//! The edge routes (SPEC §4, §11): `POST /v1/{tenant}/resolve` answers JSON,
+//! `/v1/{tenant}/forward-auth` (any method) answers in headers for nginx `auth_request`,
+//! Traefik ForwardAuth and Envoy `ext_authz`. The tenant comes from the path, never from
+//! the token. Both answer 200 (allowed), 401 (no valid token) or 403 (a genuine token whose
+//! subject may not pass), with the same reason codes.
+
+use super::Shared;
+use crate::app::App;
+use crate::edge::{Deny, DenyKind, Evaluation, Identity};
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, post};
+use axum::{Json, Router};
+use serde::Serialize;
+use std::sync::Arc;
+
+/// The edge routes, at the root.
+pub(super) fn routes() -> Router<Arc<App>> {
+    Router::new()
+        .route("/v1/{tenant}/resolve", post(resolve))
+        .route("/v1/{tenant}/forward-auth", any(forward_auth))
+}
+
+async fn evaluate(app: &App, tenant: &str, headers: &HeaderMap) -> Evaluation {
+    let values: Vec<&[u8]> = headers
+        .get_all(header::AUTHORIZATION)
+        .iter()
+        .map(|v| v.as_bytes())
+        .collect();
+    app.resolve_token(tenant, &values).await
+}
+
+/// The JSON answer.
+#[derive(Serialize)]
+struct Answer<'a> {
+    decision: &'static str,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    identity: Option<&'a Identity>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<&'a str>,
+}
+
+async fn resolve(State(app): Shared, Path(tenant): Path<String>, headers: HeaderMap) -> Response {
+    let evaluation = evaluate(&app, &tenant, &headers).await;
+    match &evaluation.result {
+        Ok(identity) => Json(Answer {
+            decision: "allow",
+            identity: Some(identity),
+            reason: None,
+            message: None,
+        })
+        .into_response(),
+        Err(deny) => {
+            let body = Json(Answer {
+                decision: "deny",
+                identity: None,
+                reason: Some(&deny.reason),
+                message: Some(&deny.message),
+            });
+            let mut response = body.into_response();
+            deny_status(&mut response, deny, None);
+            response
+        }
+    }
+}
+
+async fn forward_auth(
+    State(app): Shared,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let evaluation = evaluate(&app, &tenant, &headers).await;
+    let settings = app.edge.settings();
+    let prefix = settings.header_prefix.as_str();
+    match &evaluation.result {
+        Ok(identity) => {
+            let mut response = StatusCode::OK.into_response();
+            let out = response.headers_mut();
+            let mut put = |name: &str, value: &str| {
+                if let (Ok(name), Ok(value)) = (
+                    HeaderName::try_from(format!("{prefix}{name}")),
+                    HeaderValue::from_str(value),
+                ) {
+                    out.insert(name, value);
+                }
+            };
+            put("Tenant", &tenant);
+            put("Kind", identity.kind);
+            put("Id", &identity.id);
+            if let Some(email) = &identity.email {
+                put("Email", email);
+            }
+            if let Some(name) = &identity.name {
+                put("Name", name);
+            }
+            put("Teams", &identity.teams.join(","));
+            put("Team-Ids", &identity.team_ids.join(","));
+            put(
+                "Role",
+                match identity.tenant_role {
+                    gatehouse_rules::Role::Admin => "admin",
+                    gatehouse_rules::Role::Member => "member",
+                },
+            );
+            if let Some(idp) = &identity.idp {
+                put("Idp", idp);
+            }
+            put("Token-Kind", identity.token);
+            if let Some(at) = identity.expires_at {
+                put("Expires-At", &at.to_string());
+            }
+            if settings.strip_authorization {
+                out.insert(
+                    HeaderName::from_static("x-envoy-auth-headers-to-remove"),
+                    HeaderValue::from_static("authorization"),
+                );
+            }
+            response
+        }
+        Err(deny) => {
+            let mut response = Json(Answer {
+                decision: "deny",
+                identity: None,
+                reason: Some(&deny.reason),
+                message: Some(&deny.message),
+            })
+            .into_response();
+            deny_status(&mut response, deny, Some(prefix));
+            response
+        }
+    }
+}
+
+/// 401 with a `WWW-Authenticate: Bearer` challenge (RFC 6750 §3), or 403.
+fn deny_status(response: &mut Response, deny: &Deny, prefix: Option<&str>) {
+    match deny.kind {
+        DenyKind::Unauthenticated => {
+            *response.status_mut() = StatusCode::UNAUTHORIZED;
+            let challenge = if deny.reason == "missing_token" {
+                // No credentials at all: no error code (RFC 6750 §3.1).
+                "Bearer".to_owned()
+            } else {
+                format!(
+                    "Bearer error=\"invalid_token\", error_description=\"{}\"",
+                    deny.reason
+                )
+            };
+            if let Ok(value) = HeaderValue::from_str(&challenge) {
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, value);
+            }
+        }
+        DenyKind::Forbidden => *response.status_mut() = StatusCode::FORBIDDEN,
+    }
+    if let Some(prefix) = prefix {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::try_from(format!("{prefix}Deny-Reason")),
+            HeaderValue::from_str(&deny.reason),
+        ) {
+            response.headers_mut().insert(name, value);
+        }
+    }
+}
