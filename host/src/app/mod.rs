@@ -16,6 +16,7 @@ use std::time::Instant;
 
 mod directory;
 mod identity;
+mod outbox;
 
 pub use directory::{
     IdpInput, NewResource, NewVaToken, NewVirtualAccount, ScimToken, SsoInput, SsoView,
@@ -25,6 +26,7 @@ pub use identity::{
     Caller, Invite, MemberChange, NewTeam, NewToken, Page, TeamPatch, TeamView, TenantCreated,
     TokenCreated, UserQuery,
 };
+pub use outbox::{Delivery, PendingMessage};
 
 /// What an operation can fail with; `http::error` turns each into an answer.
 #[derive(Debug, thiserror::Error)]
@@ -121,6 +123,10 @@ pub struct App {
     pub store: Store,
     /// Whether JWKS and discovery URLs may point at private addresses.
     allow_private_urls: bool,
+    /// The configured `public_url` (no trailing slash): the base of links in emails.
+    public_url: Option<String>,
+    /// Woken each time a message is queued in an outbox, so the relay sends it at once.
+    outbox_queued: Arc<tokio::sync::Notify>,
     /// One write lock per tenant for identity changes (see `identity`).
     tenant_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
     pub engine: Arc<PolicyEngine>,
@@ -140,6 +146,9 @@ impl App {
     /// precompiled artifacts), and sets up the operator token. Returns the app and, on a
     /// first start without a configured token, the generated token to show once.
     pub fn open(config: &Config) -> Result<(App, Option<String>), AppError> {
+        let public_url = config
+            .public_url()
+            .map_err(|e| AppError::BadRequest(e.to_string()))?;
         let store = Store::open(&config.data)?;
         let engine = Arc::new(
             PolicyEngine::new(config.policy.limits())
@@ -157,6 +166,8 @@ impl App {
             policy_changes: tokio::sync::Mutex::new(()),
             tenant_locks: Mutex::default(),
             allow_private_urls: config.allow_private_urls,
+            public_url,
+            outbox_queued: Arc::default(),
         };
         app.load_all_tenants()?;
         Ok((app, generated))
