@@ -44,6 +44,7 @@ pub struct TestServer {
     pub data: Arc<tempfile::TempDir>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
+    relay: Option<gatehouse::outbox::RelayHandle>,
 }
 
 impl TestServer {
@@ -52,7 +53,8 @@ impl TestServer {
         Self::start_with(|_| {}).await
     }
 
-    /// Like [`TestServer::start`], after `tweak` adjusted the configuration.
+    /// Like [`TestServer::start`], after `tweak` adjusted the configuration. An `smtp`
+    /// section with a URL starts the outbox relay too.
     pub async fn start_with(tweak: impl FnOnce(&mut gatehouse::config::Config)) -> TestServer {
         let data = Arc::new(tempfile::tempdir().expect("temp dir"));
         let mut config = gatehouse::config::Config {
@@ -62,6 +64,8 @@ impl TestServer {
         };
         tweak(&mut config);
         let (app, _) = gatehouse::app::App::open(&config).expect("app opens");
+        let app = Arc::new(app);
+        let relay = gatehouse::outbox::start(app.clone(), &config).expect("the relay starts");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind loopback");
@@ -71,7 +75,7 @@ impl TestServer {
             let shutdown = async {
                 let _ = stopped.await;
             };
-            gatehouse::http::serve(Arc::new(app), listener, shutdown)
+            gatehouse::http::serve(app, listener, shutdown)
                 .await
                 .expect("server runs");
         });
@@ -81,6 +85,7 @@ impl TestServer {
             data,
             stop: Some(stop),
             task: Some(task),
+            relay,
         }
     }
 
@@ -91,6 +96,9 @@ impl TestServer {
         }
         if let Some(task) = self.task.take() {
             let _ = task.await;
+        }
+        if let Some(relay) = self.relay.take() {
+            relay.stop().await;
         }
     }
 

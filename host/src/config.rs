@@ -1,6 +1,7 @@
 //! Configuration: defaults, then a TOML file, then `GATEHOUSE_*` environment variables,
 //! then command-line flags. Unknown keys are refused with the key named; secrets may come
-//! from a file (`operator_token_file`, `GATEHOUSE_OPERATOR_TOKEN_FILE`).
+//! from a file (`operator_token_file`, `GATEHOUSE_OPERATOR_TOKEN_FILE`; `smtp.url_file`,
+//! `GATEHOUSE_SMTP_URL_FILE`).
 
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -24,8 +25,12 @@ pub struct Config {
     /// Allow JWKS and discovery URLs on loopback and private networks, and plain http
     /// (tests, internal identity providers).
     pub allow_private_urls: bool,
+    /// The base URL people reach this server at (`https://id.example.com`): links in
+    /// emails are built on it when a message is queued. Without it a link is a path.
+    pub public_url: Option<String>,
     pub policy: PolicyConfig,
     pub edge: EdgeConfig,
+    pub smtp: SmtpConfig,
 }
 
 /// The edge token evaluator: answer headers, caches, key fetching.
@@ -120,6 +125,71 @@ pub struct PolicyConfig {
     pub concurrent_instances: u32,
 }
 
+/// The outbox relay: where queued emails are sent. Without `url` (or `url_file`) no relay
+/// runs and messages stay in the outbox, readable by the operator.
+#[derive(Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmtpConfig {
+    /// A lettre SMTP URL: `smtp://host:port` (plain), `smtp://host?tls=required`
+    /// (STARTTLS), `smtps://user:password@host` (TLS from the start); the path, if any,
+    /// is the EHLO name.
+    pub url: Option<String>,
+    /// File holding the URL (so credentials need not sit in the config or environment).
+    pub url_file: Option<PathBuf>,
+    /// The `From` address (`Gatehouse <no-reply@example.com>`); required with a URL.
+    pub from: Option<String>,
+    /// How often the relay looks for due messages even when nothing woke it.
+    pub poll_interval_ms: u64,
+    /// Tries per message before the relay gives up on it (and records why).
+    pub max_attempts: u32,
+    /// Wait after the first failed try; doubled after each further failure, at most an hour.
+    pub backoff_ms: u64,
+}
+
+impl std::fmt::Debug for SmtpConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may carry a password.
+        f.debug_struct("SmtpConfig")
+            .field("url", &self.url.as_ref().map(|_| "<set>"))
+            .field("url_file", &self.url_file)
+            .field("from", &self.from)
+            .field("poll_interval_ms", &self.poll_interval_ms)
+            .field("max_attempts", &self.max_attempts)
+            .field("backoff_ms", &self.backoff_ms)
+            .finish()
+    }
+}
+
+impl Default for SmtpConfig {
+    fn default() -> Self {
+        SmtpConfig {
+            url: None,
+            url_file: None,
+            from: None,
+            poll_interval_ms: 30_000,
+            max_attempts: 10,
+            backoff_ms: 5_000,
+        }
+    }
+}
+
+impl SmtpConfig {
+    /// The SMTP URL, read from its file when one is named; `None` (also for an empty
+    /// value): no relay.
+    pub fn url(&self) -> Result<Option<String>, ConfigError> {
+        let url = match (&self.url, &self.url_file) {
+            (Some(url), _) => url.clone(),
+            (None, Some(path)) => std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?,
+            (None, None) => return Ok(None),
+        };
+        let url = url.trim();
+        Ok((!url.is_empty()).then(|| url.to_owned()))
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -129,8 +199,10 @@ impl Default for Config {
             operator_token_file: None,
             log_format: LogFormat::Text,
             allow_private_urls: false,
+            public_url: None,
             policy: PolicyConfig::default(),
             edge: EdgeConfig::default(),
+            smtp: SmtpConfig::default(),
         }
     }
 }
@@ -169,6 +241,8 @@ pub enum ConfigError {
     UnknownEnv { key: String, known: String },
     #[error("environment variable {key}: {reason}")]
     BadEnv { key: String, reason: String },
+    #[error("{key}: {reason}")]
+    Invalid { key: &'static str, reason: String },
 }
 
 const ENV_KEYS: &[&str] = &[
@@ -185,6 +259,13 @@ const ENV_KEYS: &[&str] = &[
     "GATEHOUSE_EDGE_HEADER_PREFIX",
     "GATEHOUSE_EDGE_STRIP_AUTHORIZATION",
     "GATEHOUSE_EDGE_DECISION_LOG",
+    "GATEHOUSE_PUBLIC_URL",
+    "GATEHOUSE_SMTP_URL",
+    "GATEHOUSE_SMTP_URL_FILE",
+    "GATEHOUSE_SMTP_FROM",
+    "GATEHOUSE_SMTP_POLL_INTERVAL_MS",
+    "GATEHOUSE_SMTP_MAX_ATTEMPTS",
+    "GATEHOUSE_SMTP_BACKOFF_MS",
     // Read by the CLI's client commands, not by the server.
     "GATEHOUSE_URL",
     "GATEHOUSE_TOKEN",
@@ -265,6 +346,13 @@ impl Config {
                 self.edge.strip_authorization = parse(key, value)?
             }
             "GATEHOUSE_EDGE_DECISION_LOG" => self.edge.decision_log = parse(key, value)?,
+            "GATEHOUSE_PUBLIC_URL" => self.public_url = Some(value.to_owned()),
+            "GATEHOUSE_SMTP_URL" => self.smtp.url = Some(value.to_owned()),
+            "GATEHOUSE_SMTP_URL_FILE" => self.smtp.url_file = Some(PathBuf::from(value)),
+            "GATEHOUSE_SMTP_FROM" => self.smtp.from = Some(value.to_owned()),
+            "GATEHOUSE_SMTP_POLL_INTERVAL_MS" => self.smtp.poll_interval_ms = parse(key, value)?,
+            "GATEHOUSE_SMTP_MAX_ATTEMPTS" => self.smtp.max_attempts = parse(key, value)?,
+            "GATEHOUSE_SMTP_BACKOFF_MS" => self.smtp.backoff_ms = parse(key, value)?,
             "GATEHOUSE_URL" | "GATEHOUSE_TOKEN" | "GATEHOUSE_LOG" => {}
             _ => {
                 return Err(ConfigError::UnknownEnv {
@@ -274,6 +362,35 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// `public_url` checked (http or https, a host, no query or fragment) and without a
+    /// trailing slash, ready to have a path appended.
+    pub fn public_url(&self) -> Result<Option<String>, ConfigError> {
+        let Some(text) = self.public_url.as_deref().filter(|t| !t.trim().is_empty()) else {
+            return Ok(None);
+        };
+        let invalid = |reason: String| ConfigError::Invalid {
+            key: "public_url",
+            reason,
+        };
+        let url = url::Url::parse(text.trim()).map_err(|e| {
+            invalid(format!(
+                "{text:?} is not a URL ({e}): use a base URL like https://id.example.com"
+            ))
+        })?;
+        if !matches!(url.scheme(), "http" | "https")
+            || url.host_str().is_none()
+            || url.query().is_some()
+            || url.fragment().is_some()
+            || !url.username().is_empty()
+            || url.password().is_some()
+        {
+            return Err(invalid(format!(
+                "{text:?} is not a base URL: use http(s)://host[:port][/path], without query, fragment or credentials"
+            )));
+        }
+        Ok(Some(url.as_str().trim_end_matches('/').to_owned()))
     }
 
     /// The configured operator token, read from its file when one is named.
@@ -338,6 +455,77 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("GATEHOUSE_POLICY_TIMEOUT_MS"), "{err}");
+    }
+
+    #[test]
+    fn smtp_settings_come_from_the_file_and_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("gatehouse.toml");
+        std::fs::write(
+            &file,
+            "public_url = \"https://id.example.com/\"\n[smtp]\nurl = \"smtps://u:p@mail.example.com\"\nfrom = \"Gatehouse <no-reply@example.com>\"\nmax_attempts = 3\n",
+        )
+        .unwrap();
+        let config = Config::load(
+            Some(&file),
+            env(&[
+                ("GATEHOUSE_SMTP_BACKOFF_MS", "250"),
+                ("GATEHOUSE_SMTP_FROM", "ops@example.com"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            config.smtp.url().unwrap().as_deref(),
+            Some("smtps://u:p@mail.example.com")
+        );
+        assert_eq!(config.smtp.from.as_deref(), Some("ops@example.com"));
+        assert_eq!((config.smtp.max_attempts, config.smtp.backoff_ms), (3, 250));
+        assert_eq!(config.smtp.poll_interval_ms, 30_000);
+        assert_eq!(
+            config.public_url().unwrap().as_deref(),
+            Some("https://id.example.com")
+        );
+        assert!(
+            !format!("{config:?}").contains("u:p@"),
+            "Debug hides the SMTP URL"
+        );
+
+        let config = Config::load(None, env(&[])).unwrap();
+        assert_eq!(
+            config.smtp.url().unwrap(),
+            None,
+            "no SMTP unless configured"
+        );
+        let url_file = dir.path().join("smtp-url");
+        std::fs::write(&url_file, "smtp://mail.example.com:2525\n").unwrap();
+        let config = Config::load(
+            None,
+            env(&[
+                ("GATEHOUSE_SMTP_URL_FILE", url_file.to_str().unwrap()),
+                ("GATEHOUSE_PUBLIC_URL", ""),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            config.smtp.url().unwrap().as_deref(),
+            Some("smtp://mail.example.com:2525")
+        );
+        assert_eq!(config.public_url().unwrap(), None, "empty is unset");
+        let config = Config::load(None, env(&[("GATEHOUSE_SMTP_URL", " ")])).unwrap();
+        assert_eq!(config.smtp.url().unwrap(), None, "empty is unset");
+        std::fs::write(&file, "[smtp]\nhost = \"mail\"\n").unwrap();
+        let err = Config::load(Some(&file), env(&[])).unwrap_err().to_string();
+        assert!(err.contains("host"), "{err}");
+        for bad in [
+            "id.example.com",
+            "ftp://x",
+            "https://x/?a=1",
+            "https://u:p@x",
+        ] {
+            let config = Config::load(None, env(&[("GATEHOUSE_PUBLIC_URL", bad)])).unwrap();
+            let err = config.public_url().unwrap_err().to_string();
+            assert!(err.contains("public_url"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -224,19 +224,31 @@ impl Record for AuditEntry {
     const SPACE: Space = Space::Audit;
 }
 
-/// An email waiting to be sent (or sent) by the outbox relay.
+/// An email waiting to be sent (or sent) by the outbox relay. It is pending while both
+/// `sent_at` and `failed_at` are unset (and then also listed in `Space::OutboxPending`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct OutboxMessage {
+    /// `<created_at in ns, 20 digits>-msg_<random>`: ids sort oldest first.
     pub id: String,
     pub to: String,
     pub subject: String,
     pub body: String,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
+    /// When the SMTP server accepted the message.
     #[serde(with = "time::serde::rfc3339::option", default)]
     pub sent_at: Option<OffsetDateTime>,
+    /// Delivery tries so far, the successful one included.
     #[serde(default)]
     pub attempts: u32,
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    pub last_attempt_at: Option<OffsetDateTime>,
+    /// Why the last failed try failed (kept after a later success).
+    #[serde(default)]
+    pub last_error: Option<String>,
+    /// When the relay gave up on the message (attempts used up, or it cannot be built).
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    pub failed_at: Option<OffsetDateTime>,
 }
 
 impl Record for OutboxMessage {

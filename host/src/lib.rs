@@ -4,6 +4,7 @@
 //! - [`policy`] names wasmtime: the sandboxed policy engine and per-tenant hot swap;
 //! - [`store`] names sled: durable, tenant-prefixed state behind a narrow interface;
 //! - [`http`] names axum: routes, extraction, the one error-to-answer mapping;
+//! - [`outbox`] names lettre: the relay that mails queued messages over SMTP;
 //! - [`app`] is the core that ties them together, free of all three.
 
 pub mod app;
@@ -14,5 +15,6 @@ pub mod identity;
 pub mod jwt;
 pub mod model;
 pub mod netguard;
+pub mod outbox;
 pub mod policy;
 pub mod store;

@@ -122,10 +122,18 @@ fn serve(args: ServeArgs) -> Result<()> {
         );
     }
     let app = Arc::new(app);
+    let relay = gatehouse::outbox::Relay::new(app.clone(), &config)
+        .context("configuring the outbox relay")?;
+    if relay.is_none() {
+        tracing::info!(
+            "no SMTP configured: emails stay in the outbox (GET /api/v1/tenants/{{tenant}}/outbox)"
+        );
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
+        let relay = relay.map(gatehouse::outbox::Relay::spawn);
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -136,6 +144,9 @@ fn serve(args: ServeArgs) -> Result<()> {
         drop(stdout);
         tracing::info!(%addr, data = %config.data.display(), tenants = app.policies.len(), "gatehouse serving");
         gatehouse::http::serve(app.clone(), listener, shutdown_signal()).await?;
+        if let Some(relay) = relay {
+            relay.stop().await;
+        }
         anyhow::Ok(())
     })?;
     app.store.flush().context("flushing the store")?;

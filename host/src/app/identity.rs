@@ -447,6 +447,9 @@ impl App {
                 );
             }
             self.store.apply(&batch)?;
+            if invite.send_password_email {
+                self.outbox_queued.notify_one();
+            }
             Ok(user)
         })
     }
@@ -747,6 +750,7 @@ impl App {
                 None,
             );
             self.store.apply(&batch)?;
+            self.outbox_queued.notify_one();
             Ok(())
         })
     }
@@ -779,18 +783,24 @@ impl App {
             LinkPurpose::SetPassword => ("Set your password", "set"),
             LinkPurpose::ResetPassword => ("Reset your password", "reset"),
         };
+        // Built on `public_url` when configured: the stored body is exactly what is mailed.
+        let base = self.public_url.as_deref().unwrap_or_default();
         let message = OutboxMessage {
             id: format!("{:020}-{}", now.unix_timestamp_nanos(), new_id("msg_")),
             to: user.email.clone(),
             subject: format!("{subject} for {tenant}"),
             body: format!(
-                "Use this link within 24 hours to {verb} your password for {tenant}:\n\n/v1/{tenant}/password?token={secret}\n\nIf you did not expect this email, ignore it.\n"
+                "Use this link within 24 hours to {verb} your password for {tenant}:\n\n{base}/v1/{tenant}/password?token={secret}\n\nIf you did not expect this email, ignore it.\n"
             ),
             created_at: now,
             sent_at: None,
             attempts: 0,
+            last_attempt_at: None,
+            last_error: None,
+            failed_at: None,
         };
         batch.put(&[&message.id], &message);
+        super::outbox::mark_pending(batch, &message.id, None);
     }
 
     pub(super) fn existing_user(&self, tenant: &str, id: &str) -> Result<User, AppError> {

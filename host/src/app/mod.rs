@@ -17,6 +17,7 @@ use std::time::Instant;
 
 mod directory;
 mod identity;
+mod outbox;
 
 pub use directory::{
     IdpInput, NewResource, NewVaToken, NewVirtualAccount, ScimToken, SsoInput, SsoView,
@@ -26,6 +27,7 @@ pub use identity::{
     Caller, Invite, MemberChange, NewTeam, NewToken, Page, TeamPatch, TeamView, TenantCreated,
     TokenCreated, UserQuery,
 };
+pub use outbox::{Delivery, PendingMessage};
 
 /// What an operation can fail with; `http::error` turns each into an answer.
 #[derive(Debug, thiserror::Error)]
@@ -122,6 +124,10 @@ pub struct App {
     pub store: Store,
     /// Whether JWKS and discovery URLs may point at private addresses.
     allow_private_urls: bool,
+    /// The configured `public_url` (no trailing slash): the base of links in emails.
+    public_url: Option<String>,
+    /// Woken each time a message is queued in an outbox, so the relay sends it at once.
+    outbox_queued: Arc<tokio::sync::Notify>,
     /// One write lock per tenant for identity changes (see `identity`).
     tenant_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
     pub engine: Arc<PolicyEngine>,
@@ -143,6 +149,9 @@ impl App {
     /// precompiled artifacts), and sets up the operator token. Returns the app and, on a
     /// first start without a configured token, the generated token to show once.
     pub fn open(config: &Config) -> Result<(App, Option<String>), AppError> {
+        let public_url = config
+            .public_url()
+            .map_err(|e| AppError::BadRequest(e.to_string()))?;
         let store = Store::open(&config.data)?;
         let engine = Arc::new(
             PolicyEngine::new(config.policy.limits())
@@ -162,6 +171,8 @@ impl App {
             allow_private_urls: config.allow_private_urls,
             edge: Edge::new(config.edge.settings(config.allow_private_urls))
                 .map_err(AppError::Internal)?,
+            public_url,
+            outbox_queued: Arc::default(),
         };
         app.load_all_tenants()?;
         Ok((app, generated))

@@ -56,6 +56,8 @@ pub enum Space {
     Counters,
     /// Outbox messages by id.
     Outbox,
+    /// Index: message id → (empty). Outbox messages neither sent nor given up on.
+    OutboxPending,
     /// One-time links (set password, reset) by SHA-256 of the secret.
     Links,
     /// Virtual accounts by id.
@@ -78,7 +80,7 @@ pub enum Space {
 
 impl Space {
     /// Every space, for backends that create them up front.
-    pub const ALL: [Space; 25] = [
+    pub const ALL: [Space; 26] = [
         Space::System,
         Space::Tenants,
         Space::PolicyState,
@@ -95,6 +97,7 @@ impl Space {
         Space::Audit,
         Space::Counters,
         Space::Outbox,
+        Space::OutboxPending,
         Space::Links,
         Space::VirtualAccounts,
         Space::VaNames,
@@ -125,6 +128,7 @@ impl Space {
             Space::Audit => "audit",
             Space::Counters => "counters",
             Space::Outbox => "outbox",
+            Space::OutboxPending => "outbox_pending",
             Space::Links => "links",
             Space::VirtualAccounts => "virtual_accounts",
             Space::VaNames => "va_names",
@@ -353,6 +357,34 @@ impl Store {
             .scan(Space::Tenants, b"")?
             .iter()
             .map(|(k, v)| decode(k, v))
+            .collect()
+    }
+
+    // ------------------------------------------------------------------ outbox
+
+    /// Every pending outbox message of every tenant as `(tenant, message id, value)`, in
+    /// key order; the value is what the relay stored (its next try's time). Process-wide,
+    /// like [`Store::tenants`]: the relay serves all tenants.
+    pub fn outbox_pending(&self) -> Result<Vec<(String, String, Vec<u8>)>, StoreError> {
+        self.kv
+            .scan(Space::OutboxPending, b"")?
+            .into_iter()
+            .map(|(key, value)| {
+                let split = key.iter().position(|&b| b == 0);
+                let parts = split.and_then(|i| {
+                    Some((
+                        String::from_utf8(key[..i].to_vec()).ok()?,
+                        String::from_utf8(key[i + 1..].to_vec()).ok()?,
+                    ))
+                });
+                match parts {
+                    Some((tenant, id)) => Ok((tenant, id, value)),
+                    None => Err(StoreError::Corrupt {
+                        key: String::from_utf8_lossy(&key).replace('\0', "/"),
+                        reason: "not a tenant and a message id".into(),
+                    }),
+                }
+            })
             .collect()
     }
 
