@@ -178,6 +178,13 @@ impl App {
         Ok((app, generated))
     }
 
+    /// Makes `policy` the tenant's current one; the edge forgets what the previous one
+    /// decided (cached results and memoised decisions).
+    fn swap_policy(&self, tenant: &str, policy: TenantPolicy) {
+        self.policies.set(tenant, policy);
+        self.edge.touch(tenant);
+    }
+
     /// Who the bearer token of a request for `tenant` is (SPEC §4): the `Authorization`
     /// header values as received.
     pub async fn resolve_token(&self, tenant: &str, authorization: &[&[u8]]) -> Evaluation {
@@ -304,7 +311,7 @@ impl App {
             },
         )?;
         if upload.activate {
-            self.policies.set(
+            self.swap_policy(
                 &tenant,
                 TenantPolicy::new(state.active, compiled, upload.settings.into()),
             );
@@ -364,7 +371,7 @@ impl App {
         let _guard = self.policy_changes.lock().await;
         let policy = self.policy_for_version(&tenant, version)?;
         let state = self.store.activate_policy(&tenant, version)?;
-        self.policies.set(&tenant, policy);
+        self.swap_policy(&tenant, policy);
         tracing::info!(tenant, version, "policy activated");
         Ok(state)
     }
@@ -381,7 +388,7 @@ impl App {
         };
         let policy = self.policy_for_version(&tenant, previous)?;
         let state = self.store.rollback_policy(&tenant)?;
-        self.policies.set(&tenant, policy);
+        self.swap_policy(&tenant, policy);
         tracing::info!(tenant, version = previous, "policy rolled back");
         Ok(state)
     }

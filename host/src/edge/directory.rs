@@ -45,6 +45,7 @@ pub struct DirIdp {
 
 /// One tenant's snapshot.
 pub struct Directory {
+    pub tenant: String,
     /// The tenant generation it was built at.
     pub generation: u64,
     pub users: HashMap<String, DirUser>,
@@ -85,6 +86,7 @@ impl Directory {
             }
         }
         let mut dir = Directory {
+            tenant: tenant.to_owned(),
             generation,
             users: HashMap::new(),
             by_email: HashMap::new(),

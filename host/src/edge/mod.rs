@@ -148,6 +148,18 @@ struct Cached {
     kid: Option<String>,
 }
 
+/// What a `resolve` decision depends on.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct MemoKey {
+    tenant: String,
+    generation: u64,
+    idp: String,
+    user_claim: Option<String>,
+    va_name: Option<String>,
+    team_values: Vec<String>,
+    extra: Vec<(String, Vec<String>)>,
+}
+
 /// Per-tenant state: the generation counter and the current directory snapshot.
 #[derive(Default)]
 struct TenantState {
@@ -161,6 +173,11 @@ pub struct Edge {
     settings: EdgeSettings,
     jwks: Arc<JwksCache>,
     cache: quick_cache::sync::Cache<[u8; 32], Arc<Cached>>,
+    /// The policy's `resolve` answers by their inputs. A policy is pure (no imports: no
+    /// clock, no randomness, no I/O) and its input is a function of the tenant's
+    /// generation and the token's mapped claim values, so equal keys mean equal answers;
+    /// a new token of a known subject costs a signature check, not a policy call.
+    memo: quick_cache::sync::Cache<MemoKey, Arc<rules::ResolveDecision>>,
     tenants: RwLock<HashMap<String, Arc<TenantState>>>,
 }
 
@@ -172,10 +189,12 @@ impl Edge {
     pub fn new(settings: EdgeSettings) -> Result<Self, String> {
         let jwks = Arc::new(JwksCache::new(settings.jwks.clone())?);
         let cache = quick_cache::sync::Cache::new(settings.cache_entries.max(16));
+        let memo = quick_cache::sync::Cache::new((settings.cache_entries / 4).max(16));
         Ok(Edge {
             settings,
             jwks,
             cache,
+            memo,
             tenants: RwLock::default(),
         })
     }
@@ -416,7 +435,7 @@ impl Edge {
             .as_deref()
             .map(|path| jwt::claim_values(&parsed.claims, path))
             .unwrap_or_default();
-        let extra = map
+        let extra: Vec<rules::Claim> = map
             .extra_claims
             .iter()
             .map(|path| rules::Claim {
@@ -424,10 +443,35 @@ impl Edge {
                 values: jwt::claim_values(&parsed.claims, path),
             })
             .collect();
-        let input = dir.candidates(&idp.name, user_claim, va_name, team_values, extra);
-        let decision = policy.resolve(ctx.engine, &input).map_err(policy_error)?;
+        let memo_key = MemoKey {
+            tenant: dir.tenant.clone(),
+            generation: dir.generation,
+            idp: idp.name.clone(),
+            user_claim,
+            va_name,
+            team_values,
+            extra: extra
+                .iter()
+                .map(|c: &rules::Claim| (c.path.clone(), c.values.clone()))
+                .collect(),
+        };
+        let decision = match self.memo.get(&memo_key) {
+            Some(decision) => decision,
+            None => {
+                let input = dir.candidates(
+                    &idp.name,
+                    memo_key.user_claim.clone(),
+                    memo_key.va_name.clone(),
+                    memo_key.team_values.clone(),
+                    extra,
+                );
+                let decision = Arc::new(policy.resolve(ctx.engine, &input).map_err(policy_error)?);
+                self.memo.insert(memo_key, decision.clone());
+                decision
+            }
+        };
         let expires_at = Some(parsed.exp);
-        let identity = match decision.outcome {
+        let identity = match decision.outcome.clone() {
             rules::Resolution::VirtualAccount(id) => {
                 let va = dir.vas.get(&id).ok_or_else(|| {
                     Deny::forbidden("policy_error", "the policy named an unknown account")
