@@ -933,20 +933,34 @@ async fn an_outage_serves_stale_keys_for_a_bounded_time_then_fails_closed() {
 #[tokio::test]
 async fn a_new_policy_applies_to_the_next_request_and_a_failing_one_fails_closed() {
     let w = world(|_| {}).await;
-    let token = sign("rsa-a", Algorithm::RS256, &claims(json!({ "email": "ann@acme.io" })));
+    let token = sign(
+        "rsa-a",
+        Algorithm::RS256,
+        &claims(json!({ "email": "ann@acme.io" })),
+    );
     assert_eq!(w.resolve(&token).await.0, 200);
     assert_eq!(w.resolve(&token).await.0, 200, "now cached");
     // A policy that traps on every decision: the cached allow is not used again.
     let (status, body) = w
         .server
-        .upload("acme", gatehouse_tests::fixtures::HOSTILE, json!({ "mode": "trap" }), true)
+        .upload(
+            "acme",
+            gatehouse_tests::fixtures::HOSTILE,
+            json!({ "mode": "trap" }),
+            true,
+        )
         .await;
     assert_eq!(status, 201, "{body}");
     assert_eq!(w.deny_reason(&token).await, (403, "policy_error".into()));
     // Back to the built-in policy: allowed again.
     let (status, body) = w
         .server
-        .call(Method::POST, "/api/v1/tenants/acme/policy/rollback", OP, None)
+        .call(
+            Method::POST,
+            "/api/v1/tenants/acme/policy/rollback",
+            OP,
+            None,
+        )
         .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(w.resolve(&token).await.0, 200);

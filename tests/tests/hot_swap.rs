@@ -26,6 +26,7 @@ async fn hammer(
             tally.ok.fetch_add(1, Ordering::Relaxed);
             versions.push(body["policy_version"].clone());
         } else {
+            eprintln!("FAILED {status} {body}");
             tally.failed.fetch_add(1, Ordering::Relaxed);
         }
     }
