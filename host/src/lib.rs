@@ -13,4 +13,5 @@ pub mod identity;
 pub mod model;
 pub mod netguard;
 pub mod policy;
+pub mod scim;
 pub mod store;
