@@ -25,6 +25,35 @@ pub struct Config {
     /// (tests, internal identity providers).
     pub allow_private_urls: bool,
     pub policy: PolicyConfig,
+    pub scim: ScimConfig,
+}
+
+/// The SCIM service provider's limits.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScimConfig {
+    /// Sustained requests per second per SCIM connection (token bucket).
+    pub rate_per_second: u32,
+    /// Requests a connection may make in a burst above the sustained rate.
+    pub burst: u32,
+    /// Largest request body, in KiB (413 above it).
+    pub max_body_kib: u32,
+    /// Most resources one list page returns (`count` is capped to it).
+    pub max_results: usize,
+    /// How long a membership for a not-yet-known member waits for that user, in hours.
+    pub pending_ttl_hours: u64,
+}
+
+impl Default for ScimConfig {
+    fn default() -> Self {
+        ScimConfig {
+            rate_per_second: 200,
+            burst: 400,
+            max_body_kib: 2048,
+            max_results: 1000,
+            pending_ttl_hours: 24,
+        }
+    }
 }
 
 /// Log line format.
@@ -59,6 +88,7 @@ impl Default for Config {
             log_format: LogFormat::Text,
             allow_private_urls: false,
             policy: PolicyConfig::default(),
+            scim: ScimConfig::default(),
         }
     }
 }
@@ -110,6 +140,11 @@ const ENV_KEYS: &[&str] = &[
     "GATEHOUSE_POLICY_TIMEOUT_MS",
     "GATEHOUSE_POLICY_MAX_COMPONENT_KIB",
     "GATEHOUSE_POLICY_CONCURRENT_INSTANCES",
+    "GATEHOUSE_SCIM_RATE_PER_SECOND",
+    "GATEHOUSE_SCIM_BURST",
+    "GATEHOUSE_SCIM_MAX_BODY_KIB",
+    "GATEHOUSE_SCIM_MAX_RESULTS",
+    "GATEHOUSE_SCIM_PENDING_TTL_HOURS",
     // Read by the CLI's client commands, not by the server.
     "GATEHOUSE_URL",
     "GATEHOUSE_TOKEN",
@@ -185,6 +220,11 @@ impl Config {
             "GATEHOUSE_POLICY_CONCURRENT_INSTANCES" => {
                 self.policy.concurrent_instances = parse(key, value)?
             }
+            "GATEHOUSE_SCIM_RATE_PER_SECOND" => self.scim.rate_per_second = parse(key, value)?,
+            "GATEHOUSE_SCIM_BURST" => self.scim.burst = parse(key, value)?,
+            "GATEHOUSE_SCIM_MAX_BODY_KIB" => self.scim.max_body_kib = parse(key, value)?,
+            "GATEHOUSE_SCIM_MAX_RESULTS" => self.scim.max_results = parse(key, value)?,
+            "GATEHOUSE_SCIM_PENDING_TTL_HOURS" => self.scim.pending_ttl_hours = parse(key, value)?,
             "GATEHOUSE_URL" | "GATEHOUSE_TOKEN" | "GATEHOUSE_LOG" => {}
             _ => {
                 return Err(ConfigError::UnknownEnv {

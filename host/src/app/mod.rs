@@ -16,6 +16,7 @@ use std::time::Instant;
 
 mod directory;
 mod identity;
+mod scim;
 
 pub use directory::{
     IdpInput, NewResource, NewVaToken, NewVirtualAccount, ScimToken, SsoInput, SsoView,
@@ -25,6 +26,7 @@ pub use identity::{
     Caller, Invite, MemberChange, NewTeam, NewToken, Page, TeamPatch, TeamView, TenantCreated,
     TokenCreated, UserQuery,
 };
+pub use scim::{Connection, ListPage, ListQuery, MemberReport, ScimRuntime};
 
 /// What an operation can fail with; `http::error` turns each into an answer.
 #[derive(Debug, thiserror::Error)]
@@ -131,6 +133,8 @@ pub struct App {
     operator_token_sha256: [u8; 32],
     /// Serializes policy changes so the store and the registry agree.
     policy_changes: tokio::sync::Mutex<()>,
+    /// SCIM limits and per-connection rate buckets.
+    pub scim: ScimRuntime,
 }
 
 const OPERATOR_TOKEN_HASH: &str = "operator-token-sha256";
@@ -157,6 +161,7 @@ impl App {
             policy_changes: tokio::sync::Mutex::new(()),
             tenant_locks: Mutex::default(),
             allow_private_urls: config.allow_private_urls,
+            scim: ScimRuntime::new(config.scim.clone()),
         };
         app.load_all_tenants()?;
         Ok((app, generated))

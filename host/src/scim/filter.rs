@@ -617,7 +617,7 @@ fn base<'a>(resource: &'a Value, path: &AttrPath) -> Option<&'a Value> {
 
 /// The values `path` names in `resource` (flattening multi-valued attributes; a complex
 /// value without a sub-attribute stands for its `value`).
-fn values<'a>(resource: &'a Value, path: &AttrPath) -> Vec<&'a Value> {
+pub fn values<'a>(resource: &'a Value, path: &AttrPath) -> Vec<&'a Value> {
     let mut out = Vec::new();
     let Some(top) = base(resource, path).and_then(|b| get_ci(b, &path.name)) else {
         return out;

@@ -15,6 +15,9 @@ pub const ERROR_SCHEMA: &str = "urn:ietf:params:scim:api:messages:2.0:Error";
 pub const LIST_SCHEMA: &str = "urn:ietf:params:scim:api:messages:2.0:ListResponse";
 /// The PATCH request schema.
 pub const PATCH_SCHEMA: &str = "urn:ietf:params:scim:api:messages:2.0:PatchOp";
+/// Gatehouse's extension on group answers: member values a change did not apply
+/// (kept pending, or refused with a reason).
+pub const REPORT_SCHEMA: &str = "urn:gatehouse:params:scim:MembershipReport";
 /// The search request schema.
 pub const SEARCH_SCHEMA: &str = "urn:ietf:params:scim:api:messages:2.0:SearchRequest";
 
@@ -64,6 +67,9 @@ pub enum ScimError {
     /// 501.
     #[error("{0} is not implemented")]
     NotImplemented(&'static str),
+    /// 405.
+    #[error("{0}")]
+    MethodNotAllowed(String),
     /// 500 (detail logged, never shown).
     #[error("{0}")]
     Internal(String),
@@ -89,5 +95,11 @@ impl From<AppError> for ScimError {
 impl From<filter::ParseError> for ScimError {
     fn from(e: filter::ParseError) -> Self {
         ScimError::InvalidFilter(e.0)
+    }
+}
+
+impl From<crate::store::StoreError> for ScimError {
+    fn from(e: crate::store::StoreError) -> Self {
+        ScimError::from(AppError::from(e))
     }
 }
