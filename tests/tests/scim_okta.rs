@@ -489,7 +489,7 @@ async fn okta_put_only_custom_app_flow() {
     assert_eq!(status, 201, "{group}");
     let gid = group["id"].as_str().unwrap().to_owned();
     let member = |id: &str| json!({ "value": id, "$ref": format!("{}/Users/{id}", scim.base), "type": "User" });
-    let mut sorted = vec![ids[0].clone(), ids[1].clone()];
+    let mut sorted = [ids[0].clone(), ids[1].clone()];
     sorted.sort();
     assert_eq!(
         without_meta(&group, &scim.base),

@@ -301,6 +301,14 @@ impl App {
             let (user, action) = match existing {
                 Some(before) => {
                     let owner = self.index_get(slug, &[OWNER, &before.id])?;
+                    // Tenant admins set by hand stay under admins' control: a connection
+                    // that adopted one could deactivate the tenant's last way in.
+                    if owner.is_none() && before.manual_role == Some(gatehouse_rules::Role::Admin) {
+                        return Err(ScimError::Uniqueness(format!(
+                            "a user with email {} already exists and is a tenant admin; SCIM does not take over tenant admins",
+                            email.as_str()
+                        )));
+                    }
                     let adoptable = owner.is_none()
                         && matches!(before.source, UserSource::Invite | UserSource::Jit);
                     if !adoptable {

@@ -192,7 +192,7 @@ fn error_response(e: ScimError, request_id: &str) -> Response {
         ScimError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, None),
         ScimError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, None),
     };
-    let detail = if status.is_server_error() {
+    let detail = if matches!(e, ScimError::Internal(_)) {
         tracing::error!(request_id, error = %e, "scim internal error");
         format!("internal error; request id {request_id}")
     } else {

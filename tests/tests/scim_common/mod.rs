@@ -61,10 +61,22 @@ impl Scim {
         path: &str,
         body: Option<Value>,
     ) -> (u16, HeaderMap, Value) {
+        self.send_at(&self.base, token, method, path, body).await
+    }
+
+    /// A request to another connection's endpoint `base`.
+    pub async fn send_at(
+        &self,
+        base: &str,
+        token: Option<&str>,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, HeaderMap, Value) {
         let mut request = self
             .server
             .client
-            .request(method, format!("{}{}{path}", self.server.base, self.base))
+            .request(method, format!("{}{base}{path}", self.server.base))
             .header("accept", "application/scim+json");
         if let Some(token) = token {
             request = request.bearer_auth(token);

@@ -1,0 +1,585 @@
+//! The SCIM protocol around the replays: authentication, discovery, errors, limits,
+//! versions, projections, sorting and paging, connection scope, and concurrent membership
+//! changes to one group.
+
+mod scim_common;
+
+use reqwest::Method;
+use scim_common::*;
+use serde_json::{json, Value};
+use std::collections::BTreeSet;
+
+fn user(email: &str) -> Value {
+    json!({ "schemas": [USER], "userName": email, "externalId": format!("x-{email}"), "active": true })
+}
+
+#[tokio::test]
+async fn tokens_are_checked_and_never_reveal_a_tenant() {
+    let scim = Scim::start().await;
+    let unauthorized = error(
+        401,
+        None,
+        "a valid SCIM bearer token for this endpoint is required",
+    );
+    // Another tenant with its own connection.
+    scim.server
+        .create_tenant_with_admin("globex", "g@globex.io")
+        .await;
+    let globex_token = connect(&scim.server, "globex", "idp").await;
+    for (token, path) in [
+        (None, "/scim/v2/acme/idp/Users"),
+        (Some("gscim_not-a-token"), "/scim/v2/acme/idp/Users"),
+        (Some(globex_token.as_str()), "/scim/v2/acme/idp/Users"),
+        (Some(scim.token.as_str()), "/scim/v2/nope/idp/Users"),
+        (Some(scim.token.as_str()), "/scim/v2/acme/other/Users"),
+        (Some(scim.token.as_str()), "/scim/v2/globex/idp/Users"),
+    ] {
+        let mut request = scim
+            .server
+            .client
+            .get(format!("{}{path}", scim.server.base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 401, "{path}");
+        assert_eq!(response.headers()["www-authenticate"], "Bearer");
+        assert_eq!(response.headers()["content-type"], "application/scim+json");
+        assert_eq!(
+            response.json::<Value>().await.unwrap(),
+            unauthorized,
+            "{path}"
+        );
+    }
+    // Rotating the token invalidates the old one at once.
+    let (status, body) = scim
+        .server
+        .call(
+            Method::POST,
+            "/api/v1/tenants/acme/sso/idp/scim-token",
+            Some(&scim.admin),
+            Some(&json!({})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let new = body["token"].as_str().unwrap();
+    let (status, body) = scim.call(Method::GET, "/Users", None).await;
+    assert_eq!((status, body), (401, unauthorized));
+    let (status, _, _) = scim.send_as(Some(new), Method::GET, "/Users", None).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn discovery_tells_the_truth() {
+    let scim = Scim::start().await;
+    let (status, body) = scim.call(Method::GET, "/ServiceProviderConfig", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        (
+            &body["patch"],
+            &body["bulk"]["supported"],
+            &body["filter"],
+            &body["sort"],
+            &body["etag"],
+            &body["changePassword"]
+        ),
+        (
+            &json!({ "supported": true }),
+            &json!(false),
+            &json!({ "supported": true, "maxResults": 1000 }),
+            &json!({ "supported": true }),
+            &json!({ "supported": true }),
+            &json!({ "supported": false })
+        )
+    );
+    let (status, body) = scim.call(Method::GET, "/ResourceTypes", None).await;
+    assert_eq!((status, body["totalResults"].clone()), (200, json!(2)));
+    let (status, body) = scim.call(Method::GET, "/ResourceTypes/Group", None).await;
+    assert_eq!(
+        (status, body["endpoint"].clone(), body["schema"].clone()),
+        (200, json!("/Groups"), json!(GROUP))
+    );
+    let (status, body) = scim.call(Method::GET, "/Schemas", None).await;
+    assert_eq!(status, 200);
+    let ids: Vec<&str> = body["Resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [USER, ENTERPRISE, GROUP]);
+    let (status, body) = scim
+        .call(Method::GET, &format!("/Schemas/{USER}"), None)
+        .await;
+    assert_eq!(status, 200);
+    let names: Vec<&str> = body["attributes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "userName",
+            "name",
+            "displayName",
+            "title",
+            "emails",
+            "active"
+        ]
+    );
+    let (status, body) = scim.call(Method::GET, "/Schemas/urn:nope", None).await;
+    assert_eq!(
+        (status, body),
+        (404, error(404, None, "Schemas/urn:nope not found"))
+    );
+}
+
+#[tokio::test]
+async fn errors_are_scim_errors() {
+    let scim = Scim::start_with(|c| c.scim.max_body_kib = 1).await;
+    let (status, body) = scim.call(Method::GET, "/Widgets", None).await;
+    assert_eq!((status, body), (404, error(404, None, "path /Widgets: use Users, Groups, ServiceProviderConfig, ResourceTypes or Schemas not found")));
+    let (status, body) = scim.call(Method::GET, "/Me", None).await;
+    assert_eq!(
+        (status, body),
+        (501, error(501, None, "/Me is not implemented"))
+    );
+    let (status, body) = scim.call(Method::POST, "/Bulk", Some(json!({}))).await;
+    assert_eq!(
+        (status, body),
+        (501, error(501, None, "/Bulk is not implemented"))
+    );
+    let (status, body) = scim
+        .call(
+            Method::POST,
+            "/Users",
+            Some(json!({ "userName": "x".repeat(2000) })),
+        )
+        .await;
+    assert_eq!(
+        (status, body),
+        (
+            413,
+            error(413, None, "the request body is larger than 1024 bytes")
+        )
+    );
+    let (status, body) = scim
+        .call(Method::GET, "/Users?filter=userName+eq", None)
+        .await;
+    assert_eq!(
+        (status, body),
+        (
+            400,
+            error(
+                400,
+                Some("invalidFilter"),
+                "filter expected a value after userName eq but found the end of the filter"
+            )
+        )
+    );
+    let (status, body) = scim
+        .call(Method::GET, "/Users?filter=userName+xx+%22a%22", None)
+        .await;
+    assert_eq!(
+        (status, body),
+        (
+            400,
+            error(
+                400,
+                Some("invalidFilter"),
+                "filter \"xx\" is not an operator: use eq, ne, co, sw, ew, gt, ge, lt, le or pr"
+            )
+        )
+    );
+    let (status, body) = scim
+        .call(Method::GET, "/Users?filter=active+gt+true", None)
+        .await;
+    assert_eq!(status, 200, "no users yet: nothing to compare {body}");
+    let (status, body) = scim
+        .call(
+            Method::POST,
+            "/Users",
+            Some(json!({ "userName": "no-email" })),
+        )
+        .await;
+    assert_eq!((status, body), (400, error(400, Some("invalidValue"), "user \"no-email\" has no email: userName is not an email address and emails is empty")));
+    let (status, body) = scim
+        .call(Method::POST, "/Users", Some(json!({ "emails": [] })))
+        .await;
+    assert_eq!(
+        (status, body),
+        (
+            400,
+            error(400, Some("invalidValue"), "userName is required")
+        )
+    );
+    let (status, body) = scim.call(Method::DELETE, "/Users", None).await;
+    assert_eq!(
+        (status, body),
+        (
+            405,
+            error(405, None, "method not allowed here: use GET, POST")
+        )
+    );
+    let (status, created) = scim
+        .call(Method::POST, "/Users", Some(user("ann@acme.io")))
+        .await;
+    assert_eq!(status, 201);
+    let id = created["id"].as_str().unwrap();
+    let (status, body) = scim
+        .call(Method::GET, "/Users?filter=active+gt+true", None)
+        .await;
+    assert_eq!(
+        (status, body),
+        (
+            400,
+            error(
+                400,
+                Some("invalidFilter"),
+                "filter operator gt does not apply to booleans: use eq or ne"
+            )
+        )
+    );
+    let (status, body) = scim
+        .call(
+            Method::PATCH,
+            &format!("/Users/{id}"),
+            Some(json!({ "Operations": [{ "op": "remove" }] })),
+        )
+        .await;
+    assert_eq!(
+        (status, body),
+        (
+            400,
+            error(400, Some("noTarget"), "operation 1 (remove) needs a path")
+        )
+    );
+    let (status, body) = scim
+        .call(
+            Method::PATCH,
+            &format!("/Users/{id}"),
+            Some(
+                json!({ "Operations": [{ "op": "add", "path": "emails[type eq", "value": "x" }] }),
+            ),
+        )
+        .await;
+    assert_eq!((status, body), (400, error(400, Some("invalidPath"), "operation 1: path \"emails[type eq\" expected a value after type eq but found the end of the filter")));
+}
+
+#[tokio::test]
+async fn the_rate_limit_answers_429_with_retry_after() {
+    let scim = Scim::start_with(|c| {
+        c.scim.rate_per_second = 1;
+        c.scim.burst = 3;
+    })
+    .await;
+    for _ in 0..3 {
+        let (status, _) = scim.call(Method::GET, "/Users", None).await;
+        assert_eq!(status, 200);
+    }
+    let (status, headers, body) = scim.send(Method::GET, "/Users", None).await;
+    assert_eq!(
+        (status, body),
+        (
+            429,
+            error(
+                429,
+                None,
+                "too many requests for this SCIM connection: retry after 1 s"
+            )
+        )
+    );
+    assert_eq!(headers["retry-after"], "1");
+}
+
+#[tokio::test]
+async fn versions_projections_sorting_and_paging() {
+    let scim = Scim::start().await;
+    let (_, headers, created) = scim.send(Method::POST, "/Users", Some(json!({ "userName": "b@acme.io", "name": { "givenName": "B", "familyName": "Z" }, "title": "t" }))).await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    let etag = headers["etag"].to_str().unwrap().to_owned();
+    // If-None-Match: 304; If-Match on a stale version: 412.
+    let response = scim
+        .server
+        .client
+        .get(format!("{}{}/Users/{id}", scim.server.base, scim.base))
+        .bearer_auth(&scim.token)
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 304);
+    let response = scim
+        .server
+        .client
+        .patch(format!("{}{}/Users/{id}", scim.server.base, scim.base))
+        .bearer_auth(&scim.token)
+        .header("if-match", &etag)
+        .body(patch(json!([{ "op": "replace", "path": "title", "value": "u" }])).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let response = scim
+        .server
+        .client
+        .patch(format!("{}{}/Users/{id}", scim.server.base, scim.base))
+        .bearer_auth(&scim.token)
+        .header("if-match", &etag)
+        .body(patch(json!([{ "op": "replace", "path": "title", "value": "v" }])).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 412);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["status"], "412");
+    let response = scim
+        .server
+        .client
+        .delete(format!("{}{}/Users/{id}", scim.server.base, scim.base))
+        .bearer_auth(&scim.token)
+        .header("if-match", "W/\"1\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 412);
+
+    // attributes / excludedAttributes on reads and writes.
+    let (status, body) = scim
+        .call(
+            Method::GET,
+            &format!("/Users/{id}?attributes=userName,name.givenName"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        without_meta(&body, &scim.base),
+        json!({ "schemas": [USER], "id": id, "userName": "b@acme.io", "name": { "givenName": "B" } })
+    );
+    let (status, body) = scim
+        .call(
+            Method::PATCH,
+            &format!("/Users/{id}?excludedAttributes=name,title,active"),
+            Some(patch(
+                json!([{ "op": "replace", "path": "title", "value": "w" }]),
+            )),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        without_meta(&body, &scim.base),
+        json!({ "schemas": [USER], "id": id, "userName": "b@acme.io" })
+    );
+
+    for email in ["c@acme.io", "a@acme.io", "d@acme.io"] {
+        let (status, _) = scim.call(Method::POST, "/Users", Some(user(email))).await;
+        assert_eq!(status, 201);
+    }
+    let (status, body) = scim
+        .call(
+            Method::GET,
+            "/Users?sortBy=userName&sortOrder=descending&startIndex=2&count=2&attributes=userName",
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let names: Vec<&str> = body["Resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["userName"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        (
+            body["totalResults"].clone(),
+            body["startIndex"].clone(),
+            body["itemsPerPage"].clone(),
+            names
+        ),
+        (json!(4), json!(2), json!(2), vec!["c@acme.io", "b@acme.io"])
+    );
+    let (status, body) = scim.call(Method::GET, "/Users?count=0", None).await;
+    assert_eq!(
+        (
+            status,
+            body["totalResults"].clone(),
+            body["Resources"].clone()
+        ),
+        (200, json!(4), json!([]))
+    );
+    // POST .search takes the same parameters in a body.
+    let (status, body) = scim
+        .call(Method::POST, "/Users/.search", Some(json!({ "schemas": ["urn:ietf:params:scim:api:messages:2.0:SearchRequest"], "filter": "userName sw \"a\" or userName sw \"d\"", "sortBy": "userName", "attributes": ["userName"] })))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let names: Vec<&str> = body["Resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["userName"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["a@acme.io", "d@acme.io"]);
+}
+
+#[tokio::test]
+async fn a_connection_sees_only_what_it_provisioned() {
+    let scim = Scim::start().await;
+    let other_token = connect(&scim.server, "acme", "other").await;
+    // An invited user and the admin exist; neither is listed.
+    let (status, invited) = scim
+        .admin(
+            Method::POST,
+            "/users",
+            Some(&json!({ "email": "inv@acme.io" })),
+        )
+        .await;
+    assert_eq!(status, 201, "{invited}");
+    let (status, body) = scim.call(Method::GET, "/Users", None).await;
+    assert_eq!((status, body), (200, empty_list()));
+    let (status, body) = scim
+        .call(
+            Method::GET,
+            &format!("/Users/{}", invited["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(status, 404, "{body}");
+    // Creating the invited email adopts that user (same id), audited.
+    let (status, adopted) = scim
+        .call(Method::POST, "/Users", Some(user("inv@acme.io")))
+        .await;
+    assert_eq!(status, 201, "{adopted}");
+    assert_eq!(adopted["id"], invited["id"]);
+    let (_, record) = scim
+        .admin(
+            Method::GET,
+            &format!("/users/{}", invited["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (record["status"].as_str(), record["source"].as_str()),
+        (Some("active"), Some("invite"))
+    );
+    let (_, audit) = scim.admin(Method::GET, "/audit?limit=1000", None).await;
+    assert!(audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["action"] == "scim.user.adopt" && e["target"] == invited["id"]));
+    // The admin's own user (created with the tenant) cannot be taken over.
+    let (status, body) = scim
+        .call(Method::POST, "/Users", Some(user("admin@acme.io")))
+        .await;
+    assert_eq!(
+        (status, body),
+        (409, error(409, Some("uniqueness"), "a user with email admin@acme.io already exists and is a tenant admin; SCIM does not take over tenant admins"))
+    );
+    // Another connection neither sees nor changes it, nor can it adopt it.
+    let (status, _, body) = scim
+        .send_at(
+            "/scim/v2/acme/other",
+            Some(&other_token),
+            Method::GET,
+            "/Users",
+            None,
+        )
+        .await;
+    assert_eq!((status, body["totalResults"].clone()), (200, json!(0)));
+    let path = format!("/Users/{}", adopted["id"].as_str().unwrap());
+    let (status, _, _) = scim
+        .send_at(
+            "/scim/v2/acme/other",
+            Some(&other_token),
+            Method::PATCH,
+            &path,
+            Some(patch(
+                json!([{ "op": "replace", "value": { "active": false } }]),
+            )),
+        )
+        .await;
+    assert_eq!(status, 404);
+    let (status, _, body) = scim
+        .send_at(
+            "/scim/v2/acme/other",
+            Some(&other_token),
+            Method::POST,
+            "/Users",
+            Some(user("inv@acme.io")),
+        )
+        .await;
+    assert_eq!(
+        (status, body["scimType"].clone()),
+        (409, json!("uniqueness"))
+    );
+}
+
+#[tokio::test]
+async fn eight_clients_changing_one_group_lose_no_member() {
+    let scim = Scim::start().await;
+    let mut ids = Vec::new();
+    for i in 0..160 {
+        let (status, body) = scim
+            .call(Method::POST, "/Users", Some(user(&format!("m{i}@acme.io"))))
+            .await;
+        assert_eq!(status, 201);
+        ids.push(body["id"].as_str().unwrap().to_owned());
+    }
+    let (status, group) = scim
+        .call(
+            Method::POST,
+            "/Groups",
+            Some(json!({ "displayName": "Busy" })),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let gid = group["id"].as_str().unwrap().to_owned();
+    let scim = std::sync::Arc::new(scim);
+    // Client k owns ids[k*20 .. k*20+20]: adds each in turn, then removes the odd ones.
+    let mut tasks = Vec::new();
+    for k in 0..8 {
+        let scim = scim.clone();
+        let mine: Vec<String> = ids[k * 20..k * 20 + 20].to_vec();
+        let gid = gid.clone();
+        tasks.push(tokio::spawn(async move {
+            for id in &mine {
+                let (status, body) = scim
+                    .call(Method::PATCH, &format!("/Groups/{gid}?excludedAttributes=members"), Some(patch(json!([{ "op": "add", "path": "members", "value": [{ "value": id }] }]))))
+                    .await;
+                assert_eq!(status, 200, "{body}");
+            }
+            for id in mine.iter().skip(1).step_by(2) {
+                let (status, body) = scim
+                    .call(Method::PATCH, &format!("/Groups/{gid}?excludedAttributes=members"), Some(patch(json!([{ "op": "remove", "path": format!("members[value eq \"{id}\"]") }]))))
+                    .await;
+                assert_eq!(status, 200, "{body}");
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let expected: BTreeSet<String> = (0..8)
+        .flat_map(|k| {
+            ids[k * 20..k * 20 + 20]
+                .iter()
+                .step_by(2)
+                .cloned()
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let (status, body) = scim
+        .call(Method::GET, &format!("/Groups/{gid}"), None)
+        .await;
+    assert_eq!(status, 200);
+    let members: BTreeSet<String> = body["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["value"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(members, expected);
+}
