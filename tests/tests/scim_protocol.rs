@@ -583,3 +583,110 @@ async fn eight_clients_changing_one_group_lose_no_member() {
         .collect();
     assert_eq!(members, expected);
 }
+
+#[tokio::test]
+async fn deactivation_revokes_access_at_once_and_keeps_memberships() {
+    let scim = Scim::start().await;
+    let (status, created) = scim
+        .call(Method::POST, "/Users", Some(user("tok@acme.io")))
+        .await;
+    assert_eq!(status, 201);
+    let id = created["id"].as_str().unwrap().to_owned();
+    let (status, group) = scim
+        .call(
+            Method::POST,
+            "/Groups",
+            Some(json!({ "displayName": "G1", "members": [{ "value": id }] })),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let (status, token) = scim
+        .admin(
+            Method::POST,
+            &format!("/users/{id}/tokens"),
+            Some(&json!({ "name": "cli" })),
+        )
+        .await;
+    assert_eq!(status, 201, "{token}");
+    let pat = token["secret"].as_str().unwrap().to_owned();
+    let me = |pat: String| {
+        let server = &scim.server;
+        async move {
+            server
+                .call(
+                    Method::GET,
+                    "/api/v1/tenants/acme/users/me",
+                    Some(&pat),
+                    None,
+                )
+                .await
+                .0
+        }
+    };
+    assert_eq!(me(pat.clone()).await, 200);
+    let (status, _) = scim
+        .call(
+            Method::PATCH,
+            &format!("/Users/{id}"),
+            Some(patch(
+                json!([{ "op": "replace", "value": { "active": false } }]),
+            )),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(me(pat.clone()).await, 401);
+    let (_, body) = scim
+        .call(
+            Method::GET,
+            &format!("/Groups/{}", group["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(body["members"][0]["value"], json!(id));
+    let (status, _) = scim
+        .call(
+            Method::PATCH,
+            &format!("/Users/{id}"),
+            Some(patch(
+                json!([{ "op": "replace", "path": "active", "value": true }]),
+            )),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(me(pat).await, 200);
+}
+
+#[tokio::test]
+async fn pending_memberships_expire() {
+    let scim = Scim::start_with(|c| c.scim.pending_ttl_hours = 0).await;
+    let (status, group) = scim
+        .call(
+            Method::POST,
+            "/Groups",
+            Some(json!({ "displayName": "Later", "members": [{ "value": "ext-late" }] })),
+        )
+        .await;
+    assert_eq!(status, 201, "{group}");
+    assert_eq!(
+        group["urn:gatehouse:params:scim:MembershipReport"],
+        json!({ "pending": ["ext-late"], "refused": [] })
+    );
+    let (_, pending) = scim.admin(Method::GET, "/sso/idp/scim/pending", None).await;
+    assert_eq!(pending, json!({ "pending": [] }), "expired at once");
+    let (status, _) = scim
+        .call(
+            Method::POST,
+            "/Users",
+            Some(json!({ "userName": "late@acme.io", "externalId": "ext-late" })),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let (_, body) = scim
+        .call(
+            Method::GET,
+            &format!("/Groups/{}", group["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(body["members"], json!([]));
+}

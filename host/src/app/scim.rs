@@ -1173,7 +1173,7 @@ impl App {
         let mut found = Vec::new();
         for team in &candidates {
             let json =
-                self.group_view(slug, conn, team, filter_needs_members && query.with_members)?;
+                self.group_view(slug, conn, team, filter_needs_members)?;
             if filter
                 .map(|f| f.matches(&json))
                 .transpose()?
