@@ -690,3 +690,85 @@ async fn pending_memberships_expire() {
         .await;
     assert_eq!(body["members"], json!([]));
 }
+
+#[tokio::test]
+async fn paths_outside_a_connection_are_scim_404s() {
+    let scim = Scim::start().await;
+    for path in ["/scim", "/scim/v2", "/scim/v2/acme", "/scim/v1/x/y/Users"] {
+        let response = scim
+            .server
+            .client
+            .get(format!("{}{path}", scim.server.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 404, "{path}");
+        assert_eq!(response.headers()["content-type"], "application/scim+json");
+        assert_eq!(
+            response.json::<Value>().await.unwrap(),
+            error(
+                404,
+                None,
+                "SCIM endpoint: use /scim/v2/{tenant}/{ssoId}/ not found"
+            ),
+            "{path}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn records_an_admin_deleted_are_provisioned_again() {
+    let scim = Scim::start().await;
+    let (status, created) = scim
+        .call(Method::POST, "/Users", Some(user("gone@acme.io")))
+        .await;
+    assert_eq!(status, 201);
+    let (status, body) = scim
+        .admin(
+            Method::DELETE,
+            &format!("/users/{}", created["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(status, 204, "{body}");
+    let (status, again) = scim
+        .call(Method::POST, "/Users", Some(user("gone@acme.io")))
+        .await;
+    assert_eq!(status, 201, "{again}");
+    assert_ne!(again["id"], created["id"]);
+
+    let group = json!({ "displayName": "Temp", "externalId": "g-1" });
+    let (status, first) = scim
+        .call(Method::POST, "/Groups", Some(group.clone()))
+        .await;
+    assert_eq!(status, 201);
+    let (status, body) = scim
+        .call(
+            Method::POST,
+            "/Groups",
+            Some(json!({ "displayName": "Other", "externalId": "g-1" })),
+        )
+        .await;
+    assert_eq!(
+        (status, body),
+        (
+            409,
+            error(
+                409,
+                Some("uniqueness"),
+                "externalId \"g-1\" already belongs to group Temp"
+            )
+        )
+    );
+    let (status, _) = scim
+        .admin(
+            Method::DELETE,
+            &format!("/teams/{}", first["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(status, 204);
+    let (status, second) = scim.call(Method::POST, "/Groups", Some(group)).await;
+    assert_eq!(status, 201, "{second}");
+    assert_ne!(second["id"], first["id"]);
+}

@@ -276,7 +276,13 @@ impl App {
                     }
                 }
             }
-            if let Some(id) = self.index_get(slug, &[&conn.sso, NAME, &name_key])? {
+            // An index entry whose user is gone (an admin deleted it through the admin
+            // API) is stale: it is overwritten, not a conflict.
+            let taken = match self.index_get(slug, &[&conn.sso, NAME, &name_key])? {
+                Some(id) if self.scim_user(slug, conn, &id)?.is_some() => Some(id),
+                _ => None,
+            };
+            if let Some(id) = taken {
                 return Err(ScimError::Uniqueness(format!(
                     "userName {:?} is already taken by user {id}{}",
                     input.user_name,
@@ -826,6 +832,7 @@ impl App {
         self.scim_write(conn, |slug| {
             if let Some(ext) = &input.external_id {
                 if let Some(id) = self.index_get(slug, &[&conn.sso, GROUP_EXT, ext])? {
+                    // A stale entry (the team was deleted by an admin) is overwritten.
                     if let Some(team) = self.scim_team(slug, conn, &id)? {
                         if team.name.eq_ignore_ascii_case(name.as_str()) {
                             return Ok((
@@ -834,6 +841,10 @@ impl App {
                                 MemberReport::default(),
                             ));
                         }
+                        return Err(ScimError::Uniqueness(format!(
+                            "externalId {ext:?} already belongs to group {}",
+                            team.name
+                        )));
                     }
                 }
             }
@@ -868,17 +879,11 @@ impl App {
                 .put(&[&team.id], &team)
                 .put_raw(Space::TeamNames, &[&name.key()], team.id.as_bytes());
             if let Some(ext) = &input.external_id {
-                batch
-                    .require_absent(
-                        Space::ScimIndex,
-                        &[&conn.sso, GROUP_EXT, ext],
-                        format!("externalId {ext:?} already belongs to another group"),
-                    )
-                    .put_raw(
-                        Space::ScimIndex,
-                        &[&conn.sso, GROUP_EXT, ext],
-                        team.id.as_bytes(),
-                    );
+                batch.put_raw(
+                    Space::ScimIndex,
+                    &[&conn.sso, GROUP_EXT, ext],
+                    team.id.as_bytes(),
+                );
             }
             let mut audit = self.audit_log(slug)?;
             audit.record(
@@ -1172,8 +1177,7 @@ impl App {
             filter.is_some_and(|f| f.to_string().to_ascii_lowercase().contains("members"));
         let mut found = Vec::new();
         for team in &candidates {
-            let json =
-                self.group_view(slug, conn, team, filter_needs_members)?;
+            let json = self.group_view(slug, conn, team, filter_needs_members)?;
             if filter
                 .map(|f| f.matches(&json))
                 .transpose()?
@@ -1308,11 +1312,6 @@ fn put_user_indexes(
 ) {
     let name = scim.user_name.to_lowercase();
     batch
-        .require_absent(
-            Space::ScimIndex,
-            &[&conn.sso, NAME, &name],
-            format!("userName {:?} is already taken", scim.user_name),
-        )
         .put_raw(Space::ScimIndex, &[&conn.sso, NAME, &name], id.as_bytes())
         .put_raw(Space::ScimIndex, &[OWNER, id], conn.sso.as_bytes());
     if let Some(ext) = ext {

@@ -34,6 +34,8 @@ pub(super) fn routes(max_body: usize) -> Router<Arc<App>> {
         .route("/scim/v2/{tenant}/{sso}", any(root))
         .route("/scim/v2/{tenant}/{sso}/", any(root))
         .route("/scim/v2/{tenant}/{sso}/{*rest}", any(scim))
+        .route("/scim", any(outside))
+        .route("/scim/{*rest}", any(outside))
         .layer(DefaultBodyLimit::max(max_body))
 }
 
@@ -49,6 +51,15 @@ async fn pending(
 ) -> Result<Response, crate::app::AppError> {
     let caller = admin(&app, &tenant, &headers)?;
     Ok(Json(json!({ "pending": app.scim_pending(&tenant, &sso, &caller)? })).into_response())
+}
+
+/// Paths under `/scim` that name no connection: a SCIM 404 (no lookup, so nothing is
+/// revealed about tenants).
+async fn outside() -> Response {
+    error_response(
+        ScimError::NotFound("SCIM endpoint: use /scim/v2/{tenant}/{ssoId}/".into()),
+        "",
+    )
 }
 
 async fn root(

@@ -508,7 +508,6 @@ impl Projection {
 pub fn service_provider_config(base: &str, max_results: usize, max_body: usize) -> Value {
     json!({
         "schemas": ["urn:ietf:params:scim:schemas:core:2.0:ServiceProviderConfig"],
-        "documentationUrl": "https://github.com/gatehouse/gatehouse#scim-compatibility",
         "patch": { "supported": true },
         "bulk": { "supported": false, "maxOperations": 0, "maxPayloadSize": 0 },
         "filter": { "supported": true, "maxResults": max_results },
