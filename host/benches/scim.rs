@@ -33,6 +33,7 @@ fn main() {
     let app = Arc::new(app);
     app.create_tenant_with_admin("acme", Some("admin@acme.io"), "bench")
         .unwrap();
+    app.set_mode("acme", "scim", &Caller::Operator).unwrap();
     app.put_sso_config(
         "acme",
         SsoInput {

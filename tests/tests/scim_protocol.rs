@@ -772,3 +772,27 @@ async fn records_an_admin_deleted_are_provisioned_again() {
     assert_eq!(status, 201, "{second}");
     assert_ne!(second["id"], first["id"]);
 }
+
+#[tokio::test]
+async fn only_a_tenant_in_scim_mode_is_changed_by_scim() {
+    let scim = Scim::start().await;
+    let (status, _) = scim
+        .admin(
+            Method::PUT,
+            "/provisioning",
+            Some(&json!({ "mode": "invite_only" })),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, body) = scim
+        .call(Method::GET, "/Users?count=1&startIndex=1", None)
+        .await;
+    assert_eq!((status, body), (200, empty_list()));
+    let (status, body) = scim
+        .call(Method::POST, "/Users", Some(user("ann@acme.io")))
+        .await;
+    assert_eq!(
+        (status, body),
+        (403, error(403, None, "tenant acme is in provisioning mode invite_only: SCIM changes need mode scim (an admin sets it with PUT /api/v1/tenants/acme/provisioning)"))
+    );
+}

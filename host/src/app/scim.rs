@@ -188,6 +188,15 @@ impl App {
     ) -> Result<R, ScimError> {
         let mut outcome = None;
         self.with_tenant(&conn.tenant, |slug| {
+            // SPEC §2: only a tenant in `scim` mode has users and teams pushed by SCIM;
+            // in the other modes a connection can read (and be tested) but not change.
+            let mode = self.tenant(slug)?.mode;
+            if mode != "scim" {
+                outcome = Some(Err(ScimError::Forbidden(format!(
+                    "tenant {slug} is in provisioning mode {mode}: SCIM changes need mode scim (an admin sets it with PUT /api/v1/tenants/{slug}/provisioning)"
+                ))));
+                return Ok(());
+            }
             outcome = Some(change(slug));
             Ok(())
         })?;

@@ -195,6 +195,7 @@ fn error_response(e: ScimError, request_id: &str) -> Response {
         ScimError::Mutability(_) => (StatusCode::BAD_REQUEST, Some("mutability")),
         ScimError::Uniqueness(_) => (StatusCode::CONFLICT, Some("uniqueness")),
         ScimError::Conflict(_) => (StatusCode::CONFLICT, None),
+        ScimError::Forbidden(_) => (StatusCode::FORBIDDEN, None),
         ScimError::NotFound(_) => (StatusCode::NOT_FOUND, None),
         ScimError::PreconditionFailed(_) => (StatusCode::PRECONDITION_FAILED, None),
         ScimError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, None),

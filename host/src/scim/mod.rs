@@ -52,6 +52,9 @@ pub enum ScimError {
     /// 409 without a `scimType`.
     #[error("{0}")]
     Conflict(String),
+    /// 403: the tenant is not in `scim` provisioning mode, so SCIM may not change it.
+    #[error("{0}")]
+    Forbidden(String),
     /// 404.
     #[error("{0} not found")]
     NotFound(String),

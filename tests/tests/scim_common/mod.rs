@@ -35,6 +35,15 @@ impl Scim {
             .create_tenant_with_admin("acme", "admin@acme.io")
             .await;
         let token = connect(&server, "acme", "idp").await;
+        let (status, body) = server
+            .call(
+                Method::PUT,
+                "/api/v1/tenants/acme/provisioning",
+                Some(&admin),
+                Some(&json!({ "mode": "scim" })),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
         Scim {
             server,
             admin,
