@@ -796,3 +796,102 @@ async fn only_a_tenant_in_scim_mode_is_changed_by_scim() {
         (403, error(403, None, "tenant acme is in provisioning mode invite_only: SCIM changes need mode scim (an admin sets it with PUT /api/v1/tenants/acme/provisioning)"))
     );
 }
+
+#[tokio::test]
+async fn the_service_provider_config_is_exact() {
+    let scim = Scim::start().await;
+    let (status, body) = scim.call(Method::GET, "/ServiceProviderConfig", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body,
+        json!({
+            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:ServiceProviderConfig"],
+            "patch": { "supported": true },
+            "bulk": { "supported": false, "maxOperations": 0, "maxPayloadSize": 0 },
+            "filter": { "supported": true, "maxResults": 1000 },
+            "changePassword": { "supported": false },
+            "sort": { "supported": true },
+            "etag": { "supported": true },
+            "authenticationSchemes": [{
+                "type": "oauthbearertoken",
+                "name": "OAuth Bearer Token",
+                "description": "The SCIM token of the SSO configuration, sent as Authorization: Bearer <token>",
+                "primary": true
+            }],
+            "meta": { "resourceType": "ServiceProviderConfig", "location": "/scim/v2/acme/idp/ServiceProviderConfig" },
+            "urn:gatehouse:params:scim:maxRequestBytes": 2097152
+        })
+    );
+}
+
+#[tokio::test]
+async fn filters_use_indexes_or_scan_and_agree() {
+    let scim = Scim::start().await;
+    let mut ids = Vec::new();
+    for (email, family) in [
+        ("ann@acme.io", "Lee"),
+        ("bob@acme.io", "Leeds"),
+        ("cy@other.io", "Ng"),
+    ] {
+        let body = json!({ "userName": email, "externalId": format!("x-{email}"), "name": { "familyName": family },
+            "emails": [{ "value": email.replace("@", "+w@"), "type": "work" }] });
+        let (status, created) = scim.call(Method::POST, "/Users", Some(body)).await;
+        assert_eq!(status, 201, "{created}");
+        ids.push(created["id"].as_str().unwrap().to_owned());
+    }
+    let names = |body: &Value| -> Vec<String> {
+        body["Resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["userName"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    for (filter, expected) in [
+        (format!("id eq \"{}\"", ids[1]), vec!["bob@acme.io"]),
+        (
+            "externalId eq \"x-cy@other.io\"".to_owned(),
+            vec!["cy@other.io"],
+        ),
+        ("externalId eq \"X-CY@OTHER.IO\"".to_owned(), vec![]),
+        (
+            "emails.value eq \"ANN+w@acme.io\"".to_owned(),
+            vec!["ann@acme.io"],
+        ),
+        (
+            "emails eq \"bob+w@acme.io\"".to_owned(),
+            vec!["bob@acme.io"],
+        ),
+        (
+            "name.familyName sw \"lee\"".to_owned(),
+            vec!["ann@acme.io", "bob@acme.io"],
+        ),
+        (
+            "name.familyName sw \"lee\" and not (userName ew \"ann@acme.io\")".to_owned(),
+            vec!["bob@acme.io"],
+        ),
+        (
+            "userName co \"other\" or externalId eq \"x-ann@acme.io\"".to_owned(),
+            vec!["ann@acme.io", "cy@other.io"],
+        ),
+        (
+            "meta.lastModified gt \"2000-01-01T00:00:00Z\" and title pr".to_owned(),
+            vec![],
+        ),
+        (
+            "urn:ietf:params:scim:schemas:core:2.0:User:userName eq \"cy@other.io\"".to_owned(),
+            vec!["cy@other.io"],
+        ),
+    ] {
+        let (status, body) = scim
+            .call(
+                Method::POST,
+                "/Users/.search",
+                Some(json!({ "filter": filter, "sortBy": "userName" })),
+            )
+            .await;
+        assert_eq!(status, 200, "{filter}: {body}");
+        assert_eq!(names(&body), expected, "{filter}");
+        assert_eq!(body["totalResults"], json!(expected.len()), "{filter}");
+    }
+}
