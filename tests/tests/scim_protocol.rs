@@ -895,3 +895,47 @@ async fn filters_use_indexes_or_scan_and_agree() {
         assert_eq!(body["totalResults"], json!(expected.len()), "{filter}");
     }
 }
+
+#[tokio::test]
+async fn a_change_that_changes_nothing_keeps_the_version() {
+    let scim = Scim::start().await;
+    let (_, user) = scim
+        .call(Method::POST, "/Users", Some(user("v@acme.io")))
+        .await;
+    let uid = user["id"].as_str().unwrap().to_owned();
+    let (_, group) = scim
+        .call(
+            Method::POST,
+            "/Groups",
+            Some(json!({ "displayName": "V", "members": [{ "value": uid }] })),
+        )
+        .await;
+    let gid = group["id"].as_str().unwrap().to_owned();
+    for operations in [
+        json!([{ "op": "add", "path": "members", "value": [{ "value": uid }] }]),
+        json!([{ "op": "remove", "path": "members[value eq \"usr_notamember\"]" }]),
+        json!([{ "op": "replace", "value": { "displayName": "V" } }]),
+    ] {
+        let (status, body) = scim
+            .call(
+                Method::PATCH,
+                &format!("/Groups/{gid}"),
+                Some(patch(operations.clone())),
+            )
+            .await;
+        assert_eq!(status, 200, "{operations}: {body}");
+        assert_eq!(
+            body["meta"]["version"], group["meta"]["version"],
+            "{operations}"
+        );
+    }
+    let mut same = user.clone();
+    same.as_object_mut().unwrap().remove("meta");
+    let (status, body) = scim
+        .call(Method::PUT, &format!("/Users/{uid}"), Some(same))
+        .await;
+    assert_eq!(
+        (status, &body["meta"]["version"]),
+        (200, &user["meta"]["version"])
+    );
+}

@@ -1015,6 +1015,7 @@ impl App {
             }
             let mut report = MemberReport::default();
             let mut members_after = None;
+            let mut members_changed = false;
             if !change.members.is_empty() {
                 let members: BTreeSet<String> = self
                     .store
@@ -1043,6 +1044,7 @@ impl App {
                 }
                 self.stage_pending(&mut batch, conn, id, &report.pending);
                 if after_set != members {
+                    members_changed = true;
                     self.stage_members(
                         slug,
                         id,
@@ -1055,8 +1057,8 @@ impl App {
                 }
                 members_after = Some(after_set);
             }
+            // Pending entries are not part of the resource: they do not change its version.
             let renamed = after != before;
-            let members_changed = !batch.is_empty();
             if renamed || members_changed {
                 after.updated_at = now;
                 batch.put(&[id], &after);
