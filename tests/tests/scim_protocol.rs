@@ -939,3 +939,31 @@ async fn a_change_that_changes_nothing_keeps_the_version() {
         (200, &user["meta"]["version"])
     );
 }
+
+#[tokio::test]
+async fn a_pending_value_removed_in_the_same_patch_is_not_kept() {
+    let scim = Scim::start().await;
+    let (_, group) = scim
+        .call(Method::POST, "/Groups", Some(json!({ "displayName": "P" })))
+        .await;
+    let gid = group["id"].as_str().unwrap().to_owned();
+    let (status, body) = scim
+        .call(Method::PATCH, &format!("/Groups/{gid}"), Some(patch(json!([
+            { "op": "add", "path": "members", "value": [{ "value": "ghost-1" }, { "value": "ghost-2" }] },
+            { "op": "remove", "path": "members[value eq \"ghost-1\"]" }
+        ]))))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["urn:gatehouse:params:scim:MembershipReport"],
+        json!({ "pending": ["ghost-2"], "refused": [] })
+    );
+    let (_, pending) = scim.admin(Method::GET, "/sso/idp/scim/pending", None).await;
+    let values: Vec<&str> = pending["pending"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["value"].as_str().unwrap())
+        .collect();
+    assert_eq!(values, ["ghost-2"]);
+}

@@ -1024,6 +1024,8 @@ impl App {
                     .collect();
                 let (wanted, asked) = change.members_after(&members)?;
                 let asked_ok = self.sort_members(slug, conn, &asked, &mut report)?;
+                // A value added and removed again in the same PATCH is not left pending.
+                report.pending.retain(|v| wanted.contains(v));
                 // Members the connection asked for that are not users of it stay out; those
                 // already members (added by an admin) are kept.
                 let after_set: BTreeSet<String> = wanted
