@@ -31,6 +31,7 @@ pub struct Config {
     pub policy: PolicyConfig,
     pub edge: EdgeConfig,
     pub smtp: SmtpConfig,
+    pub scim: ScimConfig,
 }
 
 /// The edge token evaluator: answer headers, caches, key fetching.
@@ -99,6 +100,34 @@ impl EdgeConfig {
             decision_log: self.decision_log,
             header_prefix: self.header_prefix.clone(),
             strip_authorization: self.strip_authorization,
+        }
+    }
+}
+
+/// The SCIM service provider's limits.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScimConfig {
+    /// Sustained requests per second per SCIM connection (token bucket).
+    pub rate_per_second: u32,
+    /// Requests a connection may make in a burst above the sustained rate.
+    pub burst: u32,
+    /// Largest request body, in KiB (413 above it).
+    pub max_body_kib: u32,
+    /// Most resources one list page returns (`count` is capped to it).
+    pub max_results: usize,
+    /// How long a membership for a not-yet-known member waits for that user, in hours.
+    pub pending_ttl_hours: u64,
+}
+
+impl Default for ScimConfig {
+    fn default() -> Self {
+        ScimConfig {
+            rate_per_second: 200,
+            burst: 400,
+            max_body_kib: 2048,
+            max_results: 1000,
+            pending_ttl_hours: 24,
         }
     }
 }
@@ -203,6 +232,7 @@ impl Default for Config {
             policy: PolicyConfig::default(),
             edge: EdgeConfig::default(),
             smtp: SmtpConfig::default(),
+            scim: ScimConfig::default(),
         }
     }
 }
@@ -266,6 +296,11 @@ const ENV_KEYS: &[&str] = &[
     "GATEHOUSE_SMTP_POLL_INTERVAL_MS",
     "GATEHOUSE_SMTP_MAX_ATTEMPTS",
     "GATEHOUSE_SMTP_BACKOFF_MS",
+    "GATEHOUSE_SCIM_RATE_PER_SECOND",
+    "GATEHOUSE_SCIM_BURST",
+    "GATEHOUSE_SCIM_MAX_BODY_KIB",
+    "GATEHOUSE_SCIM_MAX_RESULTS",
+    "GATEHOUSE_SCIM_PENDING_TTL_HOURS",
     // Read by the CLI's client commands, not by the server.
     "GATEHOUSE_URL",
     "GATEHOUSE_TOKEN",
@@ -353,6 +388,11 @@ impl Config {
             "GATEHOUSE_SMTP_POLL_INTERVAL_MS" => self.smtp.poll_interval_ms = parse(key, value)?,
             "GATEHOUSE_SMTP_MAX_ATTEMPTS" => self.smtp.max_attempts = parse(key, value)?,
             "GATEHOUSE_SMTP_BACKOFF_MS" => self.smtp.backoff_ms = parse(key, value)?,
+            "GATEHOUSE_SCIM_RATE_PER_SECOND" => self.scim.rate_per_second = parse(key, value)?,
+            "GATEHOUSE_SCIM_BURST" => self.scim.burst = parse(key, value)?,
+            "GATEHOUSE_SCIM_MAX_BODY_KIB" => self.scim.max_body_kib = parse(key, value)?,
+            "GATEHOUSE_SCIM_MAX_RESULTS" => self.scim.max_results = parse(key, value)?,
+            "GATEHOUSE_SCIM_PENDING_TTL_HOURS" => self.scim.pending_ttl_hours = parse(key, value)?,
             "GATEHOUSE_URL" | "GATEHOUSE_TOKEN" | "GATEHOUSE_LOG" => {}
             _ => {
                 return Err(ConfigError::UnknownEnv {

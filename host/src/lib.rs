@@ -17,4 +17,5 @@ pub mod model;
 pub mod netguard;
 pub mod outbox;
 pub mod policy;
+pub mod scim;
 pub mod store;

@@ -190,13 +190,13 @@ pub struct TokenCreated {
 }
 
 /// A user whose role the policy must decide, with where its inputs come from.
-struct RoleView<'a> {
+pub(super) struct RoleView<'a> {
     /// Team roles that differ from the stored ones (changed in this operation).
-    team_roles: HashMap<&'a str, Option<Role>>,
+    pub(super) team_roles: HashMap<&'a str, Option<Role>>,
     /// Users whose team list differs from the stored one.
-    user_teams: HashMap<&'a str, Vec<String>>,
+    pub(super) user_teams: HashMap<&'a str, Vec<String>>,
     /// Users whose manual role differs from the stored one.
-    manual: HashMap<&'a str, Option<Role>>,
+    pub(super) manual: HashMap<&'a str, Option<Role>>,
 }
 
 impl App {
@@ -520,14 +520,9 @@ impl App {
         caller.require_admin()?;
         self.with_tenant(tenant, |slug| {
             let before = self.existing_user(slug, id)?;
-            let status = if active {
-                UserStatus::Active
-            } else {
-                UserStatus::Deactivated
-            };
-            if before.status == status {
+            let Some((after, action)) = status_change(&before, active, now()) else {
                 return Ok(before);
-            }
+            };
             if !active
                 && caller
                     == &(Caller::Admin {
@@ -538,18 +533,8 @@ impl App {
                     "an admin cannot deactivate their own user".into(),
                 ));
             }
-            let after = User {
-                status,
-                updated_at: now(),
-                ..before.clone()
-            };
             let mut batch = Batch::new(slug);
             batch.put(&[id], &after);
-            let action = if active {
-                "user.reactivate"
-            } else {
-                "user.deactivate"
-            };
             self.audit_log(slug)?.record(
                 &mut batch,
                 &caller.actor(),
@@ -809,7 +794,7 @@ impl App {
             .ok_or_else(|| AppError::NotFound(format!("user {id}")))
     }
 
-    fn everyone(&self, tenant: &str) -> Result<Team, AppError> {
+    pub(super) fn everyone(&self, tenant: &str) -> Result<Team, AppError> {
         let id = self
             .store
             .get_raw(Space::TeamNames, tenant, &[EVERYONE])?
@@ -1063,40 +1048,17 @@ impl App {
             for user in &change.remove {
                 after.remove(user);
             }
-            let added: BTreeSet<String> = after.difference(&before).cloned().collect();
-            let removed: BTreeSet<String> = before.difference(&after).cloned().collect();
-            let users = self.users_by_id(slug, &added.union(&removed).cloned().collect())?;
             let mut batch = Batch::new(slug);
-            let mut view = RoleView::empty();
-            for user in &users {
-                let mut teams = self.store.index(Space::UserTeams, slug, &[&user.id])?;
-                if added.contains(&user.id) {
-                    teams.push(id.to_owned());
-                    batch.put_raw(Space::Members, &[id, &user.id], b"").put_raw(
-                        Space::UserTeams,
-                        &[&user.id, id],
-                        b"",
-                    );
-                } else {
-                    teams.retain(|t| t != id);
-                    batch
-                        .remove(Space::Members, &[id, &user.id])
-                        .remove(Space::UserTeams, &[&user.id, id]);
-                }
-                view.user_teams.insert(&user.id, teams);
-            }
             let mut audit = self.audit_log(slug)?;
-            if !added.is_empty() || !removed.is_empty() {
-                audit.record(
-                    &mut batch,
-                    &caller.actor(),
-                    "team.members",
-                    id,
-                    Some(&before),
-                    Some(&after),
-                );
-            }
-            self.recompute(slug, &users, &view, &mut batch, &mut audit, &caller.actor())?;
+            self.stage_members(
+                slug,
+                id,
+                &before,
+                &after,
+                &mut batch,
+                &mut audit,
+                &caller.actor(),
+            )?;
             self.store.apply(&batch)?;
             Ok(TeamView {
                 team,
@@ -1105,7 +1067,49 @@ impl App {
         })
     }
 
-    fn existing_team(&self, tenant: &str, id: &str) -> Result<Team, AppError> {
+    /// Puts a membership change of team `id` (from `before` to `after`) into `batch`:
+    /// index entries, one `team.members` audit entry, and every affected user's role as the
+    /// policy decides it. Every id in the difference must be a user.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn stage_members(
+        &self,
+        slug: &str,
+        id: &str,
+        before: &BTreeSet<String>,
+        after: &BTreeSet<String>,
+        batch: &mut Batch,
+        audit: &mut AuditLog,
+        actor: &str,
+    ) -> Result<(), AppError> {
+        let added: BTreeSet<String> = after.difference(before).cloned().collect();
+        let removed: BTreeSet<String> = before.difference(after).cloned().collect();
+        let users = self.users_by_id(slug, &added.union(&removed).cloned().collect())?;
+        let mut view = RoleView::empty();
+        for user in &users {
+            let mut teams = self.store.index(Space::UserTeams, slug, &[&user.id])?;
+            if added.contains(&user.id) {
+                teams.push(id.to_owned());
+                batch.put_raw(Space::Members, &[id, &user.id], b"").put_raw(
+                    Space::UserTeams,
+                    &[&user.id, id],
+                    b"",
+                );
+            } else {
+                teams.retain(|t| t != id);
+                batch
+                    .remove(Space::Members, &[id, &user.id])
+                    .remove(Space::UserTeams, &[&user.id, id]);
+            }
+            view.user_teams.insert(&user.id, teams);
+        }
+        if !added.is_empty() || !removed.is_empty() {
+            audit.record(batch, actor, "team.members", id, Some(before), Some(after));
+        }
+        self.recompute(slug, &users, &view, batch, audit, actor)?;
+        Ok(())
+    }
+
+    pub(super) fn existing_team(&self, tenant: &str, id: &str) -> Result<Team, AppError> {
         self.store
             .get(tenant, &[id])?
             .ok_or_else(|| AppError::NotFound(format!("team {id}")))
@@ -1113,9 +1117,15 @@ impl App {
 
     /// The users with these ids; an unknown id is a 400 that names it. Large sets (a big
     /// team changing role) are read and decoded on every core.
-    fn users_by_id(&self, tenant: &str, ids: &BTreeSet<String>) -> Result<Vec<User>, AppError> {
+    pub(super) fn users_by_id(
+        &self,
+        tenant: &str,
+        ids: &BTreeSet<String>,
+    ) -> Result<Vec<User>, AppError> {
         let ids: Vec<&String> = ids.iter().collect();
-        let read = |chunk: &[&String]| -> Result<(Vec<User>, Vec<String>), AppError> {
+        // Per chunk: the users found and the ids that are not.
+        type Found = Result<(Vec<User>, Vec<String>), AppError>;
+        let read = |chunk: &[&String]| -> Found {
             let (mut users, mut unknown) = (Vec::with_capacity(chunk.len()), Vec::new());
             for id in chunk {
                 match self.store.get::<User>(tenant, &[id])? {
@@ -1130,7 +1140,7 @@ impl App {
         } else {
             1
         };
-        let parts: Vec<Result<(Vec<User>, Vec<String>), AppError>> = if threads > 1 {
+        let parts: Vec<Found> = if threads > 1 {
             let size = ids.len().div_ceil(threads);
             std::thread::scope(|scope| {
                 let handles: Vec<_> = ids
@@ -1239,7 +1249,7 @@ impl App {
     }
 
     /// Puts every user whose effective role changed into `batch`, audited.
-    fn recompute(
+    pub(super) fn recompute(
         &self,
         tenant: &str,
         users: &[User],
@@ -1536,7 +1546,7 @@ fn scrub<T: Serialize>(value: &T) -> Box<RawValue> {
 }
 
 impl<'a> RoleView<'a> {
-    fn empty() -> Self {
+    pub(super) fn empty() -> Self {
         RoleView {
             team_roles: HashMap::new(),
             user_teams: HashMap::new(),
@@ -1551,7 +1561,32 @@ impl<'a> RoleView<'a> {
     }
 }
 
-fn new_user(email: &Email, source: UserSource, now: OffsetDateTime) -> User {
+/// The user after deactivation (`false`) or reactivation (`true`) and its audit action;
+/// `None` when nothing changes. Deactivation is a status: tokens and sessions check it on
+/// every request, so access ends with the write that stores it.
+pub(super) fn status_change(
+    before: &User,
+    active: bool,
+    now: OffsetDateTime,
+) -> Option<(User, &'static str)> {
+    let (status, action) = if active {
+        (UserStatus::Active, "user.reactivate")
+    } else {
+        (UserStatus::Deactivated, "user.deactivate")
+    };
+    (before.status != status).then(|| {
+        (
+            User {
+                status,
+                updated_at: now,
+                ..before.clone()
+            },
+            action,
+        )
+    })
+}
+
+pub(super) fn new_user(email: &Email, source: UserSource, now: OffsetDateTime) -> User {
     User {
         id: new_id("usr_"),
         email: email.as_str().to_owned(),
@@ -1572,7 +1607,7 @@ fn new_user(email: &Email, source: UserSource, now: OffsetDateTime) -> User {
 }
 
 /// The records of a new user: itself, its email index (unique), `everyone` membership.
-fn add_user_records(batch: &mut Batch, user: &User, email: &Email, everyone: &str) {
+pub(super) fn add_user_records(batch: &mut Batch, user: &User, email: &Email, everyone: &str) {
     batch
         .require_absent(
             Space::UserEmails,

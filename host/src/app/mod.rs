@@ -18,6 +18,7 @@ use std::time::Instant;
 mod directory;
 mod identity;
 mod outbox;
+mod scim;
 
 pub use directory::{
     IdpInput, NewResource, NewVaToken, NewVirtualAccount, ScimToken, SsoInput, SsoView,
@@ -28,6 +29,7 @@ pub use identity::{
     TokenCreated, UserQuery,
 };
 pub use outbox::{Delivery, PendingMessage};
+pub use scim::{Connection, ListPage, ListQuery, MemberReport, ScimRuntime};
 
 /// What an operation can fail with; `http::error` turns each into an answer.
 #[derive(Debug, thiserror::Error)]
@@ -140,6 +142,8 @@ pub struct App {
     policy_changes: tokio::sync::Mutex<()>,
     /// The edge token evaluator (its directories are rebuilt after identity changes).
     pub edge: Edge,
+    /// SCIM limits and per-connection rate buckets.
+    pub scim: ScimRuntime,
 }
 
 const OPERATOR_TOKEN_HASH: &str = "operator-token-sha256";
@@ -173,6 +177,7 @@ impl App {
                 .map_err(AppError::Internal)?,
             public_url,
             outbox_queued: Arc::default(),
+            scim: ScimRuntime::new(config.scim.clone()),
         };
         app.load_all_tenants()?;
         Ok((app, generated))

@@ -6,6 +6,7 @@ mod edge;
 mod error;
 mod identity;
 mod openapi;
+mod scim;
 
 use crate::app::{
     App, AppError, Caller, Evaluate, Evaluated, PolicyOverview, TenantCreated, Upload, OPERATOR,
@@ -54,6 +55,7 @@ fn metrics_handle() -> &'static metrics_exporter_prometheus::PrometheusHandle {
 pub fn router(app: Arc<App>) -> Router {
     let max_upload = app.engine.limits().max_component_bytes * 2 + (1 << 20);
     let _ = metrics_handle();
+    let scim_max_body = app.scim.config.max_body_kib as usize * 1024;
     let api = Router::new()
         .route("/tenants", post(create_tenant).get(list_tenants))
         .route("/tenants/{tenant}", get(get_tenant))
@@ -69,13 +71,15 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/tenants/{tenant}/policy/rollback", post(rollback_policy))
         .route("/tenants/{tenant}/policy/evaluate", post(evaluate))
         .merge(identity::routes())
-        .merge(directory::routes());
+        .merge(directory::routes())
+        .merge(scim::admin_routes());
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .nest("/api/v1", api)
         .merge(edge::routes())
+        .merge(scim::routes(scim_max_body))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(1 << 20))
         .layer(middleware::from_fn(request_span))

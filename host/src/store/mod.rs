@@ -76,11 +76,18 @@ pub enum Space {
     Resources,
     /// Index: idp, value → user id (a user mapping is unique).
     UserMappings,
+    /// SCIM attributes of users a connection provisioned: sso id, user id → record.
+    ScimUsers,
+    /// SCIM lookups: sso id, kind, value → id (`u.name`, `u.ext`, `g.ext`), or
+    /// sso id, `u.mail`, email, user id → (empty); `@owner`, user id → sso id.
+    ScimIndex,
+    /// SCIM memberships waiting for their user: sso id, member value, team id → record.
+    ScimPending,
 }
 
 impl Space {
     /// Every space, for backends that create them up front.
-    pub const ALL: [Space; 26] = [
+    pub const ALL: [Space; 29] = [
         Space::System,
         Space::Tenants,
         Space::PolicyState,
@@ -107,6 +114,9 @@ impl Space {
         Space::SsoConfigs,
         Space::Resources,
         Space::UserMappings,
+        Space::ScimUsers,
+        Space::ScimIndex,
+        Space::ScimPending,
     ];
 
     /// The space's stable name on disk.
@@ -138,6 +148,9 @@ impl Space {
             Space::SsoConfigs => "sso_configs",
             Space::Resources => "resources",
             Space::UserMappings => "user_mappings",
+            Space::ScimUsers => "scim_users",
+            Space::ScimIndex => "scim_index",
+            Space::ScimPending => "scim_pending",
         }
     }
 }

@@ -1,0 +1,969 @@
+//! The SCIM protocol around the replays: authentication, discovery, errors, limits,
+//! versions, projections, sorting and paging, connection scope, and concurrent membership
+//! changes to one group.
+
+mod scim_common;
+
+use reqwest::Method;
+use scim_common::*;
+use serde_json::{json, Value};
+use std::collections::BTreeSet;
+
+fn user(email: &str) -> Value {
+    json!({ "schemas": [USER], "userName": email, "externalId": format!("x-{email}"), "active": true })
+}
+
+#[tokio::test]
+async fn tokens_are_checked_and_never_reveal_a_tenant() {
+    let scim = Scim::start().await;
+    let unauthorized = error(
+        401,
+        None,
+        "a valid SCIM bearer token for this endpoint is required",
+    );
+    // Another tenant with its own connection.
+    scim.server
+        .create_tenant_with_admin("globex", "g@globex.io")
+        .await;
+    let globex_token = connect(&scim.server, "globex", "idp").await;
+    for (token, path) in [
+        (None, "/scim/v2/acme/idp/Users"),
+        (Some("gscim_not-a-token"), "/scim/v2/acme/idp/Users"),
+        (Some(globex_token.as_str()), "/scim/v2/acme/idp/Users"),
+        (Some(scim.token.as_str()), "/scim/v2/nope/idp/Users"),
+        (Some(scim.token.as_str()), "/scim/v2/acme/other/Users"),
+        (Some(scim.token.as_str()), "/scim/v2/globex/idp/Users"),
+    ] {
+        let mut request = scim
+            .server
+            .client
+            .get(format!("{}{path}", scim.server.base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 401, "{path}");
+        assert_eq!(response.headers()["www-authenticate"], "Bearer");
+        assert_eq!(response.headers()["content-type"], "application/scim+json");
+        assert_eq!(
+            response.json::<Value>().await.unwrap(),
+            unauthorized,
+            "{path}"
+        );
+    }
+    // Rotating the token invalidates the old one at once.
+    let (status, body) = scim
+        .server
+        .call(
+            Method::POST,
+            "/api/v1/tenants/acme/sso/idp/scim-token",
+            Some(&scim.admin),
+            Some(&json!({})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let new = body["token"].as_str().unwrap();
+    let (status, body) = scim.call(Method::GET, "/Users", None).await;
+    assert_eq!((status, body), (401, unauthorized));
+    let (status, _, _) = scim.send_as(Some(new), Method::GET, "/Users", None).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn discovery_tells_the_truth() {
+    let scim = Scim::start().await;
+    let (status, body) = scim.call(Method::GET, "/ServiceProviderConfig", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        (
+            &body["patch"],
+            &body["bulk"]["supported"],
+            &body["filter"],
+            &body["sort"],
+            &body["etag"],
+            &body["changePassword"]
+        ),
+        (
+            &json!({ "supported": true }),
+            &json!(false),
+            &json!({ "supported": true, "maxResults": 1000 }),
+            &json!({ "supported": true }),
+            &json!({ "supported": true }),
+            &json!({ "supported": false })
+        )
+    );
+    let (status, body) = scim.call(Method::GET, "/ResourceTypes", None).await;
+    assert_eq!((status, body["totalResults"].clone()), (200, json!(2)));
+    let (status, body) = scim.call(Method::GET, "/ResourceTypes/Group", None).await;
+    assert_eq!(
+        (status, body["endpoint"].clone(), body["schema"].clone()),
+        (200, json!("/Groups"), json!(GROUP))
+    );
+    let (status, body) = scim.call(Method::GET, "/Schemas", None).await;
+    assert_eq!(status, 200);
+    let ids: Vec<&str> = body["Resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [USER, ENTERPRISE, GROUP]);
+    let (status, body) = scim
+        .call(Method::GET, &format!("/Schemas/{USER}"), None)
+        .await;
+    assert_eq!(status, 200);
+    let names: Vec<&str> = body["attributes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "userName",
+            "name",
+            "displayName",
+            "title",
+            "emails",
+            "active"
+        ]
+    );
+    let (status, body) = scim.call(Method::GET, "/Schemas/urn:nope", None).await;
+    assert_eq!(
+        (status, body),
+        (404, error(404, None, "Schemas/urn:nope not found"))
+    );
+}
+
+#[tokio::test]
+async fn errors_are_scim_errors() {
+    let scim = Scim::start_with(|c| c.scim.max_body_kib = 1).await;
+    let (status, body) = scim.call(Method::GET, "/Widgets", None).await;
+    assert_eq!((status, body), (404, error(404, None, "path /Widgets: use Users, Groups, ServiceProviderConfig, ResourceTypes or Schemas not found")));
+    let (status, body) = scim.call(Method::GET, "/Me", None).await;
+    assert_eq!(
+        (status, body),
+        (501, error(501, None, "/Me is not implemented"))
+    );
+    let (status, body) = scim.call(Method::POST, "/Bulk", Some(json!({}))).await;
+    assert_eq!(
+        (status, body),
+        (501, error(501, None, "/Bulk is not implemented"))
+    );
+    let (status, body) = scim
+        .call(
+            Method::POST,
+            "/Users",
+            Some(json!({ "userName": "x".repeat(2000) })),
+        )
+        .await;
+    assert_eq!(
+        (status, body),
+        (
+            413,
+            error(413, None, "the request body is larger than 1024 bytes")
+        )
+    );
+    let (status, body) = scim
+        .call(Method::GET, "/Users?filter=userName+eq", None)
+        .await;
+    assert_eq!(
+        (status, body),
+        (
+            400,
+            error(
+                400,
+                Some("invalidFilter"),
+                "filter expected a value after userName eq but found the end of the filter"
+            )
+        )
+    );
+    let (status, body) = scim
+        .call(Method::GET, "/Users?filter=userName+xx+%22a%22", None)
+        .await;
+    assert_eq!(
+        (status, body),
+        (
+            400,
+            error(
+                400,
+                Some("invalidFilter"),
+                "filter \"xx\" is not an operator: use eq, ne, co, sw, ew, gt, ge, lt, le or pr"
+            )
+        )
+    );
+    let (status, body) = scim
+        .call(Method::GET, "/Users?filter=active+gt+true", None)
+        .await;
+    assert_eq!(status, 200, "no users yet: nothing to compare {body}");
+    let (status, body) = scim
+        .call(
+            Method::POST,
+            "/Users",
+            Some(json!({ "userName": "no-email" })),
+        )
+        .await;
+    assert_eq!((status, body), (400, error(400, Some("invalidValue"), "user \"no-email\" has no email: userName is not an email address and emails is empty")));
+    let (status, body) = scim
+        .call(Method::POST, "/Users", Some(json!({ "emails": [] })))
+        .await;
+    assert_eq!(
+        (status, body),
+        (
+            400,
+            error(400, Some("invalidValue"), "userName is required")
+        )
+    );
+    let (status, body) = scim.call(Method::DELETE, "/Users", None).await;
+    assert_eq!(
+        (status, body),
+        (
+            405,
+            error(405, None, "method not allowed here: use GET, POST")
+        )
+    );
+    let (status, created) = scim
+        .call(Method::POST, "/Users", Some(user("ann@acme.io")))
+        .await;
+    assert_eq!(status, 201);
+    let id = created["id"].as_str().unwrap();
+    let (status, body) = scim
+        .call(Method::GET, "/Users?filter=active+gt+true", None)
+        .await;
+    assert_eq!(
+        (status, body),
+        (
+            400,
+            error(
+                400,
+                Some("invalidFilter"),
+                "filter operator gt does not apply to booleans: use eq or ne"
+            )
+        )
+    );
+    let (status, body) = scim
+        .call(
+            Method::PATCH,
+            &format!("/Users/{id}"),
+            Some(json!({ "Operations": [{ "op": "remove" }] })),
+        )
+        .await;
+    assert_eq!(
+        (status, body),
+        (
+            400,
+            error(400, Some("noTarget"), "operation 1 (remove) needs a path")
+        )
+    );
+    let (status, body) = scim
+        .call(
+            Method::PATCH,
+            &format!("/Users/{id}"),
+            Some(
+                json!({ "Operations": [{ "op": "add", "path": "emails[type eq", "value": "x" }] }),
+            ),
+        )
+        .await;
+    assert_eq!((status, body), (400, error(400, Some("invalidPath"), "operation 1: path \"emails[type eq\" expected a value after type eq but found the end of the filter")));
+}
+
+#[tokio::test]
+async fn the_rate_limit_answers_429_with_retry_after() {
+    let scim = Scim::start_with(|c| {
+        c.scim.rate_per_second = 1;
+        c.scim.burst = 3;
+    })
+    .await;
+    for _ in 0..3 {
+        let (status, _) = scim.call(Method::GET, "/Users", None).await;
+        assert_eq!(status, 200);
+    }
+    let (status, headers, body) = scim.send(Method::GET, "/Users", None).await;
+    assert_eq!(
+        (status, body),
+        (
+            429,
+            error(
+                429,
+                None,
+                "too many requests for this SCIM connection: retry after 1 s"
+            )
+        )
+    );
+    assert_eq!(headers["retry-after"], "1");
+}
+
+#[tokio::test]
+async fn versions_projections_sorting_and_paging() {
+    let scim = Scim::start().await;
+    let (_, headers, created) = scim.send(Method::POST, "/Users", Some(json!({ "userName": "b@acme.io", "name": { "givenName": "B", "familyName": "Z" }, "title": "t" }))).await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    let etag = headers["etag"].to_str().unwrap().to_owned();
+    // If-None-Match: 304; If-Match on a stale version: 412.
+    let response = scim
+        .server
+        .client
+        .get(format!("{}{}/Users/{id}", scim.server.base, scim.base))
+        .bearer_auth(&scim.token)
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 304);
+    let response = scim
+        .server
+        .client
+        .patch(format!("{}{}/Users/{id}", scim.server.base, scim.base))
+        .bearer_auth(&scim.token)
+        .header("if-match", &etag)
+        .body(patch(json!([{ "op": "replace", "path": "title", "value": "u" }])).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let response = scim
+        .server
+        .client
+        .patch(format!("{}{}/Users/{id}", scim.server.base, scim.base))
+        .bearer_auth(&scim.token)
+        .header("if-match", &etag)
+        .body(patch(json!([{ "op": "replace", "path": "title", "value": "v" }])).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 412);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["status"], "412");
+    let response = scim
+        .server
+        .client
+        .delete(format!("{}{}/Users/{id}", scim.server.base, scim.base))
+        .bearer_auth(&scim.token)
+        .header("if-match", "W/\"1\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 412);
+
+    // attributes / excludedAttributes on reads and writes.
+    let (status, body) = scim
+        .call(
+            Method::GET,
+            &format!("/Users/{id}?attributes=userName,name.givenName"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        without_meta(&body, &scim.base),
+        json!({ "schemas": [USER], "id": id, "userName": "b@acme.io", "name": { "givenName": "B" } })
+    );
+    let (status, body) = scim
+        .call(
+            Method::PATCH,
+            &format!("/Users/{id}?excludedAttributes=name,title,active"),
+            Some(patch(
+                json!([{ "op": "replace", "path": "title", "value": "w" }]),
+            )),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        without_meta(&body, &scim.base),
+        json!({ "schemas": [USER], "id": id, "userName": "b@acme.io" })
+    );
+
+    for email in ["c@acme.io", "a@acme.io", "d@acme.io"] {
+        let (status, _) = scim.call(Method::POST, "/Users", Some(user(email))).await;
+        assert_eq!(status, 201);
+    }
+    let (status, body) = scim
+        .call(
+            Method::GET,
+            "/Users?sortBy=userName&sortOrder=descending&startIndex=2&count=2&attributes=userName",
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let names: Vec<&str> = body["Resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["userName"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        (
+            body["totalResults"].clone(),
+            body["startIndex"].clone(),
+            body["itemsPerPage"].clone(),
+            names
+        ),
+        (json!(4), json!(2), json!(2), vec!["c@acme.io", "b@acme.io"])
+    );
+    let (status, body) = scim.call(Method::GET, "/Users?count=0", None).await;
+    assert_eq!(
+        (
+            status,
+            body["totalResults"].clone(),
+            body["Resources"].clone()
+        ),
+        (200, json!(4), json!([]))
+    );
+    // POST .search takes the same parameters in a body.
+    let (status, body) = scim
+        .call(Method::POST, "/Users/.search", Some(json!({ "schemas": ["urn:ietf:params:scim:api:messages:2.0:SearchRequest"], "filter": "userName sw \"a\" or userName sw \"d\"", "sortBy": "userName", "attributes": ["userName"] })))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let names: Vec<&str> = body["Resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["userName"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["a@acme.io", "d@acme.io"]);
+}
+
+#[tokio::test]
+async fn a_connection_sees_only_what_it_provisioned() {
+    let scim = Scim::start().await;
+    let other_token = connect(&scim.server, "acme", "other").await;
+    // An invited user and the admin exist; neither is listed.
+    let (status, invited) = scim
+        .admin(
+            Method::POST,
+            "/users",
+            Some(&json!({ "email": "inv@acme.io" })),
+        )
+        .await;
+    assert_eq!(status, 201, "{invited}");
+    let (status, body) = scim.call(Method::GET, "/Users", None).await;
+    assert_eq!((status, body), (200, empty_list()));
+    let (status, body) = scim
+        .call(
+            Method::GET,
+            &format!("/Users/{}", invited["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(status, 404, "{body}");
+    // Creating the invited email adopts that user (same id), audited.
+    let (status, adopted) = scim
+        .call(Method::POST, "/Users", Some(user("inv@acme.io")))
+        .await;
+    assert_eq!(status, 201, "{adopted}");
+    assert_eq!(adopted["id"], invited["id"]);
+    let (_, record) = scim
+        .admin(
+            Method::GET,
+            &format!("/users/{}", invited["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (record["status"].as_str(), record["source"].as_str()),
+        (Some("active"), Some("invite"))
+    );
+    let (_, audit) = scim.admin(Method::GET, "/audit?limit=1000", None).await;
+    assert!(audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["action"] == "scim.user.adopt" && e["target"] == invited["id"]));
+    // The admin's own user (created with the tenant) cannot be taken over.
+    let (status, body) = scim
+        .call(Method::POST, "/Users", Some(user("admin@acme.io")))
+        .await;
+    assert_eq!(
+        (status, body),
+        (409, error(409, Some("uniqueness"), "a user with email admin@acme.io already exists and is a tenant admin; SCIM does not take over tenant admins"))
+    );
+    // Another connection neither sees nor changes it, nor can it adopt it.
+    let (status, _, body) = scim
+        .send_at(
+            "/scim/v2/acme/other",
+            Some(&other_token),
+            Method::GET,
+            "/Users",
+            None,
+        )
+        .await;
+    assert_eq!((status, body["totalResults"].clone()), (200, json!(0)));
+    let path = format!("/Users/{}", adopted["id"].as_str().unwrap());
+    let (status, _, _) = scim
+        .send_at(
+            "/scim/v2/acme/other",
+            Some(&other_token),
+            Method::PATCH,
+            &path,
+            Some(patch(
+                json!([{ "op": "replace", "value": { "active": false } }]),
+            )),
+        )
+        .await;
+    assert_eq!(status, 404);
+    let (status, _, body) = scim
+        .send_at(
+            "/scim/v2/acme/other",
+            Some(&other_token),
+            Method::POST,
+            "/Users",
+            Some(user("inv@acme.io")),
+        )
+        .await;
+    assert_eq!(
+        (status, body["scimType"].clone()),
+        (409, json!("uniqueness"))
+    );
+}
+
+#[tokio::test]
+async fn eight_clients_changing_one_group_lose_no_member() {
+    let scim = Scim::start().await;
+    let mut ids = Vec::new();
+    for i in 0..160 {
+        let (status, body) = scim
+            .call(Method::POST, "/Users", Some(user(&format!("m{i}@acme.io"))))
+            .await;
+        assert_eq!(status, 201);
+        ids.push(body["id"].as_str().unwrap().to_owned());
+    }
+    let (status, group) = scim
+        .call(
+            Method::POST,
+            "/Groups",
+            Some(json!({ "displayName": "Busy" })),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let gid = group["id"].as_str().unwrap().to_owned();
+    let scim = std::sync::Arc::new(scim);
+    // Client k owns ids[k*20 .. k*20+20]: adds each in turn, then removes the odd ones.
+    let mut tasks = Vec::new();
+    for k in 0..8 {
+        let scim = scim.clone();
+        let mine: Vec<String> = ids[k * 20..k * 20 + 20].to_vec();
+        let gid = gid.clone();
+        tasks.push(tokio::spawn(async move {
+            for id in &mine {
+                let (status, body) = scim
+                    .call(Method::PATCH, &format!("/Groups/{gid}?excludedAttributes=members"), Some(patch(json!([{ "op": "add", "path": "members", "value": [{ "value": id }] }]))))
+                    .await;
+                assert_eq!(status, 200, "{body}");
+            }
+            for id in mine.iter().skip(1).step_by(2) {
+                let (status, body) = scim
+                    .call(Method::PATCH, &format!("/Groups/{gid}?excludedAttributes=members"), Some(patch(json!([{ "op": "remove", "path": format!("members[value eq \"{id}\"]") }]))))
+                    .await;
+                assert_eq!(status, 200, "{body}");
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let expected: BTreeSet<String> = (0..8)
+        .flat_map(|k| {
+            ids[k * 20..k * 20 + 20]
+                .iter()
+                .step_by(2)
+                .cloned()
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let (status, body) = scim
+        .call(Method::GET, &format!("/Groups/{gid}"), None)
+        .await;
+    assert_eq!(status, 200);
+    let members: BTreeSet<String> = body["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["value"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(members, expected);
+}
+
+#[tokio::test]
+async fn deactivation_revokes_access_at_once_and_keeps_memberships() {
+    let scim = Scim::start().await;
+    let (status, created) = scim
+        .call(Method::POST, "/Users", Some(user("tok@acme.io")))
+        .await;
+    assert_eq!(status, 201);
+    let id = created["id"].as_str().unwrap().to_owned();
+    let (status, group) = scim
+        .call(
+            Method::POST,
+            "/Groups",
+            Some(json!({ "displayName": "G1", "members": [{ "value": id }] })),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let (status, token) = scim
+        .admin(
+            Method::POST,
+            &format!("/users/{id}/tokens"),
+            Some(&json!({ "name": "cli" })),
+        )
+        .await;
+    assert_eq!(status, 201, "{token}");
+    let pat = token["secret"].as_str().unwrap().to_owned();
+    let me = |pat: String| {
+        let server = &scim.server;
+        async move {
+            server
+                .call(
+                    Method::GET,
+                    "/api/v1/tenants/acme/users/me",
+                    Some(&pat),
+                    None,
+                )
+                .await
+                .0
+        }
+    };
+    assert_eq!(me(pat.clone()).await, 200);
+    let (status, _) = scim
+        .call(
+            Method::PATCH,
+            &format!("/Users/{id}"),
+            Some(patch(
+                json!([{ "op": "replace", "value": { "active": false } }]),
+            )),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(me(pat.clone()).await, 401);
+    let (_, body) = scim
+        .call(
+            Method::GET,
+            &format!("/Groups/{}", group["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(body["members"][0]["value"], json!(id));
+    let (status, _) = scim
+        .call(
+            Method::PATCH,
+            &format!("/Users/{id}"),
+            Some(patch(
+                json!([{ "op": "replace", "path": "active", "value": true }]),
+            )),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(me(pat).await, 200);
+}
+
+#[tokio::test]
+async fn pending_memberships_expire() {
+    let scim = Scim::start_with(|c| c.scim.pending_ttl_hours = 0).await;
+    let (status, group) = scim
+        .call(
+            Method::POST,
+            "/Groups",
+            Some(json!({ "displayName": "Later", "members": [{ "value": "ext-late" }] })),
+        )
+        .await;
+    assert_eq!(status, 201, "{group}");
+    assert_eq!(
+        group["urn:gatehouse:params:scim:MembershipReport"],
+        json!({ "pending": ["ext-late"], "refused": [] })
+    );
+    let (_, pending) = scim.admin(Method::GET, "/sso/idp/scim/pending", None).await;
+    assert_eq!(pending, json!({ "pending": [] }), "expired at once");
+    let (status, _) = scim
+        .call(
+            Method::POST,
+            "/Users",
+            Some(json!({ "userName": "late@acme.io", "externalId": "ext-late" })),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let (_, body) = scim
+        .call(
+            Method::GET,
+            &format!("/Groups/{}", group["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(body["members"], json!([]));
+}
+
+#[tokio::test]
+async fn paths_outside_a_connection_are_scim_404s() {
+    let scim = Scim::start().await;
+    for path in ["/scim", "/scim/v2", "/scim/v2/acme", "/scim/v1/x/y/Users"] {
+        let response = scim
+            .server
+            .client
+            .get(format!("{}{path}", scim.server.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 404, "{path}");
+        assert_eq!(response.headers()["content-type"], "application/scim+json");
+        assert_eq!(
+            response.json::<Value>().await.unwrap(),
+            error(
+                404,
+                None,
+                "SCIM endpoint: use /scim/v2/{tenant}/{ssoId}/ not found"
+            ),
+            "{path}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn records_an_admin_deleted_are_provisioned_again() {
+    let scim = Scim::start().await;
+    let (status, created) = scim
+        .call(Method::POST, "/Users", Some(user("gone@acme.io")))
+        .await;
+    assert_eq!(status, 201);
+    let (status, body) = scim
+        .admin(
+            Method::DELETE,
+            &format!("/users/{}", created["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(status, 204, "{body}");
+    let (status, again) = scim
+        .call(Method::POST, "/Users", Some(user("gone@acme.io")))
+        .await;
+    assert_eq!(status, 201, "{again}");
+    assert_ne!(again["id"], created["id"]);
+
+    let group = json!({ "displayName": "Temp", "externalId": "g-1" });
+    let (status, first) = scim
+        .call(Method::POST, "/Groups", Some(group.clone()))
+        .await;
+    assert_eq!(status, 201);
+    let (status, body) = scim
+        .call(
+            Method::POST,
+            "/Groups",
+            Some(json!({ "displayName": "Other", "externalId": "g-1" })),
+        )
+        .await;
+    assert_eq!(
+        (status, body),
+        (
+            409,
+            error(
+                409,
+                Some("uniqueness"),
+                "externalId \"g-1\" already belongs to group Temp"
+            )
+        )
+    );
+    let (status, _) = scim
+        .admin(
+            Method::DELETE,
+            &format!("/teams/{}", first["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(status, 204);
+    let (status, second) = scim.call(Method::POST, "/Groups", Some(group)).await;
+    assert_eq!(status, 201, "{second}");
+    assert_ne!(second["id"], first["id"]);
+}
+
+#[tokio::test]
+async fn only_a_tenant_in_scim_mode_is_changed_by_scim() {
+    let scim = Scim::start().await;
+    let (status, _) = scim
+        .admin(
+            Method::PUT,
+            "/provisioning",
+            Some(&json!({ "mode": "invite_only" })),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, body) = scim
+        .call(Method::GET, "/Users?count=1&startIndex=1", None)
+        .await;
+    assert_eq!((status, body), (200, empty_list()));
+    let (status, body) = scim
+        .call(Method::POST, "/Users", Some(user("ann@acme.io")))
+        .await;
+    assert_eq!(
+        (status, body),
+        (403, error(403, None, "tenant acme is in provisioning mode invite_only: SCIM changes need mode scim (an admin sets it with PUT /api/v1/tenants/acme/provisioning)"))
+    );
+}
+
+#[tokio::test]
+async fn the_service_provider_config_is_exact() {
+    let scim = Scim::start().await;
+    let (status, body) = scim.call(Method::GET, "/ServiceProviderConfig", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body,
+        json!({
+            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:ServiceProviderConfig"],
+            "patch": { "supported": true },
+            "bulk": { "supported": false, "maxOperations": 0, "maxPayloadSize": 0 },
+            "filter": { "supported": true, "maxResults": 1000 },
+            "changePassword": { "supported": false },
+            "sort": { "supported": true },
+            "etag": { "supported": true },
+            "authenticationSchemes": [{
+                "type": "oauthbearertoken",
+                "name": "OAuth Bearer Token",
+                "description": "The SCIM token of the SSO configuration, sent as Authorization: Bearer <token>",
+                "primary": true
+            }],
+            "meta": { "resourceType": "ServiceProviderConfig", "location": "/scim/v2/acme/idp/ServiceProviderConfig" },
+            "urn:gatehouse:params:scim:maxRequestBytes": 2097152
+        })
+    );
+}
+
+#[tokio::test]
+async fn filters_use_indexes_or_scan_and_agree() {
+    let scim = Scim::start().await;
+    let mut ids = Vec::new();
+    for (email, family) in [
+        ("ann@acme.io", "Lee"),
+        ("bob@acme.io", "Leeds"),
+        ("cy@other.io", "Ng"),
+    ] {
+        let body = json!({ "userName": email, "externalId": format!("x-{email}"), "name": { "familyName": family },
+            "emails": [{ "value": email.replace("@", "+w@"), "type": "work" }] });
+        let (status, created) = scim.call(Method::POST, "/Users", Some(body)).await;
+        assert_eq!(status, 201, "{created}");
+        ids.push(created["id"].as_str().unwrap().to_owned());
+    }
+    let names = |body: &Value| -> Vec<String> {
+        body["Resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["userName"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    for (filter, expected) in [
+        (format!("id eq \"{}\"", ids[1]), vec!["bob@acme.io"]),
+        (
+            "externalId eq \"x-cy@other.io\"".to_owned(),
+            vec!["cy@other.io"],
+        ),
+        ("externalId eq \"X-CY@OTHER.IO\"".to_owned(), vec![]),
+        (
+            "emails.value eq \"ANN+w@acme.io\"".to_owned(),
+            vec!["ann@acme.io"],
+        ),
+        (
+            "emails eq \"bob+w@acme.io\"".to_owned(),
+            vec!["bob@acme.io"],
+        ),
+        (
+            "name.familyName sw \"lee\"".to_owned(),
+            vec!["ann@acme.io", "bob@acme.io"],
+        ),
+        (
+            "name.familyName sw \"lee\" and not (userName ew \"ann@acme.io\")".to_owned(),
+            vec!["bob@acme.io"],
+        ),
+        (
+            "userName co \"other\" or externalId eq \"x-ann@acme.io\"".to_owned(),
+            vec!["ann@acme.io", "cy@other.io"],
+        ),
+        (
+            "meta.lastModified gt \"2000-01-01T00:00:00Z\" and title pr".to_owned(),
+            vec![],
+        ),
+        (
+            "urn:ietf:params:scim:schemas:core:2.0:User:userName eq \"cy@other.io\"".to_owned(),
+            vec!["cy@other.io"],
+        ),
+    ] {
+        let (status, body) = scim
+            .call(
+                Method::POST,
+                "/Users/.search",
+                Some(json!({ "filter": filter, "sortBy": "userName" })),
+            )
+            .await;
+        assert_eq!(status, 200, "{filter}: {body}");
+        assert_eq!(names(&body), expected, "{filter}");
+        assert_eq!(body["totalResults"], json!(expected.len()), "{filter}");
+    }
+}
+
+#[tokio::test]
+async fn a_change_that_changes_nothing_keeps_the_version() {
+    let scim = Scim::start().await;
+    let (_, user) = scim
+        .call(Method::POST, "/Users", Some(user("v@acme.io")))
+        .await;
+    let uid = user["id"].as_str().unwrap().to_owned();
+    let (_, group) = scim
+        .call(
+            Method::POST,
+            "/Groups",
+            Some(json!({ "displayName": "V", "members": [{ "value": uid }] })),
+        )
+        .await;
+    let gid = group["id"].as_str().unwrap().to_owned();
+    for operations in [
+        json!([{ "op": "add", "path": "members", "value": [{ "value": uid }] }]),
+        json!([{ "op": "remove", "path": "members[value eq \"usr_notamember\"]" }]),
+        json!([{ "op": "replace", "value": { "displayName": "V" } }]),
+    ] {
+        let (status, body) = scim
+            .call(
+                Method::PATCH,
+                &format!("/Groups/{gid}"),
+                Some(patch(operations.clone())),
+            )
+            .await;
+        assert_eq!(status, 200, "{operations}: {body}");
+        assert_eq!(
+            body["meta"]["version"], group["meta"]["version"],
+            "{operations}"
+        );
+    }
+    let mut same = user.clone();
+    same.as_object_mut().unwrap().remove("meta");
+    let (status, body) = scim
+        .call(Method::PUT, &format!("/Users/{uid}"), Some(same))
+        .await;
+    assert_eq!(
+        (status, &body["meta"]["version"]),
+        (200, &user["meta"]["version"])
+    );
+}
+
+#[tokio::test]
+async fn a_pending_value_removed_in_the_same_patch_is_not_kept() {
+    let scim = Scim::start().await;
+    let (_, group) = scim
+        .call(Method::POST, "/Groups", Some(json!({ "displayName": "P" })))
+        .await;
+    let gid = group["id"].as_str().unwrap().to_owned();
+    let (status, body) = scim
+        .call(Method::PATCH, &format!("/Groups/{gid}"), Some(patch(json!([
+            { "op": "add", "path": "members", "value": [{ "value": "ghost-1" }, { "value": "ghost-2" }] },
+            { "op": "remove", "path": "members[value eq \"ghost-1\"]" }
+        ]))))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["urn:gatehouse:params:scim:MembershipReport"],
+        json!({ "pending": ["ghost-2"], "refused": [] })
+    );
+    let (_, pending) = scim.admin(Method::GET, "/sso/idp/scim/pending", None).await;
+    let values: Vec<&str> = pending["pending"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["value"].as_str().unwrap())
+        .collect();
+    assert_eq!(values, ["ghost-2"]);
+}
