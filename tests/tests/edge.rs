@@ -965,3 +965,82 @@ async fn a_new_policy_applies_to_the_next_request_and_a_failing_one_fails_closed
     assert_eq!(status, 200, "{body}");
     assert_eq!(w.resolve(&token).await.0, 200);
 }
+
+#[tokio::test]
+async fn a_scim_deactivation_denies_the_next_request_even_when_cached() {
+    let w = world(|_| {}).await;
+    let server = &w.server;
+    let (status, body) = server
+        .call(
+            Method::POST,
+            "/api/v1/tenants/acme/sso",
+            OP,
+            Some(&json!({
+                "id": "okta", "issuer": "https://okta.example.com", "client_id": "gatehouse",
+                "jwks_uri": "https://203.0.113.10/jwks"
+            })),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (_, body) = server
+        .call(
+            Method::POST,
+            "/api/v1/tenants/acme/sso/okta/scim-token",
+            OP,
+            Some(&json!({})),
+        )
+        .await;
+    let scim_token = body["token"].as_str().unwrap().to_owned();
+    let (status, body) = server
+        .call(
+            Method::PUT,
+            "/api/v1/tenants/acme/provisioning",
+            OP,
+            Some(&json!({ "mode": "scim" })),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    // Okta provisions a user; it starts active.
+    let (status, user) = server
+        .call(
+            Method::POST,
+            "/scim/v2/acme/okta/Users",
+            Some(&scim_token),
+            Some(&json!({
+                "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+                "userName": "sam@acme.io", "externalId": "00u-sam", "active": true,
+                "name": { "givenName": "Sam", "familyName": "Lee" },
+                "emails": [{ "value": "sam@acme.io", "primary": true, "type": "work" }]
+            })),
+        )
+        .await;
+    assert_eq!(status, 201, "{user}");
+    let id = user["id"].as_str().unwrap().to_owned();
+    let token = sign(
+        "rsa-a",
+        Algorithm::RS256,
+        &claims(json!({ "email": "sam@acme.io" })),
+    );
+    for _ in 0..2 {
+        let (status, body) = w.resolve(&token).await;
+        assert_eq!(
+            (status, body["id"].as_str()),
+            (200, Some(id.as_str())),
+            "{body}"
+        );
+    }
+    // Unassigned in Okta: PATCH active=false.
+    let (status, body) = server
+        .call(
+            Method::PATCH,
+            &format!("/scim/v2/acme/okta/Users/{id}"),
+            Some(&scim_token),
+            Some(&json!({
+                "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+                "Operations": [{ "op": "replace", "value": { "active": false } }]
+            })),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(w.deny_reason(&token).await, (403, "deactivated".into()));
+}
