@@ -1192,16 +1192,27 @@ impl App {
             .iter()
             .map(|(id, role)| ((*id).to_owned(), *role))
             .collect();
-        // Many users (a large team changing role): one pass over the tenant's
-        // memberships beats a lookup per user.
-        let memberships: Option<HashMap<String, Vec<String>>> = if users.len() > BULK_USERS {
-            let mut by_user: HashMap<String, Vec<String>> = HashMap::new();
-            for pair in self.store.index(Space::UserTeams, tenant, &[])? {
-                if let Some((user, team)) = pair.split_once('\0') {
-                    by_user
-                        .entry(user.to_owned())
-                        .or_default()
-                        .push(team.to_owned());
+        // Many users (a large team changing role): only teams with a role can give one, so
+        // read the tenant's teams once (a tenant has few) and the members of those with a
+        // role, instead of every membership of every user.
+        let bulk: Option<HashMap<&str, Vec<Role>>> = if users.len() > BULK_USERS {
+            let wanted: HashMap<&str, ()> = users
+                .iter()
+                .filter(|u| !view.user_teams.contains_key(u.id.as_str()))
+                .map(|u| (u.id.as_str(), ()))
+                .collect();
+            let mut by_user: HashMap<&str, Vec<Role>> = HashMap::with_capacity(wanted.len());
+            for team in self.store.list::<Team>(tenant, &[])? {
+                let role = match view.team_roles.get(team.id.as_str()) {
+                    Some(role) => *role,
+                    None => team.role,
+                };
+                team_roles.insert(team.id.clone(), role);
+                let Some(role) = role else { continue };
+                for member in self.store.index(Space::Members, tenant, &[&team.id])? {
+                    if let Some((user, ())) = wanted.get_key_value(member.as_str()) {
+                        by_user.entry(user).or_default().push(role);
+                    }
                 }
             }
             Some(by_user)
@@ -1210,26 +1221,31 @@ impl App {
         };
         let mut inputs = Vec::with_capacity(users.len());
         for user in users {
-            let teams = match (view.user_teams.get(user.id.as_str()), &memberships) {
-                (Some(teams), _) => teams.clone(),
-                (None, Some(by_user)) => by_user.get(&user.id).cloned().unwrap_or_default(),
-                (None, None) => self.store.index(Space::UserTeams, tenant, &[&user.id])?,
-            };
-            let mut roles = Vec::new();
-            for team in teams {
-                let role = match team_roles.get(&team) {
-                    Some(role) => *role,
-                    None => {
-                        let role = self
-                            .store
-                            .get::<Team>(tenant, &[&team])?
-                            .and_then(|t| t.role);
-                        team_roles.insert(team, role);
-                        role
+            let roles = match (view.user_teams.get(user.id.as_str()), &bulk) {
+                (None, Some(by_user)) => by_user.get(user.id.as_str()).cloned().unwrap_or_default(),
+                (teams, _) => {
+                    let teams = match teams {
+                        Some(teams) => teams.clone(),
+                        None => self.store.index(Space::UserTeams, tenant, &[&user.id])?,
+                    };
+                    let mut roles = Vec::new();
+                    for team in teams {
+                        let role = match team_roles.get(&team) {
+                            Some(role) => *role,
+                            None => {
+                                let role = self
+                                    .store
+                                    .get::<Team>(tenant, &[&team])?
+                                    .and_then(|t| t.role);
+                                team_roles.insert(team, role);
+                                role
+                            }
+                        };
+                        roles.extend(role);
                     }
-                };
-                roles.extend(role);
-            }
+                    roles
+                }
+            };
             let manual = view
                 .manual
                 .get(user.id.as_str())
