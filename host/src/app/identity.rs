@@ -61,10 +61,10 @@ impl Caller {
 const BULK_USERS: usize = 256;
 
 /// Prefix of personal access tokens: `ghp_<tenant>_<secret>`.
-const PAT_PREFIX: &str = "ghp_";
+pub(crate) const PAT_PREFIX: &str = "ghp_";
 
 /// Prefix of virtual-account API tokens: `gva_<tenant>_<secret>`.
-pub(super) const VA_PREFIX: &str = "gva_";
+pub(crate) const VA_PREFIX: &str = "gva_";
 
 /// A tenant just created: its first admin and that admin's token (shown once).
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -928,16 +928,7 @@ impl App {
                         "the built-in team {EVERYONE} cannot be renamed"
                     )));
                 }
-                if name.key() != before.name.to_ascii_lowercase() {
-                    batch
-                        .require_absent(
-                            Space::TeamNames,
-                            &[&name.key()],
-                            format!("a team named {} already exists", name.as_str()),
-                        )
-                        .remove(Space::TeamNames, &[&before.name.to_ascii_lowercase()])
-                        .put_raw(Space::TeamNames, &[&name.key()], id.as_bytes());
-                }
+                rename_team(&mut batch, id, &before.name, name);
                 after.name = name.as_str().to_owned();
             }
             if let Some(role) = patch.role {
@@ -1533,6 +1524,21 @@ impl AuditLog {
             &["audit"],
             &self.seq.to_be_bytes(),
         );
+    }
+}
+
+/// Moves a team's name index entry to `name` (refused if another team has it; a change of
+/// case alone keeps the entry).
+pub(super) fn rename_team(batch: &mut Batch, id: &str, old: &str, name: &TeamName) {
+    if name.key() != old.to_ascii_lowercase() {
+        batch
+            .require_absent(
+                Space::TeamNames,
+                &[&name.key()],
+                format!("a team named {} already exists", name.as_str()),
+            )
+            .remove(Space::TeamNames, &[&old.to_ascii_lowercase()])
+            .put_raw(Space::TeamNames, &[&name.key()], id.as_bytes());
     }
 }
 

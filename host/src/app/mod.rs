@@ -28,6 +28,7 @@ pub use identity::{
     Caller, Invite, MemberChange, NewTeam, NewToken, Page, TeamPatch, TeamView, TenantCreated,
     TokenCreated, UserQuery,
 };
+pub(crate) use identity::{PAT_PREFIX, VA_PREFIX};
 pub use outbox::{Delivery, PendingMessage};
 pub use scim::{Connection, ListPage, ListQuery, MemberReport, ScimRuntime};
 

@@ -973,16 +973,7 @@ impl App {
             let mut batch = Batch::new(slug);
             let mut audit = self.audit_log(slug)?;
             if let Some(name) = &name {
-                if name.key() != before.name.to_ascii_lowercase() {
-                    batch
-                        .require_absent(
-                            Space::TeamNames,
-                            &[&name.key()],
-                            format!("a team named {} already exists", name.as_str()),
-                        )
-                        .remove(Space::TeamNames, &[&before.name.to_ascii_lowercase()])
-                        .put_raw(Space::TeamNames, &[&name.key()], id.as_bytes());
-                }
+                super::identity::rename_team(&mut batch, id, &before.name, name);
                 after.name = name.as_str().to_owned();
             }
             if let Some(ext) = &change.external_id {

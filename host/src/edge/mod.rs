@@ -18,6 +18,7 @@ mod directory;
 
 pub use directory::Directory;
 
+use crate::app::{PAT_PREFIX, VA_PREFIX};
 use crate::jwt::jwks::{JwksCache, JwksSettings, Source};
 use crate::jwt::{self, ClaimRules, JwtError};
 use crate::policy::{PolicyEngine, Registry, TenantPolicy};
@@ -168,6 +169,19 @@ struct TenantState {
     rebuild: Mutex<()>,
 }
 
+impl TenantState {
+    /// The snapshot, if it is of the current generation.
+    fn current(&self) -> Option<Arc<Directory>> {
+        let generation = self.generation.load(Ordering::SeqCst);
+        self.snapshot
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .filter(|d| d.generation == generation)
+            .cloned()
+    }
+}
+
 /// The edge evaluator. One per process, shared by every request.
 pub struct Edge {
     settings: EdgeSettings,
@@ -180,10 +194,6 @@ pub struct Edge {
     memo: quick_cache::sync::Cache<MemoKey, Arc<rules::ResolveDecision>>,
     tenants: RwLock<HashMap<String, Arc<TenantState>>>,
 }
-
-/// Token prefixes of Gatehouse's own opaque tokens.
-const PAT_PREFIX: &str = "ghp_";
-const VA_PREFIX: &str = "gva_";
 
 impl Edge {
     pub fn new(settings: EdgeSettings) -> Result<Self, String> {
@@ -230,28 +240,15 @@ impl Edge {
     /// The tenant's directory, rebuilt from the store if something changed since.
     pub fn directory(&self, store: &Store, tenant: &str) -> Result<Arc<Directory>, String> {
         let state = self.state(tenant);
-        let generation = state.generation.load(Ordering::SeqCst);
-        if let Some(dir) = state
-            .snapshot
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .filter(|d| d.generation == generation)
-        {
-            return Ok(dir.clone());
+        if let Some(dir) = state.current() {
+            return Ok(dir);
         }
         // One rebuild at a time per tenant; who waited finds it done.
         let _rebuild = state.rebuild.lock().unwrap_or_else(|p| p.into_inner());
-        let generation = state.generation.load(Ordering::SeqCst);
-        if let Some(dir) = state
-            .snapshot
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .filter(|d| d.generation == generation)
-        {
-            return Ok(dir.clone());
+        if let Some(dir) = state.current() {
+            return Ok(dir);
         }
+        let generation = state.generation.load(Ordering::SeqCst);
         let started = Instant::now();
         let dir = Arc::new(Directory::build(store, tenant, generation)?);
         metrics::histogram!("gatehouse_edge_directory_build_seconds").record(started.elapsed());
