@@ -8,7 +8,8 @@
 //!   (c) PATs — throughput, p50 and p99;
 //! - over HTTP with keep-alive, the load generator in the same process on the same 2
 //!   cores: `/healthz` and `/v1/{tenant}/resolve` with a repeated token, same generator,
-//!   same connections; then `/resolve` at a fixed rate of half that throughput, p50/p99.
+//!   same connections; then `/resolve` at a fixed rate of half that throughput (32 paced
+//!   connections), p50/p99.
 
 use gatehouse::app::{App, Caller, IdpInput, Invite, NewToken};
 use gatehouse::config::Config;
@@ -350,35 +351,43 @@ async fn fixed_rate(
     rate: f64,
     window: Duration,
 ) -> (usize, Duration, Duration) {
-    let interval = Duration::from_secs_f64(1.0 / rate);
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    // At most 64 requests in flight (the client's keep-alive pool). The timer fires every
-    // millisecond at best, so due requests leave in small bursts; latency is measured from
-    // the moment each one is sent (the generator's timer lag is not the server's).
-    let slots = Arc::new(tokio::sync::Semaphore::new(64));
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    while started.elapsed() < window {
-        ticker.tick().await;
+    // 32 paced connections, each sending one request per period (rate / 32 per second,
+    // periods above the timer's 1 ms resolution), offset from each other so the aggregate
+    // is smooth rather than bursts. Latency counts from when a request is sent: the timer's
+    // lag (up to its 1 ms resolution) belongs to the generator, not to the server.
+    const LANES: usize = 32;
+    let period = Duration::from_secs_f64(LANES as f64 / rate);
+    let start = tokio::time::Instant::now() + Duration::from_millis(10);
+    let mut lanes = Vec::new();
+    for lane in 0..LANES {
         let (client, url, auth) = (client.clone(), url.to_owned(), authorization.to_owned());
-        let slot = slots.clone().acquire_owned().await.unwrap();
-        tasks.push(tokio::spawn(async move {
-            let _slot = slot;
-            let t = Instant::now();
-            let response = client
-                .post(&url)
-                .header("authorization", auth)
-                .send()
-                .await
-                .unwrap();
-            response.bytes().await.unwrap();
-            t.elapsed()
+        let first = start + period.mul_f64(lane as f64 / LANES as f64);
+        lanes.push(tokio::spawn(async move {
+            let mut ticker = tokio::time::interval_at(first, period);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            let mut samples = Vec::new();
+            let end = first + window;
+            loop {
+                let due = ticker.tick().await;
+                if due >= end {
+                    break;
+                }
+                let sent = Instant::now();
+                let response = client
+                    .post(&url)
+                    .header("authorization", &auth)
+                    .send()
+                    .await
+                    .unwrap();
+                response.bytes().await.unwrap();
+                samples.push(sent.elapsed());
+            }
+            samples
         }));
     }
-    let mut samples = Vec::with_capacity(tasks.len());
-    for task in tasks {
-        samples.push(task.await.unwrap());
+    let mut samples = Vec::new();
+    for lane in lanes {
+        samples.extend(lane.await.unwrap());
     }
     let n = samples.len();
     let (p50, p99) = percentiles(samples);
