@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 const METHODS: [&str; 5] = ["get", "post", "put", "patch", "delete"];
 
 /// Tags an operation may carry.
-const TAGS: [&str; 11] = [
+const TAGS: [&str; 12] = [
     "health",
     "tenants",
     "policies",
@@ -23,7 +23,11 @@ const TAGS: [&str; 11] = [
     "sso",
     "resources",
     "audit",
+    "edge",
 ];
+
+/// Routes that answer every method (`any(...)`), documented as GET.
+const ANY_METHOD: [&str; 1] = ["/v1/{tenant}/forward-auth"];
 
 /// Routes that need no token.
 const PUBLIC: [&str; 4] = ["/healthz", "/readyz", "/metrics", "/api/v1/openapi.json"];
@@ -74,6 +78,15 @@ fn routes_in(text: &str, prefix: &str) -> BTreeSet<(String, String)> {
             .expect("balanced parentheses");
         let method_router = &rest[..end];
         let mut found = false;
+        // `any(handler)` answers every method; it is documented once, as GET.
+        if method_router.contains("any(") {
+            assert!(
+                ANY_METHOD.contains(&format!("{prefix}{path}").as_str()),
+                "{path}: any()"
+            );
+            routes.insert(("get".to_owned(), format!("{prefix}{path}")));
+            found = true;
+        }
         for method in METHODS {
             let call = format!("{method}(");
             let mut from = 0;
@@ -111,11 +124,13 @@ fn routes_in_source() -> BTreeSet<(String, String)> {
     let (api, outer_after) = rest.split_once(';').expect("the `api` statement ends");
     assert!(api.contains(".merge(identity::routes())"));
     assert!(api.contains(".merge(directory::routes())"));
+    assert!(outer_after.contains(".merge(edge::routes())"));
     let mut routes = routes_in(outer_before, "");
     routes.extend(routes_in(outer_after, ""));
     routes.extend(routes_in(api, "/api/v1"));
     routes.extend(routes_in(&read("identity.rs"), "/api/v1"));
     routes.extend(routes_in(&read("directory.rs"), "/api/v1"));
+    routes.extend(routes_in(&read("edge.rs"), ""));
     routes
 }
 
@@ -226,7 +241,15 @@ fn the_document_is_consistent() {
             assert!(responses.contains_key(status), "{at}: no {status}");
         }
         for (status, response) in responses {
-            if status.starts_with('4') || status.starts_with('5') {
+            // The edge answers its refusals as `{decision, reason, message}` (gateways read
+            // them); everything else, and any 5xx, is a Problem.
+            if path.starts_with("/v1/") && status.starts_with('4') {
+                assert_eq!(
+                    response["content"]["application/json"]["schema"]["$ref"],
+                    "#/components/schemas/EdgeDeny",
+                    "{at}: {status} is an edge refusal"
+                );
+            } else if status.starts_with('4') || status.starts_with('5') {
                 assert_eq!(
                     response["content"]["application/problem+json"]["schema"]["$ref"],
                     "#/components/schemas/Problem",
@@ -324,6 +347,9 @@ async fn the_served_document_matches_what_the_server_answers() {
             let status = response.status().as_u16();
             let at = format!("{} {path}", method.to_uppercase());
             match documented.get(&key) {
+                None if ANY_METHOD.contains(&path.as_str()) => {
+                    assert_eq!(status, 401, "{at}: any method is evaluated")
+                }
                 None => assert_eq!(status, 405, "{at} is not documented but answers {status}"),
                 Some(operation) => {
                     assert_ne!(status, 405, "{at} is documented but not served");

@@ -31,7 +31,7 @@ async fn evaluate(app: &App, tenant: &str, headers: &HeaderMap) -> Evaluation {
     app.resolve_token(tenant, &values).await
 }
 
-/// The JSON answer.
+/// The JSON answer of `/resolve` (and the body of a `forward-auth` refusal).
 #[derive(Serialize)]
 struct Answer<'a> {
     decision: &'static str,
@@ -43,6 +43,37 @@ struct Answer<'a> {
     message: Option<&'a str>,
 }
 
+/// A refusal: `reason` is a stable code (docs/edge.md lists them), `message` says what to do.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct EdgeDeny {
+    /// Always `deny`.
+    decision: String,
+    reason: String,
+    message: String,
+}
+
+/// An allow: who the token is.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct EdgeAllow {
+    /// Always `allow`.
+    decision: String,
+    #[serde(flatten)]
+    identity: Identity,
+}
+
+/// Who the bearer token of this request is, for the tenant in the path.
+#[utoipa::path(
+    post,
+    path = "/v1/{tenant}/resolve",
+    tag = "edge",
+    params(("tenant" = String, Path, description = "The tenant; never taken from the token")),
+    responses(
+        (status = 200, description = "Allowed: a user with teams and role, or a virtual account", body = EdgeAllow),
+        (status = 401, description = "No usable token (`WWW-Authenticate: Bearer ...`): missing, malformed, unverifiable, expired, revoked, unknown tenant", body = EdgeDeny),
+        (status = 403, description = "A genuine token whose subject may not pass: deactivated, not provisioned, disabled, refused or failed policy", body = EdgeDeny),
+    ),
+    security(("bearer" = [])),
+)]
 async fn resolve(State(app): Shared, Path(tenant): Path<String>, headers: HeaderMap) -> Response {
     let evaluation = evaluate(&app, &tenant, &headers).await;
     match &evaluation.result {
@@ -67,6 +98,21 @@ async fn resolve(State(app): Shared, Path(tenant): Path<String>, headers: Header
     }
 }
 
+/// The same evaluation for proxies (nginx `auth_request`, Traefik ForwardAuth, Envoy
+/// `ext_authz`), answered in `X-Gatehouse-*` headers. Any method is accepted (proxies
+/// forward the original one); documented once, as GET.
+#[utoipa::path(
+    get,
+    path = "/v1/{tenant}/forward-auth",
+    tag = "edge",
+    params(("tenant" = String, Path, description = "The tenant; never taken from the token")),
+    responses(
+        (status = 200, description = "Allowed; identity in `X-Gatehouse-Id`, `-Kind`, `-Email` or `-Name`, `-Teams`, `-Team-Ids`, `-Role`, `-Idp`, `-Token-Kind`, `-Expires-At`, `-Tenant` (prefix configurable)"),
+        (status = 401, description = "No usable token; `WWW-Authenticate: Bearer ...` and `X-Gatehouse-Deny-Reason`", body = EdgeDeny),
+        (status = 403, description = "The subject may not pass; `X-Gatehouse-Deny-Reason`", body = EdgeDeny),
+    ),
+    security(("bearer" = [])),
+)]
 async fn forward_auth(
     State(app): Shared,
     Path(tenant): Path<String>,

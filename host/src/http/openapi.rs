@@ -3,7 +3,7 @@
 //! `GET /api/v1/openapi.json`. A handler added to the router must be listed in
 //! [`ApiDoc`]'s `paths(...)`; `tests/tests/openapi.rs` fails when the two disagree.
 
-use super::{directory, identity};
+use super::{directory, edge, identity};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use std::sync::LazyLock;
@@ -94,6 +94,8 @@ every answer).";
         directory::create_resource,
         directory::delete_resource,
         directory::set_collaborators,
+        edge::resolve,
+        edge::forward_auth,
     ),
     modifiers(&BearerAndInternalErrors),
     tags(
@@ -108,6 +110,7 @@ every answer).";
         (name = "sso", description = "SSO configurations and their SCIM tokens"),
         (name = "resources", description = "Resources and their collaborators"),
         (name = "audit", description = "The audit log and the outbox"),
+        (name = "edge", description = "Token evaluation for gateways: the bearer token of a request for a tenant → who that is (docs/edge.md)"),
     ),
 )]
 pub struct ApiDoc;
