@@ -163,3 +163,36 @@ async fn an_upload_whose_own_cases_fail_is_refused_with_the_diff() {
         "nothing stored: {policy}"
     );
 }
+
+#[tokio::test]
+async fn bare_refusals_of_the_admin_api_are_problems_too() {
+    let server = TestServer::start().await;
+    // A method the route does not answer: 405 with a problem body and `Allow`.
+    let response = server
+        .op(reqwest::Method::DELETE, "/api/v1/tenants")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 405);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+    assert!(response.headers().contains_key("allow"));
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["reason"], "method_not_allowed");
+    // A body over the limit: 413 with a problem body.
+    let response = server
+        .op(reqwest::Method::POST, "/api/v1/tenants")
+        .header("content-type", "application/json")
+        .body(vec![b' '; 2 << 20])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 413);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(
+        (body["status"].as_u64(), body["reason"].as_str()),
+        (Some(413), Some("too_large"))
+    );
+}

@@ -35,7 +35,7 @@ pub use scim::{Connection, ListPage, ListQuery, MemberReport, ScimRuntime};
 /// What an operation can fail with; `http::error` turns each into an answer.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
-    #[error("a valid operator token is required")]
+    #[error("a valid bearer token is required: the operator token, or a personal access token of this tenant")]
     Unauthorized,
     #[error("{0}")]
     Forbidden(String),

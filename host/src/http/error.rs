@@ -104,6 +104,52 @@ impl IntoResponse for AppError {
     }
 }
 
+/// axum answers a method it does not route (405) and a body over the limit (413) itself,
+/// with an empty or plain-text body; on the admin API those become problems too, so every
+/// refusal there has the same shape and a reason.
+pub(super) async fn bare_errors_as_problems(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let (reason, detail) = match status {
+        StatusCode::METHOD_NOT_ALLOWED => (
+            "method_not_allowed",
+            "this route does not answer this method; see GET /api/v1/openapi.json",
+        ),
+        StatusCode::PAYLOAD_TOO_LARGE => (
+            "too_large",
+            "the request body is larger than this route accepts",
+        ),
+        _ => return response,
+    };
+    let is_problem = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
+    if is_problem {
+        return response;
+    }
+    let allow = response.headers().get(header::ALLOW).cloned();
+    let problem = Problem {
+        status: status.as_u16(),
+        title: status.canonical_reason().unwrap_or("error"),
+        detail: detail.to_owned(),
+        reason,
+        failed_cases: None,
+    };
+    let mut answer = (status, axum::Json(problem)).into_response();
+    answer.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/problem+json"),
+    );
+    if let Some(allow) = allow {
+        answer.headers_mut().insert(header::ALLOW, allow);
+    }
+    answer
+}
+
 fn policy_reason(e: &PolicyError) -> &'static str {
     match e {
         PolicyError::TooLarge { .. } => "policy_too_large",

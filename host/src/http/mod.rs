@@ -72,7 +72,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/tenants/{tenant}/policy/evaluate", post(evaluate))
         .merge(identity::routes())
         .merge(directory::routes())
-        .merge(scim::admin_routes());
+        .merge(scim::admin_routes())
+        .layer(middleware::from_fn(error::bare_errors_as_problems));
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
