@@ -101,6 +101,10 @@ impl PolicyEngine {
             .memory_reservation_for_growth(0)
             .memory_guard_size(64 << 10)
             .cranelift_opt_level(wasmtime::OptLevel::Speed)
+            // An upload compiles on its one blocking thread: a parallel compile would take
+            // every core for a moment, and live decisions, whose deadlines are wall-clock,
+            // would time out behind it (seen on 2 cores in the hot-swap test).
+            .parallel_compilation(false)
             // Wasm-offset maps only serve backtraces; smaller artifacts load faster.
             .generate_address_map(false);
         let engine = Engine::new(&config).map_err(|e| PolicyError::Engine(format!("{e:#}")))?;
