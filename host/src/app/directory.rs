@@ -515,21 +515,7 @@ impl App {
         self.check_idp(&input)?;
         self.with_tenant(tenant, |slug| {
             let before: Option<IdentityProvider> = self.store.get(slug, &[&input.name])?;
-            match (&before, create) {
-                (Some(_), true) => {
-                    return Err(AppError::Conflict(format!(
-                        "identity provider {} already exists",
-                        input.name
-                    )))
-                }
-                (None, false) => {
-                    return Err(AppError::NotFound(format!(
-                        "identity provider {}",
-                        input.name
-                    )))
-                }
-                _ => {}
-            }
+            create_or_replace(before.is_some(), create, "identity provider", &input.name)?;
             self.check_issuer_sharing(slug, &input)?;
             let now = now();
             let idp = IdentityProvider {
@@ -785,21 +771,7 @@ impl App {
         }
         self.with_tenant(tenant, |slug| {
             let before: Option<SsoConfig> = self.store.get(slug, &[&input.id])?;
-            match (&before, create) {
-                (Some(_), true) => {
-                    return Err(AppError::Conflict(format!(
-                        "SSO configuration {} already exists",
-                        input.id
-                    )))
-                }
-                (None, false) => {
-                    return Err(AppError::NotFound(format!(
-                        "SSO configuration {}",
-                        input.id
-                    )))
-                }
-                _ => {}
-            }
+            create_or_replace(before.is_some(), create, "SSO configuration", &input.id)?;
             let now = now();
             let config = SsoConfig {
                 id: input.id.clone(),
@@ -1067,5 +1039,14 @@ fn sso_view(tenant: &str, config: &SsoConfig) -> SsoView {
         scim_base_url: scim_base_url(tenant, &config.id),
         scim_token_set: config.scim_token_sha256.is_some(),
         scim_token_created_at: config.scim_token_created_at,
+    }
+}
+
+/// A create (`POST`) needs the record absent, a replace (`PUT`) needs it present.
+fn create_or_replace(exists: bool, create: bool, what: &str, name: &str) -> Result<(), AppError> {
+    match (exists, create) {
+        (true, true) => Err(AppError::Conflict(format!("{what} {name} already exists"))),
+        (false, false) => Err(AppError::NotFound(format!("{what} {name}"))),
+        _ => Ok(()),
     }
 }

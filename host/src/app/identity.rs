@@ -1106,55 +1106,19 @@ impl App {
             .ok_or_else(|| AppError::NotFound(format!("team {id}")))
     }
 
-    /// The users with these ids; an unknown id is a 400 that names it. Large sets (a big
-    /// team changing role) are read and decoded on every core.
+    /// The users with these ids; an unknown id is a 400 that names it.
     pub(super) fn users_by_id(
         &self,
         tenant: &str,
         ids: &BTreeSet<String>,
     ) -> Result<Vec<User>, AppError> {
-        let ids: Vec<&String> = ids.iter().collect();
-        // Per chunk: the users found and the ids that are not.
-        type Found = Result<(Vec<User>, Vec<String>), AppError>;
-        let read = |chunk: &[&String]| -> Found {
-            let (mut users, mut unknown) = (Vec::with_capacity(chunk.len()), Vec::new());
-            for id in chunk {
-                match self.store.get::<User>(tenant, &[id])? {
-                    Some(user) => users.push(user),
-                    None => unknown.push((*id).clone()),
-                }
+        let mut users = Vec::with_capacity(ids.len());
+        let mut unknown = Vec::new();
+        for id in ids {
+            match self.store.get::<User>(tenant, &[id])? {
+                Some(user) => users.push(user),
+                None => unknown.push(id.as_str()),
             }
-            Ok((users, unknown))
-        };
-        let threads = if ids.len() >= 2 * BULK_USERS {
-            std::thread::available_parallelism().map_or(1, |n| n.get().min(8))
-        } else {
-            1
-        };
-        let parts: Vec<Found> = if threads > 1 {
-            let size = ids.len().div_ceil(threads);
-            std::thread::scope(|scope| {
-                let handles: Vec<_> = ids
-                    .chunks(size)
-                    .map(|chunk| scope.spawn(move || read(chunk)))
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| {
-                        h.join().unwrap_or_else(|_| {
-                            Err(AppError::Internal("reading users failed".into()))
-                        })
-                    })
-                    .collect()
-            })
-        } else {
-            vec![read(&ids)]
-        };
-        let (mut users, mut unknown) = (Vec::with_capacity(ids.len()), Vec::new());
-        for part in parts {
-            let (found, missing) = part?;
-            users.extend(found);
-            unknown.extend(missing);
         }
         if !unknown.is_empty() {
             return Err(AppError::BadRequest(format!(

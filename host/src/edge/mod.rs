@@ -154,6 +154,10 @@ struct Cached {
 struct MemoKey {
     tenant: String,
     generation: u64,
+    /// The deciding policy's address: a swap also bumps the generation, but between the
+    /// swap and the bump a request must not reuse the old policy's answers. (Entries of a
+    /// dropped policy can never match again: their generation is gone.)
+    policy: usize,
     idp: String,
     user_claim: Option<String>,
     va_name: Option<String>,
@@ -238,8 +242,12 @@ impl Edge {
     }
 
     /// The tenant's directory, rebuilt from the store if something changed since.
-    pub fn directory(&self, store: &Store, tenant: &str) -> Result<Arc<Directory>, String> {
-        let state = self.state(tenant);
+    fn directory(
+        &self,
+        store: &Store,
+        tenant: &str,
+        state: &TenantState,
+    ) -> Result<Arc<Directory>, String> {
         if let Some(dir) = state.current() {
             return Ok(dir);
         }
@@ -267,12 +275,12 @@ impl Edge {
         let evaluation = self.decide(ctx, tenant, authorization).await;
         let elapsed = started.elapsed();
         let (result, reason) = match &evaluation.result {
-            Ok(_) => ("allow", "ok"),
-            Err(deny) => ("deny", deny.reason.as_ref()),
+            Ok(_) => ("allow", Cow::Borrowed("ok")),
+            Err(deny) => ("deny", deny.reason.clone()),
         };
         // Policy-defined reasons are bounded by the policy contract's code shape; the
-        // label set stays small in practice.
-        metrics::counter!("gatehouse_edge_decisions_total", "result" => result, "reason" => reason.to_owned()).increment(1);
+        // label set stays small in practice. Host reasons are static: no allocation.
+        metrics::counter!("gatehouse_edge_decisions_total", "result" => result, "reason" => reason.clone()).increment(1);
         metrics::histogram!("gatehouse_edge_decision_seconds").record(elapsed);
         if evaluation.cache_hit {
             metrics::counter!("gatehouse_edge_cache_hits_total").increment(1);
@@ -290,7 +298,7 @@ impl Edge {
                 subject_kind = kind,
                 subject_id = id,
                 decision = result,
-                reason,
+                reason = reason.as_ref(),
                 latency_us = elapsed.as_micros() as u64,
                 cache_hit = evaluation.cache_hit,
             );
@@ -341,7 +349,7 @@ impl Edge {
             }
             self.cache.remove(&cache_key);
         }
-        let dir = match self.directory(ctx.store, tenant) {
+        let dir = match self.directory(ctx.store, tenant, &state) {
             Ok(dir) => dir,
             Err(e) => {
                 tracing::error!(tenant, error = %e, "directory rebuild failed");
@@ -443,6 +451,7 @@ impl Edge {
         let memo_key = MemoKey {
             tenant: dir.tenant.clone(),
             generation: dir.generation,
+            policy: std::ptr::from_ref(policy) as usize,
             idp: idp.name.clone(),
             user_claim,
             va_name,

@@ -293,8 +293,8 @@ impl JwksCache {
     }
 
     async fn fetch(&self, location: &KeyLocation) -> Result<KeySet, String> {
-        let (jwks_uri, _) = match location {
-            KeyLocation::Jwks(uri) => (uri.clone(), ()),
+        let jwks_uri = match location {
+            KeyLocation::Jwks(uri) => uri.clone(),
             KeyLocation::Discovery(url) => {
                 let (body, _) = self.get(url).await?;
                 let doc: serde_json::Value = serde_json::from_slice(&body)
@@ -303,7 +303,7 @@ impl JwksCache {
                     .get("jwks_uri")
                     .and_then(|v| v.as_str())
                     .ok_or("discovery document has no jwks_uri")?;
-                (uri.to_owned(), ())
+                uri.to_owned()
             }
         };
         let (body, max_age) = self.get(&jwks_uri).await?;
