@@ -27,7 +27,10 @@ const TAGS: [&str; 12] = [
 ];
 
 /// Routes that answer every method (`any(...)`), documented as GET.
-const ANY_METHOD: [&str; 1] = ["/v1/{tenant}/forward-auth"];
+const ANY_METHOD: [&str; 2] = [
+    "/v1/{tenant}/forward-auth",
+    "/v1/{tenant}/forward-auth/{path}",
+];
 
 /// Routes that need no token.
 const PUBLIC: [&str; 4] = ["/healthz", "/readyz", "/metrics", "/api/v1/openapi.json"];
@@ -62,6 +65,8 @@ fn routes_in(text: &str, prefix: &str) -> BTreeSet<(String, String)> {
             .strip_prefix('"')
             .expect("a route's path is a string literal");
         let (path, _) = path_and_more.split_once('"').expect("closing quote");
+        // A catch-all `{*name}` is documented as the parameter `{name}`.
+        let path = &path.replace("{*", "{");
         // The route's arguments run to the parenthesis that closes `.route(`.
         let mut depth = 1;
         let end = rest

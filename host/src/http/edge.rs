@@ -20,6 +20,7 @@ pub(super) fn routes() -> Router<Arc<App>> {
     Router::new()
         .route("/v1/{tenant}/resolve", post(resolve))
         .route("/v1/{tenant}/forward-auth", any(forward_auth))
+        .route("/v1/{tenant}/forward-auth/{*path}", any(forward_auth_below))
 }
 
 async fn evaluate(app: &App, tenant: &str, headers: &HeaderMap) -> Evaluation {
@@ -118,7 +119,36 @@ async fn forward_auth(
     Path(tenant): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let evaluation = evaluate(&app, &tenant, &headers).await;
+    forward_auth_answer(&app, tenant, &headers).await
+}
+
+/// `forward-auth` with the original request's path appended, as Envoy's `ext_authz`
+/// `path_prefix` sends it; the path plays no part in the decision.
+#[utoipa::path(
+    get,
+    path = "/v1/{tenant}/forward-auth/{path}",
+    tag = "edge",
+    params(
+        ("tenant" = String, Path, description = "The tenant; never taken from the token"),
+        ("path" = String, Path, description = "The original request's path (ignored)"),
+    ),
+    responses(
+        (status = 200, description = "Allowed; the same headers as `/v1/{tenant}/forward-auth`"),
+        (status = 401, description = "No usable token", body = EdgeDeny),
+        (status = 403, description = "The subject may not pass", body = EdgeDeny),
+    ),
+    security(("bearer" = [])),
+)]
+async fn forward_auth_below(
+    State(app): Shared,
+    Path((tenant, _path)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    forward_auth_answer(&app, tenant, &headers).await
+}
+
+async fn forward_auth_answer(app: &App, tenant: String, headers: &HeaderMap) -> Response {
+    let evaluation = evaluate(app, &tenant, headers).await;
     let settings = app.edge.settings();
     let prefix = settings.header_prefix.as_str();
     match &evaluation.result {

@@ -96,6 +96,7 @@ every answer).";
         directory::set_collaborators,
         edge::resolve,
         edge::forward_auth,
+        edge::forward_auth_below,
     ),
     modifiers(&BearerAndInternalErrors),
     tags(
