@@ -6,11 +6,11 @@
 
 use super::{now, App, AppError};
 use crate::identity::{
-    new_id, AuditEntry, Email, Link, LinkPurpose, Mapping, OutboxMessage, Team, TeamName, Token,
-    TokenKind, User, EVERYONE,
+    new_id, parse_role_part, role_part, AuditEntry, Email, Link, LinkPurpose, Mapping,
+    OutboxMessage, Team, TeamName, Token, TokenKind, User, EVERYONE,
 };
 use crate::policy;
-use crate::store::{Batch, Space};
+use crate::store::{Batch, Space, StoreError};
 use gatehouse_rules::{self as rules, Role, RoleSource, UserSource, UserStatus};
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -197,6 +197,34 @@ pub(super) struct RoleView<'a> {
     pub(super) user_teams: HashMap<&'a str, Vec<String>>,
     /// Users whose manual role differs from the stored one.
     pub(super) manual: HashMap<&'a str, Option<Role>>,
+    /// Member lists already read in this operation (not re-read while deciding).
+    pub(super) members: HashMap<&'a str, &'a [String]>,
+}
+
+/// What deciding a user's role needs of the user: who it is, the manual role, and the
+/// outcome stored now. Read from whole user records, or from the users' side table alone
+/// when many users' roles are recomputed and nothing else of them is needed.
+pub(super) struct RoleState {
+    pub(super) id: String,
+    pub(super) role: Role,
+    pub(super) source: RoleSource,
+    pub(super) manual: Option<Role>,
+}
+
+impl From<&User> for RoleState {
+    fn from(user: &User) -> RoleState {
+        RoleState {
+            id: user.id.clone(),
+            role: user.role,
+            source: user.role_source,
+            manual: user.manual_role,
+        }
+    }
+}
+
+/// The role states of `users`.
+pub(super) fn role_states(users: &[User]) -> Vec<RoleState> {
+    users.iter().map(RoleState::from).collect()
 }
 
 impl App {
@@ -423,7 +451,7 @@ impl App {
             let mut batch = Batch::new(slug);
             add_user_records(&mut batch, &user, &email, &everyone.id);
             let view = RoleView::default_with_teams(&user.id, vec![everyone.id.clone()]);
-            let roles = self.decide_roles(slug, std::slice::from_ref(&user), &view)?;
+            let roles = self.decide_roles(slug, &[RoleState::from(&user)], &view)?;
             (user.role, user.role_source) = roles[0];
             batch.put(&[&user.id], &user);
             let mut audit = self.audit_log(slug)?;
@@ -628,7 +656,7 @@ impl App {
             let mut view = RoleView::empty();
             view.manual.insert(id, role);
             let (new_role, source) =
-                self.decide_roles(slug, std::slice::from_ref(&before), &view)?[0];
+                self.decide_roles(slug, &[RoleState::from(&before)], &view)?[0];
             let after = User {
                 manual_role: role,
                 role: new_role,
@@ -890,7 +918,15 @@ impl App {
                 None,
                 Some(&after),
             );
-            self.recompute(slug, &users, &view, &mut batch, &mut audit, &caller.actor())?;
+            let states = role_states(&users);
+            self.recompute(
+                slug,
+                &states,
+                &view,
+                &mut batch,
+                &mut audit,
+                &caller.actor(),
+            )?;
             self.store.apply(&batch)?;
             Ok(after)
         })
@@ -949,10 +985,20 @@ impl App {
                 Some(&after),
             );
             if after.role != before.role {
-                let users = self.users_by_id(slug, &members.iter().cloned().collect())?;
+                // Only the members' role states are needed: read from the side table, not
+                // 10,000 whole user records for a team of 10,000.
+                let states = self.role_states_of(slug, &members)?;
                 let mut view = RoleView::empty();
                 view.team_roles.insert(id, after.role);
-                self.recompute(slug, &users, &view, &mut batch, &mut audit, &caller.actor())?;
+                view.members.insert(id, &members);
+                self.recompute(
+                    slug,
+                    &states,
+                    &view,
+                    &mut batch,
+                    &mut audit,
+                    &caller.actor(),
+                )?;
             }
             self.store.apply(&batch)?;
             Ok(TeamView {
@@ -1001,7 +1047,15 @@ impl App {
                 Some(&before),
                 None,
             );
-            self.recompute(slug, &users, &view, &mut batch, &mut audit, &caller.actor())?;
+            let states = role_states(&users);
+            self.recompute(
+                slug,
+                &states,
+                &view,
+                &mut batch,
+                &mut audit,
+                &caller.actor(),
+            )?;
             self.store.apply(&batch)?;
             Ok(())
         })
@@ -1096,7 +1150,7 @@ impl App {
         if !added.is_empty() || !removed.is_empty() {
             audit.record(batch, actor, "team.members", id, Some(before), Some(after));
         }
-        self.recompute(slug, &users, &view, batch, audit, actor)?;
+        self.recompute(slug, &role_states(&users), &view, batch, audit, actor)?;
         Ok(())
     }
 
@@ -1131,12 +1185,41 @@ impl App {
 
     // --------------------------------------------------------------- roles
 
+    /// The role states of the users `ids`, from the users' side table (a user written before
+    /// side tables existed is read whole).
+    fn role_states_of(&self, tenant: &str, ids: &[String]) -> Result<Vec<RoleState>, AppError> {
+        let names: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let parts = self.store.sides(Space::UserSides, tenant, &names)?;
+        let mut states = Vec::with_capacity(ids.len());
+        for (id, part) in ids.iter().zip(parts) {
+            let state = match part {
+                Some(part) => {
+                    let (role, source, manual) = parse_role_part(&part).map_err(|reason| {
+                        AppError::from(StoreError::Corrupt {
+                            key: format!("{tenant}/user_sides/{id}"),
+                            reason,
+                        })
+                    })?;
+                    RoleState {
+                        id: id.clone(),
+                        role,
+                        source,
+                        manual,
+                    }
+                }
+                None => RoleState::from(&self.existing_user(tenant, id)?),
+            };
+            states.push(state);
+        }
+        Ok(states)
+    }
+
     /// The effective role and source of each user, decided by the tenant's policy in one
     /// batched call, seeing the changes in `view`.
     fn decide_roles(
         &self,
         tenant: &str,
-        users: &[User],
+        users: &[RoleState],
         view: &RoleView<'_>,
     ) -> Result<Vec<(Role, RoleSource)>, AppError> {
         if users.is_empty() {
@@ -1164,7 +1247,15 @@ impl App {
                 };
                 team_roles.insert(team.id.clone(), role);
                 let Some(role) = role else { continue };
-                for member in self.store.index(Space::Members, tenant, &[&team.id])? {
+                let read;
+                let members = match view.members.get(team.id.as_str()) {
+                    Some(members) => *members,
+                    None => {
+                        read = self.store.index(Space::Members, tenant, &[&team.id])?;
+                        &read
+                    }
+                };
+                for member in members {
                     if let Some((user, ())) = wanted.get_key_value(member.as_str()) {
                         by_user.entry(user).or_default().push(role);
                     }
@@ -1205,7 +1296,7 @@ impl App {
                 .manual
                 .get(user.id.as_str())
                 .copied()
-                .unwrap_or(user.manual_role);
+                .unwrap_or(user.manual);
             inputs.push(rules::RoleInput {
                 manual,
                 team_roles: roles,
@@ -1223,27 +1314,26 @@ impl App {
     pub(super) fn recompute(
         &self,
         tenant: &str,
-        users: &[User],
+        users: &[RoleState],
         view: &RoleView<'_>,
         batch: &mut Batch,
         audit: &mut AuditLog,
         actor: &str,
     ) -> Result<usize, AppError> {
         let decided = self.decide_roles(tenant, users, view)?;
-        let now = now();
         let mut changes = Vec::new();
         for (user, (role, source)) in users.iter().zip(decided) {
-            if user.role != role || user.role_source != source {
-                let after = User {
-                    role,
-                    role_source: source,
-                    updated_at: now,
-                    ..user.clone()
-                };
-                batch.put(&[&user.id], &after);
+            if user.role != role || user.source != source {
+                // Only the side part: the rest of the record is unchanged.
+                let manual = view
+                    .manual
+                    .get(user.id.as_str())
+                    .copied()
+                    .unwrap_or(user.manual);
+                batch.put_side::<User>(&[&user.id], role_part(role, source, manual));
                 changes.push(RoleChange {
                     user: &user.id,
-                    before: (user.role, user.role_source),
+                    before: (user.role, user.source),
                     after: (role, source),
                 });
             }
@@ -1273,7 +1363,7 @@ impl App {
             let mut audit = self.audit_log(slug)?;
             let changed = self.recompute(
                 slug,
-                &users,
+                &role_states(&users),
                 &RoleView::empty(),
                 &mut batch,
                 &mut audit,
@@ -1537,6 +1627,7 @@ impl<'a> RoleView<'a> {
             team_roles: HashMap::new(),
             user_teams: HashMap::new(),
             manual: HashMap::new(),
+            members: HashMap::new(),
         }
     }
 

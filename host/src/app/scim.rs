@@ -7,7 +7,7 @@
 //! teams it manages (`Team::scim`). It may adopt an invited or JIT user with the same
 //! email; the adoption is audited.
 
-use super::identity::{add_user_records, new_user, status_change, RoleView};
+use super::identity::{add_user_records, new_user, status_change, RoleState, RoleView};
 use super::{now, App, AppError};
 use crate::config::ScimConfig;
 use crate::identity::{new_id, Email, ScimLink, SsoConfig, Team, TeamName, User};
@@ -357,7 +357,7 @@ impl App {
                     let mut view = RoleView::empty();
                     view.user_teams.insert(&user.id, vec![everyone.id.clone()]);
                     audit.record(&mut batch, &actor, "scim.user.create", &user.id, None, Some(&user));
-                    self.recompute(slug, std::slice::from_ref(&user), &view, &mut batch, &mut audit, &actor)?;
+                    self.recompute(slug, &[RoleState::from(&user)], &view, &mut batch, &mut audit, &actor)?;
                     (user, "created")
                 }
             };

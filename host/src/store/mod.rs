@@ -14,6 +14,7 @@
 //! through sled). They are a cache: each is derivable from component bytes kept in sled.
 
 mod records;
+mod side;
 mod sled_backend;
 
 pub use records::{Batch, Record};
@@ -26,7 +27,7 @@ use std::sync::Arc;
 pub use sled_backend::SledBackend;
 
 /// The named key spaces.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Space {
     /// Process-wide records (the operator token's hash).
     System,
@@ -36,6 +37,9 @@ pub enum Space {
     PolicyBlobs,
     /// Users by id.
     Users,
+    /// The side table of users (their effective role, its source and the manual role),
+    /// see [`side`].
+    UserSides,
     /// Index: lowercased email → user id.
     UserEmails,
     /// Teams by id.
@@ -87,13 +91,14 @@ pub enum Space {
 
 impl Space {
     /// Every space, for backends that create them up front.
-    pub const ALL: [Space; 29] = [
+    pub const ALL: [Space; 30] = [
         Space::System,
         Space::Tenants,
         Space::PolicyState,
         Space::PolicyVersions,
         Space::PolicyBlobs,
         Space::Users,
+        Space::UserSides,
         Space::UserEmails,
         Space::Teams,
         Space::TeamNames,
@@ -119,6 +124,14 @@ impl Space {
         Space::ScimPending,
     ];
 
+    /// The side table of this space's records, if they keep a part apart (see [`side`]).
+    pub fn side(self) -> Option<Space> {
+        match self {
+            Space::Users => Some(Space::UserSides),
+            _ => None,
+        }
+    }
+
     /// The space's stable name on disk.
     pub fn name(self) -> &'static str {
         match self {
@@ -128,6 +141,7 @@ impl Space {
             Space::PolicyVersions => "policy_versions",
             Space::PolicyBlobs => "policy_blobs",
             Space::Users => "users",
+            Space::UserSides => "user_sides",
             Space::UserEmails => "user_emails",
             Space::Teams => "teams",
             Space::TeamNames => "team_names",

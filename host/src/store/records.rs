@@ -3,12 +3,25 @@
 //! A key is the tenant slug, then each key part, separated by 0 bytes; key parts are ids,
 //! lowercased names and hashes, none of which can contain a 0 byte.
 
+use super::side::{self, Bucket};
 use super::{decode, encode, tkey, Space, Store, StoreError, TxFail};
 use serde::{de::DeserializeOwned, Serialize};
+use std::collections::{BTreeMap, HashMap};
 
-/// A record kind: the space it lives in.
+/// A record kind: the space it lives in and, when that space has a side table
+/// ([`Space::side`]), the part of the record kept there.
 pub trait Record: Serialize + DeserializeOwned {
     const SPACE: Space;
+
+    /// The part of this record kept in its space's side table (at most 255 bytes).
+    fn side(&self) -> Vec<u8> {
+        Vec::new()
+    }
+
+    /// Puts back the part read from the side table.
+    fn set_side(&mut self, _part: &[u8]) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 fn key(tenant: &str, parts: &[&str]) -> Vec<u8> {
@@ -23,6 +36,8 @@ enum Op {
     Absent(Space, Vec<u8>, String),
     /// Abort with `NotFound(what)` if the key does not exist.
     Present(Space, Vec<u8>, String),
+    /// Sets (or with `None` removes) entry `name` in the side table `space`'s bucket `key`.
+    Side(Space, Vec<u8>, String, Option<Vec<u8>>),
 }
 
 /// Changes to one tenant's records, applied atomically and durably by [`Store::apply`].
@@ -40,10 +55,30 @@ impl Batch {
         }
     }
 
-    /// Writes a record.
+    /// Writes a record (with its side part, if its space has a side table).
     pub fn put<T: Record>(&mut self, parts: &[&str], value: &T) -> &mut Self {
         self.ops
             .push(Op::Put(T::SPACE, key(&self.tenant, parts), encode(value)));
+        if T::SPACE.side().is_some() {
+            self.put_side::<T>(parts, value.side());
+        }
+        self
+    }
+
+    /// Writes only the side part of a record (see [`Record::side`]); the record itself is
+    /// left as it is.
+    pub fn put_side<T: Record>(&mut self, parts: &[&str], part: Vec<u8>) -> &mut Self {
+        let space = T::SPACE
+            .side()
+            .expect("put_side on a space without a side table");
+        let name = side::entry_name(parts);
+        side::check(space, &name, &part);
+        self.ops.push(Op::Side(
+            space,
+            side::bucket_key(&self.tenant, &name),
+            name,
+            Some(part),
+        ));
         self
     }
 
@@ -54,9 +89,18 @@ impl Batch {
         self
     }
 
-    /// Removes a record or an index entry.
+    /// Removes a record (with its side part) or an index entry.
     pub fn remove(&mut self, space: Space, parts: &[&str]) -> &mut Self {
         self.ops.push(Op::Remove(space, key(&self.tenant, parts)));
+        if let Some(side) = space.side() {
+            let name = side::entry_name(parts);
+            self.ops.push(Op::Side(
+                side,
+                side::bucket_key(&self.tenant, &name),
+                name,
+                None,
+            ));
+        }
         self
     }
 
@@ -106,10 +150,63 @@ impl Store {
     /// One record.
     pub fn get<T: Record>(&self, tenant: &str, parts: &[&str]) -> Result<Option<T>, StoreError> {
         let key = key(tenant, parts);
-        self.kv
+        let Some(mut record) = self
+            .kv
             .get(T::SPACE, &key)?
-            .map(|v| decode(&key, &v))
-            .transpose()
+            .map(|v| decode::<T>(&key, &v))
+            .transpose()?
+        else {
+            return Ok(None);
+        };
+        if let Some(side) = T::SPACE.side() {
+            let name = side::entry_name(parts);
+            if let Some(part) = self.sides(side, tenant, &[name.as_str()])?.pop().flatten() {
+                put_back(&key, &mut record, &part)?;
+            }
+        }
+        Ok(Some(record))
+    }
+
+    /// The side parts of the records named `names` (each a record's key parts joined by
+    /// `/`) in side table `space`, in order; `None` where a record has none. Each bucket
+    /// is read once.
+    pub fn sides(
+        &self,
+        space: Space,
+        tenant: &str,
+        names: &[&str],
+    ) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        let mut buckets: HashMap<Vec<u8>, Option<Vec<u8>>> = HashMap::new();
+        let mut parts = Vec::with_capacity(names.len());
+        for name in names {
+            let key = side::bucket_key(tenant, name);
+            let bytes = match buckets.get(&key) {
+                Some(bytes) => bytes,
+                None => {
+                    let bytes = self.kv.get(space, &key)?;
+                    buckets.entry(key.clone()).or_insert(bytes)
+                }
+            };
+            let part = match bytes {
+                Some(bytes) => Bucket::find(&key, bytes, name)?.map(<[u8]>::to_vec),
+                None => None,
+            };
+            parts.push(part);
+        }
+        Ok(parts)
+    }
+
+    /// Every side part of the tenant in side table `space`, by record name.
+    fn all_sides(
+        &self,
+        space: Space,
+        tenant: &str,
+    ) -> Result<HashMap<String, Vec<u8>>, StoreError> {
+        let mut all = HashMap::new();
+        for (key, bytes) in self.kv.scan(space, &tkey(tenant, &[]))? {
+            all.extend(Bucket::decode(&key, &bytes)?.0);
+        }
+        Ok(all)
     }
 
     /// An index entry's raw value.
@@ -124,10 +221,22 @@ impl Store {
 
     /// Every record under `prefix` (key parts), in key order.
     pub fn list<T: Record>(&self, tenant: &str, prefix: &[&str]) -> Result<Vec<T>, StoreError> {
-        self.kv
-            .scan(T::SPACE, &scan_prefix(tenant, prefix))?
+        let pairs = self.kv.scan(T::SPACE, &scan_prefix(tenant, prefix))?;
+        let Some(side) = T::SPACE.side() else {
+            return pairs.iter().map(|(k, v)| decode(k, v)).collect();
+        };
+        let sides = self.all_sides(side, tenant)?;
+        let names_from = tenant.len() + 1;
+        pairs
             .iter()
-            .map(|(k, v)| decode(k, v))
+            .map(|(k, v)| {
+                let mut record = decode::<T>(k, v)?;
+                let name = String::from_utf8_lossy(&k[names_from..]).replace('\0', "/");
+                if let Some(part) = sides.get(&name) {
+                    put_back(k, &mut record, part)?;
+                }
+                Ok(record)
+            })
             .collect()
     }
 
@@ -148,11 +257,24 @@ impl Store {
             key
         });
         let (mut items, mut more, mut failure) = (Vec::new(), false, None);
+        let side = T::SPACE.side();
+        let names_from = tenant.len() + 1;
+        // Side parts are put back before `keep` looks at a record (it may filter on them).
+        let read = |k: &[u8], v: &[u8]| -> Result<T, StoreError> {
+            let mut record = decode::<T>(k, v)?;
+            if let Some(side) = side {
+                let name = String::from_utf8_lossy(&k[names_from..]).replace('\0', "/");
+                if let Some(part) = self.sides(side, tenant, &[&name])?.pop().flatten() {
+                    put_back(k, &mut record, &part)?;
+                }
+            }
+            Ok(record)
+        };
         self.kv.scan_each(
             T::SPACE,
             &scan,
             after.as_deref(),
-            &mut |k, v| match decode::<T>(k, v) {
+            &mut |k, v| match read(k, v) {
                 Ok(record) if keep(&record) => {
                     if items.len() == limit {
                         more = true;
@@ -213,19 +335,53 @@ impl Store {
                             return Err(TxFail::Abort(StoreError::NotFound(what.clone())));
                         }
                     }
-                    Op::Put(..) | Op::Remove(..) => {}
+                    Op::Put(..) | Op::Remove(..) | Op::Side(..) => {}
                 }
             }
+            let mut buckets: BTreeMap<(Space, &[u8]), Vec<SideChange<'_>>> = BTreeMap::new();
             for op in &batch.ops {
                 match op {
                     Op::Put(space, key, value) => tx.put(*space, key, value)?,
                     Op::Remove(space, key) => tx.remove(*space, key)?,
+                    // In batch order, so the last write of an entry wins.
+                    Op::Side(space, key, name, part) => buckets
+                        .entry((*space, key.as_slice()))
+                        .or_default()
+                        .push((name.as_str(), part)),
                     Op::Absent(..) | Op::Present(..) => {}
+                }
+            }
+            for ((space, key), changes) in buckets {
+                let mut bucket = match tx.get(space, key)? {
+                    Some(bytes) => Bucket::decode(key, &bytes).map_err(TxFail::Abort)?,
+                    None => Bucket::default(),
+                };
+                for (name, part) in changes {
+                    match part {
+                        Some(part) => bucket.0.insert(name.to_owned(), part.clone()),
+                        None => bucket.0.remove(name),
+                    };
+                }
+                if bucket.0.is_empty() {
+                    tx.remove(space, key)?;
+                } else {
+                    tx.put(space, key, &bucket.encode())?;
                 }
             }
             Ok(())
         })
     }
+}
+
+/// A change to one side entry: its name, and its new part (`None`: removed).
+type SideChange<'a> = (&'a str, &'a Option<Vec<u8>>);
+
+/// Puts a side part back into the record read from `key`.
+fn put_back<T: Record>(key: &[u8], record: &mut T, part: &[u8]) -> Result<(), StoreError> {
+    record.set_side(part).map_err(|reason| StoreError::Corrupt {
+        key: String::from_utf8_lossy(key).replace('\0', "/"),
+        reason,
+    })
 }
 
 /// The scan prefix for `parts` under `tenant`: a trailing 0 when there are parts, so
