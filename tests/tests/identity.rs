@@ -436,6 +436,31 @@ async fn deleting_a_user_is_refused_while_it_is_in_a_team_and_names_the_team() {
             Some(&json!({ "remove": [bob] })),
         )
         .await;
+    // The audit entry records the change, not the whole member list.
+    let (_, audit) = server
+        .call(
+            Method::GET,
+            "/api/v1/tenants/acme/audit?limit=1000",
+            OP,
+            None,
+        )
+        .await;
+    let last = audit["items"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        (
+            &last["action"],
+            &last["target"],
+            &last["before"],
+            &last["after"]
+        ),
+        (
+            &json!("team.members"),
+            &json!(ml),
+            &Value::Null,
+            &json!({ "added": [], "removed": [bob], "members": 0 })
+        ),
+        "{last}"
+    );
     let (status, body) = server
         .call(
             Method::DELETE,

@@ -731,6 +731,22 @@ async fn records_an_admin_deleted_are_provisioned_again() {
         )
         .await;
     assert_eq!(status, 204, "{body}");
+    // The connection sees the deletion at once: no stale SCIM record answers for it.
+    let old = created["id"].as_str().unwrap();
+    let (status, _) = scim.call(Method::GET, &format!("/Users/{old}"), None).await;
+    assert_eq!(status, 404);
+    let (status, found) = scim
+        .call(
+            Method::GET,
+            "/Users?filter=userName%20eq%20%22gone@acme.io%22",
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, &found["totalResults"]),
+        (200, &json!(0)),
+        "{found}"
+    );
     let (status, again) = scim
         .call(Method::POST, "/Users", Some(user("gone@acme.io")))
         .await;

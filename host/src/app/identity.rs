@@ -201,6 +201,14 @@ pub(super) struct RoleView<'a> {
     pub(super) members: HashMap<&'a str, &'a [String]>,
 }
 
+/// A `team.members` audit entry: who joined, who left, and how many members remain.
+#[derive(Serialize)]
+struct MembershipChange<'a> {
+    added: &'a BTreeSet<String>,
+    removed: &'a BTreeSet<String>,
+    members: usize,
+}
+
 /// What deciding a user's role needs of the user: who it is, the manual role, and the
 /// outcome stored now. Read from whole user records, or from the users' side table alone
 /// when many users' roles are recomputed and nothing else of them is needed.
@@ -608,26 +616,7 @@ impl App {
                 )));
             }
             let mut batch = Batch::new(slug);
-            for mapping in &user.mappings {
-                batch.remove(Space::UserMappings, &[&mapping.idp, &mapping.value]);
-            }
-            batch
-                .remove(Space::Users, &[id])
-                .remove(Space::UserEmails, &[&user.email.to_lowercase()]);
-            for team_id in &teams {
-                batch
-                    .remove(Space::Members, &[team_id, id])
-                    .remove(Space::UserTeams, &[id, team_id]);
-            }
-            for token_id in self.store.index(Space::OwnerTokens, slug, &[id])? {
-                if let Some(sha) = self
-                    .store
-                    .get_raw(Space::OwnerTokens, slug, &[id, &token_id])?
-                {
-                    batch.remove(Space::Tokens, &[&String::from_utf8_lossy(&sha)]);
-                }
-                batch.remove(Space::OwnerTokens, &[id, &token_id]);
-            }
+            self.stage_user_removal(slug, &user, &mut batch)?;
             self.audit_log(slug)?.record(
                 &mut batch,
                 &caller.actor(),
@@ -639,6 +628,39 @@ impl App {
             self.store.apply(&batch)?;
             Ok(())
         })
+    }
+
+    /// Puts the removal of `user` into `batch`: the record and its email, its memberships,
+    /// mappings and tokens, and its SCIM records (a tombstone stays). The caller has checked
+    /// what may block the deletion and audits it.
+    pub(super) fn stage_user_removal(
+        &self,
+        slug: &str,
+        user: &User,
+        batch: &mut Batch,
+    ) -> Result<(), StoreError> {
+        let id = user.id.as_str();
+        for mapping in &user.mappings {
+            batch.remove(Space::UserMappings, &[&mapping.idp, &mapping.value]);
+        }
+        batch
+            .remove(Space::Users, &[id])
+            .remove(Space::UserEmails, &[&user.email.to_lowercase()]);
+        for team_id in self.store.index(Space::UserTeams, slug, &[id])? {
+            batch
+                .remove(Space::Members, &[&team_id, id])
+                .remove(Space::UserTeams, &[id, &team_id]);
+        }
+        for token_id in self.store.index(Space::OwnerTokens, slug, &[id])? {
+            if let Some(sha) = self
+                .store
+                .get_raw(Space::OwnerTokens, slug, &[id, &token_id])?
+            {
+                batch.remove(Space::Tokens, &[&String::from_utf8_lossy(&sha)]);
+            }
+            batch.remove(Space::OwnerTokens, &[id, &token_id]);
+        }
+        self.stage_scim_user_removal(slug, user, batch)
     }
 
     /// Sets (`Some`) or clears (`None`) a user's manual role; the policy decides the
@@ -1148,7 +1170,14 @@ impl App {
             view.user_teams.insert(&user.id, teams);
         }
         if !added.is_empty() || !removed.is_empty() {
-            audit.record(batch, actor, "team.members", id, Some(before), Some(after));
+            // The change, not the whole list: a push of 100 members into a team of 10,000
+            // records 100 ids, not 20,000.
+            let change = MembershipChange {
+                added: &added,
+                removed: &removed,
+                members: after.len(),
+            };
+            audit.record(batch, actor, "team.members", id, None, Some(&change));
         }
         self.recompute(slug, &role_states(&users), &view, batch, audit, actor)?;
         Ok(())

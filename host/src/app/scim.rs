@@ -18,7 +18,7 @@ use crate::scim::resource::{
     group_json, user_json, version, GroupInput, MemberRef, PendingMember, ScimUser, UserInput,
 };
 use crate::scim::ScimError;
-use crate::store::{Batch, Space};
+use crate::store::{Batch, Space, StoreError};
 use gatehouse_rules::{UserSource, UserStatus};
 use serde_json::Value;
 use std::collections::{BTreeSet, HashMap};
@@ -522,7 +522,7 @@ impl App {
         if_match: Option<&str>,
     ) -> Result<(), ScimError> {
         self.scim_write(conn, |slug| {
-            let (user, scim) = self.existing_scim_user(slug, conn, id)?;
+            let (user, _) = self.existing_scim_user(slug, conn, id)?;
             check_if_match(if_match, &version(user.updated_at))?;
             let subject = crate::identity::Subject::User(id.to_owned());
             let blocking: Vec<String> = self
@@ -540,46 +540,7 @@ impl App {
                 )));
             }
             let mut batch = Batch::new(slug);
-            let teams = self.store.index(Space::UserTeams, slug, &[id])?;
-            for team in &teams {
-                batch
-                    .remove(Space::Members, &[team, id])
-                    .remove(Space::UserTeams, &[id, team]);
-            }
-            for mapping in &user.mappings {
-                batch.remove(Space::UserMappings, &[&mapping.idp, &mapping.value]);
-            }
-            for token_id in self.store.index(Space::OwnerTokens, slug, &[id])? {
-                if let Some(sha) = self
-                    .store
-                    .get_raw(Space::OwnerTokens, slug, &[id, &token_id])?
-                {
-                    batch.remove(Space::Tokens, &[&String::from_utf8_lossy(&sha)]);
-                }
-                batch.remove(Space::OwnerTokens, &[id, &token_id]);
-            }
-            batch
-                .remove(Space::Users, &[id])
-                .remove(Space::UserEmails, &[&user.email.to_lowercase()])
-                .remove(
-                    Space::ScimIndex,
-                    &[&conn.sso, NAME, &scim.user_name.to_lowercase()],
-                )
-                .remove(Space::ScimIndex, &[OWNER, id]);
-            if let Some(ext) = &user.external_id {
-                batch.remove(Space::ScimIndex, &[&conn.sso, EXT, ext]);
-            }
-            for e in &scim.emails {
-                batch.remove(
-                    Space::ScimIndex,
-                    &[&conn.sso, MAIL, &e.value.to_lowercase(), id],
-                );
-            }
-            let tombstone = ScimUser {
-                deleted_at: Some(now()),
-                ..scim
-            };
-            batch.put(&[&conn.sso, id], &tombstone);
+            self.stage_user_removal(slug, &user, &mut batch)?;
             self.audit_log(slug)?.record(
                 &mut batch,
                 &conn.actor(),
@@ -1304,6 +1265,46 @@ fn scim_record(user: &str, input: &UserInput) -> ScimUser {
         employee_number: input.employee_number.clone(),
         department: input.department.clone(),
         deleted_at: None,
+    }
+}
+
+impl App {
+    /// Puts the end of user `user`'s SCIM records into `batch`, if a connection provisioned
+    /// it: its lookups go, and its SCIM record stays as a tombstone, so the connection reads
+    /// the user as deleted (404) and a later push of the same `userName` creates a new one.
+    pub(super) fn stage_scim_user_removal(
+        &self,
+        slug: &str,
+        user: &User,
+        batch: &mut Batch,
+    ) -> Result<(), StoreError> {
+        let id = user.id.as_str();
+        let Some(sso) = self.store.get_raw(Space::ScimIndex, slug, &[OWNER, id])? else {
+            return Ok(());
+        };
+        let sso = String::from_utf8_lossy(&sso).into_owned();
+        batch.remove(Space::ScimIndex, &[OWNER, id]);
+        let Some(scim) = self.store.get::<ScimUser>(slug, &[&sso, id])? else {
+            return Ok(());
+        };
+        batch.remove(
+            Space::ScimIndex,
+            &[&sso, NAME, &scim.user_name.to_lowercase()],
+        );
+        if let Some(ext) = &user.external_id {
+            batch.remove(Space::ScimIndex, &[&sso, EXT, ext]);
+        }
+        for e in &scim.emails {
+            if let Some(v) = key_value(&e.value.to_lowercase()) {
+                batch.remove(Space::ScimIndex, &[&sso, MAIL, v, id]);
+            }
+        }
+        let tombstone = ScimUser {
+            deleted_at: Some(now()),
+            ..scim
+        };
+        batch.put(&[&sso, id], &tombstone);
+        Ok(())
     }
 }
 
