@@ -248,6 +248,9 @@ impl App {
         let Some(tenant) = tenant else {
             return Err(AppError::Unauthorized);
         };
+        if let Some(jws) = bearer.strip_prefix(super::SESSION_PREFIX) {
+            return self.authenticate_session(tenant, jws);
+        }
         let Some((token_tenant, _)) = bearer
             .strip_prefix(PAT_PREFIX)
             .and_then(|rest| rest.split_once('_'))

@@ -19,6 +19,7 @@ mod directory;
 mod identity;
 mod outbox;
 mod scim;
+mod session;
 
 pub use directory::{
     IdpInput, NewResource, NewVaToken, NewVirtualAccount, ScimToken, SsoInput, SsoView,
@@ -31,11 +32,15 @@ pub use identity::{
 pub(crate) use identity::{PAT_PREFIX, VA_PREFIX};
 pub use outbox::{Delivery, PendingMessage};
 pub use scim::{Connection, ListPage, ListQuery, MemberReport, ScimRuntime};
+pub use session::{
+    verify as verify_session, IssuedSession, LoginMethod, SessionClaims, SessionKeyRecord,
+    SessionRefusal, Sessions, SESSION_PREFIX,
+};
 
 /// What an operation can fail with; `http::error` turns each into an answer.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
-    #[error("a valid bearer token is required: the operator token, or a personal access token of this tenant")]
+    #[error("a valid bearer token is required: the operator token, or a personal access token or session token of this tenant")]
     Unauthorized,
     #[error("{0}")]
     Forbidden(String),
@@ -145,6 +150,8 @@ pub struct App {
     pub edge: Edge,
     /// SCIM limits and per-connection rate buckets.
     pub scim: ScimRuntime,
+    /// Session token settings and each tenant's current signing key.
+    sessions: Sessions,
 }
 
 const OPERATOR_TOKEN_HASH: &str = "operator-token-sha256";
@@ -179,6 +186,7 @@ impl App {
             public_url,
             outbox_queued: Arc::default(),
             scim: ScimRuntime::new(config.scim.clone()),
+            sessions: Sessions::new(&config.session),
         };
         app.load_all_tenants()?;
         Ok((app, generated))
