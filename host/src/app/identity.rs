@@ -1219,7 +1219,7 @@ impl App {
 
     /// The effective role and source of each user, decided by the tenant's policy in one
     /// batched call, seeing the changes in `view`.
-    fn decide_roles(
+    pub(super) fn decide_roles(
         &self,
         tenant: &str,
         users: &[RoleState],
@@ -1634,7 +1634,7 @@ impl<'a> RoleView<'a> {
         }
     }
 
-    fn default_with_teams(user: &'a str, teams: Vec<String>) -> Self {
+    pub(super) fn default_with_teams(user: &'a str, teams: Vec<String>) -> Self {
         let mut view = RoleView::empty();
         view.user_teams.insert(user, teams);
         view
@@ -1746,6 +1746,6 @@ pub(super) fn put_token(batch: &mut Batch, token: &Token) {
     );
 }
 
-fn clean(value: Option<String>) -> Option<String> {
+pub(super) fn clean(value: Option<String>) -> Option<String> {
     value.map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
 }

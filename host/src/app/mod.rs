@@ -20,6 +20,7 @@ mod identity;
 mod outbox;
 mod scim;
 mod session;
+mod sso;
 
 pub use directory::{
     IdpInput, NewResource, NewVaToken, NewVirtualAccount, ScimToken, SsoInput, SsoView,
@@ -36,6 +37,7 @@ pub use session::{
     verify as verify_session, IssuedSession, LoginMethod, SessionClaims, SessionKeyRecord,
     SessionRefusal, Sessions, SESSION_PREFIX,
 };
+pub use sso::{check_return_to, LoginStart, SsoLogin};
 
 /// What an operation can fail with; `http::error` turns each into an answer.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +61,20 @@ pub enum AppError {
         total: usize,
         failed: Vec<cases::CaseReport>,
     },
+    /// The login was genuine but the tenant's rules refuse it (`not_provisioned`,
+    /// `deactivated`, …): the reason code is the policy's.
+    #[error("{message}")]
+    LoginRefused { reason: String, message: String },
+    /// The login itself is not valid (bad `state`, replayed code, wrong nonce or audience,
+    /// expired ID token, …).
+    #[error("{message}")]
+    LoginInvalid {
+        reason: &'static str,
+        message: String,
+    },
+    /// The identity provider cannot be reached or answered nonsense.
+    #[error("{0}")]
+    IdpUnavailable(String),
     #[error("{0}")]
     Internal(String),
 }

@@ -217,6 +217,11 @@ impl Edge {
         &self.settings
     }
 
+    /// The key-set cache (shared with SSO login, which verifies ID tokens the same way).
+    pub fn jwks(&self) -> &Arc<JwksCache> {
+        &self.jwks
+    }
+
     fn state(&self, tenant: &str) -> Arc<TenantState> {
         if let Some(state) = self
             .tenants
