@@ -580,6 +580,36 @@ async fn a_login_session_resolves_until_the_user_is_deactivated() {
         .await;
     assert_eq!(status, 403, "a member's session is not an admin");
 
+    // Forward-auth takes the browser's cookie when no Authorization header is sent.
+    let forward = |cookie: String| {
+        let w = &w;
+        async move {
+            let response = w
+                .browser
+                .get(format!("{}/v1/acme/forward-auth", w.server.base))
+                .header("cookie", cookie)
+                .send()
+                .await
+                .unwrap();
+            let kind = response
+                .headers()
+                .get("x-gatehouse-token-kind")
+                .map(|v| v.to_str().unwrap().to_owned());
+            (response.status().as_u16(), kind)
+        }
+    };
+    assert_eq!(
+        forward(format!("theme=dark; gatehouse_session={token}")).await,
+        (200, Some("session".to_owned()))
+    );
+    assert_eq!(
+        forward("gatehouse_session=ghp_acme_notasession".into())
+            .await
+            .0,
+        401,
+        "only a session token is read from the cookie"
+    );
+
     // Deactivation through the admin API revokes it on the next request.
     let (status, body) = w
         .server
@@ -604,6 +634,7 @@ async fn a_login_session_resolves_until_the_user_is_deactivated() {
         )
         .await;
     assert_eq!(status, 401);
+    assert_eq!(forward(format!("gatehouse_session={token}")).await.0, 403);
     // And a new login is refused, never reactivating.
     let (status, body) = w.login("bea@acme.io", "bea").await;
     assert_eq!(
