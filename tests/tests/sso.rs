@@ -814,6 +814,35 @@ async fn the_direct_form_verifies_the_id_token_the_same_way() {
     }
     let (status, answer) = post(json!({ "token": "x" })).await;
     assert_eq!(status, 400, "{answer}");
+    // No unique id claim: refused, and audited like every outcome.
+    let no_sub = sign(&json!({
+        "iss": w.idp.issuer, "aud": CLIENT_ID, "iat": now(), "exp": now() + 300,
+        "email": "nosub@acme.io",
+    }));
+    let (status, answer) = post(json!({ "id_token": no_sub })).await;
+    assert_eq!(
+        (status, answer["reason"].as_str()),
+        (403, Some("missing_subject")),
+        "{answer}"
+    );
+    assert!(w
+        .audit()
+        .await
+        .iter()
+        .any(|e| e["action"] == "login.sso" && e["after"]["reason"] == "missing_subject"));
+    // Counted by outcome and reason, never by who.
+    let metrics = w
+        .server
+        .client
+        .get(format!("{}/metrics", w.server.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("gatehouse_sso_logins_total"), "{metrics}");
+    assert!(!metrics.contains("dee@acme.io") && !metrics.contains("ghs_"));
 }
 
 #[tokio::test]

@@ -371,18 +371,10 @@ impl App {
     ) -> Result<SsoLogin, AppError> {
         let first = |path: &str| jwt::claim_values(claims, path).into_iter().next();
         let email = first(&sso.email_claim).unwrap_or_default();
-        let Some(subject) = first(&sso.unique_id_claim) else {
-            return Err(AppError::LoginRefused {
-                reason: "missing_subject".into(),
-                message: format!(
-                    "your identity provider sent no {} claim; ask your admin to release it",
-                    sso.unique_id_claim
-                ),
-            });
-        };
+        let subject = first(&sso.unique_id_claim);
         let login_claims = rules::LoginClaims {
             email: email.trim().to_owned(),
-            subject,
+            subject: subject.clone().unwrap_or_default(),
             name: first("name"),
             given_name: first("given_name"),
             family_name: first("family_name"),
@@ -417,9 +409,22 @@ impl App {
                 .policies
                 .get(slug)
                 .ok_or_else(|| AppError::NotFound("no such SSO login".into()))?;
-            let decision = policy
-                .login(&self.engine, &input)
-                .map_err(AppError::PolicyFailed)?;
+            // No unique id: refused before the policy is asked (and audited like any).
+            let decision = match &subject {
+                Some(_) => policy
+                    .login(&self.engine, &input)
+                    .map_err(AppError::PolicyFailed)?,
+                None => rules::LoginDecision {
+                    outcome: rules::LoginOutcome::Refuse(rules::Refusal {
+                        code: "missing_subject".into(),
+                        message: format!(
+                            "your identity provider sent no {} claim; ask your admin to release it",
+                            sso.unique_id_claim
+                        ),
+                    }),
+                    trace: Vec::new(),
+                },
+            };
             let now = now();
             let mut batch = Batch::new(slug);
             let mut audit = self.audit_log(slug)?;

@@ -166,6 +166,19 @@ fn logged_in(app: &App, login: SsoLogin, browser: bool) -> Response {
     response
 }
 
+/// Counts a completed or refused login by its outcome or reason code (never who or what).
+fn count(result: &Result<SsoLogin, AppError>) {
+    let (result, reason): (&'static str, String) = match result {
+        Ok(login) => ("allow", login.outcome.to_owned()),
+        Err(AppError::LoginRefused { reason, .. }) => ("refuse", reason.clone()),
+        Err(AppError::LoginInvalid { reason, .. }) => ("invalid", (*reason).to_owned()),
+        Err(AppError::IdpUnavailable(_)) => ("invalid", "idp_unavailable".to_owned()),
+        Err(_) => ("error", "other".to_owned()),
+    };
+    metrics::counter!("gatehouse_sso_logins_total", "result" => result, "reason" => reason)
+        .increment(1);
+}
+
 /// Starts an SSO login: redirects to the identity provider with PKCE (S256), `state` and
 /// `nonce`; the pending login is kept server-side for 10 minutes, usable once.
 #[utoipa::path(
@@ -258,6 +271,7 @@ async fn callback(
             query.state.as_deref().unwrap_or(""),
         )
         .await;
+    count(&result);
     match result {
         Ok(login) => logged_in(&app, login, browser),
         Err(e) => refusal(e, browser),
