@@ -869,6 +869,7 @@ async fn unknown_logins_look_alike_and_return_to_stays_on_site() {
     let unknown_sso = get("/v1/acme/sso/nope/login".into()).await;
     let other_tenants = get("/v1/other/sso/corp/login".into()).await;
     assert_eq!(unknown_tenant.0, 404);
+    assert_eq!(unknown_tenant.1["detail"], "SSO login not found");
     assert_eq!(unknown_tenant, unknown_sso);
     assert_eq!(unknown_tenant, other_tenants);
     for bad in ["//evil.io/x", "https://evil.io/", "app"] {

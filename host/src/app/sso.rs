@@ -124,7 +124,7 @@ impl App {
     /// The SSO configuration `sso_id` of `tenant`. An unknown tenant and an unknown
     /// configuration read the same, so a login URL never tells whether a tenant exists.
     fn sso_config(&self, tenant: &str, sso_id: &str) -> Result<(String, SsoConfig), AppError> {
-        let not_found = || AppError::NotFound("no such SSO login".into());
+        let not_found = || AppError::NotFound("SSO login".into());
         let slug = self.tenant(tenant).map_err(|_| not_found())?.slug;
         let sso: SsoConfig = self.store.get(&slug, &[sso_id])?.ok_or_else(not_found)?;
         Ok((slug, sso))
@@ -408,7 +408,7 @@ impl App {
             let policy = self
                 .policies
                 .get(slug)
-                .ok_or_else(|| AppError::NotFound("no such SSO login".into()))?;
+                .ok_or_else(|| AppError::NotFound("SSO login".into()))?;
             // No unique id: refused before the policy is asked (and audited like any).
             let decision = match &subject {
                 Some(_) => policy
