@@ -830,6 +830,56 @@ async fn the_direct_form_verifies_the_id_token_the_same_way() {
         .await
         .iter()
         .any(|e| e["action"] == "login.sso" && e["after"]["reason"] == "missing_subject"));
+    // The configuration's claims choose email and unique id (Entra: `upn`, `oid`).
+    let (status, body) = w
+        .server
+        .call(
+            Method::POST,
+            "/api/v1/tenants/acme/sso",
+            OP,
+            Some(&json!({
+                "id": "entra", "issuer": w.idp.issuer, "client_id": "entra-app",
+                "jwks_uri": format!("{}/jwks", w.idp.issuer),
+                "email_claim": "upn", "unique_id_claim": "oid",
+            })),
+        )
+        .await;
+    assert!(status == 200 || status == 201, "{status} {body}");
+    let entra = |claims: Value| {
+        let w = &w;
+        let mut all =
+            json!({ "iss": w.idp.issuer, "aud": "entra-app", "iat": now(), "exp": now() + 300 });
+        for (k, v) in claims.as_object().unwrap() {
+            all[k] = v.clone();
+        }
+        async move {
+            w.server
+                .call(
+                    Method::POST,
+                    "/v1/acme/sso/entra/token-login",
+                    None,
+                    Some(&json!({ "id_token": sign(&all) })),
+                )
+                .await
+        }
+    };
+    let (status, body) = entra(json!({ "upn": "Uma@Acme.io", "oid": "o-1", "email": "x@else.io", "given_name": "Uma", "family_name": "U" })).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["user"]["email"], "Uma@Acme.io");
+    assert_eq!(body["user"]["display_name"], "Uma U");
+    let (status, body) = entra(json!({ "upn": "uma@acme.io", "sub": "s" })).await;
+    assert_eq!(
+        (status, body["reason"].as_str()),
+        (403, Some("missing_subject")),
+        "{body}"
+    );
+    let (status, body) = entra(json!({ "upn": "UMA@acme.io", "oid": "o-1" })).await;
+    assert_eq!(
+        (status, body["outcome"].as_str()),
+        (200, Some("allowed")),
+        "{body}"
+    );
+
     // Counted by outcome and reason, never by who.
     let metrics = w
         .server

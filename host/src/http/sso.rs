@@ -307,15 +307,16 @@ async fn token_login(
         Ok(request) => request,
         Err(e) => return e.into_response(),
     };
-    match app
+    let result = app
         .sso_token_login(
             &tenant,
             &sso_id,
             &request.id_token,
             request.nonce.as_deref(),
         )
-        .await
-    {
+        .await;
+    count(&result);
+    match result {
         Ok(login) => logged_in(&app, login, false),
         Err(e) => e.into_response(),
     }
