@@ -32,6 +32,7 @@ pub struct Config {
     pub edge: EdgeConfig,
     pub smtp: SmtpConfig,
     pub scim: ScimConfig,
+    pub session: SessionConfig,
 }
 
 /// The edge token evaluator: answer headers, caches, key fetching.
@@ -128,6 +129,26 @@ impl Default for ScimConfig {
             max_body_kib: 2048,
             max_results: 1000,
             pending_ttl_hours: 24,
+        }
+    }
+}
+
+/// Gatehouse session tokens (issued by SSO and password logins).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionConfig {
+    /// How long a session token is valid, in seconds.
+    pub ttl_secs: u64,
+    /// A tenant's signing key signs for this long, in seconds; then a new one is made. The
+    /// old one verifies until the last token it signed has expired, then it is dropped.
+    pub rotate_after_secs: u64,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            ttl_secs: 3600,
+            rotate_after_secs: 24 * 3600,
         }
     }
 }
@@ -233,6 +254,7 @@ impl Default for Config {
             edge: EdgeConfig::default(),
             smtp: SmtpConfig::default(),
             scim: ScimConfig::default(),
+            session: SessionConfig::default(),
         }
     }
 }
@@ -301,6 +323,8 @@ const ENV_KEYS: &[&str] = &[
     "GATEHOUSE_SCIM_MAX_BODY_KIB",
     "GATEHOUSE_SCIM_MAX_RESULTS",
     "GATEHOUSE_SCIM_PENDING_TTL_HOURS",
+    "GATEHOUSE_SESSION_TTL_SECS",
+    "GATEHOUSE_SESSION_ROTATE_AFTER_SECS",
     // Read by the CLI's client commands, not by the server.
     "GATEHOUSE_URL",
     "GATEHOUSE_TOKEN",
@@ -393,6 +417,10 @@ impl Config {
             "GATEHOUSE_SCIM_MAX_BODY_KIB" => self.scim.max_body_kib = parse(key, value)?,
             "GATEHOUSE_SCIM_MAX_RESULTS" => self.scim.max_results = parse(key, value)?,
             "GATEHOUSE_SCIM_PENDING_TTL_HOURS" => self.scim.pending_ttl_hours = parse(key, value)?,
+            "GATEHOUSE_SESSION_TTL_SECS" => self.session.ttl_secs = parse(key, value)?,
+            "GATEHOUSE_SESSION_ROTATE_AFTER_SECS" => {
+                self.session.rotate_after_secs = parse(key, value)?
+            }
             "GATEHOUSE_URL" | "GATEHOUSE_TOKEN" | "GATEHOUSE_LOG" => {}
             _ => {
                 return Err(ConfigError::UnknownEnv {

@@ -256,6 +256,9 @@ impl App {
         let Some(tenant) = tenant else {
             return Err(AppError::Unauthorized);
         };
+        if let Some(jws) = bearer.strip_prefix(super::SESSION_PREFIX) {
+            return self.authenticate_session(tenant, jws);
+        }
         let Some((token_tenant, _)) = bearer
             .strip_prefix(PAT_PREFIX)
             .and_then(|rest| rest.split_once('_'))
@@ -1245,7 +1248,7 @@ impl App {
 
     /// The effective role and source of each user, decided by the tenant's policy in one
     /// batched call, seeing the changes in `view`.
-    fn decide_roles(
+    pub(super) fn decide_roles(
         &self,
         tenant: &str,
         users: &[RoleState],
@@ -1660,7 +1663,7 @@ impl<'a> RoleView<'a> {
         }
     }
 
-    fn default_with_teams(user: &'a str, teams: Vec<String>) -> Self {
+    pub(super) fn default_with_teams(user: &'a str, teams: Vec<String>) -> Self {
         let mut view = RoleView::empty();
         view.user_teams.insert(user, teams);
         view
@@ -1772,6 +1775,6 @@ pub(super) fn put_token(batch: &mut Batch, token: &Token) {
     );
 }
 
-fn clean(value: Option<String>) -> Option<String> {
+pub(super) fn clean(value: Option<String>) -> Option<String> {
     value.map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
 }

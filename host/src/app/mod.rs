@@ -19,6 +19,8 @@ mod directory;
 mod identity;
 mod outbox;
 mod scim;
+mod session;
+mod sso;
 
 pub use directory::{
     IdpInput, NewResource, NewVaToken, NewVirtualAccount, ScimToken, SsoInput, SsoView,
@@ -31,11 +33,16 @@ pub use identity::{
 pub(crate) use identity::{PAT_PREFIX, VA_PREFIX};
 pub use outbox::{Delivery, PendingMessage};
 pub use scim::{Connection, ListPage, ListQuery, MemberReport, ScimRuntime};
+pub use session::{
+    verify as verify_session, IssuedSession, LoginMethod, SessionClaims, SessionKeyRecord,
+    SessionRefusal, Sessions, SESSION_PREFIX,
+};
+pub use sso::{check_return_to, LoginStart, SsoLogin};
 
 /// What an operation can fail with; `http::error` turns each into an answer.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
-    #[error("a valid bearer token is required: the operator token, or a personal access token of this tenant")]
+    #[error("a valid bearer token is required: the operator token, or a personal access token or session token of this tenant")]
     Unauthorized,
     #[error("{0}")]
     Forbidden(String),
@@ -54,6 +61,20 @@ pub enum AppError {
         total: usize,
         failed: Vec<cases::CaseReport>,
     },
+    /// The login was genuine but the tenant's rules refuse it (`not_provisioned`,
+    /// `deactivated`, …): the reason code is the policy's.
+    #[error("{message}")]
+    LoginRefused { reason: String, message: String },
+    /// The login itself is not valid (bad `state`, replayed code, wrong nonce or audience,
+    /// expired ID token, …).
+    #[error("{message}")]
+    LoginInvalid {
+        reason: &'static str,
+        message: String,
+    },
+    /// The identity provider cannot be reached or answered nonsense.
+    #[error("{0}")]
+    IdpUnavailable(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -145,6 +166,8 @@ pub struct App {
     pub edge: Edge,
     /// SCIM limits and per-connection rate buckets.
     pub scim: ScimRuntime,
+    /// Session token settings and each tenant's current signing key.
+    sessions: Sessions,
 }
 
 const OPERATOR_TOKEN_HASH: &str = "operator-token-sha256";
@@ -179,6 +202,7 @@ impl App {
             public_url,
             outbox_queued: Arc::default(),
             scim: ScimRuntime::new(config.scim.clone()),
+            sessions: Sessions::new(&config.session),
         };
         app.load_all_tenants()?;
         Ok((app, generated))

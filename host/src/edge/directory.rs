@@ -62,6 +62,8 @@ pub struct Directory {
     pub tokens: HashMap<[u8; 32], DirToken>,
     /// Exact issuer → identity provider.
     pub idps: HashMap<String, Arc<DirIdp>>,
+    /// The tenant's session verification keys by `kid` (public halves only).
+    pub session_keys: HashMap<String, Arc<crate::jwt::jwks::Key>>,
 }
 
 fn mapping_key(idp: &str, value: &str) -> String {
@@ -97,7 +99,16 @@ impl Directory {
             team_mappings: HashMap::new(),
             tokens: HashMap::new(),
             idps: HashMap::new(),
+            session_keys: HashMap::new(),
         };
+        for record in store
+            .list::<crate::app::SessionKeyRecord>(tenant, &[])
+            .map_err(e)?
+        {
+            if let Some(key) = record.verification_key() {
+                dir.session_keys.insert(record.kid.clone(), key);
+            }
+        }
         for user in store.list::<User>(tenant, &[]).map_err(e)? {
             dir.by_email
                 .insert(user.email.to_lowercase(), user.id.clone());

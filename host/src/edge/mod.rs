@@ -18,7 +18,7 @@ mod directory;
 
 pub use directory::Directory;
 
-use crate::app::{PAT_PREFIX, VA_PREFIX};
+use crate::app::{PAT_PREFIX, SESSION_PREFIX, VA_PREFIX};
 use crate::jwt::jwks::{JwksCache, JwksSettings, Source};
 use crate::jwt::{self, ClaimRules, JwtError};
 use crate::policy::{PolicyEngine, Registry, TenantPolicy};
@@ -80,7 +80,7 @@ pub struct Identity {
     /// The identity provider that issued the token (external JWTs only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub idp: Option<String>,
-    /// `jwt`, `pat` or `va_token`.
+    /// `jwt`, `pat`, `va_token` or `session`.
     pub token: &'static str,
     /// When the token stops being valid (seconds since the epoch), if it expires.
     pub expires_at: Option<i64>,
@@ -215,6 +215,11 @@ impl Edge {
 
     pub fn settings(&self) -> &EdgeSettings {
         &self.settings
+    }
+
+    /// The key-set cache (shared with SSO login, which verifies ID tokens the same way).
+    pub fn jwks(&self) -> &Arc<JwksCache> {
+        &self.jwks
     }
 
     fn state(&self, tenant: &str) -> Arc<TenantState> {
@@ -364,6 +369,11 @@ impl Edge {
         }
         if let Some(rest) = token.strip_prefix(VA_PREFIX) {
             return deny_or(opaque(&dir, tenant, rest, token, now, true));
+        }
+        if let Some(rest) = token.strip_prefix(SESSION_PREFIX) {
+            // Not cached: the check is one signature and in-memory lookups, and the user's
+            // status is read from the current directory on every request.
+            return deny_or(session(&dir, tenant, rest, now));
         }
         let mut evaluation = Evaluation {
             result: Err(Deny::unauthenticated("malformed", "")),
@@ -649,6 +659,22 @@ fn opaque(
         }
         _ => Err(unknown()),
     }
+}
+
+/// A Gatehouse session token (`ghs_…`): this tenant's key, unexpired, its user active.
+fn session(dir: &Directory, tenant: &str, jws: &str, now: i64) -> Result<Identity, Deny> {
+    let claims =
+        crate::app::verify_session(tenant, jws, now, |kid| dir.session_keys.get(kid).cloned())
+            .map_err(|refusal| Deny::unauthenticated(refusal.reason(), refusal.message()))?;
+    let user = dir
+        .users
+        .get(&claims.user_id)
+        .ok_or_else(|| Deny::unauthenticated("revoked", "this session's user no longer exists"))?;
+    user_may_pass(user)?;
+    let mut identity = user_identity(dir, &claims.user_id, user, &user.teams);
+    identity.token = "session";
+    identity.expires_at = Some(claims.expires_at);
+    Ok(identity)
 }
 
 fn user_may_pass(user: &DirUser) -> Result<(), Deny> {

@@ -147,8 +147,30 @@ async fn forward_auth_below(
     forward_auth_answer(&app, tenant, &headers).await
 }
 
+/// The session cookie a browser login set, as a bearer value, when the request carries no
+/// `Authorization` header (forward-auth only: a browser reaching a proxied app sends the
+/// cookie, not a header). Only a session token (`ghs_…`) is taken from a cookie.
+fn session_cookie(headers: &HeaderMap) -> Option<String> {
+    if headers.contains_key(header::AUTHORIZATION) {
+        return None;
+    }
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, value)| {
+            *name == super::sso::SESSION_COOKIE && value.starts_with(crate::app::SESSION_PREFIX)
+        })
+        .map(|(_, value)| format!("Bearer {value}"))
+}
+
 async fn forward_auth_answer(app: &App, tenant: String, headers: &HeaderMap) -> Response {
-    let evaluation = evaluate(app, &tenant, headers).await;
+    let evaluation = match session_cookie(headers) {
+        Some(bearer) => app.resolve_token(&tenant, &[bearer.as_bytes()]).await,
+        None => evaluate(app, &tenant, headers).await,
+    };
     let settings = app.edge.settings();
     let prefix = settings.header_prefix.as_str();
     match &evaluation.result {

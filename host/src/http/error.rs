@@ -19,7 +19,7 @@ pub struct Problem {
     pub title: &'static str,
     pub detail: String,
     /// A stable machine-readable code.
-    pub reason: &'static str,
+    pub reason: std::borrow::Cow<'static, str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failed_cases: Option<Vec<gatehouse_rules::cases::CaseReport>>,
 }
@@ -29,25 +29,40 @@ impl IntoResponse for AppError {
         let (status, reason, detail, failed_cases) = match self {
             AppError::Unauthorized => (
                 StatusCode::UNAUTHORIZED,
-                "unauthorized",
+                "unauthorized".into(),
                 self.to_string(),
                 None,
             ),
-            AppError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", self.to_string(), None),
+            AppError::Forbidden(_) => (
+                StatusCode::FORBIDDEN,
+                "forbidden".into(),
+                self.to_string(),
+                None,
+            ),
             AppError::PolicyFailed(_) => (
                 StatusCode::UNPROCESSABLE_ENTITY,
-                "policy_error",
+                "policy_error".into(),
                 self.to_string(),
                 None,
             ),
-            AppError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found", self.to_string(), None),
+            AppError::NotFound(_) => (
+                StatusCode::NOT_FOUND,
+                "not_found".into(),
+                self.to_string(),
+                None,
+            ),
             AppError::BadRequest(_) => (
                 StatusCode::BAD_REQUEST,
-                "bad_request",
+                "bad_request".into(),
                 self.to_string(),
                 None,
             ),
-            AppError::Conflict(_) => (StatusCode::CONFLICT, "conflict", self.to_string(), None),
+            AppError::Conflict(_) => (
+                StatusCode::CONFLICT,
+                "conflict".into(),
+                self.to_string(),
+                None,
+            ),
             AppError::PolicyRefused(ref e) => {
                 let status = match e {
                     PolicyError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -63,20 +78,38 @@ impl IntoResponse for AppError {
                     | PolicyError::Unavailable(_)
                     | PolicyError::Engine(_) => StatusCode::UNPROCESSABLE_ENTITY,
                 };
-                (status, policy_reason(e), self.to_string(), None)
+                (status, policy_reason(e).into(), self.to_string(), None)
             }
             AppError::CasesFailed { ref failed, .. } => (
                 StatusCode::UNPROCESSABLE_ENTITY,
-                "policy_cases_failed",
+                "policy_cases_failed".into(),
                 self.to_string(),
                 Some(failed.clone()),
+            ),
+            AppError::LoginRefused { ref reason, .. } => (
+                StatusCode::FORBIDDEN,
+                std::borrow::Cow::Owned(reason.clone()),
+                self.to_string(),
+                None,
+            ),
+            AppError::LoginInvalid { reason, .. } => (
+                StatusCode::UNAUTHORIZED,
+                reason.into(),
+                self.to_string(),
+                None,
+            ),
+            AppError::IdpUnavailable(_) => (
+                StatusCode::BAD_GATEWAY,
+                "idp_unavailable".into(),
+                self.to_string(),
+                None,
             ),
             AppError::Internal(detail) => {
                 let id = REQUEST_ID.try_with(Clone::clone).unwrap_or_default();
                 tracing::error!(request_id = %id, detail, "internal error");
                 (
                     StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
+                    "internal".into(),
                     format!("internal error; request id {id}"),
                     None,
                 )
@@ -136,7 +169,7 @@ pub(super) async fn bare_errors_as_problems(
         status: status.as_u16(),
         title: status.canonical_reason().unwrap_or("error"),
         detail: detail.to_owned(),
-        reason,
+        reason: reason.into(),
         failed_cases: None,
     };
     let mut answer = (status, axum::Json(problem)).into_response();

@@ -7,6 +7,7 @@ mod error;
 mod identity;
 mod openapi;
 mod scim;
+mod sso;
 
 use crate::app::{
     App, AppError, Caller, Evaluate, Evaluated, PolicyOverview, TenantCreated, Upload, OPERATOR,
@@ -80,6 +81,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/metrics", get(metrics_text))
         .nest("/api/v1", api)
         .merge(edge::routes())
+        .merge(sso::routes())
         .merge(scim::routes(scim_max_body))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(1 << 20))

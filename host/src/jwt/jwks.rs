@@ -366,6 +366,64 @@ impl JwksCache {
         Ok((body, max_age))
     }
 
+    /// GETs a JSON document (an OpenID discovery document) through the same address guard,
+    /// timeouts and size cap as key sets.
+    pub async fn get_json(&self, url: &str) -> Result<serde_json::Value, String> {
+        let (body, _) = self.get(url).await?;
+        serde_json::from_slice(&body).map_err(|e| format!("GET {url}: not JSON: {e}"))
+    }
+
+    /// POSTs a form (an OAuth 2.0 token request) through the same guard, timeouts and size
+    /// cap, with HTTP Basic client authentication when `basic` is given; returns the status
+    /// and the JSON body (`null` when it is not JSON). Errors name the URL, never the form.
+    pub async fn post_form(
+        &self,
+        url: &str,
+        basic: Option<(&str, &str)>,
+        form: &[(&str, &str)],
+    ) -> Result<(u16, serde_json::Value), String> {
+        netguard::check_fetch_url(url, self.settings.allow_private)?;
+        let mut request = self
+            .client
+            .post(url)
+            .header("accept", "application/json")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(
+                url::form_urlencoded::Serializer::new(String::new())
+                    .extend_pairs(form)
+                    .finish(),
+            );
+        if let Some((user, password)) = basic {
+            // RFC 6749 §2.3.1: both parts form-encoded before Basic.
+            let enc =
+                |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+            request = request.basic_auth(enc(user), Some(enc(password)));
+        }
+        let mut response = request
+            .send()
+            .await
+            .map_err(|e| format!("POST {url}: {}", error_chain(&e)))?;
+        let status = response.status().as_u16();
+        let mut body = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| format!("POST {url}: {}", error_chain(&e)))?
+        {
+            if body.len() + chunk.len() > self.settings.max_bytes {
+                return Err(format!(
+                    "POST {url}: larger than {} bytes",
+                    self.settings.max_bytes
+                ));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok((
+            status,
+            serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+        ))
+    }
+
     /// The last fetch error of a location, for diagnostics.
     pub fn last_error(&self, location: &KeyLocation) -> Option<String> {
         let source = self.source(location);

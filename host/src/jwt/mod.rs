@@ -9,6 +9,7 @@
 //! the `now` the caller passes, so tests pin the clock.
 
 pub mod jwks;
+pub mod signing;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;

@@ -89,7 +89,10 @@ impl From<AppError> for ScimError {
                 "the tenant's policy could not decide roles, so nothing changed: {e}"
             )),
             AppError::PolicyRefused(e) => ScimError::Internal(e.to_string()),
-            e @ AppError::CasesFailed { .. } => ScimError::Internal(e.to_string()),
+            e @ (AppError::CasesFailed { .. }
+            | AppError::LoginRefused { .. }
+            | AppError::LoginInvalid { .. }
+            | AppError::IdpUnavailable(_)) => ScimError::Internal(e.to_string()),
             AppError::Internal(why) => ScimError::Internal(why),
         }
     }

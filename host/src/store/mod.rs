@@ -87,11 +87,15 @@ pub enum Space {
     ScimIndex,
     /// SCIM memberships waiting for their user: sso id, member value, team id → record.
     ScimPending,
+    /// Gatehouse's session signing keys: kid → record (private key included).
+    SessionKeys,
+    /// Pending SSO logins (one-time): SHA-256 of `state` → record.
+    SsoPending,
 }
 
 impl Space {
     /// Every space, for backends that create them up front.
-    pub const ALL: [Space; 30] = [
+    pub const ALL: [Space; 32] = [
         Space::System,
         Space::Tenants,
         Space::PolicyState,
@@ -122,6 +126,8 @@ impl Space {
         Space::ScimUsers,
         Space::ScimIndex,
         Space::ScimPending,
+        Space::SessionKeys,
+        Space::SsoPending,
     ];
 
     /// The side table of this space's records, if they keep a part apart (see [`side`]).
@@ -165,6 +171,8 @@ impl Space {
             Space::ScimUsers => "scim_users",
             Space::ScimIndex => "scim_index",
             Space::ScimPending => "scim_pending",
+            Space::SessionKeys => "session_keys",
+            Space::SsoPending => "sso_pending",
         }
     }
 }
