@@ -1245,7 +1245,7 @@ impl App {
 
     /// The effective role and source of each user, decided by the tenant's policy in one
     /// batched call, seeing the changes in `view`.
-    fn decide_roles(
+    pub(super) fn decide_roles(
         &self,
         tenant: &str,
         users: &[RoleState],
