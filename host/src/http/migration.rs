@@ -16,8 +16,8 @@ use std::sync::Arc;
 /// The migration routes, under `/api/v1`.
 pub(super) fn routes() -> Router<Arc<App>> {
     Router::new()
-        .route("/tenants/{tenant}/migration/plan", post(plan))
-        .route("/tenants/{tenant}/migration/apply", post(apply))
+        .route("/tenants/{tenant}/migration/plan", post(migration_plan))
+        .route("/tenants/{tenant}/migration/apply", post(migration_apply))
 }
 
 fn caller(app: &App, tenant: &str, headers: &HeaderMap) -> Result<Caller, AppError> {
@@ -40,7 +40,7 @@ fn caller(app: &App, tenant: &str, headers: &HeaderMap) -> Result<Caller, AppErr
     ),
     security(("bearer" = [])),
 )]
-async fn plan(
+async fn migration_plan(
     State(app): Shared,
     headers: HeaderMap,
     Path(tenant): Path<String>,
@@ -77,7 +77,7 @@ struct ApplyQuery {
     ),
     security(("bearer" = [])),
 )]
-async fn apply(
+async fn migration_apply(
     State(app): Shared,
     headers: HeaderMap,
     Path(tenant): Path<String>,
