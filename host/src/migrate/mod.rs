@@ -403,3 +403,276 @@ fn validate(export: wire::Export) -> Result<Legacy, MigrateError> {
         resources,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gatehouse_rules::RoleSource;
+    use serde_json::{json, Value};
+
+    fn export() -> Value {
+        json!({
+            "format": FORMAT,
+            "sso": {
+                "id": "okta", "fqn": "acme:sso:okta", "issuer": "https://okta.test",
+                "client_id": "web", "jwks_uri": "https://okta.test/keys",
+                "groups_claim": "groups",
+                "role_mapping": { "enabled": true, "admin_groups": ["admins"] }
+            },
+            "users": [
+                { "email": "a@x.io", "status": "active", "role": "admin", "role_set_by": "role_mapping", "groups": ["admins"] },
+                { "email": "b@x.io", "status": "active", "role": "admin", "role_set_by": "manual" },
+                { "email": "c@x.io", "status": "invited", "role": "member", "role_set_by": "default" }
+            ],
+            "external_identities": [
+                { "name": "bot", "issuer": "https://idp.test", "jwks_uri": "https://idp.test/jwks",
+                  "name_claim": "client_id", "name_value": "bot-1" },
+                { "name": "people", "issuer": "https://idp.test", "jwks_uri": "https://idp.test/jwks",
+                  "team_claim": "groups", "team_values": ["ds"], "used_by": "humans" }
+            ],
+            "resources": [
+                { "kind": "model", "name": "m", "collaborators": [
+                    { "subject": { "external_identity": "bot" }, "role": "viewer" },
+                    { "subject": { "external_identity": "people" }, "role": "viewer" },
+                    { "subject": { "user": "A@x.io" }, "role": "owner" } ] }
+            ]
+        })
+    }
+
+    fn parsed(value: &Value) -> Result<Legacy, MigrateError> {
+        parse(value.to_string().as_bytes())
+    }
+
+    /// What the policy decides with no team roles: the manual role, else member.
+    fn roles(legacy: &Legacy) -> Vec<(Role, RoleSource)> {
+        legacy
+            .users
+            .iter()
+            .map(|u| match u.role_set_by {
+                RoleSetBy::Manual => (u.role, RoleSource::Manual),
+                _ => (Role::Member, RoleSource::Initial),
+            })
+            .collect()
+    }
+
+    fn empty() -> Current {
+        Current {
+            tenant: "acme".into(),
+            mode: "invite_only".into(),
+            ..Current::default()
+        }
+    }
+
+    #[test]
+    fn malformed_exports_are_refused_with_the_json_path() {
+        let cases: Vec<(&str, Box<dyn Fn(&mut Value)>)> = vec![
+            ("$.format", Box::new(|v| v["format"] = json!("other/9"))),
+            (
+                "$.users[1].status",
+                Box::new(|v| v["users"][1]["status"] = json!("asleep")),
+            ),
+            (
+                "$.users[0].email",
+                Box::new(|v| v["users"][0]["email"] = json!("nope")),
+            ),
+            (
+                "$.users[2].email",
+                Box::new(|v| v["users"][2]["email"] = json!("A@X.IO")),
+            ),
+            (
+                "$.sso.role_mapping.extra",
+                Box::new(|v| v["sso"]["role_mapping"]["extra"] = json!(1)),
+            ),
+            (
+                "$.external_identities[0].name",
+                Box::new(|v| v["external_identities"][0]["name"] = json!("Bad Name")),
+            ),
+            (
+                "$.external_identities[1].issuer",
+                Box::new(|v| {
+                    v["external_identities"][1]["jwks_uri"] = json!("https://other.test/jwks")
+                }),
+            ),
+            (
+                "$.external_identities[1].team_values[0]",
+                Box::new(|v| v["external_identities"][1]["team_values"] = json!(["a b"])),
+            ),
+            (
+                "$.external_identities[0].sso_fqn",
+                Box::new(|v| v["external_identities"][0]["sso_fqn"] = json!("nope")),
+            ),
+            (
+                "$.resources[0].collaborators[2].subject.user",
+                Box::new(|v| {
+                    v["resources"][0]["collaborators"][2]["subject"]["user"] = json!("z@x.io")
+                }),
+            ),
+            (
+                "$.resources[0].collaborators[0].role",
+                Box::new(|v| v["resources"][0]["collaborators"][0]["role"] = json!("")),
+            ),
+        ];
+        for (path, change) in cases {
+            let mut value = export();
+            change(&mut value);
+            match parsed(&value) {
+                Err(MigrateError::Malformed { path: got, reason }) => {
+                    assert_eq!(got, path, "{reason}")
+                }
+                Ok(_) => panic!("{path}: accepted"),
+            }
+        }
+        assert!(parse(b"{").is_err());
+        assert!(parse(b"[]").is_err());
+    }
+
+    #[test]
+    fn the_plan_maps_identities_roles_and_collaborators() {
+        let legacy = parsed(&export()).unwrap();
+        let plan = plan(&legacy, &empty(), &roles(&legacy));
+        assert_eq!(plan.provisioning_mode.to, "jit");
+        assert_eq!(plan.identity_providers.len(), 1);
+        let idp = &plan.identity_providers[0];
+        assert_eq!(idp.name, "bot");
+        assert_eq!(idp.va_name_claim.as_deref(), Some("client_id"));
+        assert_eq!(idp.team_claim.as_deref(), Some("groups"));
+        assert!(matches!(&plan.targets[0].target,
+            Target::VirtualAccount { name, mapping } if name == "bot" && mapping.value == "bot-1"));
+        assert!(matches!(&plan.targets[1].target,
+            Target::Teams { teams, .. } if teams == &["ds".to_owned()]));
+        assert_eq!(plan.teams.len(), 1);
+        assert_eq!(plan.teams[0].action, Action::Create);
+        let subjects: Vec<&PlannedSubject> = plan.resources[0]
+            .collaborators
+            .iter()
+            .map(|c| &c.subject)
+            .collect();
+        assert_eq!(
+            subjects,
+            [
+                &PlannedSubject::User("a@x.io".into()),
+                &PlannedSubject::Team("ds".into()),
+                &PlannedSubject::VirtualAccount("bot".into()),
+            ]
+        );
+        assert_eq!(plan.role_changes.len(), 1);
+        assert_eq!(plan.role_changes[0].email, "a@x.io");
+        assert_eq!(
+            plan.role_changes[0].fix,
+            Fix::ManualRole { role: Role::Admin }
+        );
+        assert_eq!(plan.manual_roles_kept, ["b@x.io"]);
+        assert_eq!(plan.changes, 1 + 1 + 1 + 3 + 2 + 1 + 1);
+    }
+
+    #[test]
+    fn scim_inline_gives_scim_and_a_team_role_fix() {
+        let mut value = export();
+        value["sso"]["scim_inline"] = json!(true);
+        let legacy = parsed(&value).unwrap();
+        let plan = plan(&legacy, &empty(), &roles(&legacy));
+        assert_eq!(plan.provisioning_mode.to, "scim");
+        assert_eq!(
+            plan.role_changes[0].fix,
+            Fix::ScimTeamRole {
+                group: "admins".into(),
+                role: Role::Admin
+            }
+        );
+        let mut value = export();
+        value.as_object_mut().unwrap().remove("sso");
+        for user in value["users"].as_array_mut().unwrap() {
+            if user["role_set_by"] == "role_mapping" {
+                user["role_set_by"] = json!("manual");
+            }
+        }
+        let legacy = parsed(&value).unwrap();
+        assert_eq!(plan_for_empty(&legacy).provisioning_mode.to, "invite_only");
+    }
+
+    fn plan_for_empty(legacy: &Legacy) -> Plan {
+        plan(legacy, &empty(), &roles(legacy))
+    }
+
+    /// The tenant as a plan leaves it.
+    fn after(plan: &Plan) -> Current {
+        Current {
+            tenant: plan.tenant.clone(),
+            mode: plan.provisioning_mode.to.clone(),
+            sso_ids: plan.sso.iter().map(|s| s.id.clone()).collect(),
+            idps: plan
+                .identity_providers
+                .iter()
+                .map(|i| CurrentIdp {
+                    name: i.name.clone(),
+                    issuer: i.issuer.clone(),
+                    jwks_uri: Some(i.jwks_uri.clone()),
+                    audiences: i.audiences.clone(),
+                    algorithms: i.algorithms.clone(),
+                    user_claim: i.user_claim.clone(),
+                    va_name_claim: i.va_name_claim.clone(),
+                    team_claim: i.team_claim.clone(),
+                })
+                .collect(),
+            users: plan.users.iter().map(|u| u.email.to_lowercase()).collect(),
+            vas: plan
+                .targets
+                .iter()
+                .filter_map(|t| match &t.target {
+                    Target::VirtualAccount { name, mapping } => {
+                        Some((name.clone(), vec![mapping.clone()]))
+                    }
+                    Target::Teams { .. } => None,
+                })
+                .collect(),
+            teams: plan
+                .teams
+                .iter()
+                .map(|t| (t.name.to_ascii_lowercase(), t.mappings.clone()))
+                .collect(),
+            resources: plan
+                .resources
+                .iter()
+                .map(|r| ((r.kind.clone(), r.name.clone()), r.collaborators.clone()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_plan_on_the_tenant_it_produced_changes_nothing_and_digests_are_stable() {
+        let legacy = parsed(&export()).unwrap();
+        let first = plan_for_empty(&legacy);
+        assert_eq!(first.digest, plan_for_empty(&legacy).digest);
+        assert_eq!(first.digest, first.compute_digest());
+        let second = plan(&legacy, &after(&first), &roles(&legacy));
+        assert_eq!(second.changes, 0, "{second:#?}");
+        assert_ne!(second.digest, first.digest);
+        // The role report does not depend on what is already applied.
+        assert_eq!(second.role_changes, first.role_changes);
+    }
+
+    #[test]
+    fn reports_show_every_section() {
+        let legacy = parsed(&export()).unwrap();
+        let plan = plan_for_empty(&legacy);
+        let text = table(&plan);
+        for needle in [
+            "Provisioning mode",
+            "invite_only  jit",
+            "a@x.io",
+            "bot:bot-1",
+            "Left to a human",
+        ] {
+            assert!(text.contains(needle), "{needle:?} not in\n{text}");
+        }
+        let md = markdown(&plan);
+        assert!(
+            md.contains("| a@x.io | admin | role_mapping | member | set a manual admin role |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| model m | people | viewer | team ds |"),
+            "{md}"
+        );
+    }
+}
