@@ -10,8 +10,7 @@ use gatehouse_tests::{TestServer, OPERATOR_TOKEN};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::Method;
 use serde_json::{json, Value};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 const OP: Option<&str> = Some(OPERATOR_TOKEN);

@@ -465,7 +465,8 @@ mod tests {
 
     #[test]
     fn malformed_exports_are_refused_with_the_json_path() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut Value)>)> = vec![
+        type Change = Box<dyn Fn(&mut Value)>;
+        let cases: Vec<(&str, Change)> = vec![
             ("$.format", Box::new(|v| v["format"] = json!("other/9"))),
             (
                 "$.users[1].status",

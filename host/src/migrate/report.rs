@@ -31,8 +31,11 @@ fn fix(f: &Fix) -> String {
     }
 }
 
-/// The plan's sections as (title, header, rows).
-fn sections(plan: &Plan) -> Vec<(&'static str, Vec<&'static str>, Vec<Vec<String>>)> {
+/// A report section: title, column headers, rows.
+type Section = (&'static str, Vec<&'static str>, Vec<Vec<String>>);
+
+/// The plan's sections.
+fn sections(plan: &Plan) -> Vec<Section> {
     let mut out = Vec::new();
     out.push((
         "Provisioning mode",
