@@ -543,6 +543,7 @@ mod tests {
             Target::Teams { teams, .. } if teams == &["ds".to_owned()]));
         assert_eq!(plan.teams.len(), 1);
         assert_eq!(plan.teams[0].action, Action::Create);
+        assert_eq!(plan.targets[1].action, Action::Create);
         let subjects: Vec<&PlannedSubject> = plan.resources[0]
             .collaborators
             .iter()

@@ -385,9 +385,12 @@ pub fn plan(legacy: &Legacy, current: &Current, roles: &[(Role, RoleSource)]) ->
                     entry.1.push(mapping.clone());
                     let now = current.teams.get(&team.key());
                     let a = action(now.is_some(), now.is_some_and(|m| m.contains(mapping)));
-                    if a != Action::Unchanged {
-                        act = Action::Update;
-                    }
+                    // Creating any team is a create; adding a mapping only, an update.
+                    act = match (act, a) {
+                        (Action::Create, _) | (_, Action::Create) => Action::Create,
+                        (Action::Update, _) | (_, Action::Update) => Action::Update,
+                        _ => Action::Unchanged,
+                    };
                 }
                 human_steps.push(format!(
                     "make sure the people whose tokens {} accepted exist as users (SCIM, JIT or invite): an identity provider never creates users",
