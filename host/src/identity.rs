@@ -322,6 +322,10 @@ pub enum LinkPurpose {
 pub struct Link {
     pub purpose: LinkPurpose,
     pub user: String,
+    /// Hex SHA-256 of the secret (the record's key), so a newer link of the user can
+    /// remove it; empty in links stored before it was kept.
+    #[serde(default)]
+    pub sha256: String,
     #[serde(with = "time::serde::rfc3339")]
     pub expires_at: OffsetDateTime,
 }

@@ -475,7 +475,7 @@ impl App {
                 Some(&user),
             );
             if invite.send_password_email {
-                self.queue_link(&mut batch, slug, &user, LinkPurpose::SetPassword, now);
+                self.queue_link(&mut batch, slug, &user, LinkPurpose::SetPassword, now)?;
                 audit.record::<()>(
                     &mut batch,
                     &caller.actor(),
@@ -778,7 +778,7 @@ impl App {
                 )));
             }
             let mut batch = Batch::new(slug);
-            self.queue_link(&mut batch, slug, &user, LinkPurpose::ResetPassword, now());
+            self.queue_link(&mut batch, slug, &user, LinkPurpose::ResetPassword, now())?;
             self.audit_log(slug)?.record::<()>(
                 &mut batch,
                 &caller.actor(),
@@ -809,14 +809,18 @@ impl App {
         user: &User,
         purpose: LinkPurpose,
         now: OffsetDateTime,
-    ) {
+    ) -> Result<(), AppError> {
         let secret = super::new_secret("");
+        let sha256 = hex::encode(policy::sha256(secret.as_bytes()));
+        // A new link replaces every earlier one of the user; expired links of anyone go too.
+        super::password::drop_links(&self.store, batch, tenant, Some(&user.id), now)?;
         let link = Link {
             purpose,
             user: user.id.clone(),
-            expires_at: now + Duration::hours(24),
+            sha256: sha256.clone(),
+            expires_at: now + Duration::hours(super::password::LINK_TTL_HOURS),
         };
-        batch.put(&[&hex::encode(policy::sha256(secret.as_bytes()))], &link);
+        batch.put(&[&sha256], &link);
         let (subject, verb) = match purpose {
             LinkPurpose::SetPassword => ("Set your password", "set"),
             LinkPurpose::ResetPassword => ("Reset your password", "reset"),
@@ -839,6 +843,7 @@ impl App {
         };
         batch.put(&[&message.id], &message);
         super::outbox::mark_pending(batch, &message.id, None);
+        Ok(())
     }
 
     pub(super) fn existing_user(&self, tenant: &str, id: &str) -> Result<User, AppError> {
