@@ -55,8 +55,7 @@ pub(super) fn drop_links(
     now: OffsetDateTime,
 ) -> Result<(), AppError> {
     for link in store.list::<Link>(tenant, &[])? {
-        if !link.sha256.is_empty() && (Some(link.user.as_str()) == user || link.expires_at <= now)
-        {
+        if !link.sha256.is_empty() && (Some(link.user.as_str()) == user || link.expires_at <= now) {
             batch.remove(Space::Links, &[&link.sha256]);
         }
     }
@@ -113,8 +112,8 @@ impl Passwords {
         for (key, capacity) in keys {
             let capacity = f64::from((*capacity).max(1));
             let (tokens, at) = buckets.entry((*key).to_owned()).or_insert((capacity, now));
-            *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * capacity / window)
-                .min(capacity);
+            *tokens =
+                (*tokens + now.duration_since(*at).as_secs_f64() * capacity / window).min(capacity);
             *at = now;
             if *tokens < 1.0 {
                 wait = wait.max((1.0 - *tokens) * window / capacity);
@@ -299,7 +298,10 @@ impl App {
             .map(|e| e.key())
             .unwrap_or_else(|_| email.trim().to_ascii_lowercase());
         let user_key = format!("user\0{slug}\0{email_key}");
-        let address_key = format!("addr\0{}", address.map(|a| a.to_string()).unwrap_or_default());
+        let address_key = format!(
+            "addr\0{}",
+            address.map(|a| a.to_string()).unwrap_or_default()
+        );
         let config = &self.passwords.config;
         let mut keys = vec![(user_key.as_str(), config.attempts_per_user)];
         if address.is_some() {
@@ -309,15 +311,17 @@ impl App {
             metrics::counter!("gatehouse_password_logins_total", "result" => "limited", "reason" => "rate_limited").increment(1);
             return Err(AppError::RateLimited {
                 retry_after,
-                message: format!(
-                    "too many failed logins; try again in {retry_after} seconds"
-                ),
+                message: format!("too many failed logins; try again in {retry_after} seconds"),
             });
         }
-        let found: Option<User> = match self.store.get_raw(Space::UserEmails, &slug, &[&email_key])? {
-            Some(id) => self.store.get(&slug, &[&String::from_utf8_lossy(&id)])?,
-            None => None,
-        };
+        let found: Option<User> =
+            match self
+                .store
+                .get_raw(Space::UserEmails, &slug, &[&email_key])?
+            {
+                Some(id) => self.store.get(&slug, &[&String::from_utf8_lossy(&id)])?,
+                None => None,
+            };
         let too_long = password.len() > MAX_PASSWORD_BYTES;
         let hash = found
             .as_ref()
@@ -327,7 +331,10 @@ impl App {
             Some(hash) => verify_password(password, hash),
             None => {
                 // Same work for an unknown email or a user without a password.
-                let _ = verify_password(if too_long { "" } else { password }, &self.passwords.dummy_hash);
+                let _ = verify_password(
+                    if too_long { "" } else { password },
+                    &self.passwords.dummy_hash,
+                );
                 false
             }
         };
@@ -346,7 +353,14 @@ impl App {
                             outcome: "refused",
                             reason: Some("invalid_credentials"),
                         };
-                        self.audit_log(slug)?.record(&mut batch, "password", "login.password", &user.id, None, Some(&entry));
+                        self.audit_log(slug)?.record(
+                            &mut batch,
+                            "password",
+                            "login.password",
+                            &user.id,
+                            None,
+                            Some(&entry),
+                        );
                         self.store.apply(&batch)?;
                         Ok(())
                     })?;
@@ -356,7 +370,12 @@ impl App {
         };
         self.passwords.refund(&keys);
         let (user, outcome) = self.password_decision(&slug, &user.id)?;
-        let session = self.issue_session(&slug, &user.id, LoginMethod::Password, OffsetDateTime::now_utc())?;
+        let session = self.issue_session(
+            &slug,
+            &user.id,
+            LoginMethod::Password,
+            OffsetDateTime::now_utc(),
+        )?;
         metrics::counter!("gatehouse_password_logins_total", "result" => "allow", "reason" => outcome).increment(1);
         tracing::info!(tenant = %slug, user = %user.id, outcome, "password login");
         Ok(SsoLogin {

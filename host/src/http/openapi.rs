@@ -3,7 +3,7 @@
 //! `GET /api/v1/openapi.json`. A handler added to the router must be listed in
 //! [`ApiDoc`]'s `paths(...)`; `tests/tests/openapi.rs` fails when the two disagree.
 
-use super::{directory, edge, identity, sso};
+use super::{directory, edge, identity, password, sso};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use std::sync::LazyLock;
@@ -100,6 +100,10 @@ every answer).";
         sso::login,
         sso::callback,
         sso::token_login,
+        password::password_page,
+        password::set_password,
+        password::password_login,
+        password::login_page,
     ),
     modifiers(&BearerAndInternalErrors),
     tags(
@@ -114,7 +118,7 @@ every answer).";
         (name = "sso", description = "SSO configurations and their SCIM tokens"),
         (name = "resources", description = "Resources and their collaborators"),
         (name = "audit", description = "The audit log and the outbox"),
-        (name = "login", description = "SSO login: the OIDC code flow and the direct ID-token form; answers a Gatehouse session token"),
+        (name = "login", description = "SSO login (the OIDC code flow and the direct ID-token form), password login, set-password links and the login page; logins answer a Gatehouse session token"),
         (name = "edge", description = "Token evaluation for gateways: the bearer token of a request for a tenant → who that is (docs/edge.md)"),
     ),
 )]
