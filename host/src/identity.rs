@@ -117,7 +117,8 @@ pub struct User {
     pub role_source: RoleSource,
     /// The role an admin set by hand, if any; it always wins.
     pub manual_role: Option<Role>,
-    /// Whether a set-password or reset link was ever completed.
+    /// Never set: password hashes are kept apart from the user record (space
+    /// `passwords`, docs/decisions.md 30), so no answer shows one.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub password_hash: Option<String>,
     #[serde(default)]

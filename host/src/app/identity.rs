@@ -648,6 +648,7 @@ impl App {
         }
         batch
             .remove(Space::Users, &[id])
+            .remove(Space::Passwords, &[id])
             .remove(Space::UserEmails, &[&user.email.to_lowercase()]);
         for team_id in self.store.index(Space::UserTeams, slug, &[id])? {
             batch

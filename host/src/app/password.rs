@@ -12,16 +12,30 @@ use super::session::LoginMethod;
 use super::{identity, now, App, AppError, SsoLogin};
 use crate::config::PasswordConfig;
 use crate::identity::{Email, Link, LinkPurpose, SsoConfig, User};
-use crate::store::{Batch, Space, Store};
+use crate::store::{Batch, Record, Space, Store};
 use argon2::password_hash::{rand_core::OsRng, PasswordHash, SaltString};
 use argon2::{Argon2, PasswordHasher, PasswordVerifier};
 use gatehouse_rules::{self as rules, ProvisioningMode, UserStatus};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::Instant;
 use time::OffsetDateTime;
+
+/// A user's password hash, apart from the user record (never answered, never audited).
+#[derive(Serialize, Deserialize)]
+struct PasswordRecord {
+    user: String,
+    /// argon2id, as a PHC string.
+    hash: String,
+    #[serde(with = "time::serde::rfc3339")]
+    set_at: OffsetDateTime,
+}
+
+impl Record for PasswordRecord {
+    const SPACE: Space = Space::Passwords;
+}
 
 /// How long a set-password or reset link works, in hours (the mail says so).
 pub(super) const LINK_TTL_HOURS: i64 = 24;
@@ -247,11 +261,18 @@ impl App {
             let key = hex::encode(crate::policy::sha256(token.as_bytes()));
             let now = now();
             let after = User {
-                password_hash: Some(hash),
                 updated_at: now,
                 ..before.clone()
             };
             let mut batch = Batch::new(slug);
+            batch.put(
+                &[&after.id],
+                &PasswordRecord {
+                    user: after.id.clone(),
+                    hash,
+                    set_at: now,
+                },
+            );
             batch
                 .require_present(Space::Links, &[&key], "link".into())
                 .remove(Space::Links, &[&key]);
@@ -323,9 +344,13 @@ impl App {
                 None => None,
             };
         let too_long = password.len() > MAX_PASSWORD_BYTES;
-        let hash = found
+        let record: Option<PasswordRecord> = match &found {
+            Some(user) => self.store.get(&slug, &[&user.id])?,
+            None => None,
+        };
+        let hash = record
             .as_ref()
-            .and_then(|u| u.password_hash.as_deref())
+            .map(|r| r.hash.as_str())
             .filter(|_| !too_long);
         let matches = match hash {
             Some(hash) => verify_password(password, hash),
