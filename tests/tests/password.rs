@@ -247,6 +247,30 @@ async fn set_password_log_in_reset_and_log_in_again_through_mailed_links() {
         (403, Some("deactivated")),
         "{body}"
     );
+    let (status, body) = server
+        .call(
+            Method::PUT,
+            "/api/v1/tenants/acme/provisioning",
+            OP,
+            Some(&json!({ "mode": "scim" })),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = login(&server, "dan@acme.io", NEW_PASSWORD).await;
+    assert_eq!(
+        (status, body["reason"].as_str()),
+        (403, Some("deactivated")),
+        "in scim mode too: {body}"
+    );
+    let (_, user) = server
+        .call(
+            Method::GET,
+            &format!("/api/v1/tenants/acme/users/{dan}"),
+            OP,
+            None,
+        )
+        .await;
+    assert_eq!(user["status"], "deactivated", "a login never reactivates");
 
     // Every login and password change is in the audit log, never a hash.
     let (status, audit) = server

@@ -633,9 +633,9 @@ impl App {
         })
     }
 
-    /// Puts the removal of `user` into `batch`: the record and its email, its memberships,
-    /// mappings and tokens, and its SCIM records (a tombstone stays). The caller has checked
-    /// what may block the deletion and audits it.
+    /// Puts the removal of `user` into `batch`: the record, its email and password, its
+    /// memberships, mappings and tokens, and its SCIM records (a tombstone stays). The caller
+    /// has checked what may block the deletion and audits it.
     pub(super) fn stage_user_removal(
         &self,
         slug: &str,

@@ -44,6 +44,12 @@ const MAX_PASSWORD_BYTES: usize = 1024;
 /// More buckets than this and full ones are dropped.
 const MAX_BUCKETS: usize = 100_000;
 
+/// Counts a password login attempt by result and reason (never who).
+fn count(result: &'static str, reason: String) {
+    metrics::counter!("gatehouse_password_logins_total", "result" => result, "reason" => reason)
+        .increment(1);
+}
+
 /// The answer for every unusable link.
 fn invalid_link() -> AppError {
     AppError::LinkInvalid(
@@ -329,7 +335,7 @@ impl App {
             keys.push((address_key.as_str(), config.attempts_per_address));
         }
         if let Err(retry_after) = self.passwords.take(&keys) {
-            metrics::counter!("gatehouse_password_logins_total", "result" => "limited", "reason" => "rate_limited").increment(1);
+            count("limited", "rate_limited".into());
             return Err(AppError::RateLimited {
                 retry_after,
                 message: format!("too many failed logins; try again in {retry_after} seconds"),
@@ -366,7 +372,7 @@ impl App {
         let user = match (found, matches) {
             (Some(user), true) => user,
             (found, _) => {
-                metrics::counter!("gatehouse_password_logins_total", "result" => "invalid", "reason" => "invalid_credentials").increment(1);
+                count("invalid", "invalid_credentials".into());
                 if let Some(user) = found {
                     // A wrong password for a known user is audited (attempts are limited,
                     // so this cannot flood the log); unknown emails are only counted.
@@ -401,7 +407,7 @@ impl App {
             LoginMethod::Password,
             OffsetDateTime::now_utc(),
         )?;
-        metrics::counter!("gatehouse_password_logins_total", "result" => "allow", "reason" => outcome).increment(1);
+        count("allow", outcome.into());
         tracing::info!(tenant = %slug, user = %user.id, outcome, "password login");
         Ok(SsoLogin {
             user,
@@ -422,7 +428,10 @@ impl App {
                 _ => ProvisioningMode::InviteOnly,
             };
             // Read again under the lock: it may have changed since the password check.
-            let existing: User = self.store.get(slug, &[id])?.ok_or_else(invalid_credentials)?;
+            let existing: User = self
+                .store
+                .get(slug, &[id])?
+                .ok_or_else(invalid_credentials)?;
             let sso_configured = !self.store.list::<SsoConfig>(slug, &[])?.is_empty();
             let input = rules::LoginInput {
                 mode,
@@ -461,7 +470,14 @@ impl App {
                     outcome,
                     reason,
                 };
-                audit.record(batch, "password", "login.password", &existing.id, None, Some(&entry));
+                audit.record(
+                    batch,
+                    "password",
+                    "login.password",
+                    &existing.id,
+                    None,
+                    Some(&entry),
+                );
             };
             let malformed = |why: &str| {
                 AppError::PolicyFailed(crate::policy::PolicyError::Malformed(why.into()))
@@ -470,7 +486,7 @@ impl App {
                 rules::LoginOutcome::Refuse(refusal) => {
                     record(&mut batch, &mut audit, "refused", Some(&refusal.code));
                     self.store.apply(&batch)?;
-                    metrics::counter!("gatehouse_password_logins_total", "result" => "refuse", "reason" => refusal.code.clone()).increment(1);
+                    count("refuse", refusal.code.clone());
                     return Err(AppError::LoginRefused {
                         reason: refusal.code,
                         message: refusal.message,
@@ -479,7 +495,8 @@ impl App {
                 rules::LoginOutcome::Allow(id) => {
                     if id != existing.id || existing.status != UserStatus::Active {
                         return Err(malformed(
-                            "the login decision let in a user the host did not offer or who is not active",
+                            "the login decision let in a user the host did not offer \
+                             or who is not active",
                         ));
                     }
                     record(&mut batch, &mut audit, "allowed", None);
@@ -489,7 +506,8 @@ impl App {
                     if id != existing.id || existing.status != UserStatus::Invited {
                         // Never reactivates a deactivated user, whatever a policy says.
                         return Err(malformed(
-                            "the login decision activated a user the host did not offer or who is not invited",
+                            "the login decision activated a user the host did not offer \
+                             or who is not invited",
                         ));
                     }
                     let after = User {
@@ -498,7 +516,14 @@ impl App {
                         ..existing.clone()
                     };
                     batch.put(&[&after.id], &after);
-                    audit.record(&mut batch, "password", "user.activate", &after.id, Some(&existing), Some(&after));
+                    audit.record(
+                        &mut batch,
+                        "password",
+                        "user.activate",
+                        &after.id,
+                        Some(&existing),
+                        Some(&after),
+                    );
                     record(&mut batch, &mut audit, "activated", None);
                     (after, "activated")
                 }
