@@ -19,7 +19,7 @@ use gatehouse_rules::{self as rules, ProvisioningMode, UserStatus};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 use time::OffsetDateTime;
 
@@ -105,7 +105,8 @@ fn verify_password(password: &str, hash: &str) -> bool {
 /// buckets.
 pub struct Passwords {
     config: PasswordConfig,
-    dummy_hash: String,
+    /// Made on the first login that needs it (hashing costs time at every start otherwise).
+    dummy_hash: OnceLock<String>,
     buckets: Mutex<HashMap<String, (f64, Instant)>>,
 }
 
@@ -113,9 +114,18 @@ impl Passwords {
     pub fn new(config: &PasswordConfig) -> Result<Passwords, AppError> {
         Ok(Passwords {
             config: config.clone(),
-            dummy_hash: hash_password(&super::new_secret(""))?,
+            dummy_hash: OnceLock::new(),
             buckets: Mutex::default(),
         })
+    }
+
+    /// A hash of a random secret, to verify against when there is no hash to check.
+    fn dummy_hash(&self) -> Result<&str, AppError> {
+        if let Some(hash) = self.dummy_hash.get() {
+            return Ok(hash);
+        }
+        let hash = hash_password(&super::new_secret(""))?;
+        Ok(self.dummy_hash.get_or_init(|| hash))
     }
 
     /// Takes one attempt from each bucket (`(key, capacity)`), or none and `Err(seconds)`
@@ -364,7 +374,7 @@ impl App {
                 // Same work for an unknown email or a user without a password.
                 let _ = verify_password(
                     if too_long { "" } else { password },
-                    &self.passwords.dummy_hash,
+                    self.passwords.dummy_hash()?,
                 );
                 false
             }
