@@ -142,6 +142,17 @@ async fn set_password_log_in_reset_and_log_in_again_through_mailed_links() {
         .unwrap();
     assert_eq!(response.status(), 400);
 
+    // A form sent from another site is refused (login CSRF), whatever it carries.
+    let response = server
+        .client
+        .post(format!("{}/v1/acme/password", server.base))
+        .header("sec-fetch-site", "cross-site")
+        .json(&json!({ "token": token, "password": PASSWORD, "confirm": PASSWORD }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+
     // Set: once.
     let (status, body) = set_password(&server, &token, PASSWORD).await;
     assert_eq!(status, 200, "{body}");
@@ -202,6 +213,15 @@ async fn set_password_log_in_reset_and_log_in_again_through_mailed_links() {
         (200, Some(dan.as_str())),
         "{me}"
     );
+    let response = server
+        .client
+        .post(format!("{}/v1/acme/password-login", server.base))
+        .header("sec-fetch-site", "cross-site")
+        .json(&json!({ "email": "dan@acme.io", "password": PASSWORD }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403, "a login posted from another site");
     let (status, again) = login(&server, "dan@acme.io", PASSWORD).await;
     assert_eq!(
         (status, again["outcome"].as_str()),

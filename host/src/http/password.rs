@@ -224,6 +224,22 @@ fn parse_body<T: serde::de::DeserializeOwned>(
     }
 }
 
+/// A browser's form post from another site (`Sec-Fetch-Site: cross-site`, sent by current
+/// browsers, kept by proxies) is refused: it would log the browser into someone else's
+/// account (login CSRF) or set a password from a page the person did not open.
+fn cross_site(headers: &HeaderMap) -> Result<(), AppError> {
+    let site = headers
+        .get("sec-fetch-site")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if site.eq_ignore_ascii_case("cross-site") {
+        return Err(AppError::Forbidden(
+            "this form was sent from another site; open the page on this site and try again".into(),
+        ));
+    }
+    Ok(())
+}
+
 async fn read_body(request: Request) -> Result<(HeaderMap, Option<SocketAddr>, Bytes), AppError> {
     let address = request
         .extensions()
@@ -247,6 +263,7 @@ async fn read_body(request: Request) -> Result<(HeaderMap, Option<SocketAddr>, B
     responses(
         (status = 200, description = "The password is set (JSON, or a page for a browser)", body = PasswordSet),
         (status = 400, description = "Too short, the two entries differ, or the body is not valid", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "A form sent from another site (`Sec-Fetch-Site: cross-site`)", body = Problem, content_type = "application/problem+json"),
         (status = 410, description = "The link is unknown, used, replaced or expired (`invalid_link`)", body = Problem, content_type = "application/problem+json"),
     ),
 )]
@@ -256,6 +273,9 @@ async fn set_password(
     request: Request,
 ) -> Response {
     let browser = is_browser(request.headers());
+    if let Err(e) = cross_site(request.headers()) {
+        return error_page(e, browser, "The password was not set");
+    }
     let (headers, _, body) = match read_body(request).await {
         Ok(read) => read,
         Err(e) => return error_page(e, browser, "The password was not set"),
@@ -390,7 +410,7 @@ async fn login_page(
         (status = 303, description = "Logged in (browser): `Set-Cookie: gatehouse_session=…` and on to `return_to`"),
         (status = 400, description = "The body or `return_to` is not valid", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Wrong email or password (`invalid_credentials`, one answer for both)", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Refused by the tenant's rules (`deactivated`, …)", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Refused by the tenant's rules (`deactivated`, …), or a form sent from another site", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such tenant", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Too many failed attempts for this email or from this address (`Retry-After`)", body = Problem, content_type = "application/problem+json"),
     ),
@@ -401,6 +421,9 @@ async fn password_login(
     request: Request,
 ) -> Response {
     let browser = is_browser(request.headers());
+    if let Err(e) = cross_site(request.headers()) {
+        return error_page(e, browser, "Log in");
+    }
     let (headers, address, body) = match read_body(request).await {
         Ok(read) => read,
         Err(e) => return error_page(e, browser, "Log in"),
