@@ -33,6 +33,7 @@ pub struct Config {
     pub smtp: SmtpConfig,
     pub scim: ScimConfig,
     pub session: SessionConfig,
+    pub password: PasswordConfig,
 }
 
 /// The edge token evaluator: answer headers, caches, key fetching.
@@ -153,6 +154,31 @@ impl Default for SessionConfig {
     }
 }
 
+/// Password login: length rule and attempt limits (see docs/password.md).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PasswordConfig {
+    /// Shortest accepted password, in characters.
+    pub min_length: usize,
+    /// Failed logins allowed per email (per tenant) in a window; then 429.
+    pub attempts_per_user: u32,
+    /// Failed logins allowed per client address (all tenants) in a window; then 429.
+    pub attempts_per_address: u32,
+    /// The window, in seconds: each bucket refills completely over this time.
+    pub window_secs: u64,
+}
+
+impl Default for PasswordConfig {
+    fn default() -> Self {
+        PasswordConfig {
+            min_length: 12,
+            attempts_per_user: 5,
+            attempts_per_address: 50,
+            window_secs: 900,
+        }
+    }
+}
+
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -255,6 +281,7 @@ impl Default for Config {
             smtp: SmtpConfig::default(),
             scim: ScimConfig::default(),
             session: SessionConfig::default(),
+            password: PasswordConfig::default(),
         }
     }
 }
@@ -325,6 +352,10 @@ const ENV_KEYS: &[&str] = &[
     "GATEHOUSE_SCIM_PENDING_TTL_HOURS",
     "GATEHOUSE_SESSION_TTL_SECS",
     "GATEHOUSE_SESSION_ROTATE_AFTER_SECS",
+    "GATEHOUSE_PASSWORD_MIN_LENGTH",
+    "GATEHOUSE_PASSWORD_ATTEMPTS_PER_USER",
+    "GATEHOUSE_PASSWORD_ATTEMPTS_PER_ADDRESS",
+    "GATEHOUSE_PASSWORD_WINDOW_SECS",
     // Read by the CLI's client commands, not by the server.
     "GATEHOUSE_URL",
     "GATEHOUSE_TOKEN",
@@ -421,6 +452,14 @@ impl Config {
             "GATEHOUSE_SESSION_ROTATE_AFTER_SECS" => {
                 self.session.rotate_after_secs = parse(key, value)?
             }
+            "GATEHOUSE_PASSWORD_MIN_LENGTH" => self.password.min_length = parse(key, value)?,
+            "GATEHOUSE_PASSWORD_ATTEMPTS_PER_USER" => {
+                self.password.attempts_per_user = parse(key, value)?
+            }
+            "GATEHOUSE_PASSWORD_ATTEMPTS_PER_ADDRESS" => {
+                self.password.attempts_per_address = parse(key, value)?
+            }
+            "GATEHOUSE_PASSWORD_WINDOW_SECS" => self.password.window_secs = parse(key, value)?,
             "GATEHOUSE_URL" | "GATEHOUSE_TOKEN" | "GATEHOUSE_LOG" => {}
             _ => {
                 return Err(ConfigError::UnknownEnv {

@@ -117,7 +117,8 @@ pub struct User {
     pub role_source: RoleSource,
     /// The role an admin set by hand, if any; it always wins.
     pub manual_role: Option<Role>,
-    /// Whether a set-password or reset link was ever completed.
+    /// Never set: password hashes are kept apart from the user record (space
+    /// `passwords`, docs/decisions.md 30), so no answer shows one.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub password_hash: Option<String>,
     #[serde(default)]
@@ -322,6 +323,10 @@ pub enum LinkPurpose {
 pub struct Link {
     pub purpose: LinkPurpose,
     pub user: String,
+    /// Hex SHA-256 of the secret (the record's key), so a newer link of the user can
+    /// remove it; empty in links stored before it was kept.
+    #[serde(default)]
+    pub sha256: String,
     #[serde(with = "time::serde::rfc3339")]
     pub expires_at: OffsetDateTime,
 }

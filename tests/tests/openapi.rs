@@ -35,7 +35,7 @@ const ANY_METHOD: [&str; 2] = [
 ];
 
 /// Routes that need no token.
-const PUBLIC: [&str; 7] = [
+const PUBLIC: [&str; 10] = [
     "/healthz",
     "/readyz",
     "/metrics",
@@ -43,14 +43,21 @@ const PUBLIC: [&str; 7] = [
     "/v1/{tenant}/sso/{sso_id}/login",
     "/v1/{tenant}/sso/{sso_id}/callback",
     "/v1/{tenant}/sso/{sso_id}/token-login",
+    "/v1/{tenant}/password",
+    "/v1/{tenant}/password-login",
+    "/v1/{tenant}/login",
 ];
 
-/// The SSO login routes (public; the probe's tenant does not exist, so they answer 404,
-/// or 400 for the direct form's missing body).
-const LOGIN: [&str; 3] = [
+/// The login routes (public; the probe's tenant does not exist, so they answer 404,
+/// or 400 for a POST's missing body; a set-password link page answers 410, the same as
+/// for any unusable link).
+const LOGIN: [&str; 6] = [
     "/v1/{tenant}/sso/{sso_id}/login",
     "/v1/{tenant}/sso/{sso_id}/callback",
     "/v1/{tenant}/sso/{sso_id}/token-login",
+    "/v1/{tenant}/password",
+    "/v1/{tenant}/password-login",
+    "/v1/{tenant}/login",
 ];
 
 fn document() -> Value {
@@ -157,6 +164,8 @@ fn routes_in_source() -> BTreeSet<(String, String)> {
     routes.extend(routes_in(&read("migration.rs"), "/api/v1"));
     routes.extend(routes_in(&read("edge.rs"), ""));
     routes.extend(routes_in(&read("sso.rs"), ""));
+    assert!(outer_after.contains(".merge(password::routes())"));
+    routes.extend(routes_in(&read("password.rs"), ""));
     routes
 }
 
@@ -394,6 +403,8 @@ async fn the_served_document_matches_what_the_server_answers() {
                     let expected = if LOGIN.contains(&path.as_str()) {
                         if method == "post" {
                             400
+                        } else if path == "/v1/{tenant}/password" {
+                            410
                         } else {
                             404
                         }

@@ -475,7 +475,7 @@ impl App {
                 Some(&user),
             );
             if invite.send_password_email {
-                self.queue_link(&mut batch, slug, &user, LinkPurpose::SetPassword, now);
+                self.queue_link(&mut batch, slug, &user, LinkPurpose::SetPassword, now)?;
                 audit.record::<()>(
                     &mut batch,
                     &caller.actor(),
@@ -633,9 +633,9 @@ impl App {
         })
     }
 
-    /// Puts the removal of `user` into `batch`: the record and its email, its memberships,
-    /// mappings and tokens, and its SCIM records (a tombstone stays). The caller has checked
-    /// what may block the deletion and audits it.
+    /// Puts the removal of `user` into `batch`: the record, its email and password, its
+    /// memberships, mappings and tokens, and its SCIM records (a tombstone stays). The caller
+    /// has checked what may block the deletion and audits it.
     pub(super) fn stage_user_removal(
         &self,
         slug: &str,
@@ -648,6 +648,7 @@ impl App {
         }
         batch
             .remove(Space::Users, &[id])
+            .remove(Space::Passwords, &[id])
             .remove(Space::UserEmails, &[&user.email.to_lowercase()]);
         for team_id in self.store.index(Space::UserTeams, slug, &[id])? {
             batch
@@ -778,7 +779,7 @@ impl App {
                 )));
             }
             let mut batch = Batch::new(slug);
-            self.queue_link(&mut batch, slug, &user, LinkPurpose::ResetPassword, now());
+            self.queue_link(&mut batch, slug, &user, LinkPurpose::ResetPassword, now())?;
             self.audit_log(slug)?.record::<()>(
                 &mut batch,
                 &caller.actor(),
@@ -809,14 +810,18 @@ impl App {
         user: &User,
         purpose: LinkPurpose,
         now: OffsetDateTime,
-    ) {
+    ) -> Result<(), AppError> {
         let secret = super::new_secret("");
+        let sha256 = hex::encode(policy::sha256(secret.as_bytes()));
+        // A new link replaces every earlier one of the user; expired links of anyone go too.
+        super::password::drop_links(&self.store, batch, tenant, Some(&user.id), now)?;
         let link = Link {
             purpose,
             user: user.id.clone(),
-            expires_at: now + Duration::hours(24),
+            sha256: sha256.clone(),
+            expires_at: now + Duration::hours(super::password::LINK_TTL_HOURS),
         };
-        batch.put(&[&hex::encode(policy::sha256(secret.as_bytes()))], &link);
+        batch.put(&[&sha256], &link);
         let (subject, verb) = match purpose {
             LinkPurpose::SetPassword => ("Set your password", "set"),
             LinkPurpose::ResetPassword => ("Reset your password", "reset"),
@@ -839,6 +844,7 @@ impl App {
         };
         batch.put(&[&message.id], &message);
         super::outbox::mark_pending(batch, &message.id, None);
+        Ok(())
     }
 
     pub(super) fn existing_user(&self, tenant: &str, id: &str) -> Result<User, AppError> {

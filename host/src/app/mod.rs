@@ -19,6 +19,7 @@ mod directory;
 mod identity;
 mod migrate;
 mod outbox;
+mod password;
 mod scim;
 mod session;
 mod sso;
@@ -34,6 +35,7 @@ pub use identity::{
 pub(crate) use identity::{PAT_PREFIX, VA_PREFIX};
 pub use migrate::MigrationApplied;
 pub use outbox::{Delivery, PendingMessage};
+pub use password::{LinkView, LoginPage, Passwords};
 pub use scim::{Connection, ListPage, ListQuery, MemberReport, ScimRuntime};
 pub use session::{
     verify as verify_session, IssuedSession, LoginMethod, SessionClaims, SessionKeyRecord,
@@ -77,6 +79,12 @@ pub enum AppError {
     /// The identity provider cannot be reached or answered nonsense.
     #[error("{0}")]
     IdpUnavailable(String),
+    /// A set-password or reset link that cannot be used (unknown, used, expired alike).
+    #[error("{0}")]
+    LinkInvalid(String),
+    /// Too many attempts; try again after `retry_after` seconds.
+    #[error("{message}")]
+    RateLimited { retry_after: u64, message: String },
     #[error("{0}")]
     Internal(String),
 }
@@ -170,6 +178,8 @@ pub struct App {
     pub scim: ScimRuntime,
     /// Session token settings and each tenant's current signing key.
     sessions: Sessions,
+    /// Password settings and attempt buckets.
+    passwords: Passwords,
 }
 
 const OPERATOR_TOKEN_HASH: &str = "operator-token-sha256";
@@ -205,6 +215,7 @@ impl App {
             outbox_queued: Arc::default(),
             scim: ScimRuntime::new(config.scim.clone()),
             sessions: Sessions::new(&config.session),
+            passwords: Passwords::new(&config.password)?,
         };
         app.load_all_tenants()?;
         Ok((app, generated))

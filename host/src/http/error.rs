@@ -26,6 +26,10 @@ pub struct Problem {
 
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
+        let retry_after = match &self {
+            AppError::RateLimited { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        };
         let (status, reason, detail, failed_cases) = match self {
             AppError::Unauthorized => (
                 StatusCode::UNAUTHORIZED,
@@ -104,6 +108,18 @@ impl IntoResponse for AppError {
                 self.to_string(),
                 None,
             ),
+            AppError::LinkInvalid(_) => (
+                StatusCode::GONE,
+                "invalid_link".into(),
+                self.to_string(),
+                None,
+            ),
+            AppError::RateLimited { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited".into(),
+                self.to_string(),
+                None,
+            ),
             AppError::Internal(detail) => {
                 let id = REQUEST_ID.try_with(Clone::clone).unwrap_or_default();
                 tracing::error!(request_id = %id, detail, "internal error");
@@ -127,6 +143,11 @@ impl IntoResponse for AppError {
             header::CONTENT_TYPE,
             header::HeaderValue::from_static("application/problem+json"),
         );
+        if let Some(seconds) = retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
+        }
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,

@@ -7,6 +7,7 @@ mod error;
 mod identity;
 mod migration;
 mod openapi;
+mod password;
 mod scim;
 mod sso;
 
@@ -84,6 +85,7 @@ pub fn router(app: Arc<App>) -> Router {
         .nest("/api/v1", api)
         .merge(edge::routes())
         .merge(sso::routes())
+        .merge(password::routes())
         .merge(scim::routes(scim_max_body))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(1 << 20))
@@ -97,9 +99,13 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(app))
-        .with_graceful_shutdown(shutdown)
-        .await
+    // The peer address is kept for the per-address password attempt limit.
+    axum::serve(
+        listener,
+        router(app).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }
 
 static REQUEST_IDS: AtomicU64 = AtomicU64::new(1);

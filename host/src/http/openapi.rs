@@ -3,7 +3,7 @@
 //! `GET /api/v1/openapi.json`. A handler added to the router must be listed in
 //! [`ApiDoc`]'s `paths(...)`; `tests/tests/openapi.rs` fails when the two disagree.
 
-use super::{directory, edge, identity, migration, sso};
+use super::{directory, edge, identity, migration, password, sso};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use std::sync::LazyLock;
@@ -102,6 +102,10 @@ every answer).";
         sso::login,
         sso::callback,
         sso::token_login,
+        password::password_page,
+        password::set_password,
+        password::password_login,
+        password::login_page,
     ),
     modifiers(&BearerAndInternalErrors),
     tags(
@@ -117,7 +121,7 @@ every answer).";
         (name = "resources", description = "Resources and their collaborators"),
         (name = "migration", description = "Migration from the legacy model: plan (a dry run) and apply (docs/migration.md)"),
         (name = "audit", description = "The audit log and the outbox"),
-        (name = "login", description = "SSO login: the OIDC code flow and the direct ID-token form; answers a Gatehouse session token"),
+        (name = "login", description = "SSO login (the OIDC code flow and the direct ID-token form), password login, set-password links and the login page; logins answer a Gatehouse session token"),
         (name = "edge", description = "Token evaluation for gateways: the bearer token of a request for a tenant → who that is (docs/edge.md)"),
     ),
 )]

@@ -76,7 +76,7 @@ fn accepts(headers: &HeaderMap, kind: &str) -> bool {
 }
 
 /// A browser (asks for HTML, not JSON) gets pages, cookies and redirects.
-fn is_browser(headers: &HeaderMap) -> bool {
+pub(super) fn is_browser(headers: &HeaderMap) -> bool {
     accepts(headers, "text/html") && !accepts(headers, "application/json")
 }
 
@@ -123,7 +123,7 @@ fn refusal(error: AppError, browser: bool) -> Response {
     }
 }
 
-fn escape(text: &str) -> String {
+pub(super) fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
@@ -133,7 +133,7 @@ fn escape(text: &str) -> String {
 
 /// Answers a completed login: JSON for an API client; for a browser the session cookie
 /// and a 303 to `return_to`.
-fn logged_in(app: &App, login: SsoLogin, browser: bool) -> Response {
+pub(super) fn logged_in(app: &App, login: SsoLogin, browser: bool) -> Response {
     if !browser {
         return Json(LoginAnswer {
             session_token: login.session.token,

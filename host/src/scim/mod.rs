@@ -92,7 +92,9 @@ impl From<AppError> for ScimError {
             e @ (AppError::CasesFailed { .. }
             | AppError::LoginRefused { .. }
             | AppError::LoginInvalid { .. }
-            | AppError::IdpUnavailable(_)) => ScimError::Internal(e.to_string()),
+            | AppError::IdpUnavailable(_)
+            | AppError::LinkInvalid(_)
+            | AppError::RateLimited { .. }) => ScimError::Internal(e.to_string()),
             AppError::Internal(why) => ScimError::Internal(why),
         }
     }
