@@ -51,6 +51,7 @@ struct ProviderState {
     faults: Faults,
     codes: HashMap<String, Grant>,
     token_requests: usize,
+    discovery_requests: usize,
 }
 
 /// The OpenID provider on loopback.
@@ -75,7 +76,11 @@ impl Provider {
             ..Default::default()
         }));
         async fn discovery(State(s): St) -> impl IntoResponse {
-            let issuer = s.lock().unwrap().issuer.clone();
+            let issuer = {
+                let mut st = s.lock().unwrap();
+                st.discovery_requests += 1;
+                st.issuer.clone()
+            };
             axum::Json(json!({
                 "issuer": issuer,
                 "authorization_endpoint": format!("{issuer}/authorize"),
@@ -965,9 +970,36 @@ async fn an_unreachable_provider_is_a_clear_502_not_a_hang() {
         (502, Some("idp_unavailable")),
         "{body}"
     );
+    // Its discovery document is cached: a new login still redirects to it.
     let response = w
         .browser
         .get(format!("{}/v1/acme/sso/corp/login", w.server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 302);
+    // A provider whose discovery document was never fetched: 502 at /login.
+    let gone = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", listener.local_addr().unwrap())
+    };
+    let (status, body) = w
+        .server
+        .call(
+            Method::POST,
+            "/api/v1/tenants/acme/sso",
+            OP,
+            Some(&json!({
+                "id": "gone", "issuer": gone, "client_id": CLIENT_ID,
+                "client_secret": CLIENT_SECRET,
+                "discovery_url": format!("{gone}/.well-known/openid-configuration"),
+            })),
+        )
+        .await;
+    assert!(status == 200 || status == 201, "{status} {body}");
+    let response = w
+        .browser
+        .get(format!("{}/v1/acme/sso/gone/login", w.server.base))
         .header("accept", "application/json")
         .send()
         .await
@@ -976,4 +1008,27 @@ async fn an_unreachable_provider_is_a_clear_502_not_a_hang() {
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["reason"], "idp_unavailable");
     assert!(started.elapsed() < std::time::Duration::from_secs(10));
+}
+
+#[tokio::test]
+async fn the_discovery_document_is_fetched_once_for_many_logins() {
+    let w = world().await;
+    w.set_mode("jit").await;
+    // Concurrent first logins share one fetch (single flight).
+    let starts = (0..8).map(|_| {
+        w.browser
+            .get(format!("{}/v1/acme/sso/corp/login", w.server.base))
+            .send()
+    });
+    for response in futures::future::join_all(starts).await {
+        assert_eq!(response.unwrap().status(), 302);
+    }
+    // Then complete logins (login, callback and ID token keys) reuse it.
+    for n in 0..5 {
+        let (status, body) = w.login(&format!("many{n}@acme.io"), &format!("many{n}")).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let state = w.idp.state.lock().unwrap();
+    assert_eq!(state.discovery_requests, 1);
+    assert_eq!(state.token_requests, 5);
 }

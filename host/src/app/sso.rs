@@ -132,7 +132,7 @@ impl App {
 
     async fn endpoints(&self, sso: &SsoConfig) -> Result<Endpoints, AppError> {
         let url = discovery_url(sso);
-        let doc = self.edge.jwks().get_json(&url).await.map_err(|e| {
+        let doc = self.edge.jwks().discovery(&url).await.map_err(|e| {
             tracing::warn!(error = %e, "SSO discovery failed");
             AppError::IdpUnavailable(
                 "the identity provider cannot be reached (discovery failed); try again later"
