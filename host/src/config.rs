@@ -33,6 +33,7 @@ pub struct Config {
     pub smtp: SmtpConfig,
     pub scim: ScimConfig,
     pub session: SessionConfig,
+    pub sso: SsoLoginConfig,
 }
 
 /// The edge token evaluator: answer headers, caches, key fetching.
@@ -153,6 +154,25 @@ impl Default for SessionConfig {
     }
 }
 
+/// SSO logins in progress.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SsoLoginConfig {
+    /// Unexpired pending logins one tenant may hold; `/login` answers 429 above it.
+    pub max_pending_logins: usize,
+    /// How long a started login may take to come back, in seconds.
+    pub pending_login_ttl_secs: u64,
+}
+
+impl Default for SsoLoginConfig {
+    fn default() -> Self {
+        SsoLoginConfig {
+            max_pending_logins: 10_000,
+            pending_login_ttl_secs: 600,
+        }
+    }
+}
+
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -255,6 +275,7 @@ impl Default for Config {
             smtp: SmtpConfig::default(),
             scim: ScimConfig::default(),
             session: SessionConfig::default(),
+            sso: SsoLoginConfig::default(),
         }
     }
 }
@@ -325,6 +346,8 @@ const ENV_KEYS: &[&str] = &[
     "GATEHOUSE_SCIM_PENDING_TTL_HOURS",
     "GATEHOUSE_SESSION_TTL_SECS",
     "GATEHOUSE_SESSION_ROTATE_AFTER_SECS",
+    "GATEHOUSE_SSO_MAX_PENDING_LOGINS",
+    "GATEHOUSE_SSO_PENDING_LOGIN_TTL_SECS",
     // Read by the CLI's client commands, not by the server.
     "GATEHOUSE_URL",
     "GATEHOUSE_TOKEN",
@@ -420,6 +443,10 @@ impl Config {
             "GATEHOUSE_SESSION_TTL_SECS" => self.session.ttl_secs = parse(key, value)?,
             "GATEHOUSE_SESSION_ROTATE_AFTER_SECS" => {
                 self.session.rotate_after_secs = parse(key, value)?
+            }
+            "GATEHOUSE_SSO_MAX_PENDING_LOGINS" => self.sso.max_pending_logins = parse(key, value)?,
+            "GATEHOUSE_SSO_PENDING_LOGIN_TTL_SECS" => {
+                self.sso.pending_login_ttl_secs = parse(key, value)?
             }
             "GATEHOUSE_URL" | "GATEHOUSE_TOKEN" | "GATEHOUSE_LOG" => {}
             _ => {

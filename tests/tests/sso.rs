@@ -239,10 +239,15 @@ struct World {
 }
 
 async fn world() -> World {
+    world_with(|_| {}).await
+}
+
+async fn world_with(tweak: impl FnOnce(&mut gatehouse::config::Config)) -> World {
     let idp = Provider::start().await;
     let server = TestServer::start_with(|config| {
         config.allow_private_urls = true;
         config.edge.jwks_fetch_timeout_ms = 2000;
+        tweak(config);
     })
     .await;
     server
@@ -1031,4 +1036,68 @@ async fn the_discovery_document_is_fetched_once_for_many_logins() {
     let state = w.idp.state.lock().unwrap();
     assert_eq!(state.discovery_requests, 1);
     assert_eq!(state.token_requests, 5);
+}
+
+#[tokio::test]
+async fn pending_logins_are_capped_per_tenant_and_expired_ones_swept() {
+    let w = world_with(|config| {
+        config.sso.max_pending_logins = 3;
+        config.sso.pending_login_ttl_secs = 1;
+    })
+    .await;
+    w.set_mode("jit").await;
+    let begin = |tenant: &'static str, sso: &'static str| {
+        w.browser
+            .get(format!("{}/v1/{tenant}/sso/{sso}/login", w.server.base))
+            .header("accept", "application/json")
+            .send()
+    };
+    for _ in 0..3 {
+        assert_eq!(begin("acme", "corp").await.unwrap().status(), 302);
+    }
+    // Full: refused with a reason, nothing more stored.
+    let response = begin("acme", "corp").await.unwrap();
+    assert_eq!(response.status(), 429);
+    assert_eq!(response.headers()["retry-after"], "60");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["reason"], "too_many_pending_logins", "{body}");
+    assert!(body["detail"].as_str().unwrap().contains("at most 3"), "{body}");
+    // The cap is per tenant: another tenant's logins are not refused.
+    let (status, body) = w
+        .server
+        .call(
+            Method::POST,
+            "/api/v1/tenants/other/sso",
+            OP,
+            Some(&json!({
+                "id": "corp", "issuer": w.idp.issuer, "client_id": CLIENT_ID,
+                "client_secret": CLIENT_SECRET,
+                "discovery_url": format!("{}/.well-known/openid-configuration", w.idp.issuer),
+            })),
+        )
+        .await;
+    assert!(status == 200 || status == 201, "{status} {body}");
+    assert_eq!(begin("other", "corp").await.unwrap().status(), 302);
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    // Once they expired they are swept: the tenant can start logins again...
+    for _ in 0..2 {
+        assert_eq!(begin("acme", "corp").await.unwrap().status(), 302);
+    }
+    let callback = w.start("flood@acme.io", "flood", "/").await;
+    assert_eq!(begin("acme", "corp").await.unwrap().status(), 429);
+    // ...and a completed login frees its place at once.
+    let (status, body) = w.finish(&callback).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(begin("acme", "corp").await.unwrap().status(), 302);
+    // ...and the expired ones are gone from the store, not merely ignored.
+    let data = w.server.data.clone();
+    w.server.stop().await;
+    let (app, _) = gatehouse::app::App::open(&gatehouse::config::Config {
+        data: data.path().to_owned(),
+        operator_token: Some(OPERATOR_TOKEN.into()),
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(app.sso_pending_stored("acme").unwrap(), 3);
+    assert_eq!(app.sso_pending_stored("other").unwrap(), 1);
 }

@@ -72,6 +72,13 @@ pub enum AppError {
         reason: &'static str,
         message: String,
     },
+    /// Too much at once (`reason` says what); try again after `retry_after_secs`.
+    #[error("{message}")]
+    TooManyRequests {
+        reason: &'static str,
+        message: String,
+        retry_after_secs: u64,
+    },
     /// The identity provider cannot be reached or answered nonsense.
     #[error("{0}")]
     IdpUnavailable(String),
@@ -168,6 +175,8 @@ pub struct App {
     pub scim: ScimRuntime,
     /// Session token settings and each tenant's current signing key.
     sessions: Sessions,
+    /// Bounds on SSO logins in progress.
+    sso_pending: sso::PendingLogins,
 }
 
 const OPERATOR_TOKEN_HASH: &str = "operator-token-sha256";
@@ -203,6 +212,7 @@ impl App {
             outbox_queued: Arc::default(),
             scim: ScimRuntime::new(config.scim.clone()),
             sessions: Sessions::new(&config.session),
+            sso_pending: sso::PendingLogins::new(&config.sso),
         };
         app.load_all_tenants()?;
         Ok((app, generated))

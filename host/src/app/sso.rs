@@ -18,10 +18,15 @@ use base64::Engine;
 use gatehouse_rules::{self as rules, ProvisioningMode, UserSource, UserStatus};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 
-/// How long a started login may take to come back, in seconds.
-const PENDING_TTL: i64 = 600;
+/// A tenant's pending logins are swept of expired ones at least this often (on the next
+/// `/login`), and at most once per [`FULL_SWEEP_GAP`] while the tenant is at its cap.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+const FULL_SWEEP_GAP: Duration = Duration::from_secs(1);
 /// Clock skew accepted on ID token times, in seconds.
 const ID_TOKEN_LEEWAY: i64 = 60;
 /// Longest accepted `return_to`.
@@ -42,6 +47,46 @@ struct PendingLogin {
 
 impl Record for PendingLogin {
     const SPACE: Space = Space::SsoPending;
+}
+
+/// Per tenant, how many unexpired pending logins there are (exact after each sweep, kept
+/// up to date by `/login` and `/callback` in between) and when they were last swept.
+pub(super) struct PendingLogins {
+    cap: usize,
+    ttl: i64,
+    tenants: Mutex<HashMap<String, Arc<Mutex<PendingCount>>>>,
+}
+
+#[derive(Default)]
+struct PendingCount {
+    count: usize,
+    swept_at: Option<Instant>,
+}
+
+impl PendingLogins {
+    pub(super) fn new(config: &crate::config::SsoLoginConfig) -> Self {
+        PendingLogins {
+            cap: config.max_pending_logins,
+            ttl: i64::try_from(config.pending_login_ttl_secs).unwrap_or(i64::MAX).max(1),
+            tenants: Mutex::default(),
+        }
+    }
+
+    fn tenant(&self, slug: &str) -> Arc<Mutex<PendingCount>> {
+        self.tenants
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(slug.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// One pending login of `slug` is gone (completed or refused at the callback).
+    fn taken(&self, slug: &str) {
+        let tenant = self.tenant(slug);
+        let mut count = tenant.lock().unwrap_or_else(|p| p.into_inner());
+        count.count = count.count.saturating_sub(1);
+    }
 }
 
 /// Where to send the browser to log in.
@@ -182,17 +227,9 @@ impl App {
             nonce: nonce.clone(),
             return_to,
             redirect_uri: redirect_uri.clone(),
-            expires_at: now + PENDING_TTL,
+            expires_at: now.saturating_add(self.sso_pending.ttl),
         };
-        let mut batch = Batch::new(&slug);
-        batch.put(&[&state_sha256], &pending);
-        // Logins never completed are dropped by later ones.
-        for old in self.store.list::<PendingLogin>(&slug, &[])? {
-            if old.expires_at <= now {
-                batch.remove(Space::SsoPending, &[&old.state_sha256]);
-            }
-        }
-        self.store.apply(&batch)?;
+        self.store_pending(&slug, &pending, now)?;
         let mut url = url::Url::parse(&endpoints.authorization).map_err(|_| {
             AppError::IdpUnavailable(
                 "the identity provider's authorization endpoint is not a URL".into(),
@@ -210,6 +247,61 @@ impl App {
         Ok(LoginStart {
             authorization_url: url.into(),
         })
+    }
+
+    /// Stores a pending login if the tenant is under its cap. Expired pending logins are
+    /// swept on the way: at least every [`SWEEP_EVERY`], and (at most once per
+    /// [`FULL_SWEEP_GAP`]) when the tenant is at its cap, so a flood of `/login` calls holds
+    /// at most `max_pending_logins` records per tenant and costs no scan per call.
+    fn store_pending(&self, slug: &str, pending: &PendingLogin, now: i64) -> Result<(), AppError> {
+        let limits = &self.sso_pending;
+        let tenant = limits.tenant(slug);
+        let mut count = tenant.lock().unwrap_or_else(|p| p.into_inner());
+        let since = |gap: Duration| count.swept_at.is_none_or(|at| at.elapsed() >= gap);
+        if since(SWEEP_EVERY) || (count.count >= limits.cap && since(FULL_SWEEP_GAP)) {
+            count.count = self.sweep_pending(slug, now)?;
+            count.swept_at = Some(Instant::now());
+        }
+        if count.count >= limits.cap {
+            return Err(AppError::TooManyRequests {
+                reason: "too_many_pending_logins",
+                message: format!(
+                    "too many logins of this tenant are in progress (at most {}); try again in a minute",
+                    limits.cap
+                ),
+                retry_after_secs: 60,
+            });
+        }
+        let mut batch = Batch::new(slug);
+        batch.put(&[&pending.state_sha256], pending);
+        self.store.apply(&batch)?;
+        count.count += 1;
+        Ok(())
+    }
+
+    /// Removes `slug`'s expired pending logins; answers how many unexpired ones remain.
+    fn sweep_pending(&self, slug: &str, now: i64) -> Result<usize, AppError> {
+        let mut batch = Batch::new(slug);
+        let (mut live, mut expired) = (0, 0);
+        for old in self.store.list::<PendingLogin>(slug, &[])? {
+            if old.expires_at <= now {
+                batch.remove(Space::SsoPending, &[&old.state_sha256]);
+                expired += 1;
+            } else {
+                live += 1;
+            }
+        }
+        if expired > 0 {
+            self.store.apply(&batch)?;
+            tracing::debug!(tenant = slug, expired, live, "swept expired SSO logins");
+        }
+        Ok(live)
+    }
+
+    /// How many pending logins `tenant` holds in the store, expired ones included.
+    pub fn sso_pending_stored(&self, tenant: &str) -> Result<usize, AppError> {
+        let slug = self.tenant(tenant)?.slug;
+        Ok(self.store.list::<PendingLogin>(&slug, &[])?.len())
     }
 
     /// Completes a login from the IdP's redirect: takes the pending login for `state`
@@ -239,7 +331,7 @@ impl App {
         take.require_present(Space::SsoPending, &[&key], "login".into())
             .remove(Space::SsoPending, &[&key]);
         match self.store.apply(&take) {
-            Ok(()) => {}
+            Ok(()) => self.sso_pending.taken(&slug),
             Err(crate::store::StoreError::NotFound(_)) => return Err(bad_state()),
             Err(e) => return Err(e.into()),
         }

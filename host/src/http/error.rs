@@ -26,6 +26,12 @@ pub struct Problem {
 
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
+        let retry_after = match &self {
+            AppError::TooManyRequests {
+                retry_after_secs, ..
+            } => Some(*retry_after_secs),
+            _ => None,
+        };
         let (status, reason, detail, failed_cases) = match self {
             AppError::Unauthorized => (
                 StatusCode::UNAUTHORIZED,
@@ -98,6 +104,12 @@ impl IntoResponse for AppError {
                 self.to_string(),
                 None,
             ),
+            AppError::TooManyRequests { reason, .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                reason.into(),
+                self.to_string(),
+                None,
+            ),
             AppError::IdpUnavailable(_) => (
                 StatusCode::BAD_GATEWAY,
                 "idp_unavailable".into(),
@@ -127,6 +139,11 @@ impl IntoResponse for AppError {
             header::CONTENT_TYPE,
             header::HeaderValue::from_static("application/problem+json"),
         );
+        if let Some(secs) = retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
+        }
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,

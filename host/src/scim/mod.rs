@@ -93,6 +93,9 @@ impl From<AppError> for ScimError {
             | AppError::LoginRefused { .. }
             | AppError::LoginInvalid { .. }
             | AppError::IdpUnavailable(_)) => ScimError::Internal(e.to_string()),
+            AppError::TooManyRequests {
+                retry_after_secs, ..
+            } => ScimError::RateLimited(retry_after_secs),
             AppError::Internal(why) => ScimError::Internal(why),
         }
     }
