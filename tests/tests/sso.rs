@@ -1101,3 +1101,61 @@ async fn pending_logins_are_capped_per_tenant_and_expired_ones_swept() {
     assert_eq!(app.sso_pending_stored("acme").unwrap(), 3);
     assert_eq!(app.sso_pending_stored("other").unwrap(), 1);
 }
+
+#[tokio::test]
+async fn the_idps_unique_id_is_bound_at_first_login() {
+    let w = world().await;
+    w.set_mode("jit").await;
+    let (status, body) = w.login("ann@acme.io", "ann-sub").await;
+    assert_eq!((status, body["outcome"].as_str()), (200, Some("created")), "{body}");
+    let ann = body["user"]["id"].as_str().unwrap().to_owned();
+
+    // Her email changed at the IdP, her unique id did not: still her, no second user.
+    let (status, body) = w.login("ann.new@acme.io", "ann-sub").await;
+    assert_eq!((status, body["outcome"].as_str()), (200, Some("allowed")), "{body}");
+    assert_eq!(body["user"]["id"], ann.as_str(), "{body}");
+    assert!(w.users_with("ann.new@acme.io").await.is_empty());
+
+    // Her old address given to someone else at the IdP: refused, never merged into her.
+    let (status, body) = w.login("ann@acme.io", "someone-else").await;
+    assert_eq!(
+        (status, body["reason"].as_str()),
+        (403, Some("subject_mismatch")),
+        "{body}"
+    );
+    assert!(body["detail"].as_str().unwrap().contains("ask your admin"), "{body}");
+    assert_eq!(w.users_with("ann@acme.io").await.len(), 1);
+
+    // An invited user is bound by the login that activates her.
+    let ivy = w.user("ivy@acme.io", "invited").await;
+    let (status, body) = w.login("ivy@acme.io", "ivy-sub").await;
+    assert_eq!((status, body["outcome"].as_str()), (200, Some("activated")), "{body}");
+    let (status, body) = w.login("ivy@acme.io", "not-ivy").await;
+    assert_eq!((status, body["reason"].as_str()), (403, Some("subject_mismatch")), "{body}");
+    let (status, body) = w.login("ivy@acme.io", "ivy-sub").await;
+    assert_eq!((status, body["user"]["id"].as_str()), (200, Some(ivy.as_str())), "{body}");
+
+    // Deactivating her is not undone by logging in under a new email.
+    let (status, _) = w
+        .server
+        .call(
+            Method::POST,
+            &format!("/api/v1/tenants/acme/users/{ann}/deactivate"),
+            OP,
+            Some(&json!({})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, body) = w.login("ann.third@acme.io", "ann-sub").await;
+    assert_eq!((status, body["reason"].as_str()), (403, Some("deactivated")), "{body}");
+    assert!(w.users_with("ann.third@acme.io").await.is_empty());
+
+    // Refusals are audited with the reason.
+    let refused: Vec<_> = w
+        .audit()
+        .await
+        .into_iter()
+        .filter(|e| e["action"] == "login.sso" && e["after"]["reason"] == "subject_mismatch")
+        .collect();
+    assert_eq!(refused.len(), 2, "{refused:?}");
+}

@@ -151,6 +151,37 @@ struct Endpoints {
     token: String,
 }
 
+/// Where an SSO configuration's unique ids are bound to users: per configuration and
+/// issuer (a configuration re-created for another IdP starts afresh).
+struct SubjectKeys {
+    sso_id: String,
+    issuer: String,
+}
+
+impl SubjectKeys {
+    fn new(sso: &SsoConfig) -> Self {
+        SubjectKeys {
+            sso_id: sso.id.clone(),
+            issuer: hex::encode(&crate::policy::sha256(sso.issuer.as_bytes())[..16]),
+        }
+    }
+
+    /// → user id.
+    fn by_subject(&self, subject: &str) -> [String; 4] {
+        let hash = hex::encode(crate::policy::sha256(subject.as_bytes()));
+        [self.sso_id.clone(), self.issuer.clone(), "s".into(), hash]
+    }
+
+    /// → unique id.
+    fn by_user(&self, user_id: &str) -> [String; 4] {
+        [self.sso_id.clone(), self.issuer.clone(), "u".into(), user_id.to_owned()]
+    }
+}
+
+fn parts(key: &[String; 4]) -> [&str; 4] {
+    [&key[0], &key[1], &key[2], &key[3]]
+}
+
 fn discovery_url(sso: &SsoConfig) -> String {
     sso.discovery_url.clone().unwrap_or_else(|| {
         format!(
@@ -479,12 +510,41 @@ impl App {
                 "jit" => ProvisioningMode::Jit,
                 _ => ProvisioningMode::InviteOnly,
             };
-            let existing: Option<User> = match Email::parse(&login_claims.email) {
+            let subject_keys = SubjectKeys::new(sso);
+            let user_by_id = |id: Vec<u8>| -> Result<Option<User>, AppError> {
+                Ok(self.store.get(slug, &[&String::from_utf8_lossy(&id)])?)
+            };
+            // The IdP's unique id decides who this is once it is bound (decision 41): the
+            // email may have changed at the IdP since.
+            let by_subject: Option<User> = match &subject {
+                Some(sub) => match self.store.get_raw(Space::SsoSubjects, slug, &parts(&subject_keys.by_subject(sub)))? {
+                    Some(id) => user_by_id(id)?,
+                    None => None,
+                },
+                None => None,
+            };
+            let by_email: Option<User> = match Email::parse(&login_claims.email) {
                 Ok(email) => match self.store.get_raw(Space::UserEmails, slug, &[&email.key()])? {
-                    Some(id) => self.store.get(slug, &[&String::from_utf8_lossy(&id)])?,
+                    Some(id) => user_by_id(id)?,
                     None => None,
                 },
                 Err(_) => None,
+            };
+            let bound = by_subject.is_some();
+            // An email whose user is bound to another unique id of this IdP is someone
+            // else's (a reassigned address): refused, never merged.
+            let mut mismatch = false;
+            let existing = match (by_subject, by_email) {
+                (Some(user), _) => Some(user),
+                (None, Some(user)) => {
+                    mismatch = subject.is_some()
+                        && self
+                            .store
+                            .get_raw(Space::SsoSubjects, slug, &parts(&subject_keys.by_user(&user.id)))?
+                            .is_some();
+                    Some(user)
+                }
+                (None, None) => None,
             };
             let input = rules::LoginInput {
                 mode,
@@ -501,21 +561,33 @@ impl App {
                 .policies
                 .get(slug)
                 .ok_or_else(|| AppError::NotFound("SSO login".into()))?;
-            // No unique id: refused before the policy is asked (and audited like any).
+            // No unique id, or one that is not the email's user's: refused before the
+            // policy is asked (and audited like any).
+            let refuse = |code: &str, message: String| rules::LoginDecision {
+                outcome: rules::LoginOutcome::Refuse(rules::Refusal {
+                    code: code.into(),
+                    message,
+                }),
+                trace: Vec::new(),
+            };
             let decision = match &subject {
+                Some(_) if mismatch => refuse(
+                    "subject_mismatch",
+                    format!(
+                        "the account with this email is linked to another {} at your identity provider; ask your admin",
+                        sso.unique_id_claim
+                    ),
+                ),
                 Some(_) => policy
                     .login(&self.engine, &input)
                     .map_err(AppError::PolicyFailed)?,
-                None => rules::LoginDecision {
-                    outcome: rules::LoginOutcome::Refuse(rules::Refusal {
-                        code: "missing_subject".into(),
-                        message: format!(
-                            "your identity provider sent no {} claim; ask your admin to release it",
-                            sso.unique_id_claim
-                        ),
-                    }),
-                    trace: Vec::new(),
-                },
+                None => refuse(
+                    "missing_subject",
+                    format!(
+                        "your identity provider sent no {} claim; ask your admin to release it",
+                        sso.unique_id_claim
+                    ),
+                ),
             };
             let now = now();
             let mut batch = Batch::new(slug);
@@ -607,6 +679,11 @@ impl App {
                     (user, "created")
                 }
             };
+            if let (false, Some(sub)) = (bound, &subject) {
+                let user = &result.0.id;
+                batch.put_raw(Space::SsoSubjects, &parts(&subject_keys.by_subject(sub)), user.as_bytes());
+                batch.put_raw(Space::SsoSubjects, &parts(&subject_keys.by_user(user)), sub.as_bytes());
+            }
             self.store.apply(&batch)?;
             Ok(result)
         })?;

@@ -91,11 +91,14 @@ pub enum Space {
     SessionKeys,
     /// Pending SSO logins (one-time): SHA-256 of `state` → record.
     SsoPending,
+    /// The IdP's unique id of SSO users, bound at first login: sso id, issuer hash, `s`,
+    /// SHA-256 of the unique id → user id; sso id, issuer hash, `u`, user id → unique id.
+    SsoSubjects,
 }
 
 impl Space {
     /// Every space, for backends that create them up front.
-    pub const ALL: [Space; 32] = [
+    pub const ALL: [Space; 33] = [
         Space::System,
         Space::Tenants,
         Space::PolicyState,
@@ -128,6 +131,7 @@ impl Space {
         Space::ScimPending,
         Space::SessionKeys,
         Space::SsoPending,
+        Space::SsoSubjects,
     ];
 
     /// The side table of this space's records, if they keep a part apart (see [`side`]).
@@ -173,6 +177,7 @@ impl Space {
             Space::ScimPending => "scim_pending",
             Space::SessionKeys => "session_keys",
             Space::SsoPending => "sso_pending",
+            Space::SsoSubjects => "sso_subjects",
         }
     }
 }
