@@ -236,14 +236,18 @@ async fn run() {
         .unwrap()
         .token;
     let session_header = auth(&session);
-    let warm = app.resolve_token("acme", &[session_header.as_bytes()]).await;
+    let warm = app
+        .resolve_token("acme", &[session_header.as_bytes()])
+        .await;
     assert!(warm.result.is_ok(), "{:?}", warm.result);
     let n_session = 20_000;
     let mut samples = Vec::with_capacity(n_session);
     let started = Instant::now();
     for _ in 0..n_session {
         let t = Instant::now();
-        let evaluation = app.resolve_token("acme", &[session_header.as_bytes()]).await;
+        let evaluation = app
+            .resolve_token("acme", &[session_header.as_bytes()])
+            .await;
         samples.push(t.elapsed());
         assert!(evaluation.result.is_ok());
     }

@@ -1030,7 +1030,9 @@ async fn the_discovery_document_is_fetched_once_for_many_logins() {
     }
     // Then complete logins (login, callback and ID token keys) reuse it.
     for n in 0..5 {
-        let (status, body) = w.login(&format!("many{n}@acme.io"), &format!("many{n}")).await;
+        let (status, body) = w
+            .login(&format!("many{n}@acme.io"), &format!("many{n}"))
+            .await;
         assert_eq!(status, 200, "{body}");
     }
     let state = w.idp.state.lock().unwrap();
@@ -1061,7 +1063,10 @@ async fn pending_logins_are_capped_per_tenant_and_expired_ones_swept() {
     assert_eq!(response.headers()["retry-after"], "60");
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["reason"], "too_many_pending_logins", "{body}");
-    assert!(body["detail"].as_str().unwrap().contains("at most 3"), "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("at most 3"),
+        "{body}"
+    );
     // The cap is per tenant: another tenant's logins are not refused.
     let (status, body) = w
         .server
@@ -1107,12 +1112,20 @@ async fn the_idps_unique_id_is_bound_at_first_login() {
     let w = world().await;
     w.set_mode("jit").await;
     let (status, body) = w.login("ann@acme.io", "ann-sub").await;
-    assert_eq!((status, body["outcome"].as_str()), (200, Some("created")), "{body}");
+    assert_eq!(
+        (status, body["outcome"].as_str()),
+        (200, Some("created")),
+        "{body}"
+    );
     let ann = body["user"]["id"].as_str().unwrap().to_owned();
 
     // Her email changed at the IdP, her unique id did not: still her, no second user.
     let (status, body) = w.login("ann.new@acme.io", "ann-sub").await;
-    assert_eq!((status, body["outcome"].as_str()), (200, Some("allowed")), "{body}");
+    assert_eq!(
+        (status, body["outcome"].as_str()),
+        (200, Some("allowed")),
+        "{body}"
+    );
     assert_eq!(body["user"]["id"], ann.as_str(), "{body}");
     assert!(w.users_with("ann.new@acme.io").await.is_empty());
 
@@ -1123,17 +1136,32 @@ async fn the_idps_unique_id_is_bound_at_first_login() {
         (403, Some("subject_mismatch")),
         "{body}"
     );
-    assert!(body["detail"].as_str().unwrap().contains("ask your admin"), "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("ask your admin"),
+        "{body}"
+    );
     assert_eq!(w.users_with("ann@acme.io").await.len(), 1);
 
     // An invited user is bound by the login that activates her.
     let ivy = w.user("ivy@acme.io", "invited").await;
     let (status, body) = w.login("ivy@acme.io", "ivy-sub").await;
-    assert_eq!((status, body["outcome"].as_str()), (200, Some("activated")), "{body}");
+    assert_eq!(
+        (status, body["outcome"].as_str()),
+        (200, Some("activated")),
+        "{body}"
+    );
     let (status, body) = w.login("ivy@acme.io", "not-ivy").await;
-    assert_eq!((status, body["reason"].as_str()), (403, Some("subject_mismatch")), "{body}");
+    assert_eq!(
+        (status, body["reason"].as_str()),
+        (403, Some("subject_mismatch")),
+        "{body}"
+    );
     let (status, body) = w.login("ivy@acme.io", "ivy-sub").await;
-    assert_eq!((status, body["user"]["id"].as_str()), (200, Some(ivy.as_str())), "{body}");
+    assert_eq!(
+        (status, body["user"]["id"].as_str()),
+        (200, Some(ivy.as_str())),
+        "{body}"
+    );
 
     // Deactivating her is not undone by logging in under a new email.
     let (status, _) = w
@@ -1147,7 +1175,11 @@ async fn the_idps_unique_id_is_bound_at_first_login() {
         .await;
     assert_eq!(status, 200);
     let (status, body) = w.login("ann.third@acme.io", "ann-sub").await;
-    assert_eq!((status, body["reason"].as_str()), (403, Some("deactivated")), "{body}");
+    assert_eq!(
+        (status, body["reason"].as_str()),
+        (403, Some("deactivated")),
+        "{body}"
+    );
     assert!(w.users_with("ann.third@acme.io").await.is_empty());
 
     // Refusals are audited with the reason.

@@ -67,7 +67,9 @@ impl PendingLogins {
     pub(super) fn new(config: &crate::config::SsoLoginConfig) -> Self {
         PendingLogins {
             cap: config.max_pending_logins,
-            ttl: i64::try_from(config.pending_login_ttl_secs).unwrap_or(i64::MAX).max(1),
+            ttl: i64::try_from(config.pending_login_ttl_secs)
+                .unwrap_or(i64::MAX)
+                .max(1),
             tenants: Mutex::default(),
         }
     }
@@ -174,7 +176,12 @@ impl SubjectKeys {
 
     /// → unique id.
     fn by_user(&self, user_id: &str) -> [String; 4] {
-        [self.sso_id.clone(), self.issuer.clone(), "u".into(), user_id.to_owned()]
+        [
+            self.sso_id.clone(),
+            self.issuer.clone(),
+            "u".into(),
+            user_id.to_owned(),
+        ]
     }
 }
 

@@ -416,7 +416,9 @@ impl JwksCache {
             let doc: serde_json::Value = serde_json::from_slice(&body)
                 .map_err(|e| format!("GET {url}: discovery document is not JSON: {e}"))?;
             if !doc.is_object() {
-                return Err(format!("GET {url}: discovery document is not a JSON object"));
+                return Err(format!(
+                    "GET {url}: discovery document is not a JSON object"
+                ));
             }
             Ok((doc, max_age))
         }
