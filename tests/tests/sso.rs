@@ -81,16 +81,21 @@ impl Provider {
                 st.discovery_requests += 1;
                 st.issuer.clone()
             };
-            axum::Json(json!({
-                "issuer": issuer,
-                "authorization_endpoint": format!("{issuer}/authorize"),
-                "token_endpoint": format!("{issuer}/token"),
-                "jwks_uri": format!("{issuer}/jwks"),
-                "response_types_supported": ["code"],
-                "subject_types_supported": ["public"],
-                "id_token_signing_alg_values_supported": ["RS256"],
-                "code_challenge_methods_supported": ["S256"],
-            }))
+            // Short on purpose: Gatehouse clamps it to `edge.jwks_min_ttl_secs`.
+            let cache = [("cache-control", "public, max-age=1")];
+            (
+                cache,
+                axum::Json(json!({
+                    "issuer": issuer,
+                    "authorization_endpoint": format!("{issuer}/authorize"),
+                    "token_endpoint": format!("{issuer}/token"),
+                    "jwks_uri": format!("{issuer}/jwks"),
+                    "response_types_supported": ["code"],
+                    "subject_types_supported": ["public"],
+                    "id_token_signing_alg_values_supported": ["RS256"],
+                    "code_challenge_methods_supported": ["S256"],
+                })),
+            )
         }
         async fn jwks() -> impl IntoResponse {
             let all: Value = serde_json::from_str(
@@ -1038,6 +1043,21 @@ async fn the_discovery_document_is_fetched_once_for_many_logins() {
     let state = w.idp.state.lock().unwrap();
     assert_eq!(state.discovery_requests, 1);
     assert_eq!(state.token_requests, 5);
+}
+
+#[tokio::test]
+async fn the_discovery_document_is_refetched_after_its_max_age() {
+    let w = world_with(|config| config.edge.jwks_min_ttl_secs = 0).await;
+    w.set_mode("jit").await;
+    let (status, body) = w.login("ttl1@acme.io", "ttl1").await;
+    assert_eq!(status, 200, "{body}");
+    let before = w.idp.state.lock().unwrap().discovery_requests;
+    assert!(before >= 1);
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    // `max-age=1` has passed: the next login fetches it again.
+    let (status, body) = w.login("ttl2@acme.io", "ttl2").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(w.idp.state.lock().unwrap().discovery_requests > before);
 }
 
 #[tokio::test]
