@@ -1033,7 +1033,8 @@ async fn the_discovery_document_is_fetched_once_for_many_logins() {
     for response in futures::future::join_all(starts).await {
         assert_eq!(response.unwrap().status(), 302);
     }
-    // Then complete logins (login, callback and ID token keys) reuse it.
+    // Then complete logins (login, callback and ID token keys) reuse it: the provider's
+    // `max-age=1` is clamped up to `edge.jwks_min_ttl_secs` (60 s).
     for n in 0..5 {
         let (status, body) = w
             .login(&format!("many{n}@acme.io"), &format!("many{n}"))
