@@ -334,3 +334,88 @@ impl Process {
         self.child.wait().expect("child exits")
     }
 }
+
+/// Identity-provider helpers: the fixture keys of `tests/fixtures/keys`, tokens signed with
+/// them, and a key set served over HTTP on loopback.
+pub mod jwt {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    use serde_json::{json, Value};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    /// `tests/fixtures/keys`.
+    pub fn keys_dir() -> std::path::PathBuf {
+        crate::fixtures::root().join("tests/fixtures/keys")
+    }
+
+    /// Public JWK of a fixture key.
+    pub fn jwk(name: &str) -> Value {
+        let all: Value =
+            serde_json::from_str(&std::fs::read_to_string(keys_dir().join("jwks.json")).unwrap())
+                .unwrap();
+        all[name].clone()
+    }
+
+    pub fn sign(key: &str, alg: Algorithm, claims: &Value) -> String {
+        let pem = std::fs::read(keys_dir().join(format!("{key}.pem"))).unwrap();
+        let encoding = match alg {
+            Algorithm::ES256 => EncodingKey::from_ec_pem(&pem).unwrap(),
+            _ => EncodingKey::from_rsa_pem(&pem).unwrap(),
+        };
+        let mut header = Header::new(alg);
+        header.kid = Some(key.to_owned());
+        jsonwebtoken::encode(&header, claims, &encoding).unwrap()
+    }
+
+    /// A key set served on loopback, which the test can change, count and take down.
+    pub struct Jwks {
+        pub url: String,
+        pub keys: Arc<Mutex<Vec<Value>>>,
+        pub fetches: Arc<AtomicUsize>,
+        pub down: Arc<AtomicBool>,
+    }
+
+    impl Jwks {
+        pub async fn serve(keys: Vec<Value>, max_age: u64) -> Jwks {
+            let keys = Arc::new(Mutex::new(keys));
+            let fetches = Arc::new(AtomicUsize::new(0));
+            let down = Arc::new(AtomicBool::new(false));
+            let (k, f, d) = (keys.clone(), fetches.clone(), down.clone());
+            let app = axum::Router::new().route(
+                "/jwks",
+                axum::routing::get(move || {
+                    let (k, f, d) = (k.clone(), f.clone(), d.clone());
+                    async move {
+                        f.fetch_add(1, Ordering::SeqCst);
+                        if d.load(Ordering::SeqCst) {
+                            return (
+                                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                                [("cache-control", String::new())],
+                                String::new(),
+                            );
+                        }
+                        let body = json!({ "keys": *k.lock().unwrap() }).to_string();
+                        (
+                            axum::http::StatusCode::OK,
+                            [("cache-control", format!("max-age={max_age}"))],
+                            body,
+                        )
+                    }
+                }),
+            );
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let url = format!("http://{}/jwks", listener.local_addr().unwrap());
+            tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+            Jwks {
+                url,
+                keys,
+                fetches,
+                down,
+            }
+        }
+
+        pub fn fetches(&self) -> usize {
+            self.fetches.load(Ordering::SeqCst)
+        }
+    }
+}

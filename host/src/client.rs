@@ -452,3 +452,106 @@ pub fn team(api: &Api, command: TeamCommand) -> Result<()> {
     }
     Ok(())
 }
+
+/// `gatehouse migrate ...`
+#[derive(Subcommand)]
+pub enum MigrateCommand {
+    /// Plan a migration from a legacy export; changes nothing.
+    Plan {
+        #[arg(long)]
+        tenant: String,
+        /// The legacy export (JSON, docs/migration.md).
+        file: std::path::PathBuf,
+        /// `table` (default) or `markdown` (for a change-approval board).
+        #[arg(long, default_value = "table")]
+        format: ReportFormat,
+    },
+    /// Apply a migration in one atomic, audited change (a second apply changes nothing).
+    Apply {
+        #[arg(long)]
+        tenant: String,
+        /// The legacy export (JSON, docs/migration.md).
+        file: std::path::PathBuf,
+        /// The reviewed plan (a file written by `migrate plan --json`, or its digest):
+        /// refused if the plan differs now.
+        #[arg(long)]
+        plan: Option<String>,
+        /// `table` (default) or `markdown`.
+        #[arg(long, default_value = "table")]
+        format: ReportFormat,
+    },
+}
+
+/// How a migration report is printed (`--json` wins).
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum ReportFormat {
+    Table,
+    Markdown,
+}
+
+fn render(plan: &gatehouse::migrate::Plan, format: ReportFormat) -> String {
+    match format {
+        ReportFormat::Table => gatehouse::migrate::table(plan),
+        ReportFormat::Markdown => gatehouse::migrate::markdown(plan),
+    }
+}
+
+/// Runs a `migrate` command.
+pub fn migrate(api: &Api, command: MigrateCommand) -> Result<()> {
+    let read = |file: &std::path::Path| -> Result<Value> {
+        let bytes =
+            std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+        serde_json::from_slice(&bytes).with_context(|| format!("{} is not JSON", file.display()))
+    };
+    match command {
+        MigrateCommand::Plan {
+            tenant,
+            file,
+            format,
+        } => {
+            let answer = api.call(
+                reqwest::Method::POST,
+                &format!("/api/v1/tenants/{tenant}/migration/plan"),
+                Some(read(&file)?),
+            )?;
+            let plan: gatehouse::migrate::Plan = serde_json::from_value(answer.clone())
+                .context("the server's plan is unreadable")?;
+            api.done(&answer, render(&plan, format));
+        }
+        MigrateCommand::Apply {
+            tenant,
+            file,
+            plan,
+            format,
+        } => {
+            let digest = match plan {
+                None => None,
+                Some(p) if p.len() == 64 && p.chars().all(|c| c.is_ascii_hexdigit()) => Some(p),
+                Some(p) => {
+                    let reviewed = read(std::path::Path::new(&p))?;
+                    match reviewed.get("digest").and_then(Value::as_str) {
+                        Some(d) => Some(d.to_owned()),
+                        None => {
+                            bail!("{p} is not a plan written by `migrate plan --json` (no digest)")
+                        }
+                    }
+                }
+            };
+            let query = digest.map(|d| format!("?plan={d}")).unwrap_or_default();
+            let answer = api.call(
+                reqwest::Method::POST,
+                &format!("/api/v1/tenants/{tenant}/migration/apply{query}"),
+                Some(read(&file)?),
+            )?;
+            let plan: gatehouse::migrate::Plan = serde_json::from_value(answer["plan"].clone())
+                .context("the server's plan is unreadable")?;
+            let headline = if answer["applied"] == Value::Bool(true) {
+                format!("Applied {} change(s) to tenant {tenant}.\n\n", plan.changes)
+            } else {
+                format!("Nothing to do: tenant {tenant} already matches the plan (nothing changed).\n\n")
+            };
+            api.done(&answer, headline + &render(&plan, format));
+        }
+    }
+    Ok(())
+}

@@ -43,6 +43,9 @@ enum Command {
     /// Manage a tenant's teams on a running server.
     #[command(subcommand)]
     Team(client::TeamCommand),
+    /// Migrate a tenant from a legacy export (docs/migration.md) on a running server.
+    #[command(subcommand)]
+    Migrate(client::MigrateCommand),
 }
 
 #[derive(Args)]
@@ -102,6 +105,7 @@ fn main() -> Result<()> {
         Command::Tenant(command) => client::tenant(&client::Api::from_env(cli.json)?, command),
         Command::User(command) => client::user(&client::Api::from_env(cli.json)?, command),
         Command::Team(command) => client::team(&client::Api::from_env(cli.json)?, command),
+        Command::Migrate(command) => client::migrate(&client::Api::from_env(cli.json)?, command),
     }
 }
 

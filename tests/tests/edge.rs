@@ -5,39 +5,16 @@
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
+use gatehouse_tests::jwt::{jwk, keys_dir, sign, Jwks};
 use gatehouse_tests::{TestServer, OPERATOR_TOKEN};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::Method;
 use serde_json::{json, Value};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 const OP: Option<&str> = Some(OPERATOR_TOKEN);
 const ISSUER: &str = "https://idp.test/corp";
-
-fn keys_dir() -> std::path::PathBuf {
-    gatehouse_tests::fixtures::root().join("tests/fixtures/keys")
-}
-
-/// Public JWK of a fixture key.
-fn jwk(name: &str) -> Value {
-    let all: Value =
-        serde_json::from_str(&std::fs::read_to_string(keys_dir().join("jwks.json")).unwrap())
-            .unwrap();
-    all[name].clone()
-}
-
-fn sign(key: &str, alg: Algorithm, claims: &Value) -> String {
-    let pem = std::fs::read(keys_dir().join(format!("{key}.pem"))).unwrap();
-    let encoding = match alg {
-        Algorithm::ES256 => EncodingKey::from_ec_pem(&pem).unwrap(),
-        _ => EncodingKey::from_rsa_pem(&pem).unwrap(),
-    };
-    let mut header = Header::new(alg);
-    header.kid = Some(key.to_owned());
-    jsonwebtoken::encode(&header, claims, &encoding).unwrap()
-}
 
 fn now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
@@ -50,58 +27,6 @@ fn claims(extra: Value) -> Value {
         claims[k] = v.clone();
     }
     claims
-}
-
-/// A key set served on loopback, which the test can change, count and take down.
-struct Jwks {
-    url: String,
-    keys: Arc<Mutex<Vec<Value>>>,
-    fetches: Arc<AtomicUsize>,
-    down: Arc<AtomicBool>,
-}
-
-impl Jwks {
-    async fn serve(keys: Vec<Value>, max_age: u64) -> Jwks {
-        let keys = Arc::new(Mutex::new(keys));
-        let fetches = Arc::new(AtomicUsize::new(0));
-        let down = Arc::new(AtomicBool::new(false));
-        let (k, f, d) = (keys.clone(), fetches.clone(), down.clone());
-        let app = axum::Router::new().route(
-            "/jwks",
-            axum::routing::get(move || {
-                let (k, f, d) = (k.clone(), f.clone(), d.clone());
-                async move {
-                    f.fetch_add(1, Ordering::SeqCst);
-                    if d.load(Ordering::SeqCst) {
-                        return (
-                            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                            [("cache-control", String::new())],
-                            String::new(),
-                        );
-                    }
-                    let body = json!({ "keys": *k.lock().unwrap() }).to_string();
-                    (
-                        axum::http::StatusCode::OK,
-                        [("cache-control", format!("max-age={max_age}"))],
-                        body,
-                    )
-                }
-            }),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/jwks", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        Jwks {
-            url,
-            keys,
-            fetches,
-            down,
-        }
-    }
-
-    fn fetches(&self) -> usize {
-        self.fetches.load(Ordering::SeqCst)
-    }
 }
 
 /// A tenant `acme` with the corp IdP, an active user ann (in team `eng`), an invited user

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 const METHODS: [&str; 5] = ["get", "post", "put", "patch", "delete"];
 
 /// Tags an operation may carry.
-const TAGS: [&str; 13] = [
+const TAGS: &[&str] = &[
     "health",
     "tenants",
     "policies",
@@ -22,6 +22,7 @@ const TAGS: [&str; 13] = [
     "identity-providers",
     "sso",
     "resources",
+    "migration",
     "audit",
     "edge",
     "login",
@@ -153,6 +154,7 @@ fn routes_in_source() -> BTreeSet<(String, String)> {
     routes.extend(routes_in(api, "/api/v1"));
     routes.extend(routes_in(&read("identity.rs"), "/api/v1"));
     routes.extend(routes_in(&read("directory.rs"), "/api/v1"));
+    routes.extend(routes_in(&read("migration.rs"), "/api/v1"));
     routes.extend(routes_in(&read("edge.rs"), ""));
     routes.extend(routes_in(&read("sso.rs"), ""));
     routes

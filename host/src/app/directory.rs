@@ -319,27 +319,9 @@ impl App {
         old: &[Mapping],
         new: &[Mapping],
     ) -> Result<(), AppError> {
-        for mapping in old.iter().filter(|m| !new.contains(m)) {
-            batch.remove(Space::VaMappings, &[&mapping.idp, &mapping.value]);
-        }
         let added: Vec<Mapping> = new.iter().filter(|m| !old.contains(m)).cloned().collect();
         self.check_mappings(tenant, &added)?;
-        for mapping in &added {
-            batch
-                .require_absent(
-                    Space::VaMappings,
-                    &[&mapping.idp, &mapping.value],
-                    format!(
-                        "another virtual account already maps {} on {}",
-                        mapping.value, mapping.idp
-                    ),
-                )
-                .put_raw(
-                    Space::VaMappings,
-                    &[&mapping.idp, &mapping.value],
-                    va.as_bytes(),
-                );
-        }
+        stage_va_mappings(batch, va, old, new);
         Ok(())
     }
 
@@ -533,26 +515,7 @@ impl App {
                 updated_at: now,
             };
             let mut batch = Batch::new(slug);
-            if let Some(before) = &before {
-                if before.issuer != idp.issuer {
-                    batch.remove(Space::IdpIssuers, &[&before.issuer]);
-                }
-            }
-            if before.as_ref().is_none_or(|b| b.issuer != idp.issuer) {
-                batch.require_absent(
-                    Space::IdpIssuers,
-                    &[&idp.issuer],
-                    format!(
-                        "issuer {} is already used by another identity provider of this tenant",
-                        idp.issuer
-                    ),
-                );
-            }
-            batch.put(&[&idp.name], &idp).put_raw(
-                Space::IdpIssuers,
-                &[&idp.issuer],
-                idp.name.as_bytes(),
-            );
+            stage_identity_provider(&mut batch, before.as_ref(), &idp);
             let action = if create {
                 "identity_provider.create"
             } else {
@@ -571,7 +534,7 @@ impl App {
         })
     }
 
-    fn check_idp(&self, input: &IdpInput) -> Result<(), AppError> {
+    pub(super) fn check_idp(&self, input: &IdpInput) -> Result<(), AppError> {
         let bad = |m: String| Err(AppError::BadRequest(m));
         if TenantId::parse(&input.name).is_err() {
             return bad(format!(
@@ -630,7 +593,11 @@ impl App {
 
     /// An issuer used by another tenant's IdP too needs audiences on both sides, or a token
     /// minted for one tenant would be accepted by the other.
-    fn check_issuer_sharing(&self, tenant: &str, input: &IdpInput) -> Result<(), AppError> {
+    pub(super) fn check_issuer_sharing(
+        &self,
+        tenant: &str,
+        input: &IdpInput,
+    ) -> Result<(), AppError> {
         for other in self
             .store
             .tenants()?
@@ -992,7 +959,7 @@ impl App {
 
     /// Each collaborator names an existing user, team or virtual account of the tenant
     /// (legacy External Identities are kept by name for the migration).
-    fn check_collaborators(
+    pub(super) fn check_collaborators(
         &self,
         tenant: &str,
         collaborators: &[Collaborator],
@@ -1022,11 +989,62 @@ impl App {
     }
 }
 
+/// Puts an identity provider and its issuer index entry into `batch` (the issuer must be
+/// free unless `before` already had it).
+pub(super) fn stage_identity_provider(
+    batch: &mut Batch,
+    before: Option<&IdentityProvider>,
+    idp: &IdentityProvider,
+) {
+    if let Some(before) = before {
+        if before.issuer != idp.issuer {
+            batch.remove(Space::IdpIssuers, &[&before.issuer]);
+        }
+    }
+    if before.is_none_or(|b| b.issuer != idp.issuer) {
+        batch.require_absent(
+            Space::IdpIssuers,
+            &[&idp.issuer],
+            format!(
+                "issuer {} is already used by another identity provider of this tenant",
+                idp.issuer
+            ),
+        );
+    }
+    batch
+        .put(&[&idp.name], idp)
+        .put_raw(Space::IdpIssuers, &[&idp.issuer], idp.name.as_bytes());
+}
+
+/// Replaces a VA's mapping index entries `old` by `new` in `batch` (each new pair must be
+/// free); the caller has checked the mappings.
+pub(super) fn stage_va_mappings(batch: &mut Batch, va: &str, old: &[Mapping], new: &[Mapping]) {
+    for mapping in old.iter().filter(|m| !new.contains(m)) {
+        batch.remove(Space::VaMappings, &[&mapping.idp, &mapping.value]);
+    }
+    for mapping in new.iter().filter(|m| !old.contains(m)) {
+        batch
+            .require_absent(
+                Space::VaMappings,
+                &[&mapping.idp, &mapping.value],
+                format!(
+                    "another virtual account already maps {} on {}",
+                    mapping.value, mapping.idp
+                ),
+            )
+            .put_raw(
+                Space::VaMappings,
+                &[&mapping.idp, &mapping.value],
+                va.as_bytes(),
+            );
+    }
+}
+
 fn scim_base_url(tenant: &str, id: &str) -> String {
     format!("/scim/v2/{tenant}/{id}")
 }
 
-fn sso_view(tenant: &str, config: &SsoConfig) -> SsoView {
+pub(super) fn sso_view(tenant: &str, config: &SsoConfig) -> SsoView {
     SsoView {
         id: config.id.clone(),
         issuer: config.issuer.clone(),

@@ -17,6 +17,7 @@ use std::time::Instant;
 
 mod directory;
 mod identity;
+mod migrate;
 mod outbox;
 mod scim;
 mod session;
@@ -31,6 +32,7 @@ pub use identity::{
     TokenCreated, UserQuery,
 };
 pub(crate) use identity::{PAT_PREFIX, VA_PREFIX};
+pub use migrate::MigrationApplied;
 pub use outbox::{Delivery, PendingMessage};
 pub use scim::{Connection, ListPage, ListQuery, MemberReport, ScimRuntime};
 pub use session::{

@@ -5,6 +5,7 @@ mod directory;
 mod edge;
 mod error;
 mod identity;
+mod migration;
 mod openapi;
 mod scim;
 mod sso;
@@ -73,6 +74,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/tenants/{tenant}/policy/evaluate", post(evaluate))
         .merge(identity::routes())
         .merge(directory::routes())
+        .merge(migration::routes())
         .merge(scim::admin_routes())
         .layer(middleware::from_fn(error::bare_errors_as_problems));
     Router::new()

@@ -3,7 +3,7 @@
 //! `GET /api/v1/openapi.json`. A handler added to the router must be listed in
 //! [`ApiDoc`]'s `paths(...)`; `tests/tests/openapi.rs` fails when the two disagree.
 
-use super::{directory, edge, identity, sso};
+use super::{directory, edge, identity, migration, sso};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use std::sync::LazyLock;
@@ -94,6 +94,8 @@ every answer).";
         directory::create_resource,
         directory::delete_resource,
         directory::set_collaborators,
+        migration::migration_plan,
+        migration::migration_apply,
         edge::resolve,
         edge::forward_auth,
         edge::forward_auth_below,
@@ -113,6 +115,7 @@ every answer).";
         (name = "identity-providers", description = "JWT issuers whose tokens the edge validates"),
         (name = "sso", description = "SSO configurations and their SCIM tokens"),
         (name = "resources", description = "Resources and their collaborators"),
+        (name = "migration", description = "Migration from the legacy model: plan (a dry run) and apply (docs/migration.md)"),
         (name = "audit", description = "The audit log and the outbox"),
         (name = "login", description = "SSO login: the OIDC code flow and the direct ID-token form; answers a Gatehouse session token"),
         (name = "edge", description = "Token evaluation for gateways: the bearer token of a request for a tenant → who that is (docs/edge.md)"),
