@@ -11,7 +11,7 @@
 //!   same connections; then `/resolve` at a fixed rate of half that throughput (32 paced
 //!   connections), p50/p99.
 
-use gatehouse::app::{App, Caller, IdpInput, Invite, NewToken};
+use gatehouse::app::{App, Caller, IdpInput, Invite, LoginMethod, NewToken};
 use gatehouse::config::Config;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde_json::{json, Value};
@@ -225,6 +225,40 @@ async fn run() {
         fmt(p99)
     );
 
+    // (d) Gatehouse session tokens (EdDSA, verified on every request: not cached).
+    let session = app
+        .issue_session(
+            "acme",
+            &user.id,
+            LoginMethod::Sso("corp".into()),
+            time::OffsetDateTime::now_utc(),
+        )
+        .unwrap()
+        .token;
+    let session_header = auth(&session);
+    let warm = app
+        .resolve_token("acme", &[session_header.as_bytes()])
+        .await;
+    assert!(warm.result.is_ok(), "{:?}", warm.result);
+    let n_session = 20_000;
+    let mut samples = Vec::with_capacity(n_session);
+    let started = Instant::now();
+    for _ in 0..n_session {
+        let t = Instant::now();
+        let evaluation = app
+            .resolve_token("acme", &[session_header.as_bytes()])
+            .await;
+        samples.push(t.elapsed());
+        assert!(evaluation.result.is_ok());
+    }
+    let rate = n_session as f64 / started.elapsed().as_secs_f64();
+    let (p50, p99) = percentiles(samples);
+    println!(
+        "| (d) resolve a session token (`ghs_`, EdDSA), in process, 1 thread | {n_session} | {rate:.0}/s | {} | {} | |",
+        fmt(p50),
+        fmt(p99)
+    );
+
     // Over HTTP.
     // The server runs on a runtime of its own (2 workers), the load generator on the
     // bench's: they share the 2 cores, as a gateway on the same host would.
@@ -268,6 +302,14 @@ async fn run() {
         window,
     )
     .await;
+    let session_http = saturate(
+        &client,
+        &format!("{base}/v1/acme/forward-auth"),
+        Some(session_header.clone()),
+        clients,
+        window,
+    )
+    .await;
     println!(
         "| `/healthz` over HTTP, keep-alive, {clients} connections | {} | {:.0}/s | | | reference |",
         health.0, health.1
@@ -283,6 +325,12 @@ async fn run() {
         pat_http.0,
         pat_http.1,
         pat_http.1 / health.1 * 100.0
+    );
+    println!(
+        "| (d) `/v1/acme/forward-auth`, session token, over HTTP, {clients} connections | {} | {:.0}/s ({:.0} % of /healthz) | | | |",
+        session_http.0,
+        session_http.1,
+        session_http.1 / health.1 * 100.0
     );
     let rate = resolve.1 / 2.0;
     let (sent, p50, p99) = fixed_rate(

@@ -34,6 +34,7 @@ pub struct Config {
     pub scim: ScimConfig,
     pub session: SessionConfig,
     pub password: PasswordConfig,
+    pub sso: SsoLoginConfig,
 }
 
 /// The edge token evaluator: answer headers, caches, key fetching.
@@ -179,6 +180,25 @@ impl Default for PasswordConfig {
     }
 }
 
+/// SSO logins in progress.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SsoLoginConfig {
+    /// Unexpired pending logins one tenant may hold; `/login` answers 429 above it.
+    pub max_pending_logins: usize,
+    /// How long a started login may take to come back, in seconds.
+    pub pending_login_ttl_secs: u64,
+}
+
+impl Default for SsoLoginConfig {
+    fn default() -> Self {
+        SsoLoginConfig {
+            max_pending_logins: 10_000,
+            pending_login_ttl_secs: 600,
+        }
+    }
+}
+
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -282,6 +302,7 @@ impl Default for Config {
             scim: ScimConfig::default(),
             session: SessionConfig::default(),
             password: PasswordConfig::default(),
+            sso: SsoLoginConfig::default(),
         }
     }
 }
@@ -356,6 +377,8 @@ const ENV_KEYS: &[&str] = &[
     "GATEHOUSE_PASSWORD_ATTEMPTS_PER_USER",
     "GATEHOUSE_PASSWORD_ATTEMPTS_PER_ADDRESS",
     "GATEHOUSE_PASSWORD_WINDOW_SECS",
+    "GATEHOUSE_SSO_MAX_PENDING_LOGINS",
+    "GATEHOUSE_SSO_PENDING_LOGIN_TTL_SECS",
     // Read by the CLI's client commands, not by the server.
     "GATEHOUSE_URL",
     "GATEHOUSE_TOKEN",
@@ -460,6 +483,10 @@ impl Config {
                 self.password.attempts_per_address = parse(key, value)?
             }
             "GATEHOUSE_PASSWORD_WINDOW_SECS" => self.password.window_secs = parse(key, value)?,
+            "GATEHOUSE_SSO_MAX_PENDING_LOGINS" => self.sso.max_pending_logins = parse(key, value)?,
+            "GATEHOUSE_SSO_PENDING_LOGIN_TTL_SECS" => {
+                self.sso.pending_login_ttl_secs = parse(key, value)?
+            }
             "GATEHOUSE_URL" | "GATEHOUSE_TOKEN" | "GATEHOUSE_LOG" => {}
             _ => {
                 return Err(ConfigError::UnknownEnv {

@@ -51,6 +51,7 @@ struct ProviderState {
     faults: Faults,
     codes: HashMap<String, Grant>,
     token_requests: usize,
+    discovery_requests: usize,
 }
 
 /// The OpenID provider on loopback.
@@ -75,17 +76,26 @@ impl Provider {
             ..Default::default()
         }));
         async fn discovery(State(s): St) -> impl IntoResponse {
-            let issuer = s.lock().unwrap().issuer.clone();
-            axum::Json(json!({
-                "issuer": issuer,
-                "authorization_endpoint": format!("{issuer}/authorize"),
-                "token_endpoint": format!("{issuer}/token"),
-                "jwks_uri": format!("{issuer}/jwks"),
-                "response_types_supported": ["code"],
-                "subject_types_supported": ["public"],
-                "id_token_signing_alg_values_supported": ["RS256"],
-                "code_challenge_methods_supported": ["S256"],
-            }))
+            let issuer = {
+                let mut st = s.lock().unwrap();
+                st.discovery_requests += 1;
+                st.issuer.clone()
+            };
+            // Short on purpose: Gatehouse clamps it to `edge.jwks_min_ttl_secs`.
+            let cache = [("cache-control", "public, max-age=1")];
+            (
+                cache,
+                axum::Json(json!({
+                    "issuer": issuer,
+                    "authorization_endpoint": format!("{issuer}/authorize"),
+                    "token_endpoint": format!("{issuer}/token"),
+                    "jwks_uri": format!("{issuer}/jwks"),
+                    "response_types_supported": ["code"],
+                    "subject_types_supported": ["public"],
+                    "id_token_signing_alg_values_supported": ["RS256"],
+                    "code_challenge_methods_supported": ["S256"],
+                })),
+            )
         }
         async fn jwks() -> impl IntoResponse {
             let all: Value = serde_json::from_str(
@@ -234,10 +244,15 @@ struct World {
 }
 
 async fn world() -> World {
+    world_with(|_| {}).await
+}
+
+async fn world_with(tweak: impl FnOnce(&mut gatehouse::config::Config)) -> World {
     let idp = Provider::start().await;
     let server = TestServer::start_with(|config| {
         config.allow_private_urls = true;
         config.edge.jwks_fetch_timeout_ms = 2000;
+        tweak(config);
     })
     .await;
     server
@@ -965,9 +980,36 @@ async fn an_unreachable_provider_is_a_clear_502_not_a_hang() {
         (502, Some("idp_unavailable")),
         "{body}"
     );
+    // Its discovery document is cached: a new login still redirects to it.
     let response = w
         .browser
         .get(format!("{}/v1/acme/sso/corp/login", w.server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 302);
+    // A provider whose discovery document was never fetched: 502 at /login.
+    let gone = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", listener.local_addr().unwrap())
+    };
+    let (status, body) = w
+        .server
+        .call(
+            Method::POST,
+            "/api/v1/tenants/acme/sso",
+            OP,
+            Some(&json!({
+                "id": "gone", "issuer": gone, "client_id": CLIENT_ID,
+                "client_secret": CLIENT_SECRET,
+                "discovery_url": format!("{gone}/.well-known/openid-configuration"),
+            })),
+        )
+        .await;
+    assert!(status == 200 || status == 201, "{status} {body}");
+    let response = w
+        .browser
+        .get(format!("{}/v1/acme/sso/gone/login", w.server.base))
         .header("accept", "application/json")
         .send()
         .await
@@ -976,4 +1018,197 @@ async fn an_unreachable_provider_is_a_clear_502_not_a_hang() {
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["reason"], "idp_unavailable");
     assert!(started.elapsed() < std::time::Duration::from_secs(10));
+}
+
+#[tokio::test]
+async fn the_discovery_document_is_fetched_once_for_many_logins() {
+    let w = world().await;
+    w.set_mode("jit").await;
+    // Concurrent first logins share one fetch (single flight).
+    let starts = (0..8).map(|_| {
+        w.browser
+            .get(format!("{}/v1/acme/sso/corp/login", w.server.base))
+            .send()
+    });
+    for response in futures::future::join_all(starts).await {
+        assert_eq!(response.unwrap().status(), 302);
+    }
+    // Then complete logins (login, callback and ID token keys) reuse it: the provider's
+    // `max-age=1` is clamped up to `edge.jwks_min_ttl_secs` (60 s).
+    for n in 0..5 {
+        let (status, body) = w
+            .login(&format!("many{n}@acme.io"), &format!("many{n}"))
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let state = w.idp.state.lock().unwrap();
+    assert_eq!(state.discovery_requests, 1);
+    assert_eq!(state.token_requests, 5);
+}
+
+#[tokio::test]
+async fn the_discovery_document_is_refetched_after_its_max_age() {
+    let w = world_with(|config| config.edge.jwks_min_ttl_secs = 0).await;
+    w.set_mode("jit").await;
+    let (status, body) = w.login("ttl1@acme.io", "ttl1").await;
+    assert_eq!(status, 200, "{body}");
+    let before = w.idp.state.lock().unwrap().discovery_requests;
+    assert!(before >= 1);
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    // `max-age=1` has passed: the next login fetches it again.
+    let (status, body) = w.login("ttl2@acme.io", "ttl2").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(w.idp.state.lock().unwrap().discovery_requests > before);
+}
+
+#[tokio::test]
+async fn pending_logins_are_capped_per_tenant_and_expired_ones_swept() {
+    let w = world_with(|config| {
+        config.sso.max_pending_logins = 3;
+        config.sso.pending_login_ttl_secs = 1;
+    })
+    .await;
+    w.set_mode("jit").await;
+    let begin = |tenant: &'static str, sso: &'static str| {
+        w.browser
+            .get(format!("{}/v1/{tenant}/sso/{sso}/login", w.server.base))
+            .header("accept", "application/json")
+            .send()
+    };
+    for _ in 0..3 {
+        assert_eq!(begin("acme", "corp").await.unwrap().status(), 302);
+    }
+    // Full: refused with a reason, nothing more stored.
+    let response = begin("acme", "corp").await.unwrap();
+    assert_eq!(response.status(), 429);
+    assert_eq!(response.headers()["retry-after"], "60");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["reason"], "too_many_pending_logins", "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("at most 3"),
+        "{body}"
+    );
+    // The cap is per tenant: another tenant's logins are not refused.
+    let (status, body) = w
+        .server
+        .call(
+            Method::POST,
+            "/api/v1/tenants/other/sso",
+            OP,
+            Some(&json!({
+                "id": "corp", "issuer": w.idp.issuer, "client_id": CLIENT_ID,
+                "client_secret": CLIENT_SECRET,
+                "discovery_url": format!("{}/.well-known/openid-configuration", w.idp.issuer),
+            })),
+        )
+        .await;
+    assert!(status == 200 || status == 201, "{status} {body}");
+    assert_eq!(begin("other", "corp").await.unwrap().status(), 302);
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    // Once they expired they are swept: the tenant can start logins again...
+    for _ in 0..2 {
+        assert_eq!(begin("acme", "corp").await.unwrap().status(), 302);
+    }
+    let callback = w.start("flood@acme.io", "flood", "/").await;
+    assert_eq!(begin("acme", "corp").await.unwrap().status(), 429);
+    // ...and a completed login frees its place at once.
+    let (status, body) = w.finish(&callback).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(begin("acme", "corp").await.unwrap().status(), 302);
+    // ...and the expired ones are gone from the store, not merely ignored.
+    let data = w.server.data.clone();
+    w.server.stop().await;
+    let (app, _) = gatehouse::app::App::open(&gatehouse::config::Config {
+        data: data.path().to_owned(),
+        operator_token: Some(OPERATOR_TOKEN.into()),
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(app.sso_pending_stored("acme").unwrap(), 3);
+    assert_eq!(app.sso_pending_stored("other").unwrap(), 1);
+}
+
+#[tokio::test]
+async fn the_idps_unique_id_is_bound_at_first_login() {
+    let w = world().await;
+    w.set_mode("jit").await;
+    let (status, body) = w.login("ann@acme.io", "ann-sub").await;
+    assert_eq!(
+        (status, body["outcome"].as_str()),
+        (200, Some("created")),
+        "{body}"
+    );
+    let ann = body["user"]["id"].as_str().unwrap().to_owned();
+
+    // Her email changed at the IdP, her unique id did not: still her, no second user.
+    let (status, body) = w.login("ann.new@acme.io", "ann-sub").await;
+    assert_eq!(
+        (status, body["outcome"].as_str()),
+        (200, Some("allowed")),
+        "{body}"
+    );
+    assert_eq!(body["user"]["id"], ann.as_str(), "{body}");
+    assert!(w.users_with("ann.new@acme.io").await.is_empty());
+
+    // Her old address given to someone else at the IdP: refused, never merged into her.
+    let (status, body) = w.login("ann@acme.io", "someone-else").await;
+    assert_eq!(
+        (status, body["reason"].as_str()),
+        (403, Some("subject_mismatch")),
+        "{body}"
+    );
+    assert!(
+        body["detail"].as_str().unwrap().contains("ask your admin"),
+        "{body}"
+    );
+    assert_eq!(w.users_with("ann@acme.io").await.len(), 1);
+
+    // An invited user is bound by the login that activates her.
+    let ivy = w.user("ivy@acme.io", "invited").await;
+    let (status, body) = w.login("ivy@acme.io", "ivy-sub").await;
+    assert_eq!(
+        (status, body["outcome"].as_str()),
+        (200, Some("activated")),
+        "{body}"
+    );
+    let (status, body) = w.login("ivy@acme.io", "not-ivy").await;
+    assert_eq!(
+        (status, body["reason"].as_str()),
+        (403, Some("subject_mismatch")),
+        "{body}"
+    );
+    let (status, body) = w.login("ivy@acme.io", "ivy-sub").await;
+    assert_eq!(
+        (status, body["user"]["id"].as_str()),
+        (200, Some(ivy.as_str())),
+        "{body}"
+    );
+
+    // Deactivating her is not undone by logging in under a new email.
+    let (status, _) = w
+        .server
+        .call(
+            Method::POST,
+            &format!("/api/v1/tenants/acme/users/{ann}/deactivate"),
+            OP,
+            Some(&json!({})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, body) = w.login("ann.third@acme.io", "ann-sub").await;
+    assert_eq!(
+        (status, body["reason"].as_str()),
+        (403, Some("deactivated")),
+        "{body}"
+    );
+    assert!(w.users_with("ann.third@acme.io").await.is_empty());
+
+    // Refusals are audited with the reason.
+    let refused: Vec<_> = w
+        .audit()
+        .await
+        .into_iter()
+        .filter(|e| e["action"] == "login.sso" && e["after"]["reason"] == "subject_mismatch")
+        .collect();
+    assert_eq!(refused.len(), 2, "{refused:?}");
 }

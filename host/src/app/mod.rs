@@ -76,6 +76,13 @@ pub enum AppError {
         reason: &'static str,
         message: String,
     },
+    /// Too much at once (`reason` says what); try again after `retry_after_secs`.
+    #[error("{message}")]
+    TooManyRequests {
+        reason: &'static str,
+        message: String,
+        retry_after_secs: u64,
+    },
     /// The identity provider cannot be reached or answered nonsense.
     #[error("{0}")]
     IdpUnavailable(String),
@@ -180,6 +187,8 @@ pub struct App {
     sessions: Sessions,
     /// Password settings and attempt buckets.
     passwords: Passwords,
+    /// Bounds on SSO logins in progress.
+    sso_pending: sso::PendingLogins,
 }
 
 const OPERATOR_TOKEN_HASH: &str = "operator-token-sha256";
@@ -216,6 +225,7 @@ impl App {
             scim: ScimRuntime::new(config.scim.clone()),
             sessions: Sessions::new(&config.session),
             passwords: Passwords::new(&config.password)?,
+            sso_pending: sso::PendingLogins::new(&config.sso),
         };
         app.load_all_tenants()?;
         Ok((app, generated))

@@ -18,10 +18,15 @@ use base64::Engine;
 use gatehouse_rules::{self as rules, ProvisioningMode, UserSource, UserStatus};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 
-/// How long a started login may take to come back, in seconds.
-const PENDING_TTL: i64 = 600;
+/// A tenant's pending logins are swept of expired ones at least this often (on the next
+/// `/login`), and at most once per [`FULL_SWEEP_GAP`] while the tenant is at its cap.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+const FULL_SWEEP_GAP: Duration = Duration::from_secs(1);
 /// Clock skew accepted on ID token times, in seconds.
 const ID_TOKEN_LEEWAY: i64 = 60;
 /// Longest accepted `return_to`.
@@ -42,6 +47,48 @@ struct PendingLogin {
 
 impl Record for PendingLogin {
     const SPACE: Space = Space::SsoPending;
+}
+
+/// Per tenant, how many unexpired pending logins there are (exact after each sweep, kept
+/// up to date by `/login` and `/callback` in between) and when they were last swept.
+pub(super) struct PendingLogins {
+    cap: usize,
+    ttl: i64,
+    tenants: Mutex<HashMap<String, Arc<Mutex<PendingCount>>>>,
+}
+
+#[derive(Default)]
+struct PendingCount {
+    count: usize,
+    swept_at: Option<Instant>,
+}
+
+impl PendingLogins {
+    pub(super) fn new(config: &crate::config::SsoLoginConfig) -> Self {
+        PendingLogins {
+            cap: config.max_pending_logins,
+            ttl: i64::try_from(config.pending_login_ttl_secs)
+                .unwrap_or(i64::MAX)
+                .max(1),
+            tenants: Mutex::default(),
+        }
+    }
+
+    fn tenant(&self, slug: &str) -> Arc<Mutex<PendingCount>> {
+        self.tenants
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(slug.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// One pending login of `slug` is gone (completed or refused at the callback).
+    fn taken(&self, slug: &str) {
+        let tenant = self.tenant(slug);
+        let mut count = tenant.lock().unwrap_or_else(|p| p.into_inner());
+        count.count = count.count.saturating_sub(1);
+    }
 }
 
 /// Where to send the browser to log in.
@@ -106,6 +153,42 @@ struct Endpoints {
     token: String,
 }
 
+/// Where an SSO configuration's unique ids are bound to users: per configuration and
+/// issuer (a configuration re-created for another IdP starts afresh).
+struct SubjectKeys {
+    sso_id: String,
+    issuer: String,
+}
+
+impl SubjectKeys {
+    fn new(sso: &SsoConfig) -> Self {
+        SubjectKeys {
+            sso_id: sso.id.clone(),
+            issuer: hex::encode(&crate::policy::sha256(sso.issuer.as_bytes())[..16]),
+        }
+    }
+
+    /// → user id.
+    fn by_subject(&self, subject: &str) -> [String; 4] {
+        let hash = hex::encode(crate::policy::sha256(subject.as_bytes()));
+        [self.sso_id.clone(), self.issuer.clone(), "s".into(), hash]
+    }
+
+    /// → unique id.
+    fn by_user(&self, user_id: &str) -> [String; 4] {
+        [
+            self.sso_id.clone(),
+            self.issuer.clone(),
+            "u".into(),
+            user_id.to_owned(),
+        ]
+    }
+}
+
+fn parts(key: &[String; 4]) -> [&str; 4] {
+    [&key[0], &key[1], &key[2], &key[3]]
+}
+
 fn discovery_url(sso: &SsoConfig) -> String {
     sso.discovery_url.clone().unwrap_or_else(|| {
         format!(
@@ -132,7 +215,7 @@ impl App {
 
     async fn endpoints(&self, sso: &SsoConfig) -> Result<Endpoints, AppError> {
         let url = discovery_url(sso);
-        let doc = self.edge.jwks().get_json(&url).await.map_err(|e| {
+        let doc = self.edge.jwks().discovery(&url).await.map_err(|e| {
             tracing::warn!(error = %e, "SSO discovery failed");
             AppError::IdpUnavailable(
                 "the identity provider cannot be reached (discovery failed); try again later"
@@ -182,17 +265,9 @@ impl App {
             nonce: nonce.clone(),
             return_to,
             redirect_uri: redirect_uri.clone(),
-            expires_at: now + PENDING_TTL,
+            expires_at: now.saturating_add(self.sso_pending.ttl),
         };
-        let mut batch = Batch::new(&slug);
-        batch.put(&[&state_sha256], &pending);
-        // Logins never completed are dropped by later ones.
-        for old in self.store.list::<PendingLogin>(&slug, &[])? {
-            if old.expires_at <= now {
-                batch.remove(Space::SsoPending, &[&old.state_sha256]);
-            }
-        }
-        self.store.apply(&batch)?;
+        self.store_pending(&slug, &pending, now)?;
         let mut url = url::Url::parse(&endpoints.authorization).map_err(|_| {
             AppError::IdpUnavailable(
                 "the identity provider's authorization endpoint is not a URL".into(),
@@ -210,6 +285,61 @@ impl App {
         Ok(LoginStart {
             authorization_url: url.into(),
         })
+    }
+
+    /// Stores a pending login if the tenant is under its cap. Expired pending logins are
+    /// swept on the way: at least every [`SWEEP_EVERY`], and (at most once per
+    /// [`FULL_SWEEP_GAP`]) when the tenant is at its cap, so a flood of `/login` calls holds
+    /// at most `max_pending_logins` records per tenant and costs no scan per call.
+    fn store_pending(&self, slug: &str, pending: &PendingLogin, now: i64) -> Result<(), AppError> {
+        let limits = &self.sso_pending;
+        let tenant = limits.tenant(slug);
+        let mut count = tenant.lock().unwrap_or_else(|p| p.into_inner());
+        let since = |gap: Duration| count.swept_at.is_none_or(|at| at.elapsed() >= gap);
+        if since(SWEEP_EVERY) || (count.count >= limits.cap && since(FULL_SWEEP_GAP)) {
+            count.count = self.sweep_pending(slug, now)?;
+            count.swept_at = Some(Instant::now());
+        }
+        if count.count >= limits.cap {
+            return Err(AppError::TooManyRequests {
+                reason: "too_many_pending_logins",
+                message: format!(
+                    "too many logins of this tenant are in progress (at most {}); try again in a minute",
+                    limits.cap
+                ),
+                retry_after_secs: 60,
+            });
+        }
+        let mut batch = Batch::new(slug);
+        batch.put(&[&pending.state_sha256], pending);
+        self.store.apply(&batch)?;
+        count.count += 1;
+        Ok(())
+    }
+
+    /// Removes `slug`'s expired pending logins; answers how many unexpired ones remain.
+    fn sweep_pending(&self, slug: &str, now: i64) -> Result<usize, AppError> {
+        let mut batch = Batch::new(slug);
+        let (mut live, mut expired) = (0, 0);
+        for old in self.store.list::<PendingLogin>(slug, &[])? {
+            if old.expires_at <= now {
+                batch.remove(Space::SsoPending, &[&old.state_sha256]);
+                expired += 1;
+            } else {
+                live += 1;
+            }
+        }
+        if expired > 0 {
+            self.store.apply(&batch)?;
+            tracing::debug!(tenant = slug, expired, live, "swept expired SSO logins");
+        }
+        Ok(live)
+    }
+
+    /// How many pending logins `tenant` holds in the store, expired ones included.
+    pub fn sso_pending_stored(&self, tenant: &str) -> Result<usize, AppError> {
+        let slug = self.tenant(tenant)?.slug;
+        Ok(self.store.list::<PendingLogin>(&slug, &[])?.len())
     }
 
     /// Completes a login from the IdP's redirect: takes the pending login for `state`
@@ -239,7 +369,7 @@ impl App {
         take.require_present(Space::SsoPending, &[&key], "login".into())
             .remove(Space::SsoPending, &[&key]);
         match self.store.apply(&take) {
-            Ok(()) => {}
+            Ok(()) => self.sso_pending.taken(&slug),
             Err(crate::store::StoreError::NotFound(_)) => return Err(bad_state()),
             Err(e) => return Err(e.into()),
         }
@@ -387,12 +517,41 @@ impl App {
                 "jit" => ProvisioningMode::Jit,
                 _ => ProvisioningMode::InviteOnly,
             };
-            let existing: Option<User> = match Email::parse(&login_claims.email) {
+            let subject_keys = SubjectKeys::new(sso);
+            let user_by_id = |id: Vec<u8>| -> Result<Option<User>, AppError> {
+                Ok(self.store.get(slug, &[&String::from_utf8_lossy(&id)])?)
+            };
+            // The IdP's unique id decides who this is once it is bound (decision 41): the
+            // email may have changed at the IdP since.
+            let by_subject: Option<User> = match &subject {
+                Some(sub) => match self.store.get_raw(Space::SsoSubjects, slug, &parts(&subject_keys.by_subject(sub)))? {
+                    Some(id) => user_by_id(id)?,
+                    None => None,
+                },
+                None => None,
+            };
+            let by_email: Option<User> = match Email::parse(&login_claims.email) {
                 Ok(email) => match self.store.get_raw(Space::UserEmails, slug, &[&email.key()])? {
-                    Some(id) => self.store.get(slug, &[&String::from_utf8_lossy(&id)])?,
+                    Some(id) => user_by_id(id)?,
                     None => None,
                 },
                 Err(_) => None,
+            };
+            let bound = by_subject.is_some();
+            // An email whose user is bound to another unique id of this IdP is someone
+            // else's (a reassigned address): refused, never merged.
+            let mut mismatch = false;
+            let existing = match (by_subject, by_email) {
+                (Some(user), _) => Some(user),
+                (None, Some(user)) => {
+                    mismatch = subject.is_some()
+                        && self
+                            .store
+                            .get_raw(Space::SsoSubjects, slug, &parts(&subject_keys.by_user(&user.id)))?
+                            .is_some();
+                    Some(user)
+                }
+                (None, None) => None,
             };
             let input = rules::LoginInput {
                 mode,
@@ -409,21 +568,33 @@ impl App {
                 .policies
                 .get(slug)
                 .ok_or_else(|| AppError::NotFound("SSO login".into()))?;
-            // No unique id: refused before the policy is asked (and audited like any).
+            // No unique id, or one that is not the email's user's: refused before the
+            // policy is asked (and audited like any).
+            let refuse = |code: &str, message: String| rules::LoginDecision {
+                outcome: rules::LoginOutcome::Refuse(rules::Refusal {
+                    code: code.into(),
+                    message,
+                }),
+                trace: Vec::new(),
+            };
             let decision = match &subject {
+                Some(_) if mismatch => refuse(
+                    "subject_mismatch",
+                    format!(
+                        "the account with this email is linked to another {} at your identity provider; ask your admin",
+                        sso.unique_id_claim
+                    ),
+                ),
                 Some(_) => policy
                     .login(&self.engine, &input)
                     .map_err(AppError::PolicyFailed)?,
-                None => rules::LoginDecision {
-                    outcome: rules::LoginOutcome::Refuse(rules::Refusal {
-                        code: "missing_subject".into(),
-                        message: format!(
-                            "your identity provider sent no {} claim; ask your admin to release it",
-                            sso.unique_id_claim
-                        ),
-                    }),
-                    trace: Vec::new(),
-                },
+                None => refuse(
+                    "missing_subject",
+                    format!(
+                        "your identity provider sent no {} claim; ask your admin to release it",
+                        sso.unique_id_claim
+                    ),
+                ),
             };
             let now = now();
             let mut batch = Batch::new(slug);
@@ -515,6 +686,11 @@ impl App {
                     (user, "created")
                 }
             };
+            if let (false, Some(sub)) = (bound, &subject) {
+                let user = &result.0.id;
+                batch.put_raw(Space::SsoSubjects, &parts(&subject_keys.by_subject(sub)), user.as_bytes());
+                batch.put_raw(Space::SsoSubjects, &parts(&subject_keys.by_user(user)), sub.as_bytes());
+            }
             self.store.apply(&batch)?;
             Ok(result)
         })?;

@@ -28,6 +28,9 @@ impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let retry_after = match &self {
             AppError::RateLimited { retry_after, .. } => Some(*retry_after),
+            AppError::TooManyRequests {
+                retry_after_secs, ..
+            } => Some(*retry_after_secs),
             _ => None,
         };
         let (status, reason, detail, failed_cases) = match self {
@@ -98,6 +101,12 @@ impl IntoResponse for AppError {
             ),
             AppError::LoginInvalid { reason, .. } => (
                 StatusCode::UNAUTHORIZED,
+                reason.into(),
+                self.to_string(),
+                None,
+            ),
+            AppError::TooManyRequests { reason, .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
                 reason.into(),
                 self.to_string(),
                 None,

@@ -173,6 +173,7 @@ fn count(result: &Result<SsoLogin, AppError>) {
         Err(AppError::LoginRefused { reason, .. }) => ("refuse", reason.clone()),
         Err(AppError::LoginInvalid { reason, .. }) => ("invalid", (*reason).to_owned()),
         Err(AppError::IdpUnavailable(_)) => ("invalid", "idp_unavailable".to_owned()),
+        Err(AppError::TooManyRequests { reason, .. }) => ("refuse", (*reason).to_owned()),
         Err(_) => ("error", "other".to_owned()),
     };
     metrics::counter!("gatehouse_sso_logins_total", "result" => result, "reason" => reason)
@@ -180,7 +181,8 @@ fn count(result: &Result<SsoLogin, AppError>) {
 }
 
 /// Starts an SSO login: redirects to the identity provider with PKCE (S256), `state` and
-/// `nonce`; the pending login is kept server-side for 10 minutes, usable once.
+/// `nonce`; the pending login is kept server-side for `sso.pending_login_ttl_secs` (10 minutes), usable
+/// once; a tenant holds at most `sso.max_pending_logins` of them.
 #[utoipa::path(
     get,
     path = "/v1/{tenant}/sso/{sso_id}/login",
@@ -194,6 +196,7 @@ fn count(result: &Result<SsoLogin, AppError>) {
         (status = 302, description = "To the identity provider's authorization endpoint"),
         (status = 400, description = "`return_to` is not a path on this site", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such SSO login (unknown tenant or SSO configuration alike)", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many logins of this tenant in progress (`too_many_pending_logins`)", body = Problem, content_type = "application/problem+json"),
         (status = 502, description = "The identity provider cannot be reached (`idp_unavailable`)", body = Problem, content_type = "application/problem+json"),
     ),
 )]

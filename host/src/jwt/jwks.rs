@@ -119,6 +119,28 @@ pub struct JwksCache {
     settings: JwksSettings,
     client: reqwest::Client,
     sources: RwLock<HashMap<KeyLocation, Arc<Source>>>,
+    discovery: RwLock<HashMap<String, Arc<DiscoveryEntry>>>,
+}
+
+/// One cached OpenID discovery document.
+#[derive(Default)]
+struct DiscoveryEntry {
+    /// The document and until when it is fresh.
+    current: Mutex<Option<(Arc<serde_json::Value>, Instant)>>,
+    /// When the last fetch failed, and why: requests that waited for it share the answer.
+    failed: Mutex<Option<(Instant, String)>>,
+    /// Single flight: one fetch at a time per URL.
+    fetching: tokio::sync::Mutex<()>,
+}
+
+impl DiscoveryEntry {
+    fn fresh(&self, now: Instant) -> Option<Arc<serde_json::Value>> {
+        let current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        current
+            .as_ref()
+            .filter(|(_, until)| now < *until)
+            .map(|(doc, _)| doc.clone())
+    }
 }
 
 impl JwksCache {
@@ -149,6 +171,7 @@ impl JwksCache {
             settings,
             client,
             sources: RwLock::default(),
+            discovery: RwLock::default(),
         })
     }
 
@@ -296,9 +319,7 @@ impl JwksCache {
         let jwks_uri = match location {
             KeyLocation::Jwks(uri) => uri.clone(),
             KeyLocation::Discovery(url) => {
-                let (body, _) = self.get(url).await?;
-                let doc: serde_json::Value = serde_json::from_slice(&body)
-                    .map_err(|e| format!("discovery document is not JSON: {e}"))?;
+                let doc = self.discovery(url).await?;
                 let uri = doc
                     .get("jwks_uri")
                     .and_then(|v| v.as_str())
@@ -366,11 +387,80 @@ impl JwksCache {
         Ok((body, max_age))
     }
 
-    /// GETs a JSON document (an OpenID discovery document) through the same address guard,
-    /// timeouts and size cap as key sets.
-    pub async fn get_json(&self, url: &str) -> Result<serde_json::Value, String> {
-        let (body, _) = self.get(url).await?;
-        serde_json::from_slice(&body).map_err(|e| format!("GET {url}: not JSON: {e}"))
+    /// The OpenID discovery document at `url`, fetched through the same address guard,
+    /// timeouts and size cap as key sets and cached per URL for its `max-age` (clamped like
+    /// key sets; `default_ttl` without one). Single-flight: concurrent requests for an
+    /// uncached document wait for one fetch and share its result, success or failure.
+    pub async fn discovery(&self, url: &str) -> Result<Arc<serde_json::Value>, String> {
+        let entry = self.discovery_entry(url);
+        if let Some(doc) = entry.fresh(Instant::now()) {
+            return Ok(doc);
+        }
+        let asked_at = Instant::now();
+        let _flight = entry.fetching.lock().await;
+        if let Some(doc) = entry.fresh(Instant::now()) {
+            return Ok(doc); // someone fetched while we waited
+        }
+        if let Some((at, error)) = entry
+            .failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            if *at >= asked_at {
+                return Err(error.clone()); // someone failed while we waited
+            }
+        }
+        let result = async {
+            let (body, max_age) = self.get(url).await?;
+            let doc: serde_json::Value = serde_json::from_slice(&body)
+                .map_err(|e| format!("GET {url}: discovery document is not JSON: {e}"))?;
+            if !doc.is_object() {
+                return Err(format!(
+                    "GET {url}: discovery document is not a JSON object"
+                ));
+            }
+            Ok((doc, max_age))
+        }
+        .await;
+        match result {
+            Ok((doc, max_age)) => {
+                metrics::counter!("gatehouse_discovery_fetches_total", "result" => "ok")
+                    .increment(1);
+                let ttl = max_age
+                    .unwrap_or(self.settings.default_ttl)
+                    .clamp(self.settings.min_ttl, self.settings.max_ttl);
+                let doc = Arc::new(doc);
+                *entry.current.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some((doc.clone(), Instant::now() + ttl));
+                *entry.failed.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                Ok(doc)
+            }
+            Err(error) => {
+                metrics::counter!("gatehouse_discovery_fetches_total", "result" => "error")
+                    .increment(1);
+                *entry.failed.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some((Instant::now(), error.clone()));
+                Err(error)
+            }
+        }
+    }
+
+    fn discovery_entry(&self, url: &str) -> Arc<DiscoveryEntry> {
+        if let Some(entry) = self
+            .discovery
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(url)
+        {
+            return entry.clone();
+        }
+        self.discovery
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(url.to_owned())
+            .or_default()
+            .clone()
     }
 
     /// POSTs a form (an OAuth 2.0 token request) through the same guard, timeouts and size

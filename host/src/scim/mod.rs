@@ -95,6 +95,9 @@ impl From<AppError> for ScimError {
             | AppError::IdpUnavailable(_)
             | AppError::LinkInvalid(_)
             | AppError::RateLimited { .. }) => ScimError::Internal(e.to_string()),
+            AppError::TooManyRequests {
+                retry_after_secs, ..
+            } => ScimError::RateLimited(retry_after_secs),
             AppError::Internal(why) => ScimError::Internal(why),
         }
     }

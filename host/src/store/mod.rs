@@ -94,11 +94,14 @@ pub enum Space {
     /// Password hashes (argon2id PHC strings): user id → record. Apart from the user
     /// record, so no answer or audit entry that shows a user can carry one.
     Passwords,
+    /// The IdP's unique id of SSO users, bound at first login: sso id, issuer hash, `s`,
+    /// SHA-256 of the unique id → user id; sso id, issuer hash, `u`, user id → unique id.
+    SsoSubjects,
 }
 
 impl Space {
     /// Every space, for backends that create them up front.
-    pub const ALL: [Space; 33] = [
+    pub const ALL: [Space; 34] = [
         Space::System,
         Space::Tenants,
         Space::PolicyState,
@@ -132,6 +135,7 @@ impl Space {
         Space::SessionKeys,
         Space::SsoPending,
         Space::Passwords,
+        Space::SsoSubjects,
     ];
 
     /// The side table of this space's records, if they keep a part apart (see [`side`]).
@@ -178,6 +182,7 @@ impl Space {
             Space::SessionKeys => "session_keys",
             Space::SsoPending => "sso_pending",
             Space::Passwords => "passwords",
+            Space::SsoSubjects => "sso_subjects",
         }
     }
 }
