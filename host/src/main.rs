@@ -60,6 +60,18 @@ struct ServeArgs {
 
 #[derive(Subcommand)]
 enum PolicyCommand {
+    /// Scaffold a new policy crate (the default policy under a new name, with its cases).
+    New {
+        /// The policy's name (lowercase letters, digits, '-').
+        name: String,
+        /// Where to create the crate (default: ./NAME).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// The policy SDK to depend on (default: guest/sdk of the source tree this binary
+        /// was built from).
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+    },
     /// Build a policy crate into a component.
     Build {
         /// The policy crate's directory.
@@ -179,6 +191,20 @@ fn init_logging(format: LogFormat) {
 
 fn policy(command: PolicyCommand) -> Result<()> {
     match command {
+        PolicyCommand::New { name, dir, sdk } => {
+            let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
+            let sdk = sdk.unwrap_or_else(gatehouse::scaffold::default_sdk_dir);
+            let files = gatehouse::scaffold::new_policy(&name, &dir, &sdk)?;
+            println!("created policy {name} in {}:", dir.display());
+            for file in files {
+                println!("  {file}");
+            }
+            println!(
+                "next: gatehouse policy test {}  (builds it and runs its cases)",
+                dir.display()
+            );
+            Ok(())
+        }
         PolicyCommand::Build { dir, out } => {
             let component = build_policy(&dir)?;
             let out = out.unwrap_or_else(|| dir.join("target").join("policy.wasm"));
