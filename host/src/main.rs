@@ -79,6 +79,10 @@ enum PolicyCommand {
         /// Where to write the component (default: DIR/target/policy.wasm).
         #[arg(short, long)]
         out: Option<PathBuf>,
+        /// Cargo's target directory for the wasm build (default: DIR/target); policies that
+        /// share one reuse the dependencies they have in common.
+        #[arg(long)]
+        target_dir: Option<PathBuf>,
     },
     /// Build a policy crate and run its cases (DIR/cases/*.json) through the component.
     Test {
@@ -87,6 +91,9 @@ enum PolicyCommand {
         /// Test this component instead of building DIR.
         #[arg(long)]
         component: Option<PathBuf>,
+        /// Cargo's target directory for the wasm build (default: DIR/target).
+        #[arg(long)]
+        target_dir: Option<PathBuf>,
     },
     /// Upload a component to a tenant on a running server and activate it.
     Push {
@@ -205,8 +212,12 @@ fn policy(command: PolicyCommand) -> Result<()> {
             );
             Ok(())
         }
-        PolicyCommand::Build { dir, out } => {
-            let component = build_policy(&dir)?;
+        PolicyCommand::Build {
+            dir,
+            out,
+            target_dir,
+        } => {
+            let component = build_policy(&dir, target_dir)?;
             let out = out.unwrap_or_else(|| dir.join("target").join("policy.wasm"));
             if let Some(parent) = out.parent() {
                 std::fs::create_dir_all(parent)?;
@@ -216,12 +227,16 @@ fn policy(command: PolicyCommand) -> Result<()> {
             println!("built {} ({} bytes)", out.display(), component.len());
             Ok(())
         }
-        PolicyCommand::Test { dir, component } => {
+        PolicyCommand::Test {
+            dir,
+            component,
+            target_dir,
+        } => {
             let bytes = match component {
                 Some(path) => {
                     std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?
                 }
-                None => build_policy(&dir)?,
+                None => build_policy(&dir, target_dir)?,
             };
             test_policy(&bytes, &dir.join("cases"))
         }
@@ -241,8 +256,8 @@ fn policy(command: PolicyCommand) -> Result<()> {
     }
 }
 
-fn build_policy(dir: &Path) -> Result<Vec<u8>> {
-    let target = dir.join("target");
+fn build_policy(dir: &Path, target_dir: Option<PathBuf>) -> Result<Vec<u8>> {
+    let target = target_dir.unwrap_or_else(|| dir.join("target"));
     gatehouse_policy_build::build(dir, &target)
         .with_context(|| format!("building the policy in {}", dir.display()))
 }

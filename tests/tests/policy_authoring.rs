@@ -1,0 +1,318 @@
+//! Issue 7, tenant policy authoring: `gatehouse policy new` scaffolds a crate that builds and
+//! passes its cases, the example policies pass `gatehouse policy test`, invalid settings are
+//! refused with the policy's own message by the admin API and the CLI, and the examples go
+//! through push, activation and rollback on a running server.
+
+use gatehouse_tests::{fixtures, gatehouse_bin, TestServer, OPERATOR_TOKEN};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// Runs the real binary with `args`, no `GATEHOUSE_*` variables but `env`.
+fn gatehouse(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(gatehouse_bin());
+    command.args(args);
+    for (key, _) in std::env::vars() {
+        if key.starts_with("GATEHOUSE_") {
+            command.env_remove(key);
+        }
+    }
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command.output().expect("gatehouse runs")
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// A target directory the wasm builds of these tests share across runs.
+fn wasm_target() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("policy-authoring-wasm")
+}
+
+#[test]
+fn policy_new_scaffolds_a_crate_that_builds_and_passes_its_cases() {
+    let dir = tempfile::tempdir().unwrap();
+    let crate_dir = dir.path().join("acme-rules");
+    let crate_path = crate_dir.to_str().unwrap();
+    let output = gatehouse(&["policy", "new", "acme-rules", "--dir", crate_path], &[]);
+    assert!(output.status.success(), "{}", text(&output));
+    for file in [
+        "Cargo.toml",
+        "Cargo.lock",
+        "src/lib.rs",
+        "cases/resolve.json",
+    ] {
+        assert!(crate_dir.join(file).is_file(), "{file} missing");
+    }
+    let manifest = std::fs::read_to_string(crate_dir.join("Cargo.toml")).unwrap();
+    assert!(
+        manifest.contains("name = \"gatehouse-policy-acme-rules\""),
+        "{manifest}"
+    );
+
+    // Scaffolding over an existing directory, or with a bad name, is refused and says why.
+    let again = gatehouse(&["policy", "new", "acme-rules", "--dir", crate_path], &[]);
+    assert!(!again.status.success());
+    assert!(text(&again).contains("already exists"), "{}", text(&again));
+    let bad = gatehouse(&["policy", "new", "Acme Rules", "--dir", crate_path], &[]);
+    assert!(!bad.status.success());
+    assert!(text(&bad).contains("is invalid"), "{}", text(&bad));
+
+    // The repository's own tooling builds it and runs its cases (the default policy's).
+    let target = wasm_target();
+    let output = gatehouse(
+        &[
+            "policy",
+            "test",
+            crate_path,
+            "--target-dir",
+            target.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(output.status.success(), "{}", text(&output));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains(" passed, 0 failed"), "{stdout}");
+    assert!(!stdout.contains("FAIL"), "{stdout}");
+
+    // The built component names itself after the new policy.
+    let out = dir.path().join("acme.wasm");
+    let output = gatehouse(
+        &[
+            "policy",
+            "build",
+            crate_path,
+            "--target-dir",
+            target.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(output.status.success(), "{}", text(&output));
+    let engine =
+        gatehouse::policy::PolicyEngine::new(gatehouse::policy::Limits::default()).unwrap();
+    let compiled = engine.compile(&std::fs::read(&out).unwrap()).unwrap();
+    assert_eq!(compiled.info.name, "acme-rules");
+    assert_eq!(compiled.info.contract, gatehouse::policy::CONTRACT);
+}
+
+/// `gatehouse policy test DIR --component FILE` on each example and its own cases.
+#[test]
+fn both_examples_pass_policy_test() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, component, min_cases) in [
+        ("nested-claims", fixtures::NESTED_CLAIMS, 8),
+        ("department-teams", fixtures::DEPARTMENT_TEAMS, 8),
+    ] {
+        let file = dir.path().join(format!("{name}.wasm"));
+        std::fs::write(&file, component).unwrap();
+        let crate_dir = fixtures::root().join("policies").join(name);
+        let output = gatehouse(
+            &[
+                "policy",
+                "test",
+                crate_dir.to_str().unwrap(),
+                "--component",
+                file.to_str().unwrap(),
+            ],
+            &[],
+        );
+        assert!(output.status.success(), "{name}: {}", text(&output));
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let passed: usize = stdout
+            .lines()
+            .last()
+            .and_then(|line| line.strip_suffix(" passed, 0 failed"))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{name}: no summary line in {stdout}"));
+        assert!(passed >= min_cases, "{name}: only {passed} cases ran");
+    }
+}
+
+/// A resolve request as the admin API's evaluate endpoint takes it.
+fn resolve(email: &str, department: &str, team: &str) -> Value {
+    json!({
+        "decision": "resolve",
+        "input": {
+            "idp": "okta", "user_claim": email, "team_values": [department],
+            "users": [{ "id": "u-1", "email": email, "status": "active", "matched_by": "email", "teams": [] }],
+            "teams": [{ "id": team, "name": team, "matched": department }]
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_settings_are_refused_with_the_policys_message_by_api_and_cli() {
+    let server = TestServer::start().await;
+    server.create_tenant("acme").await;
+    for (settings, message) in [
+        (json!({}), "missing field `allowed_departments`"),
+        (
+            json!({ "allowed_departments": ["Engineering", " "] }),
+            "settings.allowed_departments[1] is blank",
+        ),
+        (
+            json!({ "allowed_departments": ["Engineering"], "team_prefix": "x" }),
+            "unknown field `team_prefix`",
+        ),
+    ] {
+        let (status, body) = server
+            .upload("acme", fixtures::DEPARTMENT_TEAMS, settings.clone(), true)
+            .await;
+        assert_eq!(status, 422, "{settings}: {body}");
+        let detail = body["detail"].as_str().unwrap_or_default();
+        assert!(detail.contains(message), "{settings}: {body}");
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let component = dir.path().join("department-teams.wasm");
+    std::fs::write(&component, fixtures::DEPARTMENT_TEAMS).unwrap();
+    let settings = dir.path().join("settings.json");
+    std::fs::write(&settings, r#"{"allowed_departments": []}"#).unwrap();
+    let env = [
+        ("GATEHOUSE_URL", server.base.as_str()),
+        ("GATEHOUSE_TOKEN", OPERATOR_TOKEN),
+    ];
+    let push = |settings: &Path| {
+        gatehouse(
+            &[
+                "policy",
+                "push",
+                "--tenant",
+                "acme",
+                component.to_str().unwrap(),
+                "--settings",
+                settings.to_str().unwrap(),
+            ],
+            &env,
+        )
+    };
+    let output = tokio::task::block_in_place(|| push(&settings));
+    assert!(!output.status.success(), "{}", text(&output));
+    assert!(
+        text(&output).contains("settings.allowed_departments is empty"),
+        "{}",
+        text(&output)
+    );
+    // Nothing was stored: the tenant still runs the default policy.
+    let (_, state) = server
+        .call(
+            reqwest::Method::GET,
+            "/api/v1/tenants/acme/policy",
+            Some(OPERATOR_TOKEN),
+            None,
+        )
+        .await;
+    assert!(
+        state["versions"].as_array().is_none_or(Vec::is_empty),
+        "{state}"
+    );
+
+    std::fs::write(&settings, r#"{"allowed_departments": ["Engineering"]}"#).unwrap();
+    let output = tokio::task::block_in_place(|| push(&settings));
+    assert!(output.status.success(), "{}", text(&output));
+    let (status, body) = server
+        .evaluate("acme", &resolve("ann@acme.io", "Engineering", "t-eng"))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["policy"], "department-teams", "{body}");
+}
+
+/// Each example: pushed without activating, activated (promoted), deciding as its settings
+/// say, then rolled back to what ran before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_examples_are_pushed_promoted_and_rolled_back() {
+    let server = TestServer::start().await;
+    server.create_tenant("acme").await;
+    let overview = || async {
+        server
+            .call(
+                reqwest::Method::GET,
+                "/api/v1/tenants/acme/policy",
+                Some(OPERATOR_TOKEN),
+                None,
+            )
+            .await
+            .1
+    };
+    let teams_of = |body: &Value| body["decision"]["outcome"]["user"]["teams"].clone();
+
+    // nested-claims, with a team prefix: only `team-` values give teams.
+    let (status, body) = server
+        .upload(
+            "acme",
+            fixtures::NESTED_CLAIMS,
+            json!({ "team_prefix": "team-" }),
+            false,
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(overview().await["active"], Value::Null);
+    let (status, body) = server
+        .send_json(
+            reqwest::Method::POST,
+            "/api/v1/tenants/acme/policy/activate",
+            &json!({ "version": 1 }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, body) = server
+        .evaluate("acme", &resolve("ann@acme.io", "admin", "t-admins"))
+        .await;
+    assert_eq!(body["policy"], "nested-claims", "{body}");
+    assert_eq!(teams_of(&body), json!([]), "{body}");
+
+    // department-teams on top: Engineering is allowed, Finance is not.
+    let (status, body) = server
+        .upload(
+            "acme",
+            fixtures::DEPARTMENT_TEAMS,
+            json!({ "allowed_departments": ["Engineering"] }),
+            false,
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = server
+        .send_json(
+            reqwest::Method::POST,
+            "/api/v1/tenants/acme/policy/activate",
+            &json!({ "version": 2 }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, body) = server
+        .evaluate("acme", &resolve("ann@acme.io", "Engineering", "t-eng"))
+        .await;
+    assert_eq!(body["policy"], "department-teams", "{body}");
+    assert_eq!(teams_of(&body), json!(["t-eng"]), "{body}");
+    let (_, body) = server
+        .evaluate("acme", &resolve("bob@acme.io", "Finance", "t-fin"))
+        .await;
+    assert_eq!(teams_of(&body), json!([]), "{body}");
+
+    // Roll back twice: nested-claims, then the built-in default policy.
+    for (expected_active, expected_policy) in
+        [(json!(1), "nested-claims"), (Value::Null, "default")]
+    {
+        let (status, body) = server
+            .send_json(
+                reqwest::Method::POST,
+                "/api/v1/tenants/acme/policy/rollback",
+                &json!({}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let state = overview().await;
+        assert_eq!(state["active"], expected_active, "{state}");
+        assert_eq!(state["active_policy"]["name"], expected_policy, "{state}");
+    }
+}
