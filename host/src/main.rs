@@ -95,6 +95,17 @@ enum PolicyCommand {
         #[arg(long)]
         target_dir: Option<PathBuf>,
     },
+    /// Evaluate a component on the tenant's recent decisions and list every decision it
+    /// would change (nothing is stored).
+    DryRun {
+        #[arg(long)]
+        tenant: String,
+        /// The candidate component file.
+        file: PathBuf,
+        /// A JSON file with the candidate's settings.
+        #[arg(long)]
+        settings: Option<PathBuf>,
+    },
     /// Upload a component to a tenant on a running server and activate it.
     Push {
         #[arg(long)]
@@ -240,6 +251,11 @@ fn policy(command: PolicyCommand) -> Result<()> {
             };
             test_policy(&bytes, &dir.join("cases"))
         }
+        PolicyCommand::DryRun {
+            tenant,
+            file,
+            settings,
+        } => dry_run_policy(&tenant, &file, settings.as_deref()),
         PolicyCommand::Push {
             tenant,
             file,
@@ -292,6 +308,45 @@ fn test_policy(component: &[u8], cases_dir: &Path) -> Result<()> {
     Ok(())
 }
 
+fn read_settings(settings: Option<&Path>) -> Result<serde_json::Value> {
+    Ok(match settings {
+        Some(path) => serde_json::from_str(&std::fs::read_to_string(path)?)
+            .with_context(|| format!("{} is not JSON", path.display()))?,
+        None => serde_json::json!({}),
+    })
+}
+
+fn dry_run_policy(tenant: &str, file: &Path, settings: Option<&Path>) -> Result<()> {
+    use base64::Engine;
+    let component = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let body = serde_json::json!({
+        "component_base64": base64::engine::general_purpose::STANDARD.encode(&component),
+        "settings": read_settings(settings)?,
+    });
+    let api = client::Api::from_env(false)?;
+    let report = api.call(
+        reqwest::Method::POST,
+        &format!("/api/v1/tenants/{tenant}/policy/dry-run"),
+        Some(body),
+    )?;
+    let changed = report["changed"].as_array().cloned().unwrap_or_default();
+    for change in &changed {
+        println!(
+            "changed {}: {}",
+            change["decision"].as_str().unwrap_or("?"),
+            change["input"]
+        );
+        println!("  before: {}", change["before"]);
+        println!("  after:  {}", change["after"]);
+    }
+    println!(
+        "{} of {} recent decisions would change",
+        changed.len(),
+        report["evaluated"]
+    );
+    Ok(())
+}
+
 fn push_policy(
     tenant: &str,
     file: &Path,
@@ -301,11 +356,7 @@ fn push_policy(
 ) -> Result<()> {
     use base64::Engine;
     let component = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-    let settings: serde_json::Value = match settings {
-        Some(path) => serde_json::from_str(&std::fs::read_to_string(path)?)
-            .with_context(|| format!("{} is not JSON", path.display()))?,
-        None => serde_json::json!({}),
-    };
+    let settings = read_settings(settings)?;
     let cases: Vec<cases::Case> = match cases_dir {
         Some(dir) => cases::load_dir(dir)?
             .into_iter()

@@ -316,3 +316,142 @@ async fn the_examples_are_pushed_promoted_and_rolled_back() {
         assert_eq!(state["active_policy"]["name"], expected_policy, "{state}");
     }
 }
+
+/// The ring records what the tenant's policy decided; a dry run of department-teams with an
+/// allow-list of Engineering and Sales lists exactly the decisions it changes: the Finance
+/// user loses the Finance team, and the refusal with `refuse_unlisted`; nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_lists_exactly_the_decisions_that_change() {
+    let server = TestServer::start().await;
+    server.create_tenant("acme").await;
+    let traffic = [
+        resolve("ann@acme.io", "Engineering", "t-eng"),
+        resolve("bob@acme.io", "Finance", "t-fin"),
+        resolve("cy@acme.io", "Sales", "t-sales"),
+        resolve("dee@acme.io", "Engineering", "t-eng"),
+        jit(),
+    ];
+    for request in &traffic {
+        let (status, body) = server.evaluate("acme", request).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let dry_run = |settings: Value| {
+        let server = &server;
+        async move {
+            use base64::Engine;
+            server
+                .send_json(
+                    reqwest::Method::POST,
+                    "/api/v1/tenants/acme/policy/dry-run",
+                    &json!({
+                        "component_base64": base64::engine::general_purpose::STANDARD.encode(fixtures::DEPARTMENT_TEAMS),
+                        "settings": settings,
+                    }),
+                )
+                .await
+        }
+    };
+    let (status, report) =
+        dry_run(json!({ "allowed_departments": ["Engineering", "Sales"] })).await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["evaluated"], traffic.len(), "{report}");
+    assert_eq!(report["candidate"]["name"], "department-teams");
+    let changed = report["changed"].as_array().unwrap();
+    assert_eq!(changed.len(), 1, "{report}");
+    assert_eq!(changed[0]["decision"], "resolve");
+    assert_eq!(changed[0]["input"]["team_values"], json!(["Finance"]));
+    assert_eq!(changed[0]["before"]["user"]["teams"], json!(["t-fin"]));
+    assert_eq!(changed[0]["after"]["user"]["teams"], json!([]));
+    // Anonymised: the email is a pseudonym that keeps its domain.
+    let whole = report.to_string();
+    assert!(!whole.contains("bob@acme.io"), "{whole}");
+    let claim = changed[0]["input"]["user_claim"].as_str().unwrap();
+    assert!(
+        claim.starts_with("anon-") && claim.ends_with("@acme.io"),
+        "{claim}"
+    );
+
+    // Stricter settings change one more kind of answer, still only for Finance.
+    let (status, report) = dry_run(
+        json!({ "allowed_departments": ["Engineering", "Sales"], "refuse_unlisted": true }),
+    )
+    .await;
+    assert_eq!(status, 200, "{report}");
+    let changed = report["changed"].as_array().unwrap();
+    assert_eq!(changed.len(), 1, "{report}");
+    assert_eq!(
+        changed[0]["after"]["refuse"]["code"], "department_not_allowed",
+        "{report}"
+    );
+
+    // An allow-list of Engineering only changes Finance and Sales; a refused setting is 422.
+    let (_, report) = dry_run(json!({ "allowed_departments": ["Engineering"] })).await;
+    let mut changed: Vec<Value> = report["changed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["input"]["team_values"][0].clone())
+        .collect();
+    changed.sort_by_key(Value::to_string);
+    assert_eq!(changed, [json!("Finance"), json!("Sales")], "{report}");
+    let (status, body) = dry_run(json!({ "allowed_departments": [] })).await;
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("allowed_departments is empty"),
+        "{body}"
+    );
+
+    // Nothing was stored or activated by the dry runs.
+    let (_, state) = server
+        .call(
+            reqwest::Method::GET,
+            "/api/v1/tenants/acme/policy",
+            Some(OPERATOR_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(state["active"], Value::Null, "{state}");
+    assert!(state["versions"].as_array().unwrap().is_empty(), "{state}");
+
+    // The CLI prints the same report.
+    let dir = tempfile::tempdir().unwrap();
+    let component = dir.path().join("c.wasm");
+    std::fs::write(&component, fixtures::DEPARTMENT_TEAMS).unwrap();
+    let settings = dir.path().join("s.json");
+    std::fs::write(
+        &settings,
+        r#"{"allowed_departments": ["Engineering", "Sales"]}"#,
+    )
+    .unwrap();
+    let output = tokio::task::block_in_place(|| {
+        gatehouse(
+            &[
+                "policy",
+                "dry-run",
+                "--tenant",
+                "acme",
+                component.to_str().unwrap(),
+                "--settings",
+                settings.to_str().unwrap(),
+            ],
+            &[
+                ("GATEHOUSE_URL", server.base.as_str()),
+                ("GATEHOUSE_TOKEN", OPERATOR_TOKEN),
+            ],
+        )
+    });
+    assert!(output.status.success(), "{}", text(&output));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("1 of 5 recent decisions would change"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("\"Finance\""), "{stdout}");
+}
+
+fn jit() -> Value {
+    gatehouse_tests::jit_login("eve@acme.io")
+}

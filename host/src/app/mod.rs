@@ -93,6 +93,35 @@ pub struct PolicyOverview {
     pub versions: Vec<PolicyVersionRecord>,
 }
 
+/// What a candidate policy would change on the tenant's recent decisions.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct DryRunReport {
+    /// The candidate's name and version, as it reports them.
+    pub candidate: rules::PolicyInfo,
+    /// The version the tenant runs now (`null`: the built-in default).
+    pub active: Option<u64>,
+    /// How many recorded decisions were evaluated by both.
+    pub evaluated: usize,
+    /// Exactly the decisions whose outcome differs, oldest first.
+    pub changed: Vec<DryRunChange>,
+}
+
+/// One decision the candidate would decide differently.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct DryRunChange {
+    /// `login` or `resolve`.
+    pub decision: &'static str,
+    /// The recorded (anonymised) input.
+    #[schema(value_type = Object)]
+    pub input: serde_json::Value,
+    /// The active policy's outcome, or `{"error": {"kind", "message"}}`.
+    #[schema(value_type = Object)]
+    pub before: serde_json::Value,
+    /// The candidate's outcome, or `{"error": {"kind", "message"}}`.
+    #[schema(value_type = Object)]
+    pub after: serde_json::Value,
+}
+
 /// One decision to evaluate through a tenant's policy (tests, benchmarks, explanations).
 #[derive(Debug, Clone, serde::Deserialize, utoipa::ToSchema)]
 #[serde(tag = "decision", rename_all = "snake_case", deny_unknown_fields)]
@@ -397,6 +426,71 @@ impl App {
         self.swap_policy(&tenant, policy);
         tracing::info!(tenant, version = previous, "policy rolled back");
         Ok(state)
+    }
+
+    /// Evaluates a candidate component (with its settings) and the active policy on the
+    /// tenant's decision ring and reports exactly the decisions whose outcome differs. Stores
+    /// nothing; the candidate's settings are validated as at upload.
+    pub async fn dry_run_policy(
+        self: &Arc<Self>,
+        tenant: &str,
+        component: Vec<u8>,
+        settings: String,
+    ) -> Result<DryRunReport, AppError> {
+        let tenant = self.tenant(tenant)?.slug;
+        let app = self.clone();
+        tokio::task::spawn_blocking(move || app.dry_run_blocking(&tenant, &component, settings))
+            .await
+            .map_err(|e| AppError::Internal(format!("dry run stopped: {e}")))?
+    }
+
+    fn dry_run_blocking(
+        &self,
+        tenant: &str,
+        component: &[u8],
+        settings: String,
+    ) -> Result<DryRunReport, AppError> {
+        let compiled = self.compile(component).map_err(AppError::PolicyRefused)?;
+        match self.engine.validate_settings(&compiled, &settings) {
+            Ok(Ok(())) => {}
+            Ok(Err(message)) => {
+                return Err(AppError::PolicyRefused(PolicyError::Settings(message)))
+            }
+            Err(e) => return Err(AppError::PolicyRefused(e)),
+        }
+        let info = compiled.info.clone();
+        let candidate = TenantPolicy::new(None, compiled, settings.into());
+        let active = self.current_policy(tenant)?;
+        let recorded = self.policies.ring(tenant).snapshot();
+        let outcome = |result: Result<serde_json::Value, PolicyError>| match result {
+            Ok(value) => value,
+            Err(e) => {
+                serde_json::json!({ "error": { "kind": e.kind(), "message": e.to_string() } })
+            }
+        };
+        let mut changed = Vec::new();
+        for input in &recorded {
+            let before = outcome(active.decide_recorded(&self.engine, input));
+            let after = outcome(candidate.decide_recorded(&self.engine, input));
+            if before != after {
+                let (decision, input) = match input {
+                    policy::ring::RecordedInput::Login(i) => ("login", json(i)),
+                    policy::ring::RecordedInput::Resolve(i) => ("resolve", json(i)),
+                };
+                changed.push(DryRunChange {
+                    decision,
+                    input,
+                    before,
+                    after,
+                });
+            }
+        }
+        Ok(DryRunReport {
+            candidate: info,
+            active: active.version,
+            evaluated: recorded.len(),
+            changed,
+        })
     }
 
     /// The tenant's current policy.

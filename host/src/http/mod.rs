@@ -67,6 +67,10 @@ pub fn router(app: Arc<App>) -> Router {
                 .get(policy_versions)
                 .layer(DefaultBodyLimit::max(max_upload)),
         )
+        .route(
+            "/tenants/{tenant}/policy/dry-run",
+            post(dry_run_policy).layer(DefaultBodyLimit::max(max_upload)),
+        )
         .route("/tenants/{tenant}/policy/activate", post(activate_policy))
         .route("/tenants/{tenant}/policy/rollback", post(rollback_policy))
         .route("/tenants/{tenant}/policy/evaluate", post(evaluate))
@@ -475,6 +479,58 @@ async fn upload_policy(
     };
     let record = app.upload_policy(&tenant, upload, &caller.actor()).await?;
     Ok((StatusCode::CREATED, Json(record)).into_response())
+}
+
+/// A candidate for a dry run: the component in base64 and its settings.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct DryRunJson {
+    /// The component's bytes, base64 (standard alphabet, padded).
+    component_base64: String,
+    /// The candidate's settings: a JSON value, or JSON text in a string (absent: `{}`).
+    #[serde(default)]
+    settings: Option<serde_json::Value>,
+}
+
+/// Dry-run a candidate policy on the tenant's recent decisions (an anonymised ring kept in
+/// memory): every decision whose outcome would change, with the active policy's outcome
+/// and the candidate's. Nothing is stored or activated.
+#[utoipa::path(
+    post,
+    path = "/api/v1/tenants/{tenant}/policy/dry-run",
+    tag = "policies",
+    params(("tenant" = String, Path, description = "Tenant slug")),
+    request_body = DryRunJson,
+    responses(
+        (status = 200, description = "The decisions that would change", body = crate::app::DryRunReport),
+        (status = 400, description = "The body is not valid", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "A member's token: this needs a tenant admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such tenant", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The component is too large", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Refused: not a valid component, wrong contract, or settings refused", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
+async fn dry_run_policy(
+    State(app): Shared,
+    headers: HeaderMap,
+    Path(tenant): Path<String>,
+    body: Bytes,
+) -> Result<Response, AppError> {
+    use base64::Engine;
+    admin(&app, &tenant, &headers)?;
+    let request: DryRunJson = parse_json(&body)?;
+    let component = base64::engine::general_purpose::STANDARD
+        .decode(request.component_base64.trim())
+        .map_err(|e| AppError::BadRequest(format!("component_base64 is not base64: {e}")))?;
+    let settings = match request.settings {
+        None | Some(serde_json::Value::Null) => "{}".to_owned(),
+        Some(serde_json::Value::String(text)) => text,
+        Some(value) => value.to_string(),
+    };
+    let report = app.dry_run_policy(&tenant, component, settings).await?;
+    Ok(Json(report).into_response())
 }
 
 /// Which stored version to run.

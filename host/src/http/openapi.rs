@@ -44,6 +44,7 @@ every answer).";
         super::policy_overview,
         super::policy_versions,
         super::upload_policy,
+        super::dry_run_policy,
         super::activate_policy,
         super::rollback_policy,
         super::evaluate,

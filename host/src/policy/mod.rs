@@ -9,9 +9,10 @@ mod answer;
 mod bindings;
 mod engine;
 mod registry;
+pub mod ring;
 
 pub use engine::{sha256, Limits, PolicyEngine};
-pub use registry::{Registry, TenantPolicy};
+pub use registry::{Registry, TenantPolicy, RING_CAPACITY};
 
 use gatehouse_rules as rules;
 

@@ -4,6 +4,7 @@
 //! changes the policy under a request in flight: in-flight requests finish on the version
 //! they started with, new ones see the new version, and nothing fails in between.
 
+use super::ring::{DecisionRing, RecordedInput};
 use super::{Compiled, PolicyEngine, PolicyError};
 use arc_swap::ArcSwap;
 use gatehouse_rules as rules;
@@ -18,6 +19,9 @@ pub struct TenantPolicy {
     pub settings: Arc<str>,
     compiled: Result<Arc<Compiled>, String>,
     claim_maps: RwLock<HashMap<rules::IdpClaims, rules::ClaimMap>>,
+    /// The tenant's decision ring, set when the registry installs this policy; a policy
+    /// outside the registry (a dry-run candidate) records nothing.
+    ring: Option<Arc<DecisionRing>>,
 }
 
 impl TenantPolicy {
@@ -28,6 +32,7 @@ impl TenantPolicy {
             settings,
             compiled: Ok(compiled),
             claim_maps: RwLock::default(),
+            ring: None,
         }
     }
 
@@ -38,6 +43,7 @@ impl TenantPolicy {
             settings,
             compiled: Err(reason),
             claim_maps: RwLock::default(),
+            ring: None,
         }
     }
 
@@ -54,6 +60,9 @@ impl TenantPolicy {
         engine: &PolicyEngine,
         input: &rules::LoginInput,
     ) -> Result<rules::LoginDecision, PolicyError> {
+        if let Some(ring) = &self.ring {
+            ring.record_login(input);
+        }
         let input = rules::LoginInput {
             settings: self.settings.to_string(),
             ..input.clone()
@@ -67,11 +76,41 @@ impl TenantPolicy {
         engine: &PolicyEngine,
         input: &rules::ResolveInput,
     ) -> Result<rules::ResolveDecision, PolicyError> {
+        if let Some(ring) = &self.ring {
+            ring.record_resolve(input);
+        }
         let input = rules::ResolveInput {
             settings: self.settings.to_string(),
             ..input.clone()
         };
         engine.resolve(self.compiled()?, &input)
+    }
+
+    /// Decides a recorded input with this policy and its settings, without recording it;
+    /// the outcome as JSON (the trace is left out: a dry run compares decisions).
+    pub fn decide_recorded(
+        &self,
+        engine: &PolicyEngine,
+        recorded: &RecordedInput,
+    ) -> Result<serde_json::Value, PolicyError> {
+        let compiled = self.compiled()?;
+        let outcome = match recorded {
+            RecordedInput::Login(input) => {
+                let input = rules::LoginInput {
+                    settings: self.settings.to_string(),
+                    ..input.clone()
+                };
+                serde_json::to_value(engine.login(compiled, &input)?.outcome)
+            }
+            RecordedInput::Resolve(input) => {
+                let input = rules::ResolveInput {
+                    settings: self.settings.to_string(),
+                    ..input.clone()
+                };
+                serde_json::to_value(engine.resolve(compiled, &input)?.outcome)
+            }
+        };
+        outcome.map_err(|e| PolicyError::Engine(format!("a decision is not JSON: {e}")))
     }
 
     /// Effective roles, one per input.
@@ -108,10 +147,14 @@ impl TenantPolicy {
     }
 }
 
-/// Every tenant's current policy.
+/// How many recent decision inputs each tenant's ring keeps.
+pub const RING_CAPACITY: usize = 256;
+
+/// Every tenant's current policy, and each tenant's decision ring (which outlives swaps).
 #[derive(Default)]
 pub struct Registry {
     tenants: RwLock<HashMap<String, Arc<ArcSwap<TenantPolicy>>>>,
+    rings: RwLock<HashMap<String, Arc<DecisionRing>>>,
 }
 
 impl Registry {
@@ -121,8 +164,28 @@ impl Registry {
         tenants.get(tenant).map(|slot| slot.load_full())
     }
 
-    /// Makes `policy` the tenant's current one, atomically.
-    pub fn set(&self, tenant: &str, policy: TenantPolicy) {
+    /// The tenant's decision ring (created empty on first use).
+    pub fn ring(&self, tenant: &str) -> Arc<DecisionRing> {
+        if let Some(ring) = self
+            .rings
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(tenant)
+        {
+            return ring.clone();
+        }
+        self.rings
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(tenant.to_owned())
+            .or_insert_with(|| Arc::new(DecisionRing::new(RING_CAPACITY)))
+            .clone()
+    }
+
+    /// Makes `policy` the tenant's current one, atomically; it records into the tenant's
+    /// decision ring.
+    pub fn set(&self, tenant: &str, mut policy: TenantPolicy) {
+        policy.ring = Some(self.ring(tenant));
         let policy = Arc::new(policy);
         if let Some(slot) = self
             .tenants
