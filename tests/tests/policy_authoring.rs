@@ -455,3 +455,161 @@ async fn a_dry_run_lists_exactly_the_decisions_that_change() {
 fn jit() -> Value {
     gatehouse_tests::jit_login("eve@acme.io")
 }
+
+fn candidate(component: &[u8], settings: Value) -> Value {
+    use base64::Engine;
+    json!({
+        "component_base64": base64::engine::general_purpose::STANDARD.encode(component),
+        "settings": settings,
+    })
+}
+
+/// department-teams runs in shadow beside nested-claims: the active policy answers every
+/// request, the shadow counts the one difference; discarded, then started again and
+/// promoted (stored and active), then rolled back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shadow_counts_differences_the_active_policy_answers_then_it_is_promoted() {
+    let server = TestServer::start().await;
+    server.create_tenant("acme").await;
+    let (status, body) = server
+        .upload("acme", fixtures::NESTED_CLAIMS, json!({}), true)
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let shadow_path = "/api/v1/tenants/acme/policy/shadow";
+    let department = candidate(
+        fixtures::DEPARTMENT_TEAMS,
+        json!({ "allowed_departments": ["Engineering", "Sales"] }),
+    );
+    let (status, body) = server
+        .send_json(reqwest::Method::POST, shadow_path, &department)
+        .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["candidate"]["name"], "department-teams");
+
+    let traffic = [
+        resolve("ann@acme.io", "Engineering", "t-eng"),
+        resolve("bob@acme.io", "Finance", "t-fin"),
+        resolve("cy@acme.io", "Sales", "t-sales"),
+    ];
+    for request in &traffic {
+        let (status, body) = server.evaluate("acme", request).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            body["policy"], "nested-claims",
+            "the active policy answers: {body}"
+        );
+    }
+    // Finance keeps its team under the active policy, though the shadow would drop it.
+    let (_, body) = server.evaluate("acme", &traffic[1]).await;
+    assert_eq!(
+        body["decision"]["outcome"]["user"]["teams"],
+        json!(["t-fin"])
+    );
+
+    let mut state = Value::Null;
+    for _ in 0..100 {
+        let (status, body) = server
+            .call(
+                reqwest::Method::GET,
+                shadow_path,
+                Some(OPERATOR_TOKEN),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        state = body;
+        if state["stats"]["evaluated"] == 4 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        state["stats"],
+        json!({ "evaluated": 4, "differed": 2, "failed": 0, "dropped": 0 }),
+        "{state}"
+    );
+
+    // Discard: gone, nothing stored.
+    let (status, body) = server
+        .call(
+            reqwest::Method::DELETE,
+            shadow_path,
+            Some(OPERATOR_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = server
+        .call(
+            reqwest::Method::GET,
+            shadow_path,
+            Some(OPERATOR_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(status, 404);
+    let (status, _) = server
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/tenants/acme/policy/shadow/promote",
+            Some(OPERATOR_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(status, 404);
+
+    // A shadow with refused settings does not start.
+    let (status, body) = server
+        .send_json(
+            reqwest::Method::POST,
+            shadow_path,
+            &candidate(fixtures::DEPARTMENT_TEAMS, json!({})),
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+
+    // Start again and promote: version 2, active, answering; the shadow is gone.
+    let (status, _) = server
+        .send_json(reqwest::Method::POST, shadow_path, &department)
+        .await;
+    assert_eq!(status, 201);
+    let (status, record) = server
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/tenants/acme/policy/shadow/promote",
+            Some(OPERATOR_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(status, 201, "{record}");
+    assert_eq!(record["version"], 2, "{record}");
+    assert_eq!(record["name"], "department-teams", "{record}");
+    let (_, body) = server.evaluate("acme", &traffic[1]).await;
+    assert_eq!(body["policy"], "department-teams", "{body}");
+    assert_eq!(
+        body["decision"]["outcome"]["user"]["teams"],
+        json!([]),
+        "{body}"
+    );
+    let (status, _) = server
+        .call(
+            reqwest::Method::GET,
+            shadow_path,
+            Some(OPERATOR_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(status, 404);
+
+    // And back.
+    let (status, body) = server
+        .send_json(
+            reqwest::Method::POST,
+            "/api/v1/tenants/acme/policy/rollback",
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, body) = server.evaluate("acme", &traffic[1]).await;
+    assert_eq!(body["policy"], "nested-claims", "{body}");
+}

@@ -106,6 +106,13 @@ pub struct DryRunReport {
     pub changed: Vec<DryRunChange>,
 }
 
+/// A candidate running in shadow beside the tenant's active policy.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ShadowState {
+    pub candidate: rules::PolicyInfo,
+    pub stats: policy::shadow::ShadowStats,
+}
+
 /// One decision the candidate would decide differently.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct DryRunChange {
@@ -444,24 +451,116 @@ impl App {
             .map_err(|e| AppError::Internal(format!("dry run stopped: {e}")))?
     }
 
+    /// Starts `component` (with `settings`, validated as at upload) in shadow for the tenant,
+    /// replacing any shadow it had. Nothing is stored; the shadow lasts until promoted,
+    /// discarded, or the process stops.
+    pub async fn start_shadow(
+        self: &Arc<Self>,
+        tenant: &str,
+        component: Vec<u8>,
+        settings: String,
+    ) -> Result<ShadowState, AppError> {
+        let tenant = self.tenant(tenant)?.slug;
+        let app = self.clone();
+        let (compiled, settings) = tokio::task::spawn_blocking(move || {
+            app.candidate(&component, settings)
+                .map(|(compiled, settings)| (compiled, settings, component))
+        })
+        .await
+        .map_err(|e| AppError::Internal(format!("shadow start stopped: {e}")))?
+        .map(|(compiled, settings, component)| ((compiled, component), settings))?;
+        let (compiled, component) = compiled;
+        let info = compiled.info.clone();
+        let shadow = policy::shadow::Shadow::start(
+            self.engine.clone(),
+            &tenant,
+            TenantPolicy::new(None, compiled, settings.into()),
+            info,
+            component.into(),
+        );
+        self.policies.set_shadow(&tenant, Some(shadow.clone()));
+        tracing::info!(tenant, candidate = %shadow.info.name, "shadow policy started");
+        Ok(ShadowState {
+            candidate: shadow.info.clone(),
+            stats: shadow.stats(),
+        })
+    }
+
+    /// The tenant's shadow and its counters.
+    pub fn shadow_state(&self, tenant: &str) -> Result<ShadowState, AppError> {
+        let tenant = self.tenant(tenant)?.slug;
+        let shadow = self
+            .policies
+            .shadow(&tenant)
+            .ok_or_else(|| AppError::NotFound(format!("shadow policy of tenant {tenant}")))?;
+        Ok(ShadowState {
+            candidate: shadow.info.clone(),
+            stats: shadow.stats(),
+        })
+    }
+
+    /// Stops the tenant's shadow; returns its final counters.
+    pub fn discard_shadow(&self, tenant: &str) -> Result<ShadowState, AppError> {
+        let state = self.shadow_state(tenant)?;
+        self.policies.set_shadow(tenant, None);
+        tracing::info!(tenant, stats = ?state.stats, "shadow policy discarded");
+        Ok(state)
+    }
+
+    /// Stores the shadow's component and settings as a new version, activates it, and stops
+    /// the shadow.
+    pub async fn promote_shadow(
+        self: &Arc<Self>,
+        tenant: &str,
+        actor: &str,
+    ) -> Result<PolicyVersionRecord, AppError> {
+        let tenant = self.tenant(tenant)?.slug;
+        let shadow = self
+            .policies
+            .shadow(&tenant)
+            .ok_or_else(|| AppError::NotFound(format!("shadow policy of tenant {tenant}")))?;
+        let record = self
+            .upload_policy(
+                &tenant,
+                Upload {
+                    component: shadow.component.to_vec(),
+                    settings: shadow.settings.to_string(),
+                    cases: Vec::new(),
+                    activate: true,
+                },
+                actor,
+            )
+            .await?;
+        self.policies.set_shadow(&tenant, None);
+        tracing::info!(tenant, version = record.version, stats = ?shadow.stats(), "shadow policy promoted");
+        Ok(record)
+    }
+
+    /// Compiles a candidate and validates its settings, as an upload would.
+    fn candidate(
+        &self,
+        component: &[u8],
+        settings: String,
+    ) -> Result<(Arc<Compiled>, String), AppError> {
+        let compiled = self.compile(component).map_err(AppError::PolicyRefused)?;
+        match self.engine.validate_settings(&compiled, &settings) {
+            Ok(Ok(())) => Ok((compiled, settings)),
+            Ok(Err(message)) => Err(AppError::PolicyRefused(PolicyError::Settings(message))),
+            Err(e) => Err(AppError::PolicyRefused(e)),
+        }
+    }
+
     fn dry_run_blocking(
         &self,
         tenant: &str,
         component: &[u8],
         settings: String,
     ) -> Result<DryRunReport, AppError> {
-        let compiled = self.compile(component).map_err(AppError::PolicyRefused)?;
-        match self.engine.validate_settings(&compiled, &settings) {
-            Ok(Ok(())) => {}
-            Ok(Err(message)) => {
-                return Err(AppError::PolicyRefused(PolicyError::Settings(message)))
-            }
-            Err(e) => return Err(AppError::PolicyRefused(e)),
-        }
+        let (compiled, settings) = self.candidate(component, settings)?;
         let info = compiled.info.clone();
         let candidate = TenantPolicy::new(None, compiled, settings.into());
         let active = self.current_policy(tenant)?;
-        let recorded = self.policies.ring(tenant).snapshot();
+        let recorded = self.policies.recent(tenant);
         let outcome = |result: Result<serde_json::Value, PolicyError>| match result {
             Ok(value) => value,
             Err(e) => {

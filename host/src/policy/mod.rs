@@ -10,6 +10,7 @@ mod bindings;
 mod engine;
 mod registry;
 pub mod ring;
+pub mod shadow;
 
 pub use engine::{sha256, Limits, PolicyEngine};
 pub use registry::{Registry, TenantPolicy, RING_CAPACITY};

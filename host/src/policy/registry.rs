@@ -5,8 +5,10 @@
 //! they started with, new ones see the new version, and nothing fails in between.
 
 use super::ring::{DecisionRing, RecordedInput};
+use super::shadow::Shadow;
 use super::{Compiled, PolicyEngine, PolicyError};
 use arc_swap::ArcSwap;
+use arc_swap::ArcSwapOption;
 use gatehouse_rules as rules;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -19,9 +21,9 @@ pub struct TenantPolicy {
     pub settings: Arc<str>,
     compiled: Result<Arc<Compiled>, String>,
     claim_maps: RwLock<HashMap<rules::IdpClaims, rules::ClaimMap>>,
-    /// The tenant's decision ring, set when the registry installs this policy; a policy
-    /// outside the registry (a dry-run candidate) records nothing.
-    ring: Option<Arc<DecisionRing>>,
+    /// The tenant's decision ring and shadow, set when the registry installs this policy; a
+    /// policy outside the registry (a dry-run or shadow candidate) records nothing.
+    side: Option<Arc<TenantSide>>,
 }
 
 impl TenantPolicy {
@@ -32,7 +34,7 @@ impl TenantPolicy {
             settings,
             compiled: Ok(compiled),
             claim_maps: RwLock::default(),
-            ring: None,
+            side: None,
         }
     }
 
@@ -43,7 +45,7 @@ impl TenantPolicy {
             settings,
             compiled: Err(reason),
             claim_maps: RwLock::default(),
-            ring: None,
+            side: None,
         }
     }
 
@@ -60,14 +62,25 @@ impl TenantPolicy {
         engine: &PolicyEngine,
         input: &rules::LoginInput,
     ) -> Result<rules::LoginDecision, PolicyError> {
-        if let Some(ring) = &self.ring {
-            ring.record_login(input);
-        }
+        let recorded = self.side.as_ref().map(|side| {
+            let recorded = side.ring.anonymise_login(input);
+            side.ring.push(recorded.clone());
+            (side, recorded)
+        });
         let input = rules::LoginInput {
             settings: self.settings.to_string(),
             ..input.clone()
         };
-        engine.login(self.compiled()?, &input)
+        let decision = engine.login(self.compiled()?, &input)?;
+        if let Some((side, recorded)) = recorded {
+            if let Some(shadow) = side.shadow.load().as_ref() {
+                shadow.offer(
+                    recorded,
+                    serde_json::to_value(&decision.outcome).unwrap_or_default(),
+                );
+            }
+        }
+        Ok(decision)
     }
 
     /// The resolution decision with this tenant's settings.
@@ -76,14 +89,25 @@ impl TenantPolicy {
         engine: &PolicyEngine,
         input: &rules::ResolveInput,
     ) -> Result<rules::ResolveDecision, PolicyError> {
-        if let Some(ring) = &self.ring {
-            ring.record_resolve(input);
-        }
+        let recorded = self.side.as_ref().map(|side| {
+            let recorded = side.ring.anonymise_resolve(input);
+            side.ring.push(recorded.clone());
+            (side, recorded)
+        });
         let input = rules::ResolveInput {
             settings: self.settings.to_string(),
             ..input.clone()
         };
-        engine.resolve(self.compiled()?, &input)
+        let decision = engine.resolve(self.compiled()?, &input)?;
+        if let Some((side, recorded)) = recorded {
+            if let Some(shadow) = side.shadow.load().as_ref() {
+                shadow.offer(
+                    recorded,
+                    serde_json::to_value(&decision.outcome).unwrap_or_default(),
+                );
+            }
+        }
+        Ok(decision)
     }
 
     /// Decides a recorded input with this policy and its settings, without recording it;
@@ -147,6 +171,12 @@ impl TenantPolicy {
     }
 }
 
+/// What a tenant keeps across policy swaps: its decision ring and its shadow candidate.
+struct TenantSide {
+    ring: DecisionRing,
+    shadow: ArcSwapOption<Shadow>,
+}
+
 /// How many recent decision inputs each tenant's ring keeps.
 pub const RING_CAPACITY: usize = 256;
 
@@ -154,7 +184,7 @@ pub const RING_CAPACITY: usize = 256;
 #[derive(Default)]
 pub struct Registry {
     tenants: RwLock<HashMap<String, Arc<ArcSwap<TenantPolicy>>>>,
-    rings: RwLock<HashMap<String, Arc<DecisionRing>>>,
+    sides: RwLock<HashMap<String, Arc<TenantSide>>>,
 }
 
 impl Registry {
@@ -164,28 +194,47 @@ impl Registry {
         tenants.get(tenant).map(|slot| slot.load_full())
     }
 
-    /// The tenant's decision ring (created empty on first use).
-    pub fn ring(&self, tenant: &str) -> Arc<DecisionRing> {
-        if let Some(ring) = self
-            .rings
+    fn side(&self, tenant: &str) -> Arc<TenantSide> {
+        if let Some(side) = self
+            .sides
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(tenant)
         {
-            return ring.clone();
+            return side.clone();
         }
-        self.rings
+        self.sides
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .entry(tenant.to_owned())
-            .or_insert_with(|| Arc::new(DecisionRing::new(RING_CAPACITY)))
+            .or_insert_with(|| {
+                Arc::new(TenantSide {
+                    ring: DecisionRing::new(RING_CAPACITY),
+                    shadow: ArcSwapOption::empty(),
+                })
+            })
             .clone()
+    }
+
+    /// The tenant's recent decision inputs (anonymised), oldest first.
+    pub fn recent(&self, tenant: &str) -> Vec<RecordedInput> {
+        self.side(tenant).ring.snapshot()
+    }
+
+    /// The tenant's shadow candidate, if one runs.
+    pub fn shadow(&self, tenant: &str) -> Option<Arc<Shadow>> {
+        self.side(tenant).shadow.load_full()
+    }
+
+    /// Starts (`Some`) or stops (`None`) the tenant's shadow; returns the one it replaced.
+    pub fn set_shadow(&self, tenant: &str, shadow: Option<Arc<Shadow>>) -> Option<Arc<Shadow>> {
+        self.side(tenant).shadow.swap(shadow)
     }
 
     /// Makes `policy` the tenant's current one, atomically; it records into the tenant's
     /// decision ring.
     pub fn set(&self, tenant: &str, mut policy: TenantPolicy) {
-        policy.ring = Some(self.ring(tenant));
+        policy.side = Some(self.side(tenant));
         let policy = Arc::new(policy);
         if let Some(slot) = self
             .tenants

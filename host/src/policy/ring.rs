@@ -46,7 +46,7 @@ impl DecisionRing {
         }
     }
 
-    fn push(&self, input: RecordedInput) {
+    pub(super) fn push(&self, input: RecordedInput) {
         if self.capacity == 0 {
             return;
         }
@@ -75,6 +75,11 @@ impl DecisionRing {
 
     /// Records a login input, anonymised.
     pub fn record_login(&self, input: &rules::LoginInput) {
+        self.push(self.anonymise_login(input));
+    }
+
+    /// A login input as the ring keeps it.
+    pub fn anonymise_login(&self, input: &rules::LoginInput) -> RecordedInput {
         let mut input = input.clone();
         input.claims.email = self.pseudonym(&input.claims.email);
         input.claims.subject = self.pseudonym(&input.claims.subject);
@@ -82,18 +87,23 @@ impl DecisionRing {
         input.claims.given_name = None;
         input.claims.family_name = None;
         input.settings = String::new();
-        self.push(RecordedInput::Login(input));
+        RecordedInput::Login(input)
     }
 
     /// Records a resolve input, anonymised.
     pub fn record_resolve(&self, input: &rules::ResolveInput) {
+        self.push(self.anonymise_resolve(input));
+    }
+
+    /// A resolve input as the ring keeps it.
+    pub fn anonymise_resolve(&self, input: &rules::ResolveInput) -> RecordedInput {
         let mut input = input.clone();
         input.user_claim = input.user_claim.as_deref().map(|v| self.pseudonym(v));
         for user in &mut input.users {
             user.email = self.pseudonym(&user.email);
         }
         input.settings = String::new();
-        self.push(RecordedInput::Resolve(input));
+        RecordedInput::Resolve(input)
     }
 
     /// The recorded inputs, oldest first.
