@@ -613,3 +613,78 @@ async fn a_shadow_counts_differences_the_active_policy_answers_then_it_is_promot
     let (_, body) = server.evaluate("acme", &traffic[1]).await;
     assert_eq!(body["policy"], "nested-claims", "{body}");
 }
+
+/// A version that traps after activation is rolled back on its own once it fails 3 times
+/// within the window, and the audit log says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_version_is_rolled_back_automatically_and_audited() {
+    let server = TestServer::start_with(|config| {
+        config.policy.auto_rollback_failures = 3;
+        config.policy.auto_rollback_window_secs = 60;
+    })
+    .await;
+    server.create_tenant("acme").await;
+    let (status, body) = server
+        .upload(
+            "acme",
+            fixtures::DEPARTMENT_TEAMS,
+            json!({ "allowed_departments": ["Engineering"] }),
+            true,
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = server
+        .upload("acme", fixtures::HOSTILE, json!({ "mode": "trap" }), true)
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let request = resolve("ann@acme.io", "Engineering", "t-eng");
+    for attempt in 1..=3 {
+        let (status, body) = server.evaluate("acme", &request).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["policy_version"], 2, "attempt {attempt}: {body}");
+        assert_eq!(body["policy_error"]["kind"], "trap", "attempt {attempt}: {body}");
+    }
+    // The third failure tripped it: version 1 answers again.
+    let (_, state) = server
+        .call(
+            reqwest::Method::GET,
+            "/api/v1/tenants/acme/policy",
+            Some(OPERATOR_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(state["active"], 1, "{state}");
+    let (_, body) = server.evaluate("acme", &request).await;
+    assert_eq!(body["policy"], "department-teams", "{body}");
+    assert_eq!(
+        body["decision"]["outcome"]["user"]["teams"],
+        json!(["t-eng"])
+    );
+
+    let (status, audit) = server
+        .call(
+            reqwest::Method::GET,
+            "/api/v1/tenants/acme/audit?limit=100",
+            Some(OPERATOR_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{audit}");
+    let entries: Vec<&Value> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "policy.auto_rollback")
+        .collect();
+    assert_eq!(entries.len(), 1, "{audit}");
+    let entry = entries[0].to_string();
+    for needle in [
+        "\"version\":2",
+        "\"failures\":3",
+        "trapped",
+        "\"active\":1",
+        "gatehouse",
+    ] {
+        assert!(entry.contains(needle), "{needle} missing in {entry}");
+    }
+}

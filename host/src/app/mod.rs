@@ -203,7 +203,7 @@ impl App {
         let app = App {
             store,
             engine,
-            policies: Registry::default(),
+            policies: Registry::with_auto_rollback(config.policy.auto_rollback()),
             default_policy,
             compiled: Mutex::default(),
             operator_token_sha256,
@@ -235,7 +235,9 @@ impl App {
             policies: &self.policies,
             engine: &self.engine,
         };
-        self.edge.evaluate(&ctx, tenant, authorization).await
+        let evaluation = self.edge.evaluate(&ctx, tenant, authorization).await;
+        self.check_auto_rollback(tenant).await;
+        evaluation
     }
 
     /// Checks a bearer token against the operator token, in constant time.
@@ -590,6 +592,63 @@ impl App {
             evaluated: recorded.len(),
             changed,
         })
+    }
+
+    /// Acts on a pending automatic-rollback trip of the tenant: when the version that
+    /// tripped is still active, returns to the previous one and audits why
+    /// (`policy.auto_rollback`, actor `gatehouse`). Called after decisions are answered.
+    pub async fn check_auto_rollback(&self, tenant: &str) {
+        let Some(trip) = self.policies.take_trip(tenant) else {
+            return;
+        };
+        if let Err(e) = self.auto_rollback(tenant, &trip).await {
+            tracing::error!(tenant, version = trip.version, error = %e, "automatic rollback failed");
+        }
+    }
+
+    async fn auto_rollback(&self, tenant: &str, trip: &policy::Trip) -> Result<(), AppError> {
+        let _guard = self.policy_changes.lock().await;
+        let state = self.store.policy_state(tenant)?;
+        if state.active != Some(trip.version) {
+            return Ok(()); // already replaced by someone
+        }
+        let Some(&previous) = state.history.last() else {
+            tracing::warn!(
+                tenant,
+                version = trip.version,
+                "policy failing but nothing to roll back to"
+            );
+            return Ok(());
+        };
+        let policy = self.policy_for_version(tenant, previous)?;
+        let state = self.store.rollback_policy(tenant)?;
+        self.swap_policy(tenant, policy);
+        let why = serde_json::json!({
+            "version": trip.version,
+            "failures": trip.failures,
+            "last_error": trip.last_error,
+            "reason": format!(
+                "{} failed decisions within {}s of activation",
+                trip.failures,
+                self.policies.auto_rollback().map(|a| a.window.as_secs()).unwrap_or_default()
+            ),
+        });
+        let after = serde_json::json!({ "active": state.active });
+        self.with_tenant(tenant, |slug| {
+            let mut batch = crate::store::Batch::new(slug);
+            self.audit_log(slug)?.record(
+                &mut batch,
+                "gatehouse",
+                "policy.auto_rollback",
+                slug,
+                Some(&why),
+                Some(&after),
+            );
+            self.store.apply(&batch)?;
+            Ok(())
+        })?;
+        tracing::warn!(tenant, version = trip.version, back_to = ?previous, failures = trip.failures, last_error = %trip.last_error, "policy rolled back automatically");
+        Ok(())
     }
 
     /// The tenant's current policy.

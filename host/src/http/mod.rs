@@ -738,5 +738,7 @@ async fn evaluate(
 ) -> Result<Response, AppError> {
     admin(&app, &tenant, &headers)?;
     let request: Evaluate = parse_json(&body)?;
-    Ok(Json(app.evaluate(&tenant, &request)?).into_response())
+    let answer = app.evaluate(&tenant, &request)?;
+    app.check_auto_rollback(&tenant).await;
+    Ok(Json(answer).into_response())
 }

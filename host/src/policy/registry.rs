@@ -24,6 +24,40 @@ pub struct TenantPolicy {
     /// The tenant's decision ring and shadow, set when the registry installs this policy; a
     /// policy outside the registry (a dry-run or shadow candidate) records nothing.
     side: Option<Arc<TenantSide>>,
+    /// Failures of this version since it was installed (automatic rollback).
+    health: Health,
+}
+
+/// When a newly active version is rolled back on its own: `max_failures` failed decisions
+/// (traps, timeouts, out-of-memory, malformed answers) within `window` of its activation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AutoRollback {
+    pub max_failures: u32,
+    pub window: std::time::Duration,
+}
+
+/// Why a version tripped automatic rollback.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Trip {
+    pub version: u64,
+    pub failures: u32,
+    pub last_error: String,
+}
+
+struct Health {
+    since: std::time::Instant,
+    failures: std::sync::atomic::AtomicU32,
+    tripped: std::sync::atomic::AtomicBool,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            since: std::time::Instant::now(),
+            failures: Default::default(),
+            tripped: Default::default(),
+        }
+    }
 }
 
 impl TenantPolicy {
@@ -35,6 +69,7 @@ impl TenantPolicy {
             compiled: Ok(compiled),
             claim_maps: RwLock::default(),
             side: None,
+            health: Health::default(),
         }
     }
 
@@ -46,6 +81,7 @@ impl TenantPolicy {
             compiled: Err(reason),
             claim_maps: RwLock::default(),
             side: None,
+            health: Health::default(),
         }
     }
 
@@ -71,7 +107,7 @@ impl TenantPolicy {
             settings: self.settings.to_string(),
             ..input.clone()
         };
-        let decision = engine.login(self.compiled()?, &input)?;
+        let decision = self.note(engine.login(self.compiled()?, &input))?;
         if let Some((side, recorded)) = recorded {
             if let Some(shadow) = side.shadow.load().as_ref() {
                 shadow.offer(
@@ -98,7 +134,7 @@ impl TenantPolicy {
             settings: self.settings.to_string(),
             ..input.clone()
         };
-        let decision = engine.resolve(self.compiled()?, &input)?;
+        let decision = self.note(engine.resolve(self.compiled()?, &input))?;
         if let Some((side, recorded)) = recorded {
             if let Some(shadow) = side.shadow.load().as_ref() {
                 shadow.offer(
@@ -143,7 +179,41 @@ impl TenantPolicy {
         engine: &PolicyEngine,
         inputs: &[rules::RoleInput],
     ) -> Result<Vec<rules::RoleDecision>, PolicyError> {
-        engine.effective_role(self.compiled()?, inputs, &self.settings)
+        self.note(engine.effective_role(self.compiled()?, inputs, &self.settings))
+    }
+
+    /// Counts a failed decision of a stored version toward automatic rollback, and trips it
+    /// (once) when the tenant's threshold is reached within the window.
+    fn note<T>(&self, result: Result<T, PolicyError>) -> Result<T, PolicyError> {
+        use std::sync::atomic::Ordering;
+        let Err(error) = &result else {
+            return result;
+        };
+        let counts = matches!(
+            error,
+            PolicyError::Trap(_)
+                | PolicyError::Timeout(_)
+                | PolicyError::OutOfMemory(_)
+                | PolicyError::Malformed(_)
+        );
+        let (Some(side), Some(version)) = (&self.side, self.version) else {
+            return result;
+        };
+        let Some(auto) = side.auto_rollback else {
+            return result;
+        };
+        if !counts || self.health.since.elapsed() > auto.window {
+            return result;
+        }
+        let failures = self.health.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if failures >= auto.max_failures && !self.health.tripped.swap(true, Ordering::Relaxed) {
+            *side.trip.lock().unwrap_or_else(|p| p.into_inner()) = Some(Trip {
+                version,
+                failures,
+                last_error: error.to_string(),
+            });
+        }
+        result
     }
 
     /// The claim map for an identity provider; asked once per policy version and IdP,
@@ -175,6 +245,9 @@ impl TenantPolicy {
 struct TenantSide {
     ring: DecisionRing,
     shadow: ArcSwapOption<Shadow>,
+    auto_rollback: Option<AutoRollback>,
+    /// A version that tripped automatic rollback, waiting for the app to act.
+    trip: std::sync::Mutex<Option<Trip>>,
 }
 
 /// How many recent decision inputs each tenant's ring keeps.
@@ -185,6 +258,7 @@ pub const RING_CAPACITY: usize = 256;
 pub struct Registry {
     tenants: RwLock<HashMap<String, Arc<ArcSwap<TenantPolicy>>>>,
     sides: RwLock<HashMap<String, Arc<TenantSide>>>,
+    auto_rollback: Option<AutoRollback>,
 }
 
 impl Registry {
@@ -211,9 +285,36 @@ impl Registry {
                 Arc::new(TenantSide {
                     ring: DecisionRing::new(RING_CAPACITY),
                     shadow: ArcSwapOption::empty(),
+                    auto_rollback: self.auto_rollback,
+                    trip: std::sync::Mutex::new(None),
                 })
             })
             .clone()
+    }
+
+    /// A registry whose tenants' new versions roll back on their own (`None`: never).
+    pub fn with_auto_rollback(auto_rollback: Option<AutoRollback>) -> Registry {
+        Registry {
+            auto_rollback,
+            ..Registry::default()
+        }
+    }
+
+    /// The automatic-rollback rule.
+    pub fn auto_rollback(&self) -> Option<AutoRollback> {
+        self.auto_rollback
+    }
+
+    /// Takes the tenant's pending automatic-rollback trip, if a version tripped.
+    pub fn take_trip(&self, tenant: &str) -> Option<Trip> {
+        let side = self
+            .sides
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(tenant)
+            .cloned()?;
+        let trip = side.trip.lock().unwrap_or_else(|p| p.into_inner()).take();
+        trip
     }
 
     /// The tenant's recent decision inputs (anonymised), oldest first.
