@@ -642,7 +642,10 @@ async fn a_failing_version_is_rolled_back_automatically_and_audited() {
         let (status, body) = server.evaluate("acme", &request).await;
         assert_eq!(status, 200, "{body}");
         assert_eq!(body["policy_version"], 2, "attempt {attempt}: {body}");
-        assert_eq!(body["policy_error"]["kind"], "trap", "attempt {attempt}: {body}");
+        assert_eq!(
+            body["policy_error"]["kind"], "trap",
+            "attempt {attempt}: {body}"
+        );
     }
     // The third failure tripped it: version 1 answers again.
     let (_, state) = server
