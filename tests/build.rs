@@ -26,6 +26,7 @@ fn main() {
     }
     for (name, dir) in [
         ("nested-claims", "policies/nested-claims"),
+        ("department-teams", "policies/department-teams"),
         ("hostile", "tests/fixtures/hostile"),
     ] {
         match gatehouse_policy_build::build(&root.join(dir), &target_dir) {

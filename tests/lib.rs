@@ -19,6 +19,9 @@ pub mod fixtures {
     /// `policies/nested-claims`, the example policy.
     pub static NESTED_CLAIMS: &[u8] =
         include_bytes!(concat!(env!("OUT_DIR"), "/nested-claims.wasm"));
+    /// `policies/department-teams`, the example policy with a department allow-list.
+    pub static DEPARTMENT_TEAMS: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/department-teams.wasm"));
     /// `tests/fixtures/hostile`: misbehaves as its settings say (`{"mode": "loop"}`, ...).
     pub static HOSTILE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/hostile.wasm"));
 

@@ -219,6 +219,12 @@ pub struct PolicyConfig {
     pub max_component_kib: u32,
     /// Evaluations that may run at the same moment.
     pub concurrent_instances: u32,
+    /// Failed decisions (traps, timeouts, out-of-memory, malformed answers) of a newly
+    /// active stored version, within `auto_rollback_window_secs` of its activation, that
+    /// roll the tenant back to its previous version on their own; 0 turns this off.
+    pub auto_rollback_failures: u32,
+    /// The window after an activation in which failures count, in seconds.
+    pub auto_rollback_window_secs: u64,
 }
 
 /// The outbox relay: where queued emails are sent. Without `url` (or `url_file`) no relay
@@ -314,11 +320,21 @@ impl Default for PolicyConfig {
             timeout_ms: 50,
             max_component_kib: 8192,
             concurrent_instances: 128,
+            auto_rollback_failures: 5,
+            auto_rollback_window_secs: 300,
         }
     }
 }
 
 impl PolicyConfig {
+    /// The automatic-rollback rule this configuration describes (`None`: off).
+    pub fn auto_rollback(&self) -> Option<crate::policy::AutoRollback> {
+        (self.auto_rollback_failures > 0).then(|| crate::policy::AutoRollback {
+            max_failures: self.auto_rollback_failures,
+            window: Duration::from_secs(self.auto_rollback_window_secs),
+        })
+    }
+
     /// The engine limits this configuration describes.
     pub fn limits(&self) -> crate::policy::Limits {
         crate::policy::Limits {
@@ -448,6 +464,12 @@ impl Config {
                 self.policy.memory_limit_mib = parse(key, value)?
             }
             "GATEHOUSE_POLICY_TIMEOUT_MS" => self.policy.timeout_ms = parse(key, value)?,
+            "GATEHOUSE_POLICY_AUTO_ROLLBACK_FAILURES" => {
+                self.policy.auto_rollback_failures = parse(key, value)?
+            }
+            "GATEHOUSE_POLICY_AUTO_ROLLBACK_WINDOW_SECS" => {
+                self.policy.auto_rollback_window_secs = parse(key, value)?
+            }
             "GATEHOUSE_POLICY_MAX_COMPONENT_KIB" => {
                 self.policy.max_component_kib = parse(key, value)?
             }

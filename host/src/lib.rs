@@ -18,5 +18,6 @@ pub mod model;
 pub mod netguard;
 pub mod outbox;
 pub mod policy;
+pub mod scaffold;
 pub mod scim;
 pub mod store;

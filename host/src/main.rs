@@ -63,6 +63,18 @@ struct ServeArgs {
 
 #[derive(Subcommand)]
 enum PolicyCommand {
+    /// Scaffold a new policy crate (the default policy under a new name, with its cases).
+    New {
+        /// The policy's name (lowercase letters, digits, '-').
+        name: String,
+        /// Where to create the crate (default: ./NAME).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// The policy SDK to depend on (default: guest/sdk of the source tree this binary
+        /// was built from).
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+    },
     /// Build a policy crate into a component.
     Build {
         /// The policy crate's directory.
@@ -70,6 +82,10 @@ enum PolicyCommand {
         /// Where to write the component (default: DIR/target/policy.wasm).
         #[arg(short, long)]
         out: Option<PathBuf>,
+        /// Cargo's target directory for the wasm build (default: DIR/target); policies that
+        /// share one reuse the dependencies they have in common.
+        #[arg(long)]
+        target_dir: Option<PathBuf>,
     },
     /// Build a policy crate and run its cases (DIR/cases/*.json) through the component.
     Test {
@@ -78,6 +94,20 @@ enum PolicyCommand {
         /// Test this component instead of building DIR.
         #[arg(long)]
         component: Option<PathBuf>,
+        /// Cargo's target directory for the wasm build (default: DIR/target).
+        #[arg(long)]
+        target_dir: Option<PathBuf>,
+    },
+    /// Evaluate a component on the tenant's recent decisions and list every decision it
+    /// would change (nothing is stored).
+    DryRun {
+        #[arg(long)]
+        tenant: String,
+        /// The candidate component file.
+        file: PathBuf,
+        /// A JSON file with the candidate's settings.
+        #[arg(long)]
+        settings: Option<PathBuf>,
     },
     /// Upload a component to a tenant on a running server and activate it.
     Push {
@@ -183,8 +213,26 @@ fn init_logging(format: LogFormat) {
 
 fn policy(command: PolicyCommand) -> Result<()> {
     match command {
-        PolicyCommand::Build { dir, out } => {
-            let component = build_policy(&dir)?;
+        PolicyCommand::New { name, dir, sdk } => {
+            let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
+            let sdk = sdk.unwrap_or_else(gatehouse::scaffold::default_sdk_dir);
+            let files = gatehouse::scaffold::new_policy(&name, &dir, &sdk)?;
+            println!("created policy {name} in {}:", dir.display());
+            for file in files {
+                println!("  {file}");
+            }
+            println!(
+                "next: gatehouse policy test {}  (builds it and runs its cases)",
+                dir.display()
+            );
+            Ok(())
+        }
+        PolicyCommand::Build {
+            dir,
+            out,
+            target_dir,
+        } => {
+            let component = build_policy(&dir, target_dir)?;
             let out = out.unwrap_or_else(|| dir.join("target").join("policy.wasm"));
             if let Some(parent) = out.parent() {
                 std::fs::create_dir_all(parent)?;
@@ -194,15 +242,24 @@ fn policy(command: PolicyCommand) -> Result<()> {
             println!("built {} ({} bytes)", out.display(), component.len());
             Ok(())
         }
-        PolicyCommand::Test { dir, component } => {
+        PolicyCommand::Test {
+            dir,
+            component,
+            target_dir,
+        } => {
             let bytes = match component {
                 Some(path) => {
                     std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?
                 }
-                None => build_policy(&dir)?,
+                None => build_policy(&dir, target_dir)?,
             };
             test_policy(&bytes, &dir.join("cases"))
         }
+        PolicyCommand::DryRun {
+            tenant,
+            file,
+            settings,
+        } => dry_run_policy(&tenant, &file, settings.as_deref()),
         PolicyCommand::Push {
             tenant,
             file,
@@ -219,8 +276,8 @@ fn policy(command: PolicyCommand) -> Result<()> {
     }
 }
 
-fn build_policy(dir: &Path) -> Result<Vec<u8>> {
-    let target = dir.join("target");
+fn build_policy(dir: &Path, target_dir: Option<PathBuf>) -> Result<Vec<u8>> {
+    let target = target_dir.unwrap_or_else(|| dir.join("target"));
     gatehouse_policy_build::build(dir, &target)
         .with_context(|| format!("building the policy in {}", dir.display()))
 }
@@ -255,6 +312,45 @@ fn test_policy(component: &[u8], cases_dir: &Path) -> Result<()> {
     Ok(())
 }
 
+fn read_settings(settings: Option<&Path>) -> Result<serde_json::Value> {
+    Ok(match settings {
+        Some(path) => serde_json::from_str(&std::fs::read_to_string(path)?)
+            .with_context(|| format!("{} is not JSON", path.display()))?,
+        None => serde_json::json!({}),
+    })
+}
+
+fn dry_run_policy(tenant: &str, file: &Path, settings: Option<&Path>) -> Result<()> {
+    use base64::Engine;
+    let component = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let body = serde_json::json!({
+        "component_base64": base64::engine::general_purpose::STANDARD.encode(&component),
+        "settings": read_settings(settings)?,
+    });
+    let api = client::Api::from_env(false)?;
+    let report = api.call(
+        reqwest::Method::POST,
+        &format!("/api/v1/tenants/{tenant}/policy/dry-run"),
+        Some(body),
+    )?;
+    let changed = report["changed"].as_array().cloned().unwrap_or_default();
+    for change in &changed {
+        println!(
+            "changed {}: {}",
+            change["decision"].as_str().unwrap_or("?"),
+            change["input"]
+        );
+        println!("  before: {}", change["before"]);
+        println!("  after:  {}", change["after"]);
+    }
+    println!(
+        "{} of {} recent decisions would change",
+        changed.len(),
+        report["evaluated"]
+    );
+    Ok(())
+}
+
 fn push_policy(
     tenant: &str,
     file: &Path,
@@ -264,11 +360,7 @@ fn push_policy(
 ) -> Result<()> {
     use base64::Engine;
     let component = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-    let settings: serde_json::Value = match settings {
-        Some(path) => serde_json::from_str(&std::fs::read_to_string(path)?)
-            .with_context(|| format!("{} is not JSON", path.display()))?,
-        None => serde_json::json!({}),
-    };
+    let settings = read_settings(settings)?;
     let cases: Vec<cases::Case> = match cases_dir {
         Some(dir) => cases::load_dir(dir)?
             .into_iter()

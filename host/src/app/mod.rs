@@ -131,6 +131,42 @@ pub struct PolicyOverview {
     pub versions: Vec<PolicyVersionRecord>,
 }
 
+/// What a candidate policy would change on the tenant's recent decisions.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct DryRunReport {
+    /// The candidate's name and version, as it reports them.
+    pub candidate: rules::PolicyInfo,
+    /// The version the tenant runs now (`null`: the built-in default).
+    pub active: Option<u64>,
+    /// How many recorded decisions were evaluated by both.
+    pub evaluated: usize,
+    /// Exactly the decisions whose outcome differs, oldest first.
+    pub changed: Vec<DryRunChange>,
+}
+
+/// A candidate running in shadow beside the tenant's active policy.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ShadowState {
+    pub candidate: rules::PolicyInfo,
+    pub stats: policy::shadow::ShadowStats,
+}
+
+/// One decision the candidate would decide differently.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct DryRunChange {
+    /// `login` or `resolve`.
+    pub decision: &'static str,
+    /// The recorded (anonymised) input.
+    #[schema(value_type = Object)]
+    pub input: serde_json::Value,
+    /// The active policy's outcome, or `{"error": {"kind", "message"}}`.
+    #[schema(value_type = Object)]
+    pub before: serde_json::Value,
+    /// The candidate's outcome, or `{"error": {"kind", "message"}}`.
+    #[schema(value_type = Object)]
+    pub after: serde_json::Value,
+}
+
 /// One decision to evaluate through a tenant's policy (tests, benchmarks, explanations).
 #[derive(Debug, Clone, serde::Deserialize, utoipa::ToSchema)]
 #[serde(tag = "decision", rename_all = "snake_case", deny_unknown_fields)]
@@ -211,7 +247,7 @@ impl App {
         let app = App {
             store,
             engine,
-            policies: Registry::default(),
+            policies: Registry::with_auto_rollback(config.policy.auto_rollback()),
             default_policy,
             compiled: Mutex::default(),
             operator_token_sha256,
@@ -246,7 +282,9 @@ impl App {
             policies: &self.policies,
             engine: &self.engine,
         };
-        self.edge.evaluate(&ctx, tenant, authorization).await
+        let evaluation = self.edge.evaluate(&ctx, tenant, authorization).await;
+        self.check_auto_rollback(tenant).await;
+        evaluation
     }
 
     /// Checks a bearer token against the operator token, in constant time.
@@ -444,6 +482,220 @@ impl App {
         self.swap_policy(&tenant, policy);
         tracing::info!(tenant, version = previous, "policy rolled back");
         Ok(state)
+    }
+
+    /// Evaluates a candidate component (with its settings) and the active policy on the
+    /// tenant's decision ring and reports exactly the decisions whose outcome differs. Stores
+    /// nothing; the candidate's settings are validated as at upload.
+    pub async fn dry_run_policy(
+        self: &Arc<Self>,
+        tenant: &str,
+        component: Vec<u8>,
+        settings: String,
+    ) -> Result<DryRunReport, AppError> {
+        let tenant = self.tenant(tenant)?.slug;
+        let app = self.clone();
+        tokio::task::spawn_blocking(move || app.dry_run_blocking(&tenant, &component, settings))
+            .await
+            .map_err(|e| AppError::Internal(format!("dry run stopped: {e}")))?
+    }
+
+    /// Starts `component` (with `settings`, validated as at upload) in shadow for the tenant,
+    /// replacing any shadow it had. Nothing is stored; the shadow lasts until promoted,
+    /// discarded, or the process stops.
+    pub async fn start_shadow(
+        self: &Arc<Self>,
+        tenant: &str,
+        component: Vec<u8>,
+        settings: String,
+    ) -> Result<ShadowState, AppError> {
+        let tenant = self.tenant(tenant)?.slug;
+        let app = self.clone();
+        let (compiled, settings) = tokio::task::spawn_blocking(move || {
+            app.candidate(&component, settings)
+                .map(|(compiled, settings)| (compiled, settings, component))
+        })
+        .await
+        .map_err(|e| AppError::Internal(format!("shadow start stopped: {e}")))?
+        .map(|(compiled, settings, component)| ((compiled, component), settings))?;
+        let (compiled, component) = compiled;
+        let info = compiled.info.clone();
+        let shadow = policy::shadow::Shadow::start(
+            self.engine.clone(),
+            &tenant,
+            TenantPolicy::new(None, compiled, settings.into()),
+            info,
+            component.into(),
+        );
+        self.policies.set_shadow(&tenant, Some(shadow.clone()));
+        tracing::info!(tenant, candidate = %shadow.info.name, "shadow policy started");
+        Ok(ShadowState {
+            candidate: shadow.info.clone(),
+            stats: shadow.stats(),
+        })
+    }
+
+    /// The tenant's shadow and its counters.
+    pub fn shadow_state(&self, tenant: &str) -> Result<ShadowState, AppError> {
+        let tenant = self.tenant(tenant)?.slug;
+        let shadow = self
+            .policies
+            .shadow(&tenant)
+            .ok_or_else(|| AppError::NotFound(format!("shadow policy of tenant {tenant}")))?;
+        Ok(ShadowState {
+            candidate: shadow.info.clone(),
+            stats: shadow.stats(),
+        })
+    }
+
+    /// Stops the tenant's shadow; returns its final counters.
+    pub fn discard_shadow(&self, tenant: &str) -> Result<ShadowState, AppError> {
+        let state = self.shadow_state(tenant)?;
+        self.policies.set_shadow(tenant, None);
+        tracing::info!(tenant, stats = ?state.stats, "shadow policy discarded");
+        Ok(state)
+    }
+
+    /// Stores the shadow's component and settings as a new version, activates it, and stops
+    /// the shadow.
+    pub async fn promote_shadow(
+        self: &Arc<Self>,
+        tenant: &str,
+        actor: &str,
+    ) -> Result<PolicyVersionRecord, AppError> {
+        let tenant = self.tenant(tenant)?.slug;
+        let shadow = self
+            .policies
+            .shadow(&tenant)
+            .ok_or_else(|| AppError::NotFound(format!("shadow policy of tenant {tenant}")))?;
+        let record = self
+            .upload_policy(
+                &tenant,
+                Upload {
+                    component: shadow.component.to_vec(),
+                    settings: shadow.settings.to_string(),
+                    cases: Vec::new(),
+                    activate: true,
+                },
+                actor,
+            )
+            .await?;
+        self.policies.set_shadow(&tenant, None);
+        tracing::info!(tenant, version = record.version, stats = ?shadow.stats(), "shadow policy promoted");
+        Ok(record)
+    }
+
+    /// Compiles a candidate and validates its settings, as an upload would.
+    fn candidate(
+        &self,
+        component: &[u8],
+        settings: String,
+    ) -> Result<(Arc<Compiled>, String), AppError> {
+        let compiled = self.compile(component).map_err(AppError::PolicyRefused)?;
+        match self.engine.validate_settings(&compiled, &settings) {
+            Ok(Ok(())) => Ok((compiled, settings)),
+            Ok(Err(message)) => Err(AppError::PolicyRefused(PolicyError::Settings(message))),
+            Err(e) => Err(AppError::PolicyRefused(e)),
+        }
+    }
+
+    fn dry_run_blocking(
+        &self,
+        tenant: &str,
+        component: &[u8],
+        settings: String,
+    ) -> Result<DryRunReport, AppError> {
+        let (compiled, settings) = self.candidate(component, settings)?;
+        let info = compiled.info.clone();
+        let candidate = TenantPolicy::new(None, compiled, settings.into());
+        let active = self.current_policy(tenant)?;
+        let recorded = self.policies.recent(tenant);
+        let outcome = |result: Result<serde_json::Value, PolicyError>| match result {
+            Ok(value) => value,
+            Err(e) => {
+                serde_json::json!({ "error": { "kind": e.kind(), "message": e.to_string() } })
+            }
+        };
+        let mut changed = Vec::new();
+        for input in &recorded {
+            let before = outcome(active.decide_recorded(&self.engine, input));
+            let after = outcome(candidate.decide_recorded(&self.engine, input));
+            if before != after {
+                let (decision, input) = match input {
+                    policy::ring::RecordedInput::Login(i) => ("login", json(i)),
+                    policy::ring::RecordedInput::Resolve(i) => ("resolve", json(i)),
+                };
+                changed.push(DryRunChange {
+                    decision,
+                    input,
+                    before,
+                    after,
+                });
+            }
+        }
+        Ok(DryRunReport {
+            candidate: info,
+            active: active.version,
+            evaluated: recorded.len(),
+            changed,
+        })
+    }
+
+    /// Acts on a pending automatic-rollback trip of the tenant: when the version that
+    /// tripped is still active, returns to the previous one and audits why
+    /// (`policy.auto_rollback`, actor `gatehouse`). Called after decisions are answered.
+    pub async fn check_auto_rollback(&self, tenant: &str) {
+        let Some(trip) = self.policies.take_trip(tenant) else {
+            return;
+        };
+        if let Err(e) = self.auto_rollback(tenant, &trip).await {
+            tracing::error!(tenant, version = trip.version, error = %e, "automatic rollback failed");
+        }
+    }
+
+    async fn auto_rollback(&self, tenant: &str, trip: &policy::Trip) -> Result<(), AppError> {
+        let _guard = self.policy_changes.lock().await;
+        let state = self.store.policy_state(tenant)?;
+        if state.active != Some(trip.version) {
+            return Ok(()); // already replaced by someone
+        }
+        let Some(&previous) = state.history.last() else {
+            tracing::warn!(
+                tenant,
+                version = trip.version,
+                "policy failing but nothing to roll back to"
+            );
+            return Ok(());
+        };
+        let policy = self.policy_for_version(tenant, previous)?;
+        let state = self.store.rollback_policy(tenant)?;
+        self.swap_policy(tenant, policy);
+        let why = serde_json::json!({
+            "version": trip.version,
+            "failures": trip.failures,
+            "last_error": trip.last_error,
+            "reason": format!(
+                "{} failed decisions within {}s of activation",
+                trip.failures,
+                self.policies.auto_rollback().map(|a| a.window.as_secs()).unwrap_or_default()
+            ),
+        });
+        let after = serde_json::json!({ "active": state.active });
+        self.with_tenant(tenant, |slug| {
+            let mut batch = crate::store::Batch::new(slug);
+            self.audit_log(slug)?.record(
+                &mut batch,
+                "gatehouse",
+                "policy.auto_rollback",
+                slug,
+                Some(&why),
+                Some(&after),
+            );
+            self.store.apply(&batch)?;
+            Ok(())
+        })?;
+        tracing::warn!(tenant, version = trip.version, back_to = ?previous, failures = trip.failures, last_error = %trip.last_error, "policy rolled back automatically");
+        Ok(())
     }
 
     /// The tenant's current policy.

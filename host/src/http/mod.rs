@@ -70,6 +70,21 @@ pub fn router(app: Arc<App>) -> Router {
                 .get(policy_versions)
                 .layer(DefaultBodyLimit::max(max_upload)),
         )
+        .route(
+            "/tenants/{tenant}/policy/dry-run",
+            post(dry_run_policy).layer(DefaultBodyLimit::max(max_upload)),
+        )
+        .route(
+            "/tenants/{tenant}/policy/shadow",
+            post(start_shadow)
+                .get(shadow_state)
+                .delete(discard_shadow)
+                .layer(DefaultBodyLimit::max(max_upload)),
+        )
+        .route(
+            "/tenants/{tenant}/policy/shadow/promote",
+            post(promote_shadow),
+        )
         .route("/tenants/{tenant}/policy/activate", post(activate_policy))
         .route("/tenants/{tenant}/policy/rollback", post(rollback_policy))
         .route("/tenants/{tenant}/policy/evaluate", post(evaluate))
@@ -487,6 +502,166 @@ async fn upload_policy(
     Ok((StatusCode::CREATED, Json(record)).into_response())
 }
 
+/// A candidate for a dry run: the component in base64 and its settings.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct DryRunJson {
+    /// The component's bytes, base64 (standard alphabet, padded).
+    component_base64: String,
+    /// The candidate's settings: a JSON value, or JSON text in a string (absent: `{}`).
+    #[serde(default)]
+    settings: Option<serde_json::Value>,
+}
+
+/// Dry-run a candidate policy on the tenant's recent decisions (an anonymised ring kept in
+/// memory): every decision whose outcome would change, with the active policy's outcome
+/// and the candidate's. Nothing is stored or activated.
+#[utoipa::path(
+    post,
+    path = "/api/v1/tenants/{tenant}/policy/dry-run",
+    tag = "policies",
+    params(("tenant" = String, Path, description = "Tenant slug")),
+    request_body = DryRunJson,
+    responses(
+        (status = 200, description = "The decisions that would change", body = crate::app::DryRunReport),
+        (status = 400, description = "The body is not valid", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "A member's token: this needs a tenant admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such tenant", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The component is too large", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Refused: not a valid component, wrong contract, or settings refused", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
+async fn dry_run_policy(
+    State(app): Shared,
+    headers: HeaderMap,
+    Path(tenant): Path<String>,
+    body: Bytes,
+) -> Result<Response, AppError> {
+    admin(&app, &tenant, &headers)?;
+    let (component, settings) = candidate_body(&body)?;
+    let report = app.dry_run_policy(&tenant, component, settings).await?;
+    Ok(Json(report).into_response())
+}
+
+/// Start a candidate in shadow: evaluated beside the active policy on live decisions (off
+/// the answer's path), differences counted and logged; the active policy keeps answering.
+/// Replaces any earlier shadow. Nothing is stored until it is promoted.
+#[utoipa::path(
+    post,
+    path = "/api/v1/tenants/{tenant}/policy/shadow",
+    tag = "policies",
+    params(("tenant" = String, Path, description = "Tenant slug")),
+    request_body = DryRunJson,
+    responses(
+        (status = 201, description = "The shadow runs", body = crate::app::ShadowState),
+        (status = 400, description = "The body is not valid", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "A member's token: this needs a tenant admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such tenant", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The component is too large", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Refused: not a valid component, wrong contract, or settings refused", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
+async fn start_shadow(
+    State(app): Shared,
+    headers: HeaderMap,
+    Path(tenant): Path<String>,
+    body: Bytes,
+) -> Result<Response, AppError> {
+    admin(&app, &tenant, &headers)?;
+    let (component, settings) = candidate_body(&body)?;
+    let state = app.start_shadow(&tenant, component, settings).await?;
+    Ok((StatusCode::CREATED, Json(state)).into_response())
+}
+
+/// The shadow candidate and its counters (evaluated, differed, failed, dropped).
+#[utoipa::path(
+    get,
+    path = "/api/v1/tenants/{tenant}/policy/shadow",
+    tag = "policies",
+    params(("tenant" = String, Path, description = "Tenant slug")),
+    responses(
+        (status = 200, description = "The shadow", body = crate::app::ShadowState),
+        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "A member's token: this needs a tenant admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such tenant, or no shadow runs", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
+async fn shadow_state(
+    State(app): Shared,
+    headers: HeaderMap,
+    Path(tenant): Path<String>,
+) -> Result<Response, AppError> {
+    admin(&app, &tenant, &headers)?;
+    Ok(Json(app.shadow_state(&tenant)?).into_response())
+}
+
+/// Discard the shadow candidate; answers its final counters.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/tenants/{tenant}/policy/shadow",
+    tag = "policies",
+    params(("tenant" = String, Path, description = "Tenant slug")),
+    responses(
+        (status = 200, description = "Discarded; its final counters", body = crate::app::ShadowState),
+        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "A member's token: this needs a tenant admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such tenant, or no shadow runs", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
+async fn discard_shadow(
+    State(app): Shared,
+    headers: HeaderMap,
+    Path(tenant): Path<String>,
+) -> Result<Response, AppError> {
+    admin(&app, &tenant, &headers)?;
+    Ok(Json(app.discard_shadow(&tenant)?).into_response())
+}
+
+/// Promote the shadow candidate: store it as a new version, activate it, stop the shadow.
+#[utoipa::path(
+    post,
+    path = "/api/v1/tenants/{tenant}/policy/shadow/promote",
+    tag = "policies",
+    params(("tenant" = String, Path, description = "Tenant slug")),
+    responses(
+        (status = 201, description = "Stored and active", body = PolicyVersionRecord),
+        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "A member's token: this needs a tenant admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such tenant, or no shadow runs", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
+async fn promote_shadow(
+    State(app): Shared,
+    headers: HeaderMap,
+    Path(tenant): Path<String>,
+) -> Result<Response, AppError> {
+    let caller = admin(&app, &tenant, &headers)?;
+    let record = app.promote_shadow(&tenant, &caller.actor()).await?;
+    Ok((StatusCode::CREATED, Json(record)).into_response())
+}
+
+/// A candidate's component and settings from a `DryRunJson` body.
+fn candidate_body(body: &[u8]) -> Result<(Vec<u8>, String), AppError> {
+    use base64::Engine;
+    let request: DryRunJson = parse_json(body)?;
+    let component = base64::engine::general_purpose::STANDARD
+        .decode(request.component_base64.trim())
+        .map_err(|e| AppError::BadRequest(format!("component_base64 is not base64: {e}")))?;
+    let settings = match request.settings {
+        None | Some(serde_json::Value::Null) => "{}".to_owned(),
+        Some(serde_json::Value::String(text)) => text,
+        Some(value) => value.to_string(),
+    };
+    Ok((component, settings))
+}
+
 /// Which stored version to run.
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -573,5 +748,7 @@ async fn evaluate(
 ) -> Result<Response, AppError> {
     admin(&app, &tenant, &headers)?;
     let request: Evaluate = parse_json(&body)?;
-    Ok(Json(app.evaluate(&tenant, &request)?).into_response())
+    let answer = app.evaluate(&tenant, &request)?;
+    app.check_auto_rollback(&tenant).await;
+    Ok(Json(answer).into_response())
 }

@@ -9,9 +9,11 @@ mod answer;
 mod bindings;
 mod engine;
 mod registry;
+pub mod ring;
+pub mod shadow;
 
 pub use engine::{sha256, Limits, PolicyEngine};
-pub use registry::{Registry, TenantPolicy};
+pub use registry::{AutoRollback, Registry, TenantPolicy, Trip, RING_CAPACITY};
 
 use gatehouse_rules as rules;
 

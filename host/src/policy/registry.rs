@@ -4,8 +4,11 @@
 //! changes the policy under a request in flight: in-flight requests finish on the version
 //! they started with, new ones see the new version, and nothing fails in between.
 
+use super::ring::{DecisionRing, RecordedInput};
+use super::shadow::Shadow;
 use super::{Compiled, PolicyEngine, PolicyError};
 use arc_swap::ArcSwap;
+use arc_swap::ArcSwapOption;
 use gatehouse_rules as rules;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -18,6 +21,43 @@ pub struct TenantPolicy {
     pub settings: Arc<str>,
     compiled: Result<Arc<Compiled>, String>,
     claim_maps: RwLock<HashMap<rules::IdpClaims, rules::ClaimMap>>,
+    /// The tenant's decision ring and shadow, set when the registry installs this policy; a
+    /// policy outside the registry (a dry-run or shadow candidate) records nothing.
+    side: Option<Arc<TenantSide>>,
+    /// Failures of this version since it was installed (automatic rollback).
+    health: Health,
+}
+
+/// When a newly active version is rolled back on its own: `max_failures` failed decisions
+/// (traps, timeouts, out-of-memory, malformed answers) within `window` of its activation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AutoRollback {
+    pub max_failures: u32,
+    pub window: std::time::Duration,
+}
+
+/// Why a version tripped automatic rollback.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Trip {
+    pub version: u64,
+    pub failures: u32,
+    pub last_error: String,
+}
+
+struct Health {
+    since: std::time::Instant,
+    failures: std::sync::atomic::AtomicU32,
+    tripped: std::sync::atomic::AtomicBool,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            since: std::time::Instant::now(),
+            failures: Default::default(),
+            tripped: Default::default(),
+        }
+    }
 }
 
 impl TenantPolicy {
@@ -28,6 +68,8 @@ impl TenantPolicy {
             settings,
             compiled: Ok(compiled),
             claim_maps: RwLock::default(),
+            side: None,
+            health: Health::default(),
         }
     }
 
@@ -38,6 +80,8 @@ impl TenantPolicy {
             settings,
             compiled: Err(reason),
             claim_maps: RwLock::default(),
+            side: None,
+            health: Health::default(),
         }
     }
 
@@ -54,11 +98,25 @@ impl TenantPolicy {
         engine: &PolicyEngine,
         input: &rules::LoginInput,
     ) -> Result<rules::LoginDecision, PolicyError> {
+        let recorded = self.side.as_ref().map(|side| {
+            let recorded = side.ring.anonymise_login(input);
+            side.ring.push(recorded.clone());
+            (side, recorded)
+        });
         let input = rules::LoginInput {
             settings: self.settings.to_string(),
             ..input.clone()
         };
-        engine.login(self.compiled()?, &input)
+        let decision = self.note(engine.login(self.compiled()?, &input))?;
+        if let Some((side, recorded)) = recorded {
+            if let Some(shadow) = side.shadow.load().as_ref() {
+                shadow.offer(
+                    recorded,
+                    serde_json::to_value(&decision.outcome).unwrap_or_default(),
+                );
+            }
+        }
+        Ok(decision)
     }
 
     /// The resolution decision with this tenant's settings.
@@ -67,11 +125,52 @@ impl TenantPolicy {
         engine: &PolicyEngine,
         input: &rules::ResolveInput,
     ) -> Result<rules::ResolveDecision, PolicyError> {
+        let recorded = self.side.as_ref().map(|side| {
+            let recorded = side.ring.anonymise_resolve(input);
+            side.ring.push(recorded.clone());
+            (side, recorded)
+        });
         let input = rules::ResolveInput {
             settings: self.settings.to_string(),
             ..input.clone()
         };
-        engine.resolve(self.compiled()?, &input)
+        let decision = self.note(engine.resolve(self.compiled()?, &input))?;
+        if let Some((side, recorded)) = recorded {
+            if let Some(shadow) = side.shadow.load().as_ref() {
+                shadow.offer(
+                    recorded,
+                    serde_json::to_value(&decision.outcome).unwrap_or_default(),
+                );
+            }
+        }
+        Ok(decision)
+    }
+
+    /// Decides a recorded input with this policy and its settings, without recording it;
+    /// the outcome as JSON (the trace is left out: a dry run compares decisions).
+    pub fn decide_recorded(
+        &self,
+        engine: &PolicyEngine,
+        recorded: &RecordedInput,
+    ) -> Result<serde_json::Value, PolicyError> {
+        let compiled = self.compiled()?;
+        let outcome = match recorded {
+            RecordedInput::Login(input) => {
+                let input = rules::LoginInput {
+                    settings: self.settings.to_string(),
+                    ..input.clone()
+                };
+                serde_json::to_value(engine.login(compiled, &input)?.outcome)
+            }
+            RecordedInput::Resolve(input) => {
+                let input = rules::ResolveInput {
+                    settings: self.settings.to_string(),
+                    ..input.clone()
+                };
+                serde_json::to_value(engine.resolve(compiled, &input)?.outcome)
+            }
+        };
+        outcome.map_err(|e| PolicyError::Engine(format!("a decision is not JSON: {e}")))
     }
 
     /// Effective roles, one per input.
@@ -80,7 +179,41 @@ impl TenantPolicy {
         engine: &PolicyEngine,
         inputs: &[rules::RoleInput],
     ) -> Result<Vec<rules::RoleDecision>, PolicyError> {
-        engine.effective_role(self.compiled()?, inputs, &self.settings)
+        self.note(engine.effective_role(self.compiled()?, inputs, &self.settings))
+    }
+
+    /// Counts a failed decision of a stored version toward automatic rollback, and trips it
+    /// (once) when the tenant's threshold is reached within the window.
+    fn note<T>(&self, result: Result<T, PolicyError>) -> Result<T, PolicyError> {
+        use std::sync::atomic::Ordering;
+        let Err(error) = &result else {
+            return result;
+        };
+        let counts = matches!(
+            error,
+            PolicyError::Trap(_)
+                | PolicyError::Timeout(_)
+                | PolicyError::OutOfMemory(_)
+                | PolicyError::Malformed(_)
+        );
+        let (Some(side), Some(version)) = (&self.side, self.version) else {
+            return result;
+        };
+        let Some(auto) = side.auto_rollback else {
+            return result;
+        };
+        if !counts || self.health.since.elapsed() > auto.window {
+            return result;
+        }
+        let failures = self.health.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if failures >= auto.max_failures && !self.health.tripped.swap(true, Ordering::Relaxed) {
+            *side.trip.lock().unwrap_or_else(|p| p.into_inner()) = Some(Trip {
+                version,
+                failures,
+                last_error: error.to_string(),
+            });
+        }
+        result
     }
 
     /// The claim map for an identity provider; asked once per policy version and IdP,
@@ -108,10 +241,24 @@ impl TenantPolicy {
     }
 }
 
-/// Every tenant's current policy.
+/// What a tenant keeps across policy swaps: its decision ring and its shadow candidate.
+struct TenantSide {
+    ring: DecisionRing,
+    shadow: ArcSwapOption<Shadow>,
+    auto_rollback: Option<AutoRollback>,
+    /// A version that tripped automatic rollback, waiting for the app to act.
+    trip: std::sync::Mutex<Option<Trip>>,
+}
+
+/// How many recent decision inputs each tenant's ring keeps.
+pub const RING_CAPACITY: usize = 256;
+
+/// Every tenant's current policy, and each tenant's decision ring (which outlives swaps).
 #[derive(Default)]
 pub struct Registry {
     tenants: RwLock<HashMap<String, Arc<ArcSwap<TenantPolicy>>>>,
+    sides: RwLock<HashMap<String, Arc<TenantSide>>>,
+    auto_rollback: Option<AutoRollback>,
 }
 
 impl Registry {
@@ -121,8 +268,74 @@ impl Registry {
         tenants.get(tenant).map(|slot| slot.load_full())
     }
 
-    /// Makes `policy` the tenant's current one, atomically.
-    pub fn set(&self, tenant: &str, policy: TenantPolicy) {
+    fn side(&self, tenant: &str) -> Arc<TenantSide> {
+        if let Some(side) = self
+            .sides
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(tenant)
+        {
+            return side.clone();
+        }
+        self.sides
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(tenant.to_owned())
+            .or_insert_with(|| {
+                Arc::new(TenantSide {
+                    ring: DecisionRing::new(RING_CAPACITY),
+                    shadow: ArcSwapOption::empty(),
+                    auto_rollback: self.auto_rollback,
+                    trip: std::sync::Mutex::new(None),
+                })
+            })
+            .clone()
+    }
+
+    /// A registry whose tenants' new versions roll back on their own (`None`: never).
+    pub fn with_auto_rollback(auto_rollback: Option<AutoRollback>) -> Registry {
+        Registry {
+            auto_rollback,
+            ..Registry::default()
+        }
+    }
+
+    /// The automatic-rollback rule.
+    pub fn auto_rollback(&self) -> Option<AutoRollback> {
+        self.auto_rollback
+    }
+
+    /// Takes the tenant's pending automatic-rollback trip, if a version tripped.
+    pub fn take_trip(&self, tenant: &str) -> Option<Trip> {
+        let side = self
+            .sides
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(tenant)
+            .cloned()?;
+        let trip = side.trip.lock().unwrap_or_else(|p| p.into_inner()).take();
+        trip
+    }
+
+    /// The tenant's recent decision inputs (anonymised), oldest first.
+    pub fn recent(&self, tenant: &str) -> Vec<RecordedInput> {
+        self.side(tenant).ring.snapshot()
+    }
+
+    /// The tenant's shadow candidate, if one runs.
+    pub fn shadow(&self, tenant: &str) -> Option<Arc<Shadow>> {
+        self.side(tenant).shadow.load_full()
+    }
+
+    /// Starts (`Some`) or stops (`None`) the tenant's shadow; returns the one it replaced.
+    pub fn set_shadow(&self, tenant: &str, shadow: Option<Arc<Shadow>>) -> Option<Arc<Shadow>> {
+        self.side(tenant).shadow.swap(shadow)
+    }
+
+    /// Makes `policy` the tenant's current one, atomically; it records into the tenant's
+    /// decision ring.
+    pub fn set(&self, tenant: &str, mut policy: TenantPolicy) {
+        policy.side = Some(self.side(tenant));
         let policy = Arc::new(policy);
         if let Some(slot) = self
             .tenants
