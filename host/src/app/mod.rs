@@ -89,9 +89,6 @@ pub enum AppError {
     /// A set-password or reset link that cannot be used (unknown, used, expired alike).
     #[error("{0}")]
     LinkInvalid(String),
-    /// Too many attempts; try again after `retry_after` seconds.
-    #[error("{message}")]
-    RateLimited { retry_after: u64, message: String },
     #[error("{0}")]
     Internal(String),
 }

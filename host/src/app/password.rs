@@ -346,9 +346,10 @@ impl App {
         }
         if let Err(retry_after) = self.passwords.take(&keys) {
             count("limited", "rate_limited".into());
-            return Err(AppError::RateLimited {
-                retry_after,
+            return Err(AppError::TooManyRequests {
+                reason: "rate_limited",
                 message: format!("too many failed logins; try again in {retry_after} seconds"),
+                retry_after_secs: retry_after,
             });
         }
         let found: Option<User> =

@@ -24,15 +24,21 @@ pub struct Problem {
     pub failed_cases: Option<Vec<gatehouse_rules::cases::CaseReport>>,
 }
 
-impl IntoResponse for AppError {
-    fn into_response(self) -> Response {
-        let retry_after = match &self {
-            AppError::RateLimited { retry_after, .. } => Some(*retry_after),
+impl AppError {
+    /// Seconds a client should wait before trying again (a 429's `Retry-After`).
+    pub(super) fn retry_after(&self) -> Option<u64> {
+        match self {
             AppError::TooManyRequests {
                 retry_after_secs, ..
             } => Some(*retry_after_secs),
             _ => None,
-        };
+        }
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let retry_after = self.retry_after();
         let (status, reason, detail, failed_cases) = match self {
             AppError::Unauthorized => (
                 StatusCode::UNAUTHORIZED,
@@ -120,12 +126,6 @@ impl IntoResponse for AppError {
             AppError::LinkInvalid(_) => (
                 StatusCode::GONE,
                 "invalid_link".into(),
-                self.to_string(),
-                None,
-            ),
-            AppError::RateLimited { .. } => (
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited".into(),
                 self.to_string(),
                 None,
             ),

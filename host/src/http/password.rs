@@ -12,7 +12,6 @@ use super::sso::{escape, is_browser, logged_in, LoginAnswer};
 use super::{Problem, Shared};
 use crate::app::{check_return_to, App, AppError, LinkView};
 use crate::identity::LinkPurpose;
-use axum::body::Bytes;
 use axum::extract::connect_info::ConnectInfo;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -120,7 +119,7 @@ text-decoration:none;cursor:pointer}a.sso{background:#333}\
 fn status_of(error: &AppError) -> StatusCode {
     match error {
         AppError::LinkInvalid(_) => StatusCode::GONE,
-        AppError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+        AppError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
         AppError::LoginInvalid { .. } => StatusCode::UNAUTHORIZED,
         AppError::LoginRefused { .. } | AppError::Forbidden(_) => StatusCode::FORBIDDEN,
         AppError::NotFound(_) => StatusCode::NOT_FOUND,
@@ -137,10 +136,7 @@ fn error_page(error: AppError, browser: bool, title: &str) -> Response {
     if !browser || status.is_server_error() {
         return error.into_response();
     }
-    let retry = match &error {
-        AppError::RateLimited { retry_after, .. } => Some(*retry_after),
-        _ => None,
-    };
+    let retry = error.retry_after();
     let mut response = page(
         status,
         title,
@@ -240,7 +236,12 @@ fn cross_site(headers: &HeaderMap) -> Result<(), AppError> {
     Ok(())
 }
 
-async fn read_body(request: Request) -> Result<(HeaderMap, Option<SocketAddr>, Bytes), AppError> {
+/// A form post's fields (form-encoded or JSON) and the client's address; a cross-site post
+/// is refused before the body is read.
+async fn read_form<T: serde::de::DeserializeOwned>(
+    request: Request,
+) -> Result<(T, Option<SocketAddr>), AppError> {
+    cross_site(request.headers())?;
     let address = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
@@ -249,7 +250,7 @@ async fn read_body(request: Request) -> Result<(HeaderMap, Option<SocketAddr>, B
     let body = axum::body::to_bytes(request.into_body(), MAX_BODY)
         .await
         .map_err(|_| AppError::BadRequest(format!("the body is larger than {MAX_BODY} bytes")))?;
-    Ok((headers, address, body))
+    Ok((parse_body(&headers, &body)?, address))
 }
 
 /// Sets the password of a set-password or reset link's user and uses the link up. The
@@ -273,15 +274,8 @@ async fn set_password(
     request: Request,
 ) -> Response {
     let browser = is_browser(request.headers());
-    if let Err(e) = cross_site(request.headers()) {
-        return error_page(e, browser, "The password was not set");
-    }
-    let (headers, _, body) = match read_body(request).await {
-        Ok(read) => read,
-        Err(e) => return error_page(e, browser, "The password was not set"),
-    };
-    let input: SetPassword = match parse_body(&headers, &body) {
-        Ok(input) => input,
+    let input: SetPassword = match read_form(request).await {
+        Ok((input, _)) => input,
         Err(e) => return error_page(e, browser, "The password was not set"),
     };
     let worker = app.clone();
@@ -421,15 +415,8 @@ async fn password_login(
     request: Request,
 ) -> Response {
     let browser = is_browser(request.headers());
-    if let Err(e) = cross_site(request.headers()) {
-        return error_page(e, browser, "Log in");
-    }
-    let (headers, address, body) = match read_body(request).await {
+    let (input, address): (PasswordLogin, _) = match read_form(request).await {
         Ok(read) => read,
-        Err(e) => return error_page(e, browser, "Log in"),
-    };
-    let input: PasswordLogin = match parse_body(&headers, &body) {
-        Ok(input) => input,
         Err(e) => return error_page(e, browser, "Log in"),
     };
     let return_to = match check_return_to(input.return_to.as_deref().unwrap_or("/")) {
@@ -457,10 +444,7 @@ async fn password_login(
                 && !matches!(e, AppError::NotFound(_)) =>
         {
             let status = status_of(&e);
-            let retry = match &e {
-                AppError::RateLimited { retry_after, .. } => Some(*retry_after),
-                _ => None,
-            };
+            let retry = e.retry_after();
             let message = match &e {
                 AppError::LoginRefused { reason, message } => format!("{message} ({reason})"),
                 other => other.to_string(),

@@ -207,7 +207,11 @@ impl TenantPolicy {
         }
         let failures = self.health.failures.fetch_add(1, Ordering::Relaxed) + 1;
         if failures >= auto.max_failures && !self.health.tripped.swap(true, Ordering::Relaxed) {
-            *side.trip.lock().unwrap_or_else(|p| p.into_inner()) = Some(Trip {
+            let mut trip = side.trip.lock().unwrap_or_else(|p| p.into_inner());
+            if trip.is_none() {
+                side.trips_waiting.fetch_add(1, Ordering::Relaxed);
+            }
+            *trip = Some(Trip {
                 version,
                 failures,
                 last_error: error.to_string(),
@@ -248,6 +252,8 @@ struct TenantSide {
     auto_rollback: Option<AutoRollback>,
     /// A version that tripped automatic rollback, waiting for the app to act.
     trip: std::sync::Mutex<Option<Trip>>,
+    /// The registry's count of trips waiting, shared by every tenant's side.
+    trips_waiting: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// How many recent decision inputs each tenant's ring keeps.
@@ -259,6 +265,9 @@ pub struct Registry {
     tenants: RwLock<HashMap<String, Arc<ArcSwap<TenantPolicy>>>>,
     sides: RwLock<HashMap<String, Arc<TenantSide>>>,
     auto_rollback: Option<AutoRollback>,
+    /// Trips waiting in any tenant's side: the check after every decision is one atomic
+    /// load while this is zero, as it almost always is.
+    trips_waiting: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Registry {
@@ -287,6 +296,7 @@ impl Registry {
                     shadow: ArcSwapOption::empty(),
                     auto_rollback: self.auto_rollback,
                     trip: std::sync::Mutex::new(None),
+                    trips_waiting: self.trips_waiting.clone(),
                 })
             })
             .clone()
@@ -307,6 +317,13 @@ impl Registry {
 
     /// Takes the tenant's pending automatic-rollback trip, if a version tripped.
     pub fn take_trip(&self, tenant: &str) -> Option<Trip> {
+        if self
+            .trips_waiting
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 0
+        {
+            return None;
+        }
         let side = self
             .sides
             .read()
@@ -314,6 +331,10 @@ impl Registry {
             .get(tenant)
             .cloned()?;
         let trip = side.trip.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if trip.is_some() {
+            self.trips_waiting
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
         trip
     }
 

@@ -93,8 +93,7 @@ impl From<AppError> for ScimError {
             | AppError::LoginRefused { .. }
             | AppError::LoginInvalid { .. }
             | AppError::IdpUnavailable(_)
-            | AppError::LinkInvalid(_)
-            | AppError::RateLimited { .. }) => ScimError::Internal(e.to_string()),
+            | AppError::LinkInvalid(_)) => ScimError::Internal(e.to_string()),
             AppError::TooManyRequests {
                 retry_after_secs, ..
             } => ScimError::RateLimited(retry_after_secs),
