@@ -109,6 +109,18 @@ enum PolicyCommand {
         #[arg(long)]
         settings: Option<PathBuf>,
     },
+    /// Explain what the tenant's active policy decides for a set of token claims, and
+    /// why (claims taken as verified; nothing is recorded). `--json` prints the answer.
+    Explain {
+        #[arg(long)]
+        tenant: String,
+        /// A JSON file with the token's claims (an object).
+        #[arg(long)]
+        token_claims: PathBuf,
+        /// The identity provider by name (default: the one whose issuer is `iss`).
+        #[arg(long)]
+        idp: Option<String>,
+    },
     /// Upload a component to a tenant on a running server and activate it.
     Push {
         #[arg(long)]
@@ -131,7 +143,7 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(args),
-        Command::Policy(command) => policy(command),
+        Command::Policy(command) => policy(command, cli.json),
         Command::Tenant(command) => client::tenant(&client::Api::from_env(cli.json)?, command),
         Command::User(command) => client::user(&client::Api::from_env(cli.json)?, command),
         Command::Team(command) => client::team(&client::Api::from_env(cli.json)?, command),
@@ -211,7 +223,7 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-fn policy(command: PolicyCommand) -> Result<()> {
+fn policy(command: PolicyCommand, json: bool) -> Result<()> {
     match command {
         PolicyCommand::New { name, dir, sdk } => {
             let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
@@ -260,6 +272,11 @@ fn policy(command: PolicyCommand) -> Result<()> {
             file,
             settings,
         } => dry_run_policy(&tenant, &file, settings.as_deref()),
+        PolicyCommand::Explain {
+            tenant,
+            token_claims,
+            idp,
+        } => explain_policy(&tenant, &token_claims, idp.as_deref(), json),
         PolicyCommand::Push {
             tenant,
             file,
@@ -349,6 +366,187 @@ fn dry_run_policy(tenant: &str, file: &Path, settings: Option<&Path>) -> Result<
         report["evaluated"]
     );
     Ok(())
+}
+
+fn explain_policy(tenant: &str, claims: &Path, idp: Option<&str>, json: bool) -> Result<()> {
+    let text =
+        std::fs::read_to_string(claims).with_context(|| format!("reading {}", claims.display()))?;
+    let claims: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", claims.display()))?;
+    if !claims.is_object() {
+        bail!("the token claims must be a JSON object");
+    }
+    let mut body = serde_json::json!({ "claims": claims });
+    if let Some(idp) = idp {
+        body["idp"] = idp.into();
+    }
+    let api = client::Api::from_env(json)?;
+    let report = api.call(
+        reqwest::Method::POST,
+        &format!("/api/v1/tenants/{tenant}/policy/explain"),
+        Some(body),
+    )?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", explanation_text(&report));
+    }
+    Ok(())
+}
+
+/// The explain answer as a report a person reads top to bottom.
+fn explanation_text(r: &serde_json::Value) -> String {
+    use std::fmt::Write as _;
+    let s = |v: &serde_json::Value| match v {
+        serde_json::Value::Null => "-".to_owned(),
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let list = |v: &serde_json::Value| v.as_array().cloned().unwrap_or_default();
+    let mut out = String::new();
+    let version = match &r["policy_version"] {
+        serde_json::Value::Null => "built-in default".to_owned(),
+        v => format!("version {v}"),
+    };
+    let _ = writeln!(
+        out,
+        "policy:      {} {} ({version}, contract {})",
+        s(&r["policy"]["name"]),
+        s(&r["policy"]["version"]),
+        s(&r["policy"]["contract"])
+    );
+    let _ = writeln!(
+        out,
+        "idp:         {} (chosen by {})",
+        s(&r["idp"]),
+        s(&r["idp_chosen_by"])
+    );
+    let map = &r["claim_map"];
+    if !map.is_null() {
+        let _ = writeln!(
+            out,
+            "claim map:   user <- {}, va name <- {}, teams <- {}, extra <- {}",
+            s(&map["user_claim"]),
+            s(&map["va_name_claim"]),
+            s(&map["team_claim"]),
+            s(&map["extra_claims"])
+        );
+    }
+    let x = &r["extracted"];
+    if !x.is_null() {
+        let _ = writeln!(
+            out,
+            "extracted:   user {}, va name {}, teams {}, extra {}",
+            s(&x["user_claim"]),
+            s(&x["va_name"]),
+            s(&x["team_values"]),
+            s(&x["extra"])
+        );
+    }
+    let c = &r["candidates"];
+    if !c.is_null() {
+        let _ = writeln!(out, "candidates:");
+        for va in list(&c["virtual_accounts"]) {
+            let _ = writeln!(
+                out,
+                "  virtual account {} ({}, {})",
+                s(&va["id"]),
+                s(&va["name"]),
+                if va["enabled"] == true {
+                    "enabled"
+                } else {
+                    "disabled"
+                }
+            );
+        }
+        for u in list(&c["users"]) {
+            let _ = writeln!(
+                out,
+                "  user {} ({}, {}, matched by {}, teams {})",
+                s(&u["id"]),
+                s(&u["email"]),
+                s(&u["status"]),
+                s(&u["matched_by"]),
+                s(&u["teams"])
+            );
+        }
+        for t in list(&c["teams"]) {
+            let _ = writeln!(
+                out,
+                "  team {} ({}, matched {})",
+                s(&t["id"]),
+                s(&t["name"]),
+                s(&t["matched"])
+            );
+        }
+        if list(&c["virtual_accounts"]).is_empty()
+            && list(&c["users"]).is_empty()
+            && list(&c["teams"]).is_empty()
+        {
+            let _ = writeln!(out, "  (none)");
+        }
+    }
+    let _ = writeln!(out, "trace:");
+    for line in list(&r["trace"]) {
+        let _ = writeln!(out, "  - {}", s(&line));
+    }
+    let resolution = &r["resolution"];
+    if !resolution.is_null() {
+        let _ = writeln!(out, "resolution:  {resolution}");
+    }
+    let identity = &r["identity"];
+    if identity.is_object() {
+        let _ = writeln!(
+            out,
+            "result:      ALLOW {} {} ({}), teams {}, role {}",
+            s(&identity["kind"]),
+            s(&identity["id"]),
+            s(if identity["email"].is_null() {
+                &identity["name"]
+            } else {
+                &identity["email"]
+            }),
+            s(&identity["teams"]),
+            s(&identity["tenant_role"])
+        );
+    }
+    let refusal = &r["refusal"];
+    if refusal.is_object() {
+        let _ = writeln!(
+            out,
+            "result:      REFUSE {} (by the {}): {}",
+            s(&refusal["reason"]),
+            s(&refusal["by"]),
+            s(&refusal["message"])
+        );
+    }
+    let error = &r["policy_error"];
+    if error.is_object() {
+        let _ = writeln!(
+            out,
+            "result:      REFUSE policy_error ({}): {}",
+            s(&error["kind"]),
+            s(&error["message"])
+        );
+    }
+    let role = &r["role"];
+    if role.is_object() {
+        let _ = writeln!(
+            out,
+            "role:        {} ({}) from manual {} and team roles {}",
+            s(&role["decision"]["role"]),
+            s(&role["decision"]["source"]),
+            s(&role["input"]["manual"]),
+            s(&role["input"]["team_roles"])
+        );
+        for line in list(&role["trace"]) {
+            let _ = writeln!(out, "  - {}", s(&line));
+        }
+        if let Some(note) = role["note"].as_str() {
+            let _ = writeln!(out, "  ({note})");
+        }
+    }
+    out
 }
 
 fn push_policy(

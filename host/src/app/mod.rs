@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
 
 mod directory;
+mod explain;
 mod identity;
 mod migrate;
 mod outbox;
@@ -27,6 +28,9 @@ mod sso;
 pub use directory::{
     IdpInput, NewResource, NewVaToken, NewVirtualAccount, ScimToken, SsoInput, SsoView,
     VirtualAccountPatch, ALLOWED_ALGORITHMS,
+};
+pub use explain::{
+    Candidates, ExplainRequest, ExplainedRefusal, ExplainedRole, Explanation, Extracted,
 };
 pub use identity::{
     Caller, Invite, MemberChange, NewTeam, NewToken, Page, TeamPatch, TeamView, TenantCreated,

@@ -200,6 +200,30 @@ impl Directory {
         Ok(dir)
     }
 
+    /// The policy's `resolve` input for a verified token of `idp` whose mapped claims are
+    /// `values`: those values and the candidates that match them.
+    pub fn candidates_for(&self, idp: &str, values: &super::ClaimValues) -> rules::ResolveInput {
+        self.candidates(
+            idp,
+            values.user_claim.clone(),
+            values.va_name.clone(),
+            values.team_values.clone(),
+            values
+                .extra
+                .iter()
+                .map(|(path, values)| rules::Claim {
+                    path: path.clone(),
+                    values: values.clone(),
+                })
+                .collect(),
+        )
+    }
+
+    /// The identity provider named `name`.
+    pub fn idp_named(&self, name: &str) -> Option<&Arc<DirIdp>> {
+        self.idps.values().find(|idp| idp.name == name)
+    }
+
     /// The candidates the host offers the policy for a verified token of `idp`.
     pub fn candidates(
         &self,

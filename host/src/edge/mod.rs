@@ -16,7 +16,7 @@
 
 mod directory;
 
-pub use directory::Directory;
+pub use directory::{DirIdp, Directory};
 
 use crate::app::{PAT_PREFIX, SESSION_PREFIX, VA_PREFIX};
 use crate::jwt::jwks::{JwksCache, JwksSettings, Source};
@@ -159,10 +159,7 @@ struct MemoKey {
     /// dropped policy can never match again: their generation is gone.)
     policy: usize,
     idp: String,
-    user_claim: Option<String>,
-    va_name: Option<String>,
-    team_values: Vec<String>,
-    extra: Vec<(String, Vec<String>)>,
+    values: ClaimValues,
 }
 
 /// Per-tenant state: the generation counter and the current directory snapshot.
@@ -267,6 +264,13 @@ impl Edge {
         metrics::histogram!("gatehouse_edge_directory_build_seconds").record(started.elapsed());
         *state.snapshot.write().unwrap_or_else(|p| p.into_inner()) = Some(dir.clone());
         Ok(dir)
+    }
+
+    /// The tenant's current directory snapshot (rebuilt if something changed), for
+    /// callers that explain a decision the way the edge makes it.
+    pub fn snapshot(&self, store: &Store, tenant: &str) -> Result<Arc<Directory>, String> {
+        let state = self.state(tenant);
+        self.directory(store, tenant, &state)
     }
 
     /// Evaluates one request, then logs and counts the decision (never the token).
@@ -435,98 +439,123 @@ impl Edge {
             },
             now,
         )?;
-        let map = policy
-            .claim_mapping(ctx.engine, &idp.claims)
-            .map_err(policy_error)?;
-        let user_claim = jwt::claim_values(&parsed.claims, &map.user_claim)
-            .into_iter()
-            .next();
-        let va_name = map
-            .va_name_claim
-            .as_deref()
-            .and_then(|path| jwt::claim_values(&parsed.claims, path).into_iter().next());
-        let team_values = map
-            .team_claim
-            .as_deref()
-            .map(|path| jwt::claim_values(&parsed.claims, path))
-            .unwrap_or_default();
-        let extra: Vec<rules::Claim> = map
-            .extra_claims
-            .iter()
-            .map(|path| rules::Claim {
-                path: path.clone(),
-                values: jwt::claim_values(&parsed.claims, path),
-            })
-            .collect();
+        let values = claim_values(ctx.engine, policy, idp, &parsed.claims).map_err(policy_error)?;
         let memo_key = MemoKey {
             tenant: dir.tenant.clone(),
             generation: dir.generation,
             policy: std::ptr::from_ref(policy) as usize,
             idp: idp.name.clone(),
-            user_claim,
-            va_name,
-            team_values,
-            extra: extra
-                .iter()
-                .map(|c: &rules::Claim| (c.path.clone(), c.values.clone()))
-                .collect(),
+            values,
         };
         let decision = match self.memo.get(&memo_key) {
             Some(decision) => decision,
             None => {
-                let input = dir.candidates(
-                    &idp.name,
-                    memo_key.user_claim.clone(),
-                    memo_key.va_name.clone(),
-                    memo_key.team_values.clone(),
-                    extra,
-                );
+                let input = dir.candidates_for(&idp.name, &memo_key.values);
                 let decision = Arc::new(policy.resolve(ctx.engine, &input).map_err(policy_error)?);
                 self.memo.insert(memo_key, decision.clone());
                 decision
             }
         };
-        let expires_at = Some(parsed.exp);
-        let identity = match decision.outcome.clone() {
-            rules::Resolution::VirtualAccount(id) => {
-                let va = dir.vas.get(&id).ok_or_else(|| {
-                    Deny::forbidden("policy_error", "the policy named an unknown account")
-                })?;
-                if !va.enabled {
-                    return Err(Deny::forbidden(
-                        "disabled",
-                        format!("virtual account {} is disabled", va.name),
-                    ));
-                }
-                Identity {
-                    kind: "virtual_account",
-                    id,
-                    email: None,
-                    name: Some(va.name.clone()),
-                    teams: Vec::new(),
-                    team_ids: Vec::new(),
-                    tenant_role: va.role,
-                    idp: Some(idp.name.clone()),
-                    token: "jwt",
-                    expires_at,
-                }
-            }
-            rules::Resolution::User(resolved) => {
-                let user = dir.users.get(&resolved.id).ok_or_else(|| {
-                    Deny::forbidden("policy_error", "the policy named an unknown user")
-                })?;
-                user_may_pass(user)?;
-                let mut identity = user_identity(dir, &resolved.id, user, &resolved.teams);
-                identity.idp = Some(idp.name.clone());
-                identity.token = "jwt";
-                identity.expires_at = expires_at;
-                identity
-            }
-            rules::Resolution::Refuse(refusal) => {
-                return Err(Deny::forbidden(refusal.code, refusal.message));
-            }
-        };
+        let identity = identity_for(dir, &idp.name, &decision.outcome, Some(parsed.exp))?;
         Ok((identity, parsed.exp, (source, key.fingerprint)))
+    }
+}
+
+/// The values a policy's claim map picks out of a token's verified claims: with the
+/// candidates the directory matches to them, the policy's `resolve` input.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct ClaimValues {
+    pub user_claim: Option<String>,
+    pub va_name: Option<String>,
+    pub team_values: Vec<String>,
+    /// `(path, values)` of each of the policy's extra claims, in its order.
+    pub extra: Vec<(String, Vec<String>)>,
+}
+
+impl ClaimValues {
+    /// Takes what `map` names out of `claims`.
+    pub fn extract(
+        map: &rules::ClaimMap,
+        claims: &serde_json::Map<String, serde_json::Value>,
+    ) -> Self {
+        let first = |path: &str| jwt::claim_values(claims, path).into_iter().next();
+        ClaimValues {
+            user_claim: first(&map.user_claim),
+            va_name: map.va_name_claim.as_deref().and_then(first),
+            team_values: map
+                .team_claim
+                .as_deref()
+                .map(|path| jwt::claim_values(claims, path))
+                .unwrap_or_default(),
+            extra: map
+                .extra_claims
+                .iter()
+                .map(|path| (path.clone(), jwt::claim_values(claims, path)))
+                .collect(),
+        }
+    }
+}
+
+/// Verified claims of a token from `idp` → the values the tenant's policy maps them to
+/// (its claim map, cached per policy version and IdP). The one path from claims to a
+/// `resolve` question: the edge and `policy explain` both take it.
+pub fn claim_values(
+    engine: &PolicyEngine,
+    policy: &TenantPolicy,
+    idp: &DirIdp,
+    claims: &serde_json::Map<String, serde_json::Value>,
+) -> Result<ClaimValues, crate::policy::PolicyError> {
+    let map = policy.claim_mapping(engine, &idp.claims)?;
+    Ok(ClaimValues::extract(&map, claims))
+}
+
+/// Carries out a `resolve` decision for a token of `idp`: the identity it names (a
+/// disabled VA or a user who may not pass is refused), or the policy's refusal.
+pub fn identity_for(
+    dir: &Directory,
+    idp: &str,
+    outcome: &rules::Resolution,
+    expires_at: Option<i64>,
+) -> Result<Identity, Deny> {
+    match outcome {
+        rules::Resolution::VirtualAccount(id) => {
+            let va = dir.vas.get(id).ok_or_else(|| {
+                Deny::forbidden("policy_error", "the policy named an unknown account")
+            })?;
+            if !va.enabled {
+                return Err(Deny::forbidden(
+                    "disabled",
+                    format!("virtual account {} is disabled", va.name),
+                ));
+            }
+            Ok(Identity {
+                kind: "virtual_account",
+                id: id.clone(),
+                email: None,
+                name: Some(va.name.clone()),
+                teams: Vec::new(),
+                team_ids: Vec::new(),
+                tenant_role: va.role,
+                idp: Some(idp.to_owned()),
+                token: "jwt",
+                expires_at,
+            })
+        }
+        rules::Resolution::User(resolved) => {
+            let user = dir.users.get(&resolved.id).ok_or_else(|| {
+                Deny::forbidden("policy_error", "the policy named an unknown user")
+            })?;
+            user_may_pass(user)?;
+            let mut identity = user_identity(dir, &resolved.id, user, &resolved.teams);
+            identity.idp = Some(idp.to_owned());
+            identity.token = "jwt";
+            identity.expires_at = expires_at;
+            Ok(identity)
+        }
+        rules::Resolution::Refuse(refusal) => Err(Deny::forbidden(
+            refusal.code.clone(),
+            refusal.message.clone(),
+        )),
     }
 }
 

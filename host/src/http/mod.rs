@@ -88,6 +88,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/tenants/{tenant}/policy/activate", post(activate_policy))
         .route("/tenants/{tenant}/policy/rollback", post(rollback_policy))
         .route("/tenants/{tenant}/policy/evaluate", post(evaluate))
+        .route("/tenants/{tenant}/policy/explain", post(explain_policy))
         .merge(identity::routes())
         .merge(directory::routes())
         .merge(migration::routes())
@@ -751,4 +752,39 @@ async fn evaluate(
     let answer = app.evaluate(&tenant, &request)?;
     app.check_auto_rollback(&tenant).await;
     Ok(Json(answer).into_response())
+}
+
+/// Explain what the tenant's active policy decides for a set of token claims, and why: the
+/// identity provider, the policy's claim map, the values it picks out, the candidates the
+/// host matches, the resolution with the policy's trace, the decision carried out and, for
+/// a user, the effective role with the policy's role trace. The claims are taken as given
+/// (no signature check) and nothing is recorded, memoised or counted as a decision.
+#[utoipa::path(
+    post,
+    path = "/api/v1/tenants/{tenant}/policy/explain",
+    tag = "policies",
+    params(("tenant" = String, Path, description = "Tenant slug")),
+    request_body = crate::app::ExplainRequest,
+    responses(
+        (status = 200, description = "The explanation (a policy failure is reported in `policy_error`)", body = crate::app::Explanation),
+        (status = 400, description = "The body is not valid, or no identity provider matches", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "A member's token: this needs a tenant admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such tenant (or a token of another tenant)", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
+async fn explain_policy(
+    State(app): Shared,
+    headers: HeaderMap,
+    Path(tenant): Path<String>,
+    body: Bytes,
+) -> Result<Response, AppError> {
+    admin(&app, &tenant, &headers)?;
+    let request: crate::app::ExplainRequest = parse_json(&body)?;
+    let app2 = app.clone();
+    let explanation = tokio::task::spawn_blocking(move || app2.explain(&tenant, &request))
+        .await
+        .map_err(|e| AppError::Internal(format!("explain stopped: {e}")))??;
+    Ok(Json(explanation).into_response())
 }

@@ -52,6 +52,7 @@ every answer).";
         super::activate_policy,
         super::rollback_policy,
         super::evaluate,
+        super::explain_policy,
         identity::list_users,
         identity::invite_user,
         identity::me,
@@ -116,7 +117,7 @@ every answer).";
     tags(
         (name = "health", description = "Liveness, readiness, metrics and this document; no token needed"),
         (name = "tenants", description = "Tenants (operator) and their provisioning mode"),
-        (name = "policies", description = "A tenant's policy: upload, activate, roll back, evaluate"),
+        (name = "policies", description = "A tenant's policy: upload, activate, roll back, evaluate, explain"),
         (name = "users", description = "Users: invitations, lifecycle, roles, identity-provider mappings"),
         (name = "teams", description = "Teams, their members and roles"),
         (name = "tokens", description = "Users' personal access tokens"),

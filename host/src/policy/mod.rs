@@ -13,7 +13,7 @@ pub mod ring;
 pub mod shadow;
 
 pub use engine::{sha256, Limits, PolicyEngine};
-pub use registry::{AutoRollback, Registry, TenantPolicy, Trip, RING_CAPACITY};
+pub use registry::{AutoRollback, Registry, RoleExplanation, TenantPolicy, Trip, RING_CAPACITY};
 
 use gatehouse_rules as rules;
 

@@ -146,6 +146,37 @@ impl TenantPolicy {
         Ok(decision)
     }
 
+    /// The resolution decision with this tenant's settings, for an explanation: nothing
+    /// is recorded (decision ring, shadow) and a failure does not count toward automatic
+    /// rollback, since no real request was decided.
+    pub fn explain_resolve(
+        &self,
+        engine: &PolicyEngine,
+        input: &rules::ResolveInput,
+    ) -> Result<rules::ResolveDecision, PolicyError> {
+        let input = rules::ResolveInput {
+            settings: self.settings.to_string(),
+            ..input.clone()
+        };
+        engine.resolve(self.compiled()?, &input)
+    }
+
+    /// An effective-role decision with this tenant's settings, and the policy's trace of
+    /// it when the component offers one, for an explanation (counted nowhere).
+    pub fn explain_role(
+        &self,
+        engine: &PolicyEngine,
+        input: &rules::RoleInput,
+    ) -> Result<RoleExplanation, PolicyError> {
+        let compiled = self.compiled()?;
+        let mut decisions =
+            engine.effective_role(compiled, std::slice::from_ref(input), &self.settings)?;
+        Ok(RoleExplanation {
+            decision: decisions.remove(0),
+            trace: engine.explain_role(compiled, input, &self.settings)?,
+        })
+    }
+
     /// Decides a recorded input with this policy and its settings, without recording it;
     /// the outcome as JSON (the trace is left out: a dry run compares decisions).
     pub fn decide_recorded(
@@ -243,6 +274,14 @@ impl TenantPolicy {
         }
         Ok(map)
     }
+}
+
+/// An effective-role decision with the policy's trace of it (`None`: the component was
+/// built against a contract without the `explain` interface).
+#[derive(Debug, Clone)]
+pub struct RoleExplanation {
+    pub decision: rules::RoleDecision,
+    pub trace: Option<Vec<String>>,
 }
 
 /// What a tenant keeps across policy swaps: its decision ring and its shadow candidate.
