@@ -1,5 +1,10 @@
 //! Builds the built-in default policy (`guest/`) into a component, so that `cargo build`,
 //! `cargo run` and `cargo test` need no manual step on a fresh machine.
+//!
+//! Checkouts (git worktrees) that share one `CARGO_TARGET_DIR` also share this script's
+//! `OUT_DIR` (cargo hashes workspace-relative paths) and the wasm target directory, so the
+//! default policy embedded may be another checkout's: after switching checkouts, or when
+//! `wit/` differs between them, `touch host/build.rs` to rebuild it from this one.
 
 use std::path::PathBuf;
 

@@ -410,3 +410,167 @@ async fn the_cli_explains_user_va_and_refusal_as_text_and_json() {
         text(&output)
     );
 }
+
+// ------------------------------------------------------------------ contract versions
+
+/// The default policy built against contract 0.1.0 (before `explain` existed), kept byte
+/// for byte (tests/fixtures/contract-0.1.0/README.md).
+fn contract_0_1_0() -> Vec<u8> {
+    std::fs::read(
+        gatehouse_tests::fixtures::root().join("tests/fixtures/contract-0.1.0/default.wasm"),
+    )
+    .unwrap()
+}
+
+fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// The engine loads the 0.1.0 component (wasmtime finds its `decide@0.1.0` for the host's
+/// `decide@0.1.1`), it says it is 0.1.0, it decides, and it has no role trace; the current
+/// default policy (0.1.1) has one.
+#[test]
+fn a_component_of_the_previous_minor_loads_and_decides_without_explain() {
+    use gatehouse::policy::{Limits, PolicyEngine, CONTRACT, DEFAULT_POLICY};
+    use gatehouse_rules::{Role, RoleInput, RoleSource};
+    let engine = PolicyEngine::new(Limits::default()).unwrap();
+    let input = RoleInput {
+        manual: None,
+        team_roles: vec![Role::Member, Role::Admin],
+    };
+
+    let old = engine.compile(&contract_0_1_0()).unwrap();
+    assert_eq!(old.info.contract, "0.1.0");
+    assert_eq!(old.info.name, "default");
+    let decided = engine
+        .effective_role(&old, std::slice::from_ref(&input), "{}")
+        .unwrap();
+    assert_eq!(
+        (decided[0].role, decided[0].source),
+        (Role::Admin, RoleSource::Group)
+    );
+    assert_eq!(engine.explain_role(&old, &input, "{}").unwrap(), None);
+
+    let current = engine.compile(DEFAULT_POLICY).unwrap();
+    assert_eq!(current.info.contract, CONTRACT);
+    assert_eq!(CONTRACT, "0.1.1");
+    let trace = engine
+        .explain_role(&current, &input, "{}")
+        .unwrap()
+        .expect("a 0.1.1 component explains roles");
+    assert!(
+        trace
+            .iter()
+            .any(|l| l.starts_with("role admin from a team") && l.contains("admin, member")),
+        "{trace:?}"
+    );
+}
+
+/// Pushed to a running tenant, the 0.1.0 component serves the edge (a PAT and a JWT
+/// resolve, the JWT through its `claim-mapping` and `resolve`), and explain works and says
+/// why there is no role trace. Back on the built-in 0.1.1 default, the role trace is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_previous_contract_serves_the_edge_and_explain_says_what_it_lacks() {
+    let w = world().await;
+    let (status, body) = w
+        .server
+        .upload("acme", &contract_0_1_0(), json!({}), true)
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (_, overview) = w
+        .server
+        .call(Method::GET, "/api/v1/tenants/acme/policy", OP, None)
+        .await;
+    assert_eq!(overview["active_policy"]["contract"], "0.1.0", "{overview}");
+
+    let (status, created) = w
+        .server
+        .call(
+            Method::POST,
+            &format!("/api/v1/tenants/acme/users/{}/tokens", w.ann),
+            OP,
+            Some(&json!({ "name": "laptop" })),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let pat = created["secret"].as_str().unwrap().to_owned();
+    let mut claims = user_claims();
+    claims["iat"] = now().into();
+    claims["exp"] = (now() + 600).into();
+    let jwt = gatehouse_tests::jwt::sign("rsa-a", jsonwebtoken::Algorithm::RS256, &claims);
+    for (token, kind) in [(&pat, "pat"), (&jwt, "jwt")] {
+        let (status, body) = w
+            .server
+            .call(Method::POST, "/v1/acme/resolve", Some(token), None)
+            .await;
+        assert_eq!(status, 200, "{kind}: {body}");
+        assert_eq!(body["id"], w.ann.as_str(), "{kind}: {body}");
+        assert_eq!(body["token"], kind, "{body}");
+        assert_eq!(body["tenant_role"], "admin", "{body}");
+    }
+
+    let (status, body) = w.explain(json!({ "claims": user_claims() })).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["policy"]["contract"], "0.1.0", "{body}");
+    assert_eq!(body["identity"]["id"], w.ann.as_str(), "{body}");
+    assert!(!trace_of(&body).is_empty(), "{body}");
+    assert_eq!(body["role"]["decision"]["role"], "admin", "{body}");
+    assert!(body["role"]["trace"].is_null(), "{body}");
+    assert_eq!(
+        body["role"]["note"],
+        "this policy was built against contract 0.1.0 and does not explain role decisions",
+        "{body}"
+    );
+
+    let (status, body) = w
+        .server
+        .send_json(
+            Method::POST,
+            "/api/v1/tenants/acme/policy/rollback",
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, body) = w.explain(json!({ "claims": user_claims() })).await;
+    assert_eq!(body["policy"]["contract"], "0.1.1", "{body}");
+    assert!(body["role"]["note"].is_null(), "{body}");
+    let role_trace: Vec<&str> = body["role"]["trace"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no role trace: {body}"))
+        .iter()
+        .map(|l| l.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        role_trace,
+        [
+            "no manual role",
+            "role admin from a team: the highest role of the user's teams (admin)"
+        ],
+        "{body}"
+    );
+}
+
+/// A component of another contract line (0.2.0: incompatible while the major is 0; 1.0.0)
+/// is refused at push with a 422 that names both contract versions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_component_of_an_incompatible_contract_is_refused_at_push() {
+    let server = TestServer::start().await;
+    server.create_tenant("acme").await;
+    let wrong = std::fs::read_to_string(
+        gatehouse_tests::fixtures::root().join("tests/fixtures/wrong-version.wat"),
+    )
+    .unwrap();
+    for version in ["0.2.0", "1.0.0"] {
+        let text = wrong.replace("decide@1.0.0", &format!("decide@{version}"));
+        let component = wat::parse_str(&text).unwrap();
+        let (status, body) = server.upload("acme", &component, json!({}), true).await;
+        assert_eq!(status, 422, "{version}: {body}");
+        let detail = body["detail"].as_str().unwrap_or_default();
+        assert!(
+            detail.contains(&format!("gatehouse:policy@{version}"))
+                && detail.contains("this host implements gatehouse:policy@0.1.1")
+                && detail.contains("compatible: 0.1.x"),
+            "{version}: {body}"
+        );
+    }
+}

@@ -17,11 +17,12 @@ mod rules;
 pub mod cases;
 
 pub use rules::{
-    check_claim_path, claim_mapping, effective_role, login, resolve, validate_settings, Settings,
+    check_claim_path, claim_mapping, effective_role, explain_role, login, resolve,
+    validate_settings, Settings,
 };
 
 /// The contract version (`wit/policy.wit`) these types implement.
-pub const CONTRACT_VERSION: &str = "0.1.0";
+pub const CONTRACT_VERSION: &str = "0.1.1";
 
 #[cfg(feature = "serde")]
 use serde::{Deserialize, Serialize};

@@ -351,6 +351,43 @@ fn effective_role_of(input: &RoleInput) -> RoleDecision {
     }
 }
 
+/// The rules [`effective_role`] applies to `input`, in order, for explanations.
+pub fn explain_role(input: &RoleInput) -> Vec<String> {
+    let decision = effective_role_of(input);
+    let role = role_name(decision.role);
+    let mut team_roles: Vec<&str> = input.team_roles.iter().map(|r| role_name(*r)).collect();
+    team_roles.sort_unstable();
+    match (input.manual, decision.source) {
+        (Some(_), _) => {
+            let mut trace = vec![format!(
+                "role {role} from the manual role an admin set; a manual role always wins"
+            )];
+            if !team_roles.is_empty() {
+                trace.push(format!("team roles ignored: {}", team_roles.join(", ")));
+            }
+            trace
+        }
+        (None, RoleSource::Group) => vec![
+            "no manual role".into(),
+            format!(
+                "role {role} from a team: the highest role of the user's teams ({})",
+                team_roles.join(", ")
+            ),
+        ],
+        (None, _) => vec![
+            "no manual role".into(),
+            format!("no team with a role: the initial role, {role}"),
+        ],
+    }
+}
+
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Admin => "admin",
+        Role::Member => "member",
+    }
+}
+
 /// Which claims carry user, VA name and teams: the identity provider's overrides, else the
 /// tenant's default settings, else `email` for the user and nothing for the others.
 pub fn claim_mapping(idp: &IdpClaims, settings: &str) -> ClaimMap {
@@ -375,6 +412,35 @@ mod tests {
     use rstest::rstest;
 
     use ProvisioningMode::{InviteOnly, Jit, Scim};
+
+    // ------------------------------------------------------------ explain-role
+
+    #[rstest]
+    #[case(Some(Role::Member), vec![Role::Admin], "role member from the manual role")]
+    #[case(None, vec![Role::Member, Role::Admin], "role admin from a team: the highest role of the user's teams (admin, member)")]
+    #[case(None, vec![], "no team with a role: the initial role, member")]
+    fn explain_role_says_which_rule_decided(
+        #[case] manual: Option<Role>,
+        #[case] team_roles: Vec<Role>,
+        #[case] says: &str,
+    ) {
+        let input = RoleInput { manual, team_roles };
+        let trace = explain_role(&input);
+        assert!(
+            trace
+                .iter()
+                .any(|line| line.starts_with(says) || line.ends_with(says)),
+            "{trace:?}"
+        );
+        // The trace names the role the decision gives.
+        let decided = role_name(effective_role(std::slice::from_ref(&input))[0].role);
+        assert!(
+            trace
+                .iter()
+                .any(|line| line.contains(&format!("role {decided}")) || line.ends_with(decided)),
+            "{trace:?}"
+        );
+    }
 
     // ------------------------------------------------------------------ login
 

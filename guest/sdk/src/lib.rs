@@ -61,6 +61,7 @@ pub mod bindings {
 }
 
 use bindings::exports::gatehouse::policy::decide as wit;
+use bindings::exports::gatehouse::policy::explain as wit_explain;
 use convert::Wire;
 
 /// A Gatehouse policy: the decisions of `wit/policy.wit`, on the types of
@@ -102,6 +103,26 @@ pub trait Policy {
     fn claim_mapping(idp: &IdpClaims, settings: &str) -> ClaimMap {
         rules::claim_mapping(idp, settings)
     }
+
+    /// The rules [`Policy::effective_role`] applies to `input`, in order, for `policy
+    /// explain` (contract 0.1.1, interface `explain`). The default is the default rule's
+    /// trace while this policy decides as the default rule does; a policy that decides
+    /// roles its own way and does not override this gets a line saying so.
+    fn explain_role(input: &RoleInput, settings: &str) -> Vec<String> {
+        let ours = Self::effective_role(std::slice::from_ref(input), settings);
+        let default = rules::effective_role(std::slice::from_ref(input));
+        if ours == default {
+            return rules::explain_role(input);
+        }
+        match ours.first() {
+            Some(d) => vec![format!(
+                "role {:?} (source {:?}) decided by the policy's own effective-role, which gives no trace",
+                d.role, d.source
+            )
+            .to_lowercase()],
+            None => vec!["the policy's effective-role gave no decision".to_owned()],
+        }
+    }
 }
 
 /// The [`PolicyInfo`] of a policy named `name` at `version`, for the contract version of
@@ -142,7 +163,14 @@ impl<P: Policy> wit::Guest for P {
     }
 }
 
-/// Exports a [`Policy`] type (by name) as the component's `decide` interface:
+/// Any [`Policy`] is the component's implementation of the `explain` interface (0.1.1).
+impl<P: Policy> wit_explain::Guest for P {
+    fn explain_role(input: wit::RoleInput, settings: String) -> Vec<String> {
+        P::explain_role(&input.wire(), &settings)
+    }
+}
+
+/// Exports a [`Policy`] type (by name) as the component's `decide` and `explain` interfaces:
 /// `export_policy!(MyPolicy);` once, at the root of the policy's `cdylib` crate.
 ///
 /// Only a wasm build exports anything; natively the policy stays an ordinary type that

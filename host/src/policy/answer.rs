@@ -123,6 +123,10 @@ fn trim_trace(trace: Vec<String>) -> Vec<String> {
         .collect()
 }
 
+pub(super) fn trimmed_trace(trace: Vec<String>) -> Vec<String> {
+    trim_trace(trace)
+}
+
 pub(super) fn trimmed_login(mut d: rules::LoginDecision) -> rules::LoginDecision {
     d.trace = trim_trace(d.trace);
     d

@@ -3,12 +3,16 @@
 
 use gatehouse_rules as rules;
 
+// The world of what every 0.1.x component exports (`decide`); the `explain` interface of
+// 0.1.1 is looked up by name, as optional (`engine.rs`, docs/policy-contract.md).
 wasmtime::component::bindgen!({
     path: "../wit",
-    world: "policy",
+    world: "policy-required",
 });
 
 pub(crate) use exports::gatehouse::policy::decide as wit;
+pub(crate) use PolicyRequired as Policy;
+pub(crate) use PolicyRequiredPre as PolicyPre;
 
 pub(crate) fn login_input(i: &rules::LoginInput) -> wit::LoginInput {
     wit::LoginInput {

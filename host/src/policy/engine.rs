@@ -9,7 +9,9 @@ use sha2::{Digest, Sha256};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use wasmtime::component::{types::ComponentItem, Component, Linker};
+use wasmtime::component::{
+    types::ComponentItem, Component, ComponentExportIndex, Instance, Linker, TypedFunc,
+};
 use wasmtime::{
     Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store,
     StoreLimits, StoreLimitsBuilder, Trap,
@@ -206,9 +208,25 @@ impl PolicyEngine {
         let info = self.call(&pre, |store, p| {
             p.gatehouse_policy_decide().call_info(store)
         })?;
+        let explain_role = component
+            .get_export_index(None, super::EXPLAIN_INTERFACE)
+            .and_then(|explain| component.get_export_index(Some(&explain), "explain-role"));
+        if let Some(index) = &explain_role {
+            // Type-checked once here, so a call later cannot fail on the signature.
+            self.call_instance(&pre, |store, instance| {
+                explain_role_func(store, instance, index).map(|_| ())
+            })
+            .map_err(|e| {
+                PolicyError::Invalid(format!(
+                    "{}: explain-role has the wrong type: {e}",
+                    super::EXPLAIN_INTERFACE
+                ))
+            })?;
+        }
         Ok(Arc::new(Compiled {
             component,
             pre,
+            explain_role,
             sha256,
             info: bindings::policy_info(info),
         }))
@@ -220,6 +238,31 @@ impl PolicyEngine {
         pre: &PolicyPre<Sandbox>,
         call: impl FnOnce(&mut Store<Sandbox>, &Policy) -> wasmtime::Result<R>,
     ) -> Result<R, PolicyError> {
+        self.run(|store| {
+            pre.instantiate(&mut *store)
+                .and_then(|policy| call(store, &policy))
+        })
+    }
+
+    /// Runs `call` on a fresh instance, given as a plain instance: for the optional
+    /// interfaces the bindings of the required world do not cover.
+    fn call_instance<R>(
+        &self,
+        pre: &PolicyPre<Sandbox>,
+        call: impl FnOnce(&mut Store<Sandbox>, &Instance) -> wasmtime::Result<R>,
+    ) -> Result<R, PolicyError> {
+        self.run(|store| {
+            pre.instance_pre()
+                .instantiate(&mut *store)
+                .and_then(|instance| call(store, &instance))
+        })
+    }
+
+    /// A store under this engine's limits, and `run` on it.
+    fn run<R>(
+        &self,
+        run: impl FnOnce(&mut Store<Sandbox>) -> wasmtime::Result<R>,
+    ) -> Result<R, PolicyError> {
         let limits = StoreLimitsBuilder::new()
             .memory_size(self.limits.memory_bytes)
             .instances(16)
@@ -229,10 +272,7 @@ impl PolicyEngine {
         store.limiter(|sandbox| &mut sandbox.limits);
         store.set_epoch_deadline(self.deadline_ticks);
         store.epoch_deadline_trap();
-        let result = pre
-            .instantiate(&mut store)
-            .and_then(|policy| call(&mut store, &policy));
-        result.map_err(|e| self.classify(e))
+        run(&mut store).map_err(|e| self.classify(e))
     }
 
     fn classify(&self, error: wasmtime::Error) -> PolicyError {
@@ -317,15 +357,23 @@ impl PolicyEngine {
     }
 
     /// The policy's trace of a role decision, from the optional `explain` interface of
-    /// contract 0.1.1; `None` when the component does not export it.
+    /// contract 0.1.1; `None` when the component does not export it (built against 0.1.0).
     pub fn explain_role(
         &self,
         compiled: &Compiled,
         input: &rules::RoleInput,
         settings: &str,
     ) -> Result<Option<Vec<String>>, PolicyError> {
-        let _ = (compiled, input, settings);
-        Ok(None)
+        let Some(index) = &compiled.explain_role else {
+            return Ok(None);
+        };
+        let wit_input = bindings::role_input(input);
+        let trace = self.call_instance(&compiled.pre, |store, instance| {
+            let func = explain_role_func(store, instance, index)?;
+            let (trace,) = func.call(&mut *store, (wit_input, settings))?;
+            Ok(trace)
+        })?;
+        Ok(Some(super::answer::trimmed_trace(trace)))
     }
 
     /// Which claims carry user, VA name and teams.
@@ -344,6 +392,16 @@ impl PolicyEngine {
         super::answer::check_claim_map(&map)?;
         Ok(map)
     }
+}
+
+type ExplainRole<'a> = TypedFunc<(bindings::wit::RoleInput, &'a str), (Vec<String>,)>;
+
+fn explain_role_func<'a>(
+    store: &mut Store<Sandbox>,
+    instance: &Instance,
+    index: &ComponentExportIndex,
+) -> wasmtime::Result<ExplainRole<'a>> {
+    instance.get_typed_func(store, index)
 }
 
 /// A policy imports nothing and exports `gatehouse:policy/decide` at a version compatible

@@ -17,8 +17,13 @@ pub use registry::{AutoRollback, Registry, RoleExplanation, TenantPolicy, Trip, 
 
 use gatehouse_rules as rules;
 
-/// The contract version this host implements (`wit/policy.wit`).
-pub const CONTRACT: &str = "0.1.0";
+/// The contract version this host implements (`wit/policy.wit`). It serves every 0.1.x
+/// component: `decide` is required, `explain` (since 0.1.1) is used when present.
+pub const CONTRACT: &str = "0.1.1";
+
+/// The optional interface of 0.1.1, by its full name (wasmtime's export lookup also finds
+/// a semver-compatible 0.1.x version of it).
+const EXPLAIN_INTERFACE: &str = "gatehouse:policy/explain@0.1.1";
 
 /// The built-in default policy (`guest/`), built into a component by `host/build.rs`.
 pub static DEFAULT_POLICY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/default-policy.wasm"));
@@ -27,6 +32,8 @@ pub static DEFAULT_POLICY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/def
 pub struct Compiled {
     component: wasmtime::component::Component,
     pre: bindings::PolicyPre<engine::Sandbox>,
+    /// `explain-role` of the optional `explain` interface (contract 0.1.1), if exported.
+    explain_role: Option<wasmtime::component::ComponentExportIndex>,
     /// SHA-256 of the component's bytes.
     pub sha256: [u8; 32],
     /// What the component says about itself.
