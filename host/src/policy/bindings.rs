@@ -14,7 +14,8 @@ pub(crate) use exports::gatehouse::policy::decide as wit;
 pub(crate) use PolicyRequired as Policy;
 pub(crate) use PolicyRequiredPre as PolicyPre;
 
-pub(crate) fn login_input(i: &rules::LoginInput) -> wit::LoginInput {
+/// `settings` replaces the input's own (the tenant's settings, without cloning the input).
+pub(crate) fn login_input(i: &rules::LoginInput, settings: &str) -> wit::LoginInput {
     wit::LoginInput {
         mode: match i.mode {
             rules::ProvisioningMode::Scim => wit::ProvisioningMode::Scim,
@@ -39,7 +40,7 @@ pub(crate) fn login_input(i: &rules::LoginInput) -> wit::LoginInput {
                 rules::UserSource::Migration => wit::UserSource::Migration,
             },
         }),
-        settings: i.settings.clone(),
+        settings: settings.to_owned(),
     }
 }
 
@@ -89,7 +90,8 @@ pub(crate) fn login_decision(d: wit::LoginDecision) -> rules::LoginDecision {
     }
 }
 
-pub(crate) fn resolve_input(i: &rules::ResolveInput) -> wit::ResolveInput {
+/// `settings` replaces the input's own (the tenant's settings, without cloning the input).
+pub(crate) fn resolve_input(i: &rules::ResolveInput, settings: &str) -> wit::ResolveInput {
     wit::ResolveInput {
         idp: i.idp.clone(),
         user_claim: i.user_claim.clone(),
@@ -135,7 +137,7 @@ pub(crate) fn resolve_input(i: &rules::ResolveInput) -> wit::ResolveInput {
                 matched: t.matched.clone(),
             })
             .collect(),
-        settings: i.settings.clone(),
+        settings: settings.to_owned(),
     }
 }
 

@@ -310,7 +310,17 @@ impl PolicyEngine {
         compiled: &Compiled,
         input: &rules::LoginInput,
     ) -> Result<rules::LoginDecision, PolicyError> {
-        let wit_input = bindings::login_input(input);
+        self.login_with(compiled, input, &input.settings)
+    }
+
+    /// The login decision for `input` with `settings` in place of its own.
+    pub fn login_with(
+        &self,
+        compiled: &Compiled,
+        input: &rules::LoginInput,
+        settings: &str,
+    ) -> Result<rules::LoginDecision, PolicyError> {
+        let wit_input = bindings::login_input(input, settings);
         let decision = self.call(&compiled.pre, |store, p| {
             p.gatehouse_policy_decide().call_login(store, &wit_input)
         })?;
@@ -325,7 +335,17 @@ impl PolicyEngine {
         compiled: &Compiled,
         input: &rules::ResolveInput,
     ) -> Result<rules::ResolveDecision, PolicyError> {
-        let wit_input = bindings::resolve_input(input);
+        self.resolve_with(compiled, input, &input.settings)
+    }
+
+    /// The resolution decision for `input` with `settings` in place of its own.
+    pub fn resolve_with(
+        &self,
+        compiled: &Compiled,
+        input: &rules::ResolveInput,
+        settings: &str,
+    ) -> Result<rules::ResolveDecision, PolicyError> {
+        let wit_input = bindings::resolve_input(input, settings);
         let decision = self.call(&compiled.pre, |store, p| {
             p.gatehouse_policy_decide().call_resolve(store, &wit_input)
         })?;

@@ -98,24 +98,9 @@ impl TenantPolicy {
         engine: &PolicyEngine,
         input: &rules::LoginInput,
     ) -> Result<rules::LoginDecision, PolicyError> {
-        let recorded = self.side.as_ref().map(|side| {
-            let recorded = side.ring.anonymise_login(input);
-            side.ring.push(recorded.clone());
-            (side, recorded)
-        });
-        let input = rules::LoginInput {
-            settings: self.settings.to_string(),
-            ..input.clone()
-        };
-        let decision = self.note(engine.login(self.compiled()?, &input))?;
-        if let Some((side, recorded)) = recorded {
-            if let Some(shadow) = side.shadow.load().as_ref() {
-                shadow.offer(
-                    recorded,
-                    serde_json::to_value(&decision.outcome).unwrap_or_default(),
-                );
-            }
-        }
+        let recorded = self.record(|ring| ring.anonymise_login(input));
+        let decision = self.note(engine.login_with(self.compiled()?, input, &self.settings))?;
+        self.offer_shadow(recorded, || Outcome::Login(decision.outcome.clone()));
         Ok(decision)
     }
 
@@ -125,25 +110,36 @@ impl TenantPolicy {
         engine: &PolicyEngine,
         input: &rules::ResolveInput,
     ) -> Result<rules::ResolveDecision, PolicyError> {
-        let recorded = self.side.as_ref().map(|side| {
-            let recorded = side.ring.anonymise_resolve(input);
+        let recorded = self.record(|ring| ring.anonymise_resolve(input));
+        let decision = self.note(engine.resolve_with(self.compiled()?, input, &self.settings))?;
+        self.offer_shadow(recorded, || Outcome::Resolve(decision.outcome.clone()));
+        Ok(decision)
+    }
+
+    /// Records a decision input in the tenant's ring (anonymised, allocated once: the
+    /// shadow gets the same `Arc`).
+    fn record(
+        &self,
+        anonymise: impl FnOnce(&DecisionRing) -> RecordedInput,
+    ) -> Option<(&TenantSide, Arc<RecordedInput>)> {
+        self.side.as_ref().map(|side| {
+            let recorded = Arc::new(anonymise(&side.ring));
             side.ring.push(recorded.clone());
-            (side, recorded)
-        });
-        let input = rules::ResolveInput {
-            settings: self.settings.to_string(),
-            ..input.clone()
-        };
-        let decision = self.note(engine.resolve(self.compiled()?, &input))?;
+            (&**side, recorded)
+        })
+    }
+
+    /// Hands a decided input to the tenant's shadow, if one runs: a push onto its queue.
+    fn offer_shadow(
+        &self,
+        recorded: Option<(&TenantSide, Arc<RecordedInput>)>,
+        active: impl FnOnce() -> Outcome,
+    ) {
         if let Some((side, recorded)) = recorded {
             if let Some(shadow) = side.shadow.load().as_ref() {
-                shadow.offer(
-                    recorded,
-                    serde_json::to_value(&decision.outcome).unwrap_or_default(),
-                );
+                shadow.offer(recorded, active());
             }
         }
-        Ok(decision)
     }
 
     /// The resolution decision with this tenant's settings, for an explanation: nothing
@@ -154,11 +150,7 @@ impl TenantPolicy {
         engine: &PolicyEngine,
         input: &rules::ResolveInput,
     ) -> Result<rules::ResolveDecision, PolicyError> {
-        let input = rules::ResolveInput {
-            settings: self.settings.to_string(),
-            ..input.clone()
-        };
-        engine.resolve(self.compiled()?, &input)
+        engine.resolve_with(self.compiled()?, input, &self.settings)
     }
 
     /// An effective-role decision with this tenant's settings, and the policy's trace of
@@ -184,24 +176,26 @@ impl TenantPolicy {
         engine: &PolicyEngine,
         recorded: &RecordedInput,
     ) -> Result<serde_json::Value, PolicyError> {
+        self.decide_outcome(engine, recorded)?.to_json()
+    }
+
+    /// Decides a recorded input with this policy and its settings, without recording it.
+    pub(super) fn decide_outcome(
+        &self,
+        engine: &PolicyEngine,
+        recorded: &RecordedInput,
+    ) -> Result<Outcome, PolicyError> {
         let compiled = self.compiled()?;
-        let outcome = match recorded {
+        Ok(match recorded {
             RecordedInput::Login(input) => {
-                let input = rules::LoginInput {
-                    settings: self.settings.to_string(),
-                    ..input.clone()
-                };
-                serde_json::to_value(engine.login(compiled, &input)?.outcome)
+                Outcome::Login(engine.login_with(compiled, input, &self.settings)?.outcome)
             }
-            RecordedInput::Resolve(input) => {
-                let input = rules::ResolveInput {
-                    settings: self.settings.to_string(),
-                    ..input.clone()
-                };
-                serde_json::to_value(engine.resolve(compiled, &input)?.outcome)
-            }
-        };
-        outcome.map_err(|e| PolicyError::Engine(format!("a decision is not JSON: {e}")))
+            RecordedInput::Resolve(input) => Outcome::Resolve(
+                engine
+                    .resolve_with(compiled, input, &self.settings)?
+                    .outcome,
+            ),
+        })
     }
 
     /// Effective roles, one per input.
@@ -273,6 +267,24 @@ impl TenantPolicy {
             cache.insert(idp.clone(), map.clone());
         }
         Ok(map)
+    }
+}
+
+/// A decision's outcome, without its trace: what a dry run and a shadow compare.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Outcome {
+    Login(rules::LoginOutcome),
+    Resolve(rules::Resolution),
+}
+
+impl Outcome {
+    /// The outcome as JSON (for reports and logs).
+    pub(super) fn to_json(&self) -> Result<serde_json::Value, PolicyError> {
+        match self {
+            Outcome::Login(o) => serde_json::to_value(o),
+            Outcome::Resolve(o) => serde_json::to_value(o),
+        }
+        .map_err(|e| PolicyError::Engine(format!("a decision is not JSON: {e}")))
     }
 }
 

@@ -19,7 +19,7 @@
 use gatehouse_rules as rules;
 use sha2::{Digest, Sha256};
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// One recorded decision input, anonymised.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -33,7 +33,8 @@ pub enum RecordedInput {
 pub struct DecisionRing {
     capacity: usize,
     salt: [u8; 16],
-    entries: Mutex<VecDeque<RecordedInput>>,
+    /// Shared with the shadow's queue: a decision's input is anonymised and allocated once.
+    entries: Mutex<VecDeque<Arc<RecordedInput>>>,
 }
 
 impl DecisionRing {
@@ -46,13 +47,13 @@ impl DecisionRing {
         }
     }
 
-    pub(super) fn push(&self, input: RecordedInput) {
+    pub(super) fn push(&self, input: Arc<RecordedInput>) {
         if self.capacity == 0 {
             return;
         }
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         // The same input twice would count twice in a dry run; keep the latest once.
-        if let Some(at) = entries.iter().position(|e| *e == input) {
+        if let Some(at) = entries.iter().position(|e| **e == *input) {
             entries.remove(at);
         }
         while entries.len() >= self.capacity {
@@ -75,7 +76,7 @@ impl DecisionRing {
 
     /// Records a login input, anonymised.
     pub fn record_login(&self, input: &rules::LoginInput) {
-        self.push(self.anonymise_login(input));
+        self.push(Arc::new(self.anonymise_login(input)));
     }
 
     /// A login input as the ring keeps it.
@@ -92,7 +93,7 @@ impl DecisionRing {
 
     /// Records a resolve input, anonymised.
     pub fn record_resolve(&self, input: &rules::ResolveInput) {
-        self.push(self.anonymise_resolve(input));
+        self.push(Arc::new(self.anonymise_resolve(input)));
     }
 
     /// A resolve input as the ring keeps it.
@@ -109,7 +110,7 @@ impl DecisionRing {
     /// The recorded inputs, oldest first.
     pub fn snapshot(&self) -> Vec<RecordedInput> {
         let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        entries.iter().cloned().collect()
+        entries.iter().map(|e| RecordedInput::clone(e)).collect()
     }
 
     /// How many inputs the ring holds.

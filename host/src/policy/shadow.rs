@@ -1,15 +1,22 @@
 //! Shadow (canary) evaluation: a candidate policy decides beside the tenant's active one on
 //! live traffic, off the answer's path. The active policy answers; the request thread only
-//! hands the input and the active outcome to the shadow's worker thread over a bounded
-//! channel (full: the sample is dropped and counted), and the worker evaluates the
-//! candidate, compares outcomes, counts, and logs each difference.
+//! pushes the (already anonymised, shared) input and the active outcome onto the shadow's
+//! bounded queue (full: the sample is dropped and counted), and the worker thread takes
+//! whole batches off it, evaluates the candidate, compares outcomes, counts, and logs each
+//! difference.
+//!
+//! What the answer path pays is kept to a lock, a push and, only when the worker is asleep,
+//! a wake-up: no copy of the input (the ring's `Arc` is shared), no JSON (outcomes are
+//! compared as values; JSON is made only for the log line of a difference), no system call
+//! while the worker is busy.
 
+use super::registry::Outcome;
 use super::ring::RecordedInput;
 use super::{PolicyEngine, TenantPolicy};
 use gatehouse_rules as rules;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 /// How many decisions may wait for the shadow worker before new ones are dropped.
 pub const SHADOW_QUEUE: usize = 1024;
@@ -36,8 +43,65 @@ struct Counters {
 }
 
 struct Job {
-    input: RecordedInput,
-    active: serde_json::Value,
+    input: Arc<RecordedInput>,
+    active: Outcome,
+}
+
+/// The queue between the answer path and the worker.
+#[derive(Default)]
+struct Queue {
+    state: Mutex<QueueState>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct QueueState {
+    jobs: VecDeque<Job>,
+    /// The worker waits on `wake`: the next push must notify it.
+    asleep: bool,
+    /// The shadow is gone: the worker ends.
+    closed: bool,
+}
+
+impl Queue {
+    fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Pushes `job` unless the queue is full; never blocks on the worker.
+    fn push(&self, job: Job) -> bool {
+        let mut state = self.lock();
+        if state.jobs.len() >= SHADOW_QUEUE || state.closed {
+            return false;
+        }
+        state.jobs.push_back(job);
+        let wake = std::mem::take(&mut state.asleep);
+        drop(state);
+        if wake {
+            self.wake.notify_one();
+        }
+        true
+    }
+
+    /// Everything waiting, once there is something; `None` when closed.
+    fn take_batch(&self) -> Option<VecDeque<Job>> {
+        let mut state = self.lock();
+        loop {
+            if state.closed {
+                return None;
+            }
+            if !state.jobs.is_empty() {
+                return Some(std::mem::take(&mut state.jobs));
+            }
+            state.asleep = true;
+            state = self.wake.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    fn close(&self) {
+        self.lock().closed = true;
+        self.wake.notify_one();
+    }
 }
 
 /// A candidate running in shadow for one tenant.
@@ -48,8 +112,14 @@ pub struct Shadow {
     pub component: Arc<[u8]>,
     pub settings: Arc<str>,
     counters: Arc<Counters>,
-    tx: Mutex<SyncSender<Job>>,
+    queue: Arc<Queue>,
     tenant: Arc<str>,
+}
+
+impl Drop for Shadow {
+    fn drop(&mut self) {
+        self.queue.close();
+    }
 }
 
 impl Shadow {
@@ -62,7 +132,8 @@ impl Shadow {
         info: rules::PolicyInfo,
         component: Arc<[u8]>,
     ) -> Arc<Shadow> {
-        let (tx, rx) = sync_channel::<Job>(SHADOW_QUEUE);
+        let queue = Arc::new(Queue::default());
+        let worker_queue = queue.clone();
         let counters = Arc::new(Counters::default());
         let worker_counters = counters.clone();
         let settings = candidate.settings.clone();
@@ -71,25 +142,28 @@ impl Shadow {
         std::thread::Builder::new()
             .name(format!("shadow-{tenant}"))
             .spawn(move || {
-                for job in rx {
-                    let after = candidate.decide_recorded(&engine, &job.input);
-                    let after = match after {
-                        Ok(value) => value,
-                        Err(e) => {
-                            worker_counters.failed.fetch_add(1, Ordering::Relaxed);
-                            serde_json::json!({ "error": { "kind": e.kind(), "message": e.to_string() } })
-                        }
-                    };
-                    worker_counters.evaluated.fetch_add(1, Ordering::Relaxed);
-                    metrics::counter!("gatehouse_policy_shadow_evaluations_total").increment(1);
-                    if after != job.active {
+                while let Some(batch) = worker_queue.take_batch() {
+                    for job in batch {
+                        let after = candidate.decide_outcome(&engine, &job.input);
+                        worker_counters.evaluated.fetch_add(1, Ordering::Relaxed);
+                        metrics::counter!("gatehouse_policy_shadow_evaluations_total")
+                            .increment(1);
+                        let shadow = match after {
+                            Ok(after) if after == job.active => continue,
+                            Ok(after) => after.to_json().unwrap_or_default(),
+                            Err(e) => {
+                                worker_counters.failed.fetch_add(1, Ordering::Relaxed);
+                                serde_json::json!({ "error": { "kind": e.kind(), "message": e.to_string() } })
+                            }
+                        };
                         worker_counters.differed.fetch_add(1, Ordering::Relaxed);
                         metrics::counter!("gatehouse_policy_shadow_differences_total")
                             .increment(1);
+                        let active = job.active.to_json().unwrap_or_default();
                         tracing::info!(
                             tenant = %worker_tenant, candidate = %name,
-                            decision = match job.input { RecordedInput::Login(_) => "login", RecordedInput::Resolve(_) => "resolve" },
-                            active = %job.active, shadow = %after,
+                            decision = match *job.input { RecordedInput::Login(_) => "login", RecordedInput::Resolve(_) => "resolve" },
+                            %active, %shadow,
                             "shadow policy decided differently"
                         );
                     }
@@ -101,20 +175,15 @@ impl Shadow {
             component,
             settings,
             counters,
-            tx: Mutex::new(tx),
+            queue,
             tenant: tenant.into(),
         })
     }
 
-    /// Hands a decision to the worker; never blocks. `input` is anonymised first (the
-    /// difference log carries no emails).
-    pub(super) fn offer(&self, input: RecordedInput, active: serde_json::Value) {
-        let sent = self
-            .tx
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .try_send(Job { input, active });
-        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = sent {
+    /// Hands a decision to the worker; never waits for it. `input` is the ring's anonymised
+    /// copy (the difference log carries no emails).
+    pub(super) fn offer(&self, input: Arc<RecordedInput>, active: Outcome) {
+        if !self.queue.push(Job { input, active }) {
             self.counters.dropped.fetch_add(1, Ordering::Relaxed);
             metrics::counter!("gatehouse_policy_shadow_dropped_total").increment(1);
         }
@@ -133,5 +202,54 @@ impl Shadow {
     /// The tenant it shadows.
     pub fn tenant(&self) -> &str {
         &self.tenant
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(i: usize) -> Job {
+        Job {
+            input: Arc::new(RecordedInput::Resolve(rules::ResolveInput {
+                user_claim: Some(format!("u{i}")),
+                ..rules::ResolveInput::default()
+            })),
+            active: Outcome::Resolve(rules::Resolution::VirtualAccount(format!("va{i}"))),
+        }
+    }
+
+    #[test]
+    fn the_queue_is_bounded_hands_over_batches_and_closes() {
+        let queue = Arc::new(Queue::default());
+        for i in 0..SHADOW_QUEUE {
+            assert!(queue.push(job(i)));
+        }
+        assert!(!queue.push(job(SHADOW_QUEUE)), "full: dropped, not blocked");
+        let batch = queue.take_batch().expect("open");
+        assert_eq!(batch.len(), SHADOW_QUEUE);
+        assert_eq!(batch[0].active, job(0).active, "oldest first");
+
+        // A sleeping worker is woken by a push, and ends when the queue closes.
+        let worker = {
+            let queue = queue.clone();
+            std::thread::spawn(move || {
+                let mut taken = 0;
+                while let Some(batch) = queue.take_batch() {
+                    taken += batch.len();
+                }
+                taken
+            })
+        };
+        while !queue.lock().asleep {
+            std::thread::yield_now();
+        }
+        assert!(queue.push(job(1)));
+        while !queue.lock().jobs.is_empty() {
+            std::thread::yield_now();
+        }
+        queue.close();
+        assert_eq!(worker.join().unwrap(), 1);
+        assert!(!queue.push(job(2)), "closed: nothing is queued");
     }
 }
