@@ -225,6 +225,10 @@ pub struct PolicyConfig {
     pub auto_rollback_failures: u32,
     /// The window after an activation in which failures count, in seconds.
     pub auto_rollback_window_secs: u64,
+    /// Scheduling niceness of shadow workers (0-19, Linux; elsewhere ignored): 0 gives shadow evaluations the
+    /// same share of the CPU as live answers; higher values let answers go first on busy
+    /// cores, at the price of comparisons dropped while the worker cannot keep up.
+    pub shadow_nice: u8,
 }
 
 /// The outbox relay: where queued emails are sent. Without `url` (or `url_file`) no relay
@@ -322,6 +326,7 @@ impl Default for PolicyConfig {
             concurrent_instances: 128,
             auto_rollback_failures: 5,
             auto_rollback_window_secs: 300,
+            shadow_nice: 0,
         }
     }
 }
@@ -372,6 +377,7 @@ const ENV_KEYS: &[&str] = &[
     "GATEHOUSE_POLICY_TIMEOUT_MS",
     "GATEHOUSE_POLICY_MAX_COMPONENT_KIB",
     "GATEHOUSE_POLICY_CONCURRENT_INSTANCES",
+    "GATEHOUSE_POLICY_SHADOW_NICE",
     "GATEHOUSE_EDGE_HEADER_PREFIX",
     "GATEHOUSE_EDGE_STRIP_AUTHORIZATION",
     "GATEHOUSE_EDGE_DECISION_LOG",
@@ -427,6 +433,15 @@ impl Config {
             }
             config.apply_env(&key, &value)?;
         }
+        if config.policy.shadow_nice > 19 {
+            return Err(ConfigError::Invalid {
+                key: "policy.shadow_nice",
+                reason: format!(
+                    "{} is out of range: use 0 (the answers' priority) to 19 (the lowest)",
+                    config.policy.shadow_nice
+                ),
+            });
+        }
         Ok(config)
     }
 
@@ -470,6 +485,7 @@ impl Config {
             "GATEHOUSE_POLICY_AUTO_ROLLBACK_WINDOW_SECS" => {
                 self.policy.auto_rollback_window_secs = parse(key, value)?
             }
+            "GATEHOUSE_POLICY_SHADOW_NICE" => self.policy.shadow_nice = parse(key, value)?,
             "GATEHOUSE_POLICY_MAX_COMPONENT_KIB" => {
                 self.policy.max_component_kib = parse(key, value)?
             }
@@ -594,6 +610,20 @@ mod tests {
         assert_eq!(config.listen.port(), 9000);
         assert_eq!(config.policy.timeout_ms, 7);
         assert_eq!(config.policy.memory_limit_mib, 32);
+        assert_eq!(config.policy.shadow_nice, 0);
+    }
+
+    #[test]
+    fn shadow_nice_is_a_niceness() {
+        let config = Config::load(None, env(&[("GATEHOUSE_POLICY_SHADOW_NICE", "10")])).unwrap();
+        assert_eq!(config.policy.shadow_nice, 10);
+        let err = Config::load(None, env(&[("GATEHOUSE_POLICY_SHADOW_NICE", "20")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("policy.shadow_nice") && err.contains("0 (the answers' priority) to 19"),
+            "{err}"
+        );
     }
 
     #[test]

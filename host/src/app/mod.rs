@@ -210,6 +210,8 @@ pub struct App {
     tenant_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
     pub engine: Arc<PolicyEngine>,
     pub policies: Registry,
+    /// Niceness of shadow workers (`policy.shadow_nice`).
+    shadow_nice: u8,
     default_policy: Arc<Compiled>,
     /// Compiled components by hash, so tenants running the same bytes share machine code.
     compiled: Mutex<HashMap<[u8; 32], Weak<Compiled>>>,
@@ -249,6 +251,7 @@ impl App {
             store,
             engine,
             policies: Registry::with_auto_rollback(config.policy.auto_rollback()),
+            shadow_nice: config.policy.shadow_nice,
             default_policy,
             compiled: Mutex::default(),
             operator_token_sha256,
@@ -527,6 +530,7 @@ impl App {
             TenantPolicy::new(None, compiled, settings.into()),
             info,
             component.into(),
+            self.shadow_nice,
         );
         self.policies.set_shadow(&tenant, Some(shadow.clone()));
         tracing::info!(tenant, candidate = %shadow.info.name, "shadow policy started");

@@ -124,13 +124,14 @@ impl Drop for Shadow {
 
 impl Shadow {
     /// Starts a shadow: `candidate` (a policy outside the registry) evaluated by a worker
-    /// thread that ends when the shadow is dropped.
+    /// thread that ends when the shadow is dropped, at niceness `nice` (0-19).
     pub fn start(
         engine: Arc<PolicyEngine>,
         tenant: &str,
         candidate: TenantPolicy,
         info: rules::PolicyInfo,
         component: Arc<[u8]>,
+        nice: u8,
     ) -> Arc<Shadow> {
         let queue = Arc::new(Queue::default());
         let worker_queue = queue.clone();
@@ -142,6 +143,7 @@ impl Shadow {
         std::thread::Builder::new()
             .name(format!("shadow-{tenant}"))
             .spawn(move || {
+                set_niceness(nice);
                 while let Some(batch) = worker_queue.take_batch() {
                     for job in batch {
                         let after = candidate.decide_outcome(&engine, &job.input);
@@ -204,6 +206,27 @@ impl Shadow {
         &self.tenant
     }
 }
+
+/// Lowers the calling thread's scheduling priority to `nice` (0-19): on busy cores the
+/// threads answering requests are then scheduled before the shadow worker, which catches up
+/// when they idle (a full queue drops, and counts, what it cannot catch up with).
+#[cfg(target_os = "linux")]
+fn set_niceness(nice: u8) {
+    if nice == 0 {
+        return;
+    }
+    let nice = libc::c_int::from(nice);
+    // SAFETY: `gettid` and `setpriority` take and return plain integers and touch no
+    // memory of ours; on Linux, PRIO_PROCESS with a thread id changes only that thread.
+    let result =
+        unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, nice) };
+    if result != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "shadow worker keeps its priority");
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn set_niceness(_nice: u8) {}
 
 #[cfg(test)]
 mod tests {
