@@ -41,6 +41,16 @@ pub use gatehouse_rules::{
 
 mod convert;
 
+#[cfg(target_arch = "wasm32")]
+mod alloc;
+
+/// Every policy built with the SDK allocates from an arena in its initial memory first
+/// (`alloc.rs`): a decision then costs the host no memory growth. A policy crate must not
+/// declare a `#[global_allocator]` of its own.
+#[cfg(target_arch = "wasm32")]
+#[global_allocator]
+static ALLOCATOR: alloc::PolicyAllocator = alloc::PolicyAllocator::new();
+
 #[cfg(feature = "cases")]
 mod evaluator;
 #[cfg(feature = "cases")]
