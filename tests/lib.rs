@@ -9,6 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+pub mod openid;
+
 /// The operator token every test server uses.
 pub const OPERATOR_TOKEN: &str = "test-operator-token-0123456789";
 

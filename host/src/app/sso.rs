@@ -344,13 +344,16 @@ impl App {
 
     /// Completes a login from the IdP's redirect: takes the pending login for `state`
     /// (once), exchanges `code` with the PKCE verifier and the client secret, verifies
-    /// the ID token (nonce included) and carries out the policy's decision.
+    /// the ID token (nonce included) and carries out the policy's decision. `iss`, the
+    /// authorization response's issuer (RFC 9207), must be the configuration's when given:
+    /// a login that started at one provider cannot be completed with another's code.
     pub async fn sso_callback(
         &self,
         tenant: &str,
         sso_id: &str,
         code: &str,
         state: &str,
+        iss: Option<&str>,
     ) -> Result<SsoLogin, AppError> {
         let (slug, sso) = self.sso_config(tenant, sso_id)?;
         let bad_state = || {
@@ -375,6 +378,12 @@ impl App {
         }
         if pending.sso_id != sso.id || pending.expires_at <= now().unix_timestamp() {
             return Err(bad_state());
+        }
+        if iss.is_some_and(|iss| iss != sso.issuer) {
+            return Err(invalid(
+                "issuer_mismatch",
+                "the login came back from another identity provider than the one it started at; start the login again",
+            ));
         }
         let endpoints = self.endpoints(&sso).await?;
         let mut form = vec![

@@ -54,6 +54,8 @@ pub(super) struct CallbackQuery {
     state: Option<String>,
     /// Set by the identity provider when it did not log the person in.
     error: Option<String>,
+    /// The issuer that answered (RFC 9207); when present it must be the configuration's.
+    iss: Option<String>,
 }
 
 /// The direct form's body.
@@ -272,6 +274,7 @@ async fn callback(
             &sso_id,
             query.code.as_deref().unwrap_or(""),
             query.state.as_deref().unwrap_or(""),
+            query.iss.as_deref(),
         )
         .await;
     count(&result);
