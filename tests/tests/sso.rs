@@ -265,7 +265,7 @@ impl Idp {
 struct World {
     server: TestServer,
     idp: Idp,
-    /// Follows no redirects: the test walks the flow.
+    /// Follows no redirects (the test walks the flow); keeps cookies like a browser.
     browser: reqwest::Client,
 }
 
@@ -333,6 +333,7 @@ async fn world_with(certified: bool, tweak: impl FnOnce(&mut gatehouse::config::
         idp,
         browser: reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
+            .cookie_store(true)
             .build()
             .unwrap(),
     }
@@ -728,6 +729,28 @@ async fn bad_and_replayed_state_and_code_are_refused() {
     let callback = w.start("sam@acme.io", "sam", "/").await;
     let forged = callback.replace("state=", "state=x");
     let (status, body) = w.finish(&forged).await;
+    assert_eq!(
+        (status, body["reason"].as_str()),
+        (401, Some("bad_state")),
+        "{body}"
+    );
+    // A callback URL carried to another browser (login CSRF: someone else's login links
+    // this browser to their account) is refused there, and the login is used up.
+    let carried = w.start("mallory@acme.io", "mallory", "/").await;
+    let elsewhere = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .get(&carried)
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(elsewhere.status(), 401);
+    let body: Value = elsewhere.json().await.unwrap();
+    assert_eq!(body["reason"], "browser_mismatch", "{body}");
+    assert!(w.users_with("mallory@acme.io").await.is_empty());
+    let (status, body) = w.finish(&carried).await;
     assert_eq!(
         (status, body["reason"].as_str()),
         (401, Some("bad_state")),

@@ -148,13 +148,10 @@ pub(super) fn logged_in(app: &App, login: SsoLogin, browser: bool) -> Response {
     let max_age = (login.session.expires_at - time::OffsetDateTime::now_utc())
         .whole_seconds()
         .max(0);
-    let secure = app
-        .public_url()
-        .is_some_and(|url| url.starts_with("https://"));
     let cookie = format!(
         "{SESSION_COOKIE}={}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Lax{}",
         login.session.token,
-        if secure { "; Secure" } else { "" }
+        secure_suffix(app),
     );
     let mut response = StatusCode::SEE_OTHER.into_response();
     let headers = response.headers_mut();
@@ -166,6 +163,30 @@ pub(super) fn logged_in(app: &App, login: SsoLogin, browser: bool) -> Response {
     }
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
+}
+
+/// `; Secure` when Gatehouse is served over https (its public URL says so).
+fn secure_suffix(app: &App) -> &'static str {
+    if app
+        .public_url()
+        .is_some_and(|url| url.starts_with("https://"))
+    {
+        "; Secure"
+    } else {
+        ""
+    }
+}
+
+/// The value of the cookie `name` in a request, if it carries one.
+pub(super) fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(n, _)| *n == name)
+        .map(|(_, value)| value)
 }
 
 /// Counts a completed or refused login by its outcome or reason code (never who or what).
@@ -222,6 +243,17 @@ async fn login(
             if let Ok(value) = HeaderValue::from_str(&start.authorization_url) {
                 response.headers_mut().insert(header::LOCATION, value);
             }
+            let binding = format!(
+                "{}={}; Path={}; Max-Age={}; HttpOnly; SameSite=Lax{}",
+                start.binding_cookie,
+                start.browser_binding,
+                start.callback_path,
+                start.ttl_secs,
+                secure_suffix(&app),
+            );
+            if let Ok(value) = HeaderValue::from_str(&binding) {
+                response.headers_mut().insert(header::SET_COOKIE, value);
+            }
             response
                 .headers_mut()
                 .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -268,20 +300,32 @@ async fn callback(
             browser,
         );
     }
+    let state = query.state.as_deref().unwrap_or("");
+    let binding_cookie = crate::app::login_cookie_name(state);
     let result = app
         .sso_callback(
             &tenant,
             &sso_id,
             query.code.as_deref().unwrap_or(""),
-            query.state.as_deref().unwrap_or(""),
+            state,
             query.iss.as_deref(),
+            cookie(&headers, &binding_cookie),
         )
         .await;
     count(&result);
-    match result {
+    let mut response = match result {
         Ok(login) => logged_in(&app, login, browser),
         Err(e) => refusal(e, browser),
+    };
+    // The binding is used up either way (the pending login is).
+    if cookie(&headers, &binding_cookie).is_some() {
+        let path = format!("/v1/{tenant}/sso/{sso_id}/callback");
+        let clear = format!("{binding_cookie}=; Path={path}; Max-Age=0; HttpOnly; SameSite=Lax");
+        if let Ok(value) = HeaderValue::from_str(&clear) {
+            response.headers_mut().append(header::SET_COOKIE, value);
+        }
     }
+    response
 }
 
 /// Logs in with an ID token a trusted front end obtained from the SSO configuration's
