@@ -1442,3 +1442,67 @@ async fn the_idps_unique_id_is_bound_at_first_login() {
         .collect();
     assert_eq!(refused.len(), 2, "{refused:?}");
 }
+
+#[tokio::test]
+async fn deleting_a_user_or_an_sso_configuration_forgets_its_bindings() {
+    let w = world_scripted().await;
+    w.set_mode("jit").await;
+    for (email, sub) in [("kim@acme.io", "kim-sub"), ("lou@acme.io", "lou-sub")] {
+        let (status, body) = w.login(email, sub).await;
+        assert_eq!((status, body["outcome"].as_str()), (200, Some("created")));
+    }
+    let lou = w.users_with("lou@acme.io").await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Lou is deleted: his bindings go with him, Kim's stay.
+    let (status, body) = w
+        .server
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/tenants/acme/users/{lou}"),
+            OP,
+            None,
+        )
+        .await;
+    assert!(status == 200 || status == 204, "{status} {body}");
+    // The configuration is replaced by a new one under the same id and issuer (say, after
+    // a misconfiguration): Kim's old binding is gone with the old one, so her account is
+    // bound anew by email at her next login instead of being refused as a mismatch.
+    w.set_mode("invite_only").await;
+    let (status, body) = w
+        .server
+        .call(Method::DELETE, "/api/v1/tenants/acme/sso/corp", OP, None)
+        .await;
+    assert!(status == 200 || status == 204, "{status} {body}");
+    let (status, body) = w
+        .server
+        .call(
+            Method::POST,
+            "/api/v1/tenants/acme/sso",
+            OP,
+            Some(&json!({
+                "id": "corp", "issuer": w.idp.issuer(), "client_id": CLIENT_ID,
+                "client_secret": CLIENT_SECRET,
+                "discovery_url": format!("{}/.well-known/openid-configuration", w.idp.issuer()),
+            })),
+        )
+        .await;
+    assert!(status == 200 || status == 201, "{status} {body}");
+    let (status, body) = w.login("kim@acme.io", "kim-new-sub").await;
+    assert_eq!(
+        (status, body["outcome"].as_str()),
+        (200, Some("allowed")),
+        "{body}"
+    );
+    // In the store: only Kim's new binding (two entries).
+    let data = w.server.data.clone();
+    w.server.stop().await;
+    let (app, _) = gatehouse::app::App::open(&gatehouse::config::Config {
+        data: data.path().to_owned(),
+        operator_token: Some(OPERATOR_TOKEN.into()),
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(app.sso_bindings_stored("acme").unwrap(), 2);
+}

@@ -209,6 +209,48 @@ fn parts(key: &[String; 4]) -> [&str; 4] {
     [&key[0], &key[1], &key[2], &key[3]]
 }
 
+impl App {
+    /// Puts the removal of `user_id`'s IdP unique-id bindings (decision 41), under every SSO
+    /// configuration of the tenant, into `batch` (the user is being deleted).
+    pub(super) fn stage_subject_unbinding(
+        &self,
+        slug: &str,
+        user_id: &str,
+        batch: &mut Batch,
+    ) -> Result<(), crate::store::StoreError> {
+        for sso in self.store.list::<SsoConfig>(slug, &[])? {
+            let keys = SubjectKeys::new(&sso);
+            let by_user = keys.by_user(user_id);
+            if let Some(sub) = self
+                .store
+                .get_raw(Space::SsoSubjects, slug, &parts(&by_user))?
+            {
+                let by_subject = keys.by_subject(&String::from_utf8_lossy(&sub));
+                batch
+                    .remove(Space::SsoSubjects, &parts(&by_user))
+                    .remove(Space::SsoSubjects, &parts(&by_subject));
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts the removal of every binding made through SSO configuration `sso_id` into
+    /// `batch` (the configuration is being deleted).
+    pub(super) fn stage_sso_bindings_removal(
+        &self,
+        slug: &str,
+        sso_id: &str,
+        batch: &mut Batch,
+    ) -> Result<(), crate::store::StoreError> {
+        for rest in self.store.index(Space::SsoSubjects, slug, &[sso_id])? {
+            let mut key = vec![sso_id];
+            key.extend(rest.split('\0'));
+            batch.remove(Space::SsoSubjects, &key);
+        }
+        Ok(())
+    }
+}
+
 fn discovery_url(sso: &SsoConfig) -> String {
     sso.discovery_url.clone().unwrap_or_else(|| {
         format!(
@@ -363,6 +405,13 @@ impl App {
             tracing::debug!(tenant = slug, expired, live, "swept expired SSO logins");
         }
         Ok(live)
+    }
+
+    /// How many IdP unique-id binding entries `tenant` holds in the store (two per bound
+    /// user and SSO configuration).
+    pub fn sso_bindings_stored(&self, tenant: &str) -> Result<usize, AppError> {
+        let slug = self.tenant(tenant)?.slug;
+        Ok(self.store.index(Space::SsoSubjects, &slug, &[])?.len())
     }
 
     /// How many pending logins `tenant` holds in the store, expired ones included.
