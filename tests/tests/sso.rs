@@ -1506,3 +1506,93 @@ async fn deleting_a_user_or_an_sso_configuration_forgets_its_bindings() {
     .unwrap();
     assert_eq!(app.sso_bindings_stored("acme").unwrap(), 2);
 }
+
+#[tokio::test]
+async fn logging_out_ends_that_session_only() {
+    let w = world_scripted().await;
+    w.set_mode("jit").await;
+    let mut sessions = Vec::new();
+    for _ in 0..2 {
+        let (status, body) = w.login("lia@acme.io", "lia").await;
+        assert_eq!(status, 200, "{body}");
+        sessions.push(body["session_token"].as_str().unwrap().to_owned());
+    }
+    let logout = |headers: Vec<(&'static str, String)>| {
+        let w = &w;
+        async move {
+            let mut request = w.browser.post(format!("{}/v1/acme/logout", w.server.base));
+            for (name, value) in headers {
+                request = request.header(name, value);
+            }
+            request.send().await.unwrap()
+        }
+    };
+    let me = |token: String| {
+        let w = &w;
+        async move {
+            w.server
+                .call(
+                    Method::GET,
+                    "/api/v1/tenants/acme/users/me",
+                    Some(&token),
+                    None,
+                )
+                .await
+                .0
+        }
+    };
+    // An API client logs its session out with the bearer token.
+    let response = logout(vec![("authorization", format!("Bearer {}", sessions[0]))]).await;
+    assert_eq!(response.status(), 204);
+    let (status, body) = w.resolve("acme", &sessions[0]).await;
+    assert_eq!(
+        (status, body["reason"].as_str()),
+        (401, Some("revoked")),
+        "{body}"
+    );
+    assert_eq!(me(sessions[0].clone()).await, 401);
+    // The user's other session still works, at the edge and on the admin API.
+    assert_eq!(w.resolve("acme", &sessions[1]).await.0, 200);
+    assert_eq!(me(sessions[1].clone()).await, 200);
+    // Again, or with junk: nothing to do, same answer.
+    for token in [sessions[0].clone(), "ghs_junk".into(), "ghp_acme_x".into()] {
+        let response = logout(vec![("authorization", format!("Bearer {token}"))]).await;
+        assert_eq!(response.status(), 204);
+    }
+    let audit = w.audit().await;
+    assert_eq!(
+        audit
+            .iter()
+            .filter(|e| e["action"] == "session.logout")
+            .count(),
+        1
+    );
+
+    // A browser logs out with its cookie: cleared, and on to the login page. A post from
+    // another site is refused and changes nothing.
+    let cookie = format!("gatehouse_session={}", sessions[1]);
+    let response = logout(vec![
+        ("cookie", cookie.clone()),
+        ("accept", "text/html".into()),
+        ("sec-fetch-site", "cross-site".into()),
+    ])
+    .await;
+    assert_eq!(response.status(), 403);
+    assert_eq!(w.resolve("acme", &sessions[1]).await.0, 200);
+    let response = logout(vec![
+        ("cookie", cookie),
+        ("accept", "text/html".into()),
+        ("sec-fetch-site", "same-origin".into()),
+    ])
+    .await;
+    assert_eq!(response.status(), 303);
+    assert_eq!(location(&response), "/v1/acme/login");
+    let cleared = response.headers()["set-cookie"].to_str().unwrap();
+    assert!(cleared.starts_with("gatehouse_session=;") && cleared.contains("Max-Age=0"));
+    assert_eq!(w.resolve("acme", &sessions[1]).await.0, 401);
+    // Logging out is not deactivation: a new login makes a new session.
+    let (status, body) = w.login("lia@acme.io", "lia").await;
+    assert_eq!((status, body["outcome"].as_str()), (200, Some("allowed")));
+    let fresh = body["session_token"].as_str().unwrap();
+    assert_eq!(w.resolve("acme", fresh).await.0, 200);
+}

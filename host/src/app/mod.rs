@@ -38,8 +38,8 @@ pub use outbox::{Delivery, PendingMessage};
 pub use password::{LinkView, LoginPage, Passwords};
 pub use scim::{Connection, ListPage, ListQuery, MemberReport, ScimRuntime};
 pub use session::{
-    verify as verify_session, IssuedSession, LoginMethod, SessionClaims, SessionKeyRecord,
-    SessionRefusal, Sessions, SESSION_PREFIX,
+    verify as verify_session, IssuedSession, LoginMethod, RevokedSession, SessionClaims,
+    SessionKeyRecord, SessionRefusal, Sessions, SESSION_PREFIX,
 };
 pub use sso::{check_return_to, login_cookie_name, LoginStart, SsoLogin};
 

@@ -666,6 +666,12 @@ fn session(dir: &Directory, tenant: &str, jws: &str, now: i64) -> Result<Identit
     let claims =
         crate::app::verify_session(tenant, jws, now, |kid| dir.session_keys.get(kid).cloned())
             .map_err(|refusal| Deny::unauthenticated(refusal.reason(), refusal.message()))?;
+    if dir.revoked_sessions.contains(&claims.session_id) {
+        return Err(Deny::unauthenticated(
+            "revoked",
+            "this session was logged out; log in again",
+        ));
+    }
     let user = dir
         .users
         .get(&claims.user_id)

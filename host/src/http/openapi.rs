@@ -107,6 +107,7 @@ every answer).";
         sso::login,
         sso::callback,
         sso::token_login,
+        sso::logout,
         password::password_page,
         password::set_password,
         password::password_login,

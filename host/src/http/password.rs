@@ -223,7 +223,7 @@ fn parse_body<T: serde::de::DeserializeOwned>(
 /// A browser's form post from another site (`Sec-Fetch-Site: cross-site`, sent by current
 /// browsers, kept by proxies) is refused: it would log the browser into someone else's
 /// account (login CSRF) or set a password from a page the person did not open.
-fn cross_site(headers: &HeaderMap) -> Result<(), AppError> {
+pub(super) fn cross_site(headers: &HeaderMap) -> Result<(), AppError> {
     let site = headers
         .get("sec-fetch-site")
         .and_then(|v| v.to_str().ok())
