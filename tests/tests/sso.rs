@@ -315,19 +315,16 @@ async fn world_with(certified: bool, tweak: impl FnOnce(&mut gatehouse::config::
     server
         .create_tenant_with_admin("other", "root@other.io")
         .await;
-    let (status, body) = server
-        .call(
-            Method::POST,
-            "/api/v1/tenants/acme/sso",
-            OP,
-            Some(&json!({
-                "id": "corp", "issuer": idp.issuer(), "client_id": CLIENT_ID,
-                "client_secret": CLIENT_SECRET,
-                "discovery_url": format!("{}/.well-known/openid-configuration", idp.issuer()),
-            })),
-        )
-        .await;
-    assert!(status == 200 || status == 201, "{status} {body}");
+    add_sso(
+        &server,
+        "acme",
+        json!({
+            "id": "corp", "issuer": idp.issuer(), "client_id": CLIENT_ID,
+            "client_secret": CLIENT_SECRET,
+            "discovery_url": format!("{}/.well-known/openid-configuration", idp.issuer()),
+        }),
+    )
+    .await;
     World {
         server,
         idp,
@@ -337,6 +334,19 @@ async fn world_with(certified: bool, tweak: impl FnOnce(&mut gatehouse::config::
             .build()
             .unwrap(),
     }
+}
+
+/// Adds an SSO configuration to `tenant` through the admin API.
+async fn add_sso(server: &TestServer, tenant: &str, config: Value) {
+    let (status, body) = server
+        .call(
+            Method::POST,
+            &format!("/api/v1/tenants/{tenant}/sso"),
+            OP,
+            Some(&config),
+        )
+        .await;
+    assert!(status == 200 || status == 201, "{status} {body}");
 }
 
 fn location(response: &reqwest::Response) -> String {
@@ -956,20 +966,16 @@ async fn the_direct_form_verifies_the_id_token_the_same_way() {
         .iter()
         .any(|e| e["action"] == "login.sso" && e["after"]["reason"] == "missing_subject"));
     // The configuration's claims choose email and unique id (Entra: `upn`, `oid`).
-    let (status, body) = w
-        .server
-        .call(
-            Method::POST,
-            "/api/v1/tenants/acme/sso",
-            OP,
-            Some(&json!({
-                "id": "entra", "issuer": w.idp.issuer(), "client_id": "entra-app",
-                "jwks_uri": format!("{}/jwks", w.idp.issuer()),
-                "email_claim": "upn", "unique_id_claim": "oid",
-            })),
-        )
-        .await;
-    assert!(status == 200 || status == 201, "{status} {body}");
+    add_sso(
+        &w.server,
+        "acme",
+        json!({
+            "id": "entra", "issuer": w.idp.issuer(), "client_id": "entra-app",
+            "jwks_uri": format!("{}/jwks", w.idp.issuer()),
+            "email_claim": "upn", "unique_id_claim": "oid",
+        }),
+    )
+    .await;
     let entra = |claims: Value| {
         let w = &w;
         let mut all =
@@ -1108,19 +1114,15 @@ async fn the_direct_form_takes_a_certified_providers_id_token_for_its_own_client
         "{body}"
     );
     // The front end's own SSO configuration takes it, with its nonce only.
-    let (status, body) = w
-        .server
-        .call(
-            Method::POST,
-            "/api/v1/tenants/acme/sso",
-            OP,
-            Some(&json!({
-                "id": "front", "issuer": idp.issuer, "client_id": FRONT_END_ID,
-                "discovery_url": idp.discovery_url(),
-            })),
-        )
-        .await;
-    assert!(status == 200 || status == 201, "{status} {body}");
+    add_sso(
+        &w.server,
+        "acme",
+        json!({
+            "id": "front", "issuer": idp.issuer, "client_id": FRONT_END_ID,
+            "discovery_url": idp.discovery_url(),
+        }),
+    )
+    .await;
     let (status, body) = post("front", json!({ "id_token": id_token, "nonce": "n-other" })).await;
     assert_eq!(
         (status, body["reason"].as_str()),
@@ -1221,20 +1223,16 @@ async fn an_unreachable_provider_is_a_clear_502_not_a_hang() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         format!("http://{}", listener.local_addr().unwrap())
     };
-    let (status, body) = w
-        .server
-        .call(
-            Method::POST,
-            "/api/v1/tenants/acme/sso",
-            OP,
-            Some(&json!({
-                "id": "gone", "issuer": gone, "client_id": CLIENT_ID,
-                "client_secret": CLIENT_SECRET,
-                "discovery_url": format!("{gone}/.well-known/openid-configuration"),
-            })),
-        )
-        .await;
-    assert!(status == 200 || status == 201, "{status} {body}");
+    add_sso(
+        &w.server,
+        "acme",
+        json!({
+            "id": "gone", "issuer": gone, "client_id": CLIENT_ID,
+            "client_secret": CLIENT_SECRET,
+            "discovery_url": format!("{gone}/.well-known/openid-configuration"),
+        }),
+    )
+    .await;
     let response = w
         .browser
         .get(format!("{}/v1/acme/sso/gone/login", w.server.base))
@@ -1319,20 +1317,16 @@ async fn pending_logins_are_capped_per_tenant_and_expired_ones_swept() {
         "{body}"
     );
     // The cap is per tenant: another tenant's logins are not refused.
-    let (status, body) = w
-        .server
-        .call(
-            Method::POST,
-            "/api/v1/tenants/other/sso",
-            OP,
-            Some(&json!({
-                "id": "corp", "issuer": w.idp.issuer(), "client_id": CLIENT_ID,
-                "client_secret": CLIENT_SECRET,
-                "discovery_url": format!("{}/.well-known/openid-configuration", w.idp.issuer()),
-            })),
-        )
-        .await;
-    assert!(status == 200 || status == 201, "{status} {body}");
+    add_sso(
+        &w.server,
+        "other",
+        json!({
+            "id": "corp", "issuer": w.idp.issuer(), "client_id": CLIENT_ID,
+            "client_secret": CLIENT_SECRET,
+            "discovery_url": format!("{}/.well-known/openid-configuration", w.idp.issuer()),
+        }),
+    )
+    .await;
     assert_eq!(begin("other", "corp").await.unwrap().status(), 302);
     tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
     // Once they expired they are swept: the tenant can start logins again...
@@ -1475,20 +1469,16 @@ async fn deleting_a_user_or_an_sso_configuration_forgets_its_bindings() {
         .call(Method::DELETE, "/api/v1/tenants/acme/sso/corp", OP, None)
         .await;
     assert!(status == 200 || status == 204, "{status} {body}");
-    let (status, body) = w
-        .server
-        .call(
-            Method::POST,
-            "/api/v1/tenants/acme/sso",
-            OP,
-            Some(&json!({
-                "id": "corp", "issuer": w.idp.issuer(), "client_id": CLIENT_ID,
-                "client_secret": CLIENT_SECRET,
-                "discovery_url": format!("{}/.well-known/openid-configuration", w.idp.issuer()),
-            })),
-        )
-        .await;
-    assert!(status == 200 || status == 201, "{status} {body}");
+    add_sso(
+        &w.server,
+        "acme",
+        json!({
+            "id": "corp", "issuer": w.idp.issuer(), "client_id": CLIENT_ID,
+            "client_secret": CLIENT_SECRET,
+            "discovery_url": format!("{}/.well-known/openid-configuration", w.idp.issuer()),
+        }),
+    )
+    .await;
     let (status, body) = w.login("kim@acme.io", "kim-new-sub").await;
     assert_eq!(
         (status, body["outcome"].as_str()),
