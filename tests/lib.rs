@@ -9,6 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+pub mod openid;
+
 /// The operator token every test server uses.
 pub const OPERATOR_TOKEN: &str = "test-operator-token-0123456789";
 
@@ -223,7 +225,8 @@ pub fn jit_login(email: &str) -> Value {
     })
 }
 
-/// The path of the `gatehouse` binary, built on first use if this test run has not built it.
+/// The path of the `gatehouse` binary, brought up to date once per test process (cargo
+/// does nothing when it already is), so a test never runs a binary older than the code.
 pub fn gatehouse_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
@@ -235,14 +238,19 @@ pub fn gatehouse_bin() -> PathBuf {
             .expect("test exe is in <profile>/deps")
             .to_owned();
         let bin = profile_dir.join("gatehouse");
-        if !bin.exists() {
-            let status = Command::new(env!("CARGO"))
-                .args(["build", "-p", "gatehouse", "--bin", "gatehouse"])
-                .current_dir(fixtures::root())
-                .status()
-                .expect("cargo runs");
-            assert!(status.success(), "building the gatehouse binary failed");
+        let mut build = Command::new(env!("CARGO"));
+        build
+            .args(["build", "--quiet", "-p", "gatehouse", "--bin", "gatehouse"])
+            .current_dir(fixtures::root());
+        if profile_dir
+            .file_name()
+            .is_some_and(|name| name == "release")
+        {
+            build.arg("--release");
         }
+        let status = build.status().expect("cargo runs");
+        assert!(status.success(), "building the gatehouse binary failed");
+        assert!(bin.exists(), "no binary at {}", bin.display());
         bin
     })
     .clone()

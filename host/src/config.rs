@@ -167,6 +167,10 @@ pub struct PasswordConfig {
     pub attempts_per_address: u32,
     /// The window, in seconds: each bucket refills completely over this time.
     pub window_secs: u64,
+    /// Reverse proxies (addresses or CIDR blocks) whose `X-Forwarded-For` is believed: when
+    /// the TCP peer is one of them, the per-address limit counts the right-most forwarded
+    /// address that is not. Empty (the default): the TCP peer is the client.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl Default for PasswordConfig {
@@ -176,6 +180,7 @@ impl Default for PasswordConfig {
             attempts_per_user: 5,
             attempts_per_address: 50,
             window_secs: 900,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -399,6 +404,7 @@ const ENV_KEYS: &[&str] = &[
     "GATEHOUSE_PASSWORD_ATTEMPTS_PER_USER",
     "GATEHOUSE_PASSWORD_ATTEMPTS_PER_ADDRESS",
     "GATEHOUSE_PASSWORD_WINDOW_SECS",
+    "GATEHOUSE_PASSWORD_TRUSTED_PROXIES",
     "GATEHOUSE_SSO_MAX_PENDING_LOGINS",
     "GATEHOUSE_SSO_PENDING_LOGIN_TTL_SECS",
     // Read by the CLI's client commands, not by the server.
@@ -521,6 +527,21 @@ impl Config {
                 self.password.attempts_per_address = parse(key, value)?
             }
             "GATEHOUSE_PASSWORD_WINDOW_SECS" => self.password.window_secs = parse(key, value)?,
+            "GATEHOUSE_PASSWORD_TRUSTED_PROXIES" => {
+                self.password.trusted_proxies = value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|v| !v.is_empty())
+                    .map(|v| {
+                        v.parse::<ipnet::IpNet>()
+                            .or_else(|_| v.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                            .map_err(|_| ConfigError::BadEnv {
+                                key: key.to_owned(),
+                                reason: format!("{v:?} is not an IP address or CIDR block"),
+                            })
+                    })
+                    .collect::<Result<_, _>>()?
+            }
             "GATEHOUSE_SSO_MAX_PENDING_LOGINS" => self.sso.max_pending_logins = parse(key, value)?,
             "GATEHOUSE_SSO_PENDING_LOGIN_TTL_SECS" => {
                 self.sso.pending_login_ttl_secs = parse(key, value)?
@@ -624,6 +645,37 @@ mod tests {
             err.contains("policy.shadow_nice") && err.contains("0 (the answers' priority) to 19"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn trusted_proxies_come_from_the_file_and_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("gatehouse.toml");
+        std::fs::write(&file, "[password]\ntrusted_proxies = [\"10.0.0.0/8\"]\n").unwrap();
+        let config = Config::load(Some(&file), env(&[])).unwrap();
+        assert_eq!(
+            config.password.trusted_proxies,
+            vec!["10.0.0.0/8".parse::<ipnet::IpNet>().unwrap()]
+        );
+        let config = Config::load(
+            None,
+            env(&[("GATEHOUSE_PASSWORD_TRUSTED_PROXIES", "127.0.0.1, fd00::/8")]),
+        )
+        .unwrap();
+        assert_eq!(
+            config.password.trusted_proxies,
+            vec![
+                "127.0.0.1/32".parse::<ipnet::IpNet>().unwrap(),
+                "fd00::/8".parse().unwrap()
+            ]
+        );
+        let err = Config::load(
+            None,
+            env(&[("GATEHOUSE_PASSWORD_TRUSTED_PROXIES", "10.0.0.0/8,nginx")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("\"nginx\""), "{err}");
     }
 
     #[test]

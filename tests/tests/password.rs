@@ -3,11 +3,13 @@
 //! the same answer for an unknown email and a wrong password; the policy deciding
 //! activation and refusing deactivated users; attempt limits per user and per address
 //! (429 with Retry-After); the login page's escaping; and the login page driven in
-//! headless Chromium (Debian's `chromium` + `chromium-driver`) through WebDriver.
+//! headless Chromium (Debian's `chromium` + `chromium-driver`) through WebDriver, logging in
+//! with a password and then through an IdP button at a certified OpenID provider.
 
 mod mail_common;
 
 use fantoccini::{ClientBuilder, Locator};
+use gatehouse_tests::openid::OpenIdProvider;
 use gatehouse_tests::TestServer;
 use mail_common::*;
 use reqwest::{Method, StatusCode};
@@ -517,24 +519,28 @@ fn chromedriver() -> Driver {
 
 #[tokio::test]
 async fn the_login_page_in_headless_chromium_shows_the_idp_buttons_and_logs_in() {
-    let server = TestServer::start().await;
+    let server = TestServer::start_with(|config| config.allow_private_urls = true).await;
     server
         .create_tenant_with_admin("acme", "admin@acme.io")
         .await;
-    for (id, issuer) in [
-        ("corp", "https://login.example.test"),
-        ("partners", "https://partners.example.test"),
+    // `corp` is a certified OpenID provider on loopback; `partners` is only listed.
+    let idp = OpenIdProvider::start(&[json!({
+        "client_id": "gatehouse", "client_secret": "corp-secret",
+        "redirect_uris": [format!("{}/v1/acme/sso/corp/callback", server.base)],
+    })])
+    .await;
+    for config in [
+        json!({
+            "id": "corp", "issuer": idp.issuer, "client_id": "gatehouse",
+            "client_secret": "corp-secret", "discovery_url": idp.discovery_url(),
+        }),
+        json!({
+            "id": "partners", "issuer": "https://partners.example.test", "client_id": "gatehouse",
+            "jwks_uri": "https://partners.example.test/jwks",
+        }),
     ] {
         let (status, body) = server
-            .call(
-                Method::POST,
-                "/api/v1/tenants/acme/sso",
-                OP,
-                Some(&json!({
-                    "id": id, "issuer": issuer, "client_id": "gatehouse",
-                    "jwks_uri": format!("{issuer}/jwks"),
-                })),
-            )
+            .call(Method::POST, "/api/v1/tenants/acme/sso", OP, Some(&config))
             .await;
         assert!(status == 200 || status == 201, "{status} {body}");
     }
@@ -651,13 +657,75 @@ async fn the_login_page_in_headless_chromium_shows_the_idp_buttons_and_logs_in()
             assert!(Instant::now() < deadline, "did not land on return_to");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let cookie = browser.get_named_cookie("gatehouse_session").await?;
-        Ok::<String, fantoccini::error::CmdError>(cookie.value().to_owned())
+        let by_password = browser.get_named_cookie("gatehouse_session").await?;
+
+        // "Login with corp": the provider's sign-in page, then back on return_to with a new
+        // session from the SSO login.
+        browser
+            .goto(&format!("{}/v1/acme/login?return_to=/healthz", server.base))
+            .await?;
+        browser
+            .find(Locator::LinkText("Login with corp"))
+            .await?
+            .click()
+            .await?;
+        for (field, value) in [
+            ("sub", "dan-at-corp"),
+            ("email", "dan@acme.io"),
+            ("name", "Dan"),
+        ] {
+            browser
+                .find(Locator::Css(&format!("input[name={field}]")))
+                .await?
+                .send_keys(value)
+                .await?;
+        }
+        assert!(browser
+            .current_url()
+            .await?
+            .as_str()
+            .starts_with(&idp.issuer));
+        browser
+            .find(Locator::Css("form button"))
+            .await?
+            .click()
+            .await?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while browser.current_url().await?.path() != "/healthz"
+            || !browser
+                .current_url()
+                .await?
+                .as_str()
+                .starts_with(&server.base)
+        {
+            assert!(Instant::now() < deadline, "did not come back to return_to");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let by_sso = browser.get_named_cookie("gatehouse_session").await?;
+        Ok::<_, fantoccini::error::CmdError>((
+            by_password.value().to_owned(),
+            by_sso.value().to_owned(),
+        ))
     }
     .await;
     let _ = browser.close().await;
-    let session = result.expect("the browser steps");
+    let (session, sso_session) = result.expect("the browser steps");
     assert!(session.starts_with("ghs_"), "{session}");
+    assert!(sso_session.starts_with("ghs_"), "{sso_session}");
+    assert_ne!(session, sso_session, "the SSO login made its own session");
+    let (status, me) = server
+        .call(
+            Method::GET,
+            "/api/v1/tenants/acme/users/me",
+            Some(&sso_session),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, me["id"].as_str()),
+        (200, Some(dan.as_str())),
+        "{me}"
+    );
 
     // The cookie's value is a session of dan, now active.
     let (status, me) = server

@@ -800,6 +800,7 @@ impl App {
             }
             let mut batch = Batch::new(slug);
             batch.remove(Space::SsoConfigs, &[id]);
+            self.stage_sso_bindings_removal(slug, id, &mut batch)?;
             self.audit_log(slug)?.record(&mut batch, &caller.actor(), "sso.delete", id, Some(&sso_view(slug, &config)), None);
             self.store.apply(&batch)?;
             Ok(())

@@ -634,7 +634,7 @@ impl App {
     }
 
     /// Puts the removal of `user` into `batch`: the record, its email and password, its
-    /// memberships, mappings and tokens, and its SCIM records (a tombstone stays). The caller
+    /// memberships, mappings and tokens, its IdP unique-id bindings, and its SCIM records (a tombstone stays). The caller
     /// has checked what may block the deletion and audits it.
     pub(super) fn stage_user_removal(
         &self,
@@ -664,6 +664,7 @@ impl App {
             }
             batch.remove(Space::OwnerTokens, &[id, &token_id]);
         }
+        self.stage_subject_unbinding(slug, id, batch)?;
         self.stage_scim_user_removal(slug, user, batch)
     }
 

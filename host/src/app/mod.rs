@@ -42,10 +42,10 @@ pub use outbox::{Delivery, PendingMessage};
 pub use password::{LinkView, LoginPage, Passwords};
 pub use scim::{Connection, ListPage, ListQuery, MemberReport, ScimRuntime};
 pub use session::{
-    verify as verify_session, IssuedSession, LoginMethod, SessionClaims, SessionKeyRecord,
-    SessionRefusal, Sessions, SESSION_PREFIX,
+    verify as verify_session, IssuedSession, LoginMethod, RevokedSession, SessionClaims,
+    SessionKeyRecord, SessionRefusal, Sessions, SESSION_PREFIX,
 };
-pub use sso::{check_return_to, LoginStart, SsoLogin};
+pub use sso::{check_return_to, login_cookie_name, LoginStart, SsoLogin};
 
 /// What an operation can fail with; `http::error` turns each into an answer.
 #[derive(Debug, thiserror::Error)]

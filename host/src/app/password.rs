@@ -198,6 +198,11 @@ struct LoginAudit<'a> {
 }
 
 impl App {
+    /// The reverse proxies whose `X-Forwarded-For` is believed (`password.trusted_proxies`).
+    pub fn trusted_proxies(&self) -> &[ipnet::IpNet] {
+        &self.passwords.config.trusted_proxies
+    }
+
     /// The shortest accepted password.
     pub fn password_min_length(&self) -> usize {
         self.passwords.config.min_length
@@ -572,6 +577,7 @@ mod tests {
             attempts_per_user: per_user,
             attempts_per_address: per_address,
             window_secs: 900,
+            trusted_proxies: Vec::new(),
         })
         .unwrap()
     }

@@ -11,7 +11,7 @@
 //! and its user is `active` in the tenant right now, so deactivating or deleting the user
 //! revokes every session of that user on the next request.
 
-use super::{AppError, Caller};
+use super::{App, AppError, Caller};
 use crate::config::SessionConfig;
 use crate::identity::{new_id, User};
 use crate::jwt::jwks::Key;
@@ -174,6 +174,18 @@ pub fn verify(
         issued_at: parsed.iat.unwrap_or(0),
         expires_at: parsed.exp,
     })
+}
+
+/// A session logged out before its expiry. Kept until then, so the edge's directory and the
+/// admin API refuse it; swept after.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RevokedSession {
+    pub session_id: String,
+    pub expires_at: i64,
+}
+
+impl Record for RevokedSession {
+    const SPACE: Space = Space::RevokedSessions;
 }
 
 /// A tenant's session signing key as stored. The private key is only ever read to sign.
@@ -376,18 +388,19 @@ impl super::App {
     /// such tenant", like a PAT.
     pub(super) fn authenticate_session(&self, tenant: &str, jws: &str) -> Result<Caller, AppError> {
         let now = super::now().unix_timestamp();
-        let claims = verify(tenant, jws, now, |kid| {
-            self.store
-                .get::<SessionKeyRecord>(tenant, &[kid])
-                .ok()
-                .flatten()
-                .filter(|r| r.keep_until > now)
-                .and_then(|r| r.verification_key())
-        })
-        .map_err(|refusal| match refusal {
-            SessionRefusal::OtherTenant => AppError::NotFound(format!("tenant {tenant}")),
-            _ => AppError::Unauthorized,
-        })?;
+        let claims = verify(tenant, jws, now, |kid| self.session_key(tenant, kid, now)).map_err(
+            |refusal| match refusal {
+                SessionRefusal::OtherTenant => AppError::NotFound(format!("tenant {tenant}")),
+                _ => AppError::Unauthorized,
+            },
+        )?;
+        if self
+            .store
+            .get::<RevokedSession>(tenant, &[&claims.session_id])?
+            .is_some()
+        {
+            return Err(AppError::Unauthorized);
+        }
         let user: User = self
             .store
             .get(tenant, &[&claims.user_id])?
@@ -398,6 +411,62 @@ impl super::App {
         Ok(match user.role {
             Role::Admin => Caller::Admin { user: user.id },
             Role::Member => Caller::Member { user: user.id },
+        })
+    }
+}
+
+impl App {
+    /// `slug`'s verification key `kid`, while it is kept.
+    fn session_key(&self, slug: &str, kid: &str, now: i64) -> Option<Arc<Key>> {
+        self.store
+            .get::<SessionKeyRecord>(slug, &[kid])
+            .ok()
+            .flatten()
+            .filter(|r| r.keep_until > now)
+            .and_then(|r| r.verification_key())
+    }
+
+    /// Logs a session out (`token` with its `ghs_` prefix): from now on neither the edge nor
+    /// the admin API accepts it. Audited as `session.logout` by the session's user. A token
+    /// that is not a live session of `tenant` (expired, malformed, another tenant's, already
+    /// logged out) changes nothing, since it does not work anyway: answers whether one was
+    /// logged out.
+    pub fn logout_session(&self, tenant: &str, token: &str) -> Result<bool, AppError> {
+        let Some(jws) = token.strip_prefix(SESSION_PREFIX) else {
+            return Ok(false);
+        };
+        let slug = self.tenant(tenant)?.slug;
+        let now = super::now().unix_timestamp();
+        let Ok(claims) = verify(&slug, jws, now, |kid| self.session_key(&slug, kid, now)) else {
+            return Ok(false);
+        };
+        self.with_tenant(&slug, |slug| {
+            let revoked = self.store.list::<RevokedSession>(slug, &[])?;
+            if revoked.iter().any(|r| r.session_id == claims.session_id) {
+                return Ok(false);
+            }
+            let mut batch = Batch::new(slug);
+            // Sweep the ones that expired meanwhile: the list holds only live sessions.
+            for old in revoked.iter().filter(|r| r.expires_at <= now) {
+                batch.remove(Space::RevokedSessions, &[&old.session_id]);
+            }
+            batch.put(
+                &[&claims.session_id],
+                &RevokedSession {
+                    session_id: claims.session_id.clone(),
+                    expires_at: claims.expires_at,
+                },
+            );
+            self.audit_log(slug)?.record(
+                &mut batch,
+                &format!("user:{}", claims.user_id),
+                "session.logout",
+                &claims.session_id,
+                None,
+                Some(&serde_json::json!({ "method": claims.method.claim() })),
+            );
+            self.store.apply(&batch)?;
+            Ok(true)
         })
     }
 }

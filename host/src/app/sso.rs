@@ -43,6 +43,10 @@ struct PendingLogin {
     return_to: String,
     redirect_uri: String,
     expires_at: i64,
+    /// Hex SHA-256 of the browser binding: the value of the cookie `/login` set in the
+    /// browser that started the login. Absent on logins stored before it existed.
+    #[serde(default)]
+    browser_sha256: Option<String>,
 }
 
 impl Record for PendingLogin {
@@ -95,6 +99,22 @@ impl PendingLogins {
 #[derive(Debug)]
 pub struct LoginStart {
     pub authorization_url: String,
+    /// The browser binding: `http` sets it as the cookie `binding_cookie`, on
+    /// the callback's path, and the callback must bring it back.
+    pub browser_binding: String,
+    /// The binding cookie's name ([`login_cookie_name`] of the login's `state`).
+    pub binding_cookie: String,
+    /// The callback's path (the cookie's `Path`).
+    pub callback_path: String,
+    /// How long the pending login lives, in seconds (the cookie's `Max-Age`).
+    pub ttl_secs: i64,
+}
+
+/// The name of the cookie that binds the login with this `state` to the browser that
+/// started it: one per login, so logins in two tabs do not undo each other.
+pub fn login_cookie_name(state: &str) -> String {
+    let digest = hex::encode(crate::policy::sha256(state.as_bytes()));
+    format!("gatehouse_sso_{}", &digest[..16])
 }
 
 /// A completed login.
@@ -189,6 +209,48 @@ fn parts(key: &[String; 4]) -> [&str; 4] {
     [&key[0], &key[1], &key[2], &key[3]]
 }
 
+impl App {
+    /// Puts the removal of `user_id`'s IdP unique-id bindings (decision 41), under every SSO
+    /// configuration of the tenant, into `batch` (the user is being deleted).
+    pub(super) fn stage_subject_unbinding(
+        &self,
+        slug: &str,
+        user_id: &str,
+        batch: &mut Batch,
+    ) -> Result<(), crate::store::StoreError> {
+        for sso in self.store.list::<SsoConfig>(slug, &[])? {
+            let keys = SubjectKeys::new(&sso);
+            let by_user = keys.by_user(user_id);
+            if let Some(sub) = self
+                .store
+                .get_raw(Space::SsoSubjects, slug, &parts(&by_user))?
+            {
+                let by_subject = keys.by_subject(&String::from_utf8_lossy(&sub));
+                batch
+                    .remove(Space::SsoSubjects, &parts(&by_user))
+                    .remove(Space::SsoSubjects, &parts(&by_subject));
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts the removal of every binding made through SSO configuration `sso_id` into
+    /// `batch` (the configuration is being deleted).
+    pub(super) fn stage_sso_bindings_removal(
+        &self,
+        slug: &str,
+        sso_id: &str,
+        batch: &mut Batch,
+    ) -> Result<(), crate::store::StoreError> {
+        for rest in self.store.index(Space::SsoSubjects, slug, &[sso_id])? {
+            let mut key = vec![sso_id];
+            key.extend(rest.split('\0'));
+            batch.remove(Space::SsoSubjects, &key);
+        }
+        Ok(())
+    }
+}
+
 fn discovery_url(sso: &SsoConfig) -> String {
     sso.discovery_url.clone().unwrap_or_else(|| {
         format!(
@@ -253,8 +315,10 @@ impl App {
         let (slug, sso) = self.sso_config(tenant, sso_id)?;
         let endpoints = self.endpoints(&sso).await?;
         let base = self.public_url.as_deref().unwrap_or(base);
-        let redirect_uri = format!("{base}/v1/{slug}/sso/{}/callback", sso.id);
+        let callback_path = format!("/v1/{slug}/sso/{}/callback", sso.id);
+        let redirect_uri = format!("{base}{callback_path}");
         let (state, nonce, verifier) = (random_token(), random_token(), random_token());
+        let browser_binding = random_token();
         let challenge = URL_SAFE_NO_PAD.encode(crate::policy::sha256(verifier.as_bytes()));
         let now = now().unix_timestamp();
         let state_sha256 = hex::encode(crate::policy::sha256(state.as_bytes()));
@@ -266,6 +330,9 @@ impl App {
             return_to,
             redirect_uri: redirect_uri.clone(),
             expires_at: now.saturating_add(self.sso_pending.ttl),
+            browser_sha256: Some(hex::encode(crate::policy::sha256(
+                browser_binding.as_bytes(),
+            ))),
         };
         self.store_pending(&slug, &pending, now)?;
         let mut url = url::Url::parse(&endpoints.authorization).map_err(|_| {
@@ -284,6 +351,10 @@ impl App {
             .append_pair("code_challenge_method", "S256");
         Ok(LoginStart {
             authorization_url: url.into(),
+            browser_binding,
+            binding_cookie: login_cookie_name(&state),
+            callback_path,
+            ttl_secs: self.sso_pending.ttl,
         })
     }
 
@@ -336,6 +407,13 @@ impl App {
         Ok(live)
     }
 
+    /// How many IdP unique-id binding entries `tenant` holds in the store (two per bound
+    /// user and SSO configuration).
+    pub fn sso_bindings_stored(&self, tenant: &str) -> Result<usize, AppError> {
+        let slug = self.tenant(tenant)?.slug;
+        Ok(self.store.index(Space::SsoSubjects, &slug, &[])?.len())
+    }
+
     /// How many pending logins `tenant` holds in the store, expired ones included.
     pub fn sso_pending_stored(&self, tenant: &str) -> Result<usize, AppError> {
         let slug = self.tenant(tenant)?.slug;
@@ -344,13 +422,19 @@ impl App {
 
     /// Completes a login from the IdP's redirect: takes the pending login for `state`
     /// (once), exchanges `code` with the PKCE verifier and the client secret, verifies
-    /// the ID token (nonce included) and carries out the policy's decision.
+    /// the ID token (nonce included) and carries out the policy's decision. `iss`, the
+    /// authorization response's issuer (RFC 9207), must be the configuration's when given:
+    /// a login that started at one provider cannot be completed with another's code.
+    /// `browser_binding` is the value of the cookie `/login` set (see [`LoginStart`]): a
+    /// callback URL carried to another browser does not log that browser in (login CSRF).
     pub async fn sso_callback(
         &self,
         tenant: &str,
         sso_id: &str,
         code: &str,
         state: &str,
+        iss: Option<&str>,
+        browser_binding: Option<&str>,
     ) -> Result<SsoLogin, AppError> {
         let (slug, sso) = self.sso_config(tenant, sso_id)?;
         let bad_state = || {
@@ -375,6 +459,21 @@ impl App {
         }
         if pending.sso_id != sso.id || pending.expires_at <= now().unix_timestamp() {
             return Err(bad_state());
+        }
+        if let Some(expected) = &pending.browser_sha256 {
+            let brought = browser_binding.map(|b| hex::encode(crate::policy::sha256(b.as_bytes())));
+            if brought.as_ref() != Some(expected) {
+                return Err(invalid(
+                    "browser_mismatch",
+                    "this login was started in another browser, or this browser blocks cookies; start the login again here",
+                ));
+            }
+        }
+        if iss.is_some_and(|iss| iss != sso.issuer) {
+            return Err(invalid(
+                "issuer_mismatch",
+                "the login came back from another identity provider than the one it started at; start the login again",
+            ));
         }
         let endpoints = self.endpoints(&sso).await?;
         let mut form = vec![

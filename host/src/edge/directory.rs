@@ -6,7 +6,7 @@ use crate::jwt::jwks::KeyLocation;
 use crate::store::{Space, Store};
 use gatehouse_rules::{self as rules, Role, UserStatus};
 use jsonwebtoken::Algorithm;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 pub struct DirUser {
@@ -64,6 +64,8 @@ pub struct Directory {
     pub idps: HashMap<String, Arc<DirIdp>>,
     /// The tenant's session verification keys by `kid` (public halves only).
     pub session_keys: HashMap<String, Arc<crate::jwt::jwks::Key>>,
+    /// Sessions logged out before their expiry.
+    pub revoked_sessions: HashSet<String>,
 }
 
 fn mapping_key(idp: &str, value: &str) -> String {
@@ -100,7 +102,17 @@ impl Directory {
             tokens: HashMap::new(),
             idps: HashMap::new(),
             session_keys: HashMap::new(),
+            revoked_sessions: HashSet::new(),
         };
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        for revoked in store
+            .list::<crate::app::RevokedSession>(tenant, &[])
+            .map_err(e)?
+        {
+            if revoked.expires_at > now {
+                dir.revoked_sessions.insert(revoked.session_id);
+            }
+        }
         for record in store
             .list::<crate::app::SessionKeyRecord>(tenant, &[])
             .map_err(e)?

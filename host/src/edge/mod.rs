@@ -375,9 +375,25 @@ impl Edge {
             return deny_or(opaque(&dir, tenant, rest, token, now, true));
         }
         if let Some(rest) = token.strip_prefix(SESSION_PREFIX) {
-            // Not cached: the check is one signature and in-memory lookups, and the user's
-            // status is read from the current directory on every request.
-            return deny_or(session(&dir, tenant, rest, now));
+            // Cached like an external token's result: the signature check (an Ed25519
+            // verification) is the cost, and every change to the tenant's identity data
+            // (deactivation, logout, teams, keys) bumps the generation the entry carries.
+            let evaluation = deny_or(session(&dir, tenant, rest, now));
+            if let Ok(identity) = &evaluation.result {
+                let expires_at = identity.expires_at.unwrap_or(now);
+                self.cache.insert(
+                    cache_key,
+                    Arc::new(Cached {
+                        identity: identity.clone(),
+                        generation: dir.generation,
+                        policy: Arc::downgrade(&policy),
+                        valid_until: expires_at.min(now + self.settings.cache_ttl.as_secs() as i64),
+                        key: None,
+                        kid: None,
+                    }),
+                );
+            }
+            return evaluation;
         }
         let mut evaluation = Evaluation {
             result: Err(Deny::unauthenticated("malformed", "")),
@@ -695,6 +711,12 @@ fn session(dir: &Directory, tenant: &str, jws: &str, now: i64) -> Result<Identit
     let claims =
         crate::app::verify_session(tenant, jws, now, |kid| dir.session_keys.get(kid).cloned())
             .map_err(|refusal| Deny::unauthenticated(refusal.reason(), refusal.message()))?;
+    if dir.revoked_sessions.contains(&claims.session_id) {
+        return Err(Deny::unauthenticated(
+            "revoked",
+            "this session was logged out; log in again",
+        ));
+    }
     let user = dir
         .users
         .get(&claims.user_id)

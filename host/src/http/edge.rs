@@ -154,16 +154,9 @@ fn session_cookie(headers: &HeaderMap) -> Option<String> {
     if headers.contains_key(header::AUTHORIZATION) {
         return None;
     }
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, value)| {
-            *name == super::sso::SESSION_COOKIE && value.starts_with(crate::app::SESSION_PREFIX)
-        })
-        .map(|(_, value)| format!("Bearer {value}"))
+    super::sso::cookie(headers, super::sso::SESSION_COOKIE)
+        .filter(|value| value.starts_with(crate::app::SESSION_PREFIX))
+        .map(|value| format!("Bearer {value}"))
 }
 
 async fn forward_auth_answer(app: &App, tenant: String, headers: &HeaderMap) -> Response {

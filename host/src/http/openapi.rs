@@ -108,6 +108,7 @@ every answer).";
         sso::login,
         sso::callback,
         sso::token_login,
+        sso::logout,
         password::password_page,
         password::set_password,
         password::password_login,

@@ -19,7 +19,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 /// Largest accepted form or JSON body.
@@ -223,7 +223,7 @@ fn parse_body<T: serde::de::DeserializeOwned>(
 /// A browser's form post from another site (`Sec-Fetch-Site: cross-site`, sent by current
 /// browsers, kept by proxies) is refused: it would log the browser into someone else's
 /// account (login CSRF) or set a password from a page the person did not open.
-fn cross_site(headers: &HeaderMap) -> Result<(), AppError> {
+pub(super) fn cross_site(headers: &HeaderMap) -> Result<(), AppError> {
     let site = headers
         .get("sec-fetch-site")
         .and_then(|v| v.to_str().ok())
@@ -236,16 +236,49 @@ fn cross_site(headers: &HeaderMap) -> Result<(), AppError> {
     Ok(())
 }
 
+/// The client's address for the per-address limit: the TCP peer, or, when the peer is one
+/// of the `trusted` proxies, the right-most `X-Forwarded-For` entry that is not (entries
+/// further left are whatever the client wrote). An entry that is not an address there
+/// leaves the peer as the address.
+fn client_address(
+    peer: Option<IpAddr>,
+    headers: &HeaderMap,
+    trusted: &[ipnet::IpNet],
+) -> Option<IpAddr> {
+    let peer = peer?;
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer) {
+        return Some(peer);
+    }
+    let forwarded: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    for entry in forwarded.into_iter().rev() {
+        match entry.parse::<IpAddr>() {
+            Ok(ip) if is_trusted(&ip) => continue,
+            Ok(ip) => return Some(ip),
+            Err(_) => return Some(peer),
+        }
+    }
+    Some(peer)
+}
+
 /// A form post's fields (form-encoded or JSON) and the client's address; a cross-site post
 /// is refused before the body is read.
 async fn read_form<T: serde::de::DeserializeOwned>(
     request: Request,
-) -> Result<(T, Option<SocketAddr>), AppError> {
+    trusted: &[ipnet::IpNet],
+) -> Result<(T, Option<IpAddr>), AppError> {
     cross_site(request.headers())?;
-    let address = request
+    let peer = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0);
+        .map(|c| c.0.ip());
+    let address = client_address(peer, request.headers(), trusted);
     let headers = request.headers().clone();
     let body = axum::body::to_bytes(request.into_body(), MAX_BODY)
         .await
@@ -274,7 +307,7 @@ async fn set_password(
     request: Request,
 ) -> Response {
     let browser = is_browser(request.headers());
-    let input: SetPassword = match read_form(request).await {
+    let input: SetPassword = match read_form(request, app.trusted_proxies()).await {
         Ok((input, _)) => input,
         Err(e) => return error_page(e, browser, "The password was not set"),
     };
@@ -415,7 +448,8 @@ async fn password_login(
     request: Request,
 ) -> Response {
     let browser = is_browser(request.headers());
-    let (input, address): (PasswordLogin, _) = match read_form(request).await {
+    let (input, address): (PasswordLogin, _) = match read_form(request, app.trusted_proxies()).await
+    {
         Ok(read) => read,
         Err(e) => return error_page(e, browser, "Log in"),
     };
@@ -426,13 +460,7 @@ async fn password_login(
     let worker = app.clone();
     let (tenant_for, back) = (tenant.clone(), return_to.clone());
     let result = tokio::task::spawn_blocking(move || {
-        worker.password_login(
-            &tenant_for,
-            &input.email,
-            &input.password,
-            address.map(|a| a.ip()),
-            &back,
-        )
+        worker.password_login(&tenant_for, &input.email, &input.password, address, &back)
     })
     .await
     .unwrap_or_else(|e| Err(AppError::Internal(format!("password login failed: {e}"))));
@@ -461,5 +489,59 @@ async fn password_login(
             response
         }
         Err(e) => error_page(e, browser, "Log in"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(forwarded: &[&str]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for value in forwarded {
+            headers.append("x-forwarded-for", value.parse().unwrap());
+        }
+        headers
+    }
+
+    fn ip(text: &str) -> Option<IpAddr> {
+        Some(text.parse().unwrap())
+    }
+
+    #[test]
+    fn the_client_address_believes_only_trusted_proxies() {
+        let trusted: Vec<ipnet::IpNet> = vec![
+            "10.0.0.0/8".parse().unwrap(),
+            "127.0.0.1/32".parse().unwrap(),
+        ];
+        // A direct client: its own X-Forwarded-For is ignored.
+        assert_eq!(
+            client_address(ip("203.0.113.9"), &headers(&["1.2.3.4"]), &trusted),
+            ip("203.0.113.9")
+        );
+        // Through two trusted proxies: the right-most untrusted entry, not what the client
+        // wrote further left.
+        assert_eq!(
+            client_address(
+                ip("127.0.0.1"),
+                &headers(&["6.6.6.6, 198.51.100.7", "10.1.2.3"]),
+                &trusted
+            ),
+            ip("198.51.100.7")
+        );
+        // A trusted peer with no header, or with junk where the client should be: the peer.
+        assert_eq!(
+            client_address(ip("10.9.9.9"), &headers(&[]), &trusted),
+            ip("10.9.9.9")
+        );
+        assert_eq!(
+            client_address(ip("10.9.9.9"), &headers(&["1.1.1.1, junk"]), &trusted),
+            ip("10.9.9.9")
+        );
+        // Nothing trusted (the default): always the peer.
+        assert_eq!(
+            client_address(ip("127.0.0.1"), &headers(&["198.51.100.7"]), &[]),
+            ip("127.0.0.1")
+        );
     }
 }

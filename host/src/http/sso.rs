@@ -25,6 +25,7 @@ pub(super) fn routes() -> Router<Arc<App>> {
         .route("/v1/{tenant}/sso/{sso_id}/login", get(login))
         .route("/v1/{tenant}/sso/{sso_id}/callback", get(callback))
         .route("/v1/{tenant}/sso/{sso_id}/token-login", post(token_login))
+        .route("/v1/{tenant}/logout", post(logout))
 }
 
 /// What a successful login answers to an API client.
@@ -54,6 +55,8 @@ pub(super) struct CallbackQuery {
     state: Option<String>,
     /// Set by the identity provider when it did not log the person in.
     error: Option<String>,
+    /// The issuer that answered (RFC 9207); when present it must be the configuration's.
+    iss: Option<String>,
 }
 
 /// The direct form's body.
@@ -146,13 +149,10 @@ pub(super) fn logged_in(app: &App, login: SsoLogin, browser: bool) -> Response {
     let max_age = (login.session.expires_at - time::OffsetDateTime::now_utc())
         .whole_seconds()
         .max(0);
-    let secure = app
-        .public_url()
-        .is_some_and(|url| url.starts_with("https://"));
     let cookie = format!(
         "{SESSION_COOKIE}={}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Lax{}",
         login.session.token,
-        if secure { "; Secure" } else { "" }
+        secure_suffix(app),
     );
     let mut response = StatusCode::SEE_OTHER.into_response();
     let headers = response.headers_mut();
@@ -164,6 +164,30 @@ pub(super) fn logged_in(app: &App, login: SsoLogin, browser: bool) -> Response {
     }
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
+}
+
+/// `; Secure` when Gatehouse is served over https (its public URL says so).
+fn secure_suffix(app: &App) -> &'static str {
+    if app
+        .public_url()
+        .is_some_and(|url| url.starts_with("https://"))
+    {
+        "; Secure"
+    } else {
+        ""
+    }
+}
+
+/// The value of the cookie `name` in a request, if it carries one.
+pub(super) fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(n, _)| *n == name)
+        .map(|(_, value)| value)
 }
 
 /// Counts a completed or refused login by its outcome or reason code (never who or what).
@@ -220,6 +244,17 @@ async fn login(
             if let Ok(value) = HeaderValue::from_str(&start.authorization_url) {
                 response.headers_mut().insert(header::LOCATION, value);
             }
+            let binding = format!(
+                "{}={}; Path={}; Max-Age={}; HttpOnly; SameSite=Lax{}",
+                start.binding_cookie,
+                start.browser_binding,
+                start.callback_path,
+                start.ttl_secs,
+                secure_suffix(&app),
+            );
+            if let Ok(value) = HeaderValue::from_str(&binding) {
+                response.headers_mut().insert(header::SET_COOKIE, value);
+            }
             response
                 .headers_mut()
                 .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -266,19 +301,32 @@ async fn callback(
             browser,
         );
     }
+    let state = query.state.as_deref().unwrap_or("");
+    let binding_cookie = crate::app::login_cookie_name(state);
     let result = app
         .sso_callback(
             &tenant,
             &sso_id,
             query.code.as_deref().unwrap_or(""),
-            query.state.as_deref().unwrap_or(""),
+            state,
+            query.iss.as_deref(),
+            cookie(&headers, &binding_cookie),
         )
         .await;
     count(&result);
-    match result {
+    let mut response = match result {
         Ok(login) => logged_in(&app, login, browser),
         Err(e) => refusal(e, browser),
+    };
+    // The binding is used up either way (the pending login is).
+    if cookie(&headers, &binding_cookie).is_some() {
+        let path = format!("/v1/{tenant}/sso/{sso_id}/callback");
+        let clear = format!("{binding_cookie}=; Path={path}; Max-Age=0; HttpOnly; SameSite=Lax");
+        if let Ok(value) = HeaderValue::from_str(&clear) {
+            response.headers_mut().append(header::SET_COOKIE, value);
+        }
     }
+    response
 }
 
 /// Logs in with an ID token a trusted front end obtained from the SSO configuration's
@@ -323,4 +371,91 @@ async fn token_login(
         Ok(login) => logged_in(&app, login, false),
         Err(e) => e.into_response(),
     }
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct LogoutQuery {
+    /// Where a browser goes next: a path on this site (default: the tenant's login page).
+    return_to: Option<String>,
+}
+
+/// Logs a session out: the session token in `Authorization: Bearer`, or the browser's
+/// session cookie (then the post must not come from another site). From then on neither
+/// the edge nor the admin API accepts that session; the user's other sessions stay. A
+/// browser gets its cookie cleared and a 303 to `return_to`; an API client 204. A token
+/// that is no live session changes nothing and gets the same answer.
+#[utoipa::path(
+    post,
+    path = "/v1/{tenant}/logout",
+    tag = "login",
+    params(("tenant" = String, Path, description = "Tenant slug"), LogoutQuery),
+    responses(
+        (status = 204, description = "Logged out (or nothing to log out)"),
+        (status = 303, description = "A browser: logged out, cookie cleared, on to `return_to`"),
+        (status = 400, description = "`return_to` is not a path on this site", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "A cookie-authenticated post from another site", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such tenant", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
+async fn logout(
+    State(app): Shared,
+    Path(tenant): Path<String>,
+    Query(query): Query<LogoutQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let browser = is_browser(&headers);
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let from_cookie = bearer.is_none();
+    let result = (|| {
+        let return_to = crate::app::check_return_to(
+            query
+                .return_to
+                .as_deref()
+                .unwrap_or(&format!("/v1/{tenant}/login")),
+        )?;
+        let token = match bearer {
+            Some(token) => Some(token),
+            None => {
+                super::password::cross_site(&headers)?;
+                cookie(&headers, SESSION_COOKIE)
+            }
+        };
+        if let Some(token) = token {
+            app.logout_session(&tenant, token)?;
+        } else {
+            app.tenant(&tenant)?;
+        }
+        Ok::<_, AppError>(return_to)
+    })();
+    let return_to = match result {
+        Ok(return_to) => return_to,
+        Err(e) => return refusal(e, browser),
+    };
+    let mut response = if browser {
+        let mut response = StatusCode::SEE_OTHER.into_response();
+        if let Ok(value) = HeaderValue::from_str(&return_to) {
+            response.headers_mut().insert(header::LOCATION, value);
+        }
+        response
+    } else {
+        StatusCode::NO_CONTENT.into_response()
+    };
+    if from_cookie {
+        let clear = format!(
+            "{SESSION_COOKIE}=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax{}",
+            secure_suffix(&app)
+        );
+        if let Ok(value) = HeaderValue::from_str(&clear) {
+            response.headers_mut().insert(header::SET_COOKIE, value);
+        }
+    }
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }

@@ -97,11 +97,13 @@ pub enum Space {
     /// The IdP's unique id of SSO users, bound at first login: sso id, issuer hash, `s`,
     /// SHA-256 of the unique id → user id; sso id, issuer hash, `u`, user id → unique id.
     SsoSubjects,
+    /// Sessions logged out before they expire: session id → record (with its expiry).
+    RevokedSessions,
 }
 
 impl Space {
     /// Every space, for backends that create them up front.
-    pub const ALL: [Space; 34] = [
+    pub const ALL: [Space; 35] = [
         Space::System,
         Space::Tenants,
         Space::PolicyState,
@@ -136,6 +138,7 @@ impl Space {
         Space::SsoPending,
         Space::Passwords,
         Space::SsoSubjects,
+        Space::RevokedSessions,
     ];
 
     /// The side table of this space's records, if they keep a part apart (see [`side`]).
@@ -183,6 +186,7 @@ impl Space {
             Space::SsoPending => "sso_pending",
             Space::Passwords => "passwords",
             Space::SsoSubjects => "sso_subjects",
+            Space::RevokedSessions => "revoked_sessions",
         }
     }
 }
