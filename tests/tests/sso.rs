@@ -791,6 +791,21 @@ async fn bad_and_replayed_state_and_code_are_refused() {
     );
     let (status, body) = w.finish(mixed_up.as_str()).await;
     assert_eq!((status, body["reason"].as_str()), (401, Some("bad_state")));
+    // It says so in its discovery document, so a response without `iss` is refused too.
+    let stripped = w.start("sam@acme.io", "sam", "/").await;
+    let mut stripped = reqwest::Url::parse(&stripped).unwrap();
+    let pairs: Vec<(String, String)> = stripped
+        .query_pairs()
+        .filter(|(k, _)| k != "iss")
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    stripped.query_pairs_mut().clear().extend_pairs(pairs);
+    let (status, body) = w.finish(stripped.as_str()).await;
+    assert_eq!(
+        (status, body["reason"].as_str()),
+        (401, Some("issuer_mismatch")),
+        "{body}"
+    );
     // The real one still works once...
     let (status, body) = w.finish(&callback).await;
     assert_eq!(status, 200, "{body}");
@@ -822,7 +837,8 @@ async fn bad_and_replayed_state_and_code_are_refused() {
         .query_pairs_mut()
         .clear()
         .append_pair("code", &code)
-        .append_pair("state", &state);
+        .append_pair("state", &state)
+        .append_pair("iss", w.idp.issuer());
     let (status, body) = w.finish(replay.as_str()).await;
     assert_eq!(
         (status, body["reason"].as_str()),
@@ -1531,8 +1547,12 @@ async fn logging_out_ends_that_session_only() {
                 .0
         }
     };
-    // An API client logs its session out with the bearer token.
-    let response = logout(vec![("authorization", format!("Bearer {}", sessions[0]))]).await;
+    // An Authorization header that is not a bearer token is refused, not read as "no token".
+    let response = logout(vec![("authorization", "Basic Zm9vOmJhcg==".into())]).await;
+    assert_eq!(response.status(), 400);
+    assert_eq!(w.resolve("acme", &sessions[0]).await.0, 200);
+    // An API client logs its session out with the bearer token (any case of the scheme).
+    let response = logout(vec![("authorization", format!("bearer {}", sessions[0]))]).await;
     assert_eq!(response.status(), 204);
     let (status, body) = w.resolve("acme", &sessions[0]).await;
     assert_eq!(

@@ -11,7 +11,7 @@
 
 use super::{App, AppError, PolicyFailure};
 use crate::edge::{self, ClaimValues, Identity};
-use crate::identity::{Team, User};
+use crate::identity::User;
 use crate::policy::{PolicyError, RoleExplanation};
 use gatehouse_rules as rules;
 use serde::Serialize;
@@ -238,22 +238,12 @@ impl App {
         let Some(record) = self.store.get::<User>(tenant, &[user])? else {
             return Ok(None);
         };
-        let mut team_roles = Vec::new();
-        for team in self
-            .store
-            .index(crate::store::Space::UserTeams, tenant, &[user])?
-        {
-            if let Some(role) = self
-                .store
-                .get::<Team>(tenant, &[&team])?
-                .and_then(|t| t.role)
-            {
-                team_roles.push(role);
-            }
-        }
-        let input = rules::RoleInput {
-            manual: record.manual_role,
-            team_roles,
+        let state = super::identity::RoleState::from(&record);
+        let Some(input) = self
+            .role_inputs(tenant, &[state], &super::identity::RoleView::default())?
+            .pop()
+        else {
+            return Ok(None);
         };
         let mut role = ExplainedRole {
             input: input.clone(),

@@ -190,6 +190,7 @@ pub struct TokenCreated {
 }
 
 /// A user whose role the policy must decide, with where its inputs come from.
+#[derive(Default)]
 pub(super) struct RoleView<'a> {
     /// Team roles that differ from the stored ones (changed in this operation).
     pub(super) team_roles: HashMap<&'a str, Option<Role>>,
@@ -1264,6 +1265,23 @@ impl App {
         if users.is_empty() {
             return Ok(Vec::new());
         }
+        let inputs = self.role_inputs(tenant, users, view)?;
+        let policy = self.current_policy(tenant)?;
+        let decisions = policy.effective_role(&self.engine, &inputs).map_err(|e| {
+            tracing::warn!(tenant, error = %e, "policy error while deciding roles; nothing changed");
+            AppError::PolicyFailed(e)
+        })?;
+        Ok(decisions.into_iter().map(|d| (d.role, d.source)).collect())
+    }
+
+    /// The policy's role input of each user (manual role, roles of the user's teams), as
+    /// `view` changes the stored state.
+    pub(super) fn role_inputs(
+        &self,
+        tenant: &str,
+        users: &[RoleState],
+        view: &RoleView<'_>,
+    ) -> Result<Vec<rules::RoleInput>, AppError> {
         let mut team_roles: HashMap<String, Option<Role>> = view
             .team_roles
             .iter()
@@ -1341,12 +1359,7 @@ impl App {
                 team_roles: roles,
             });
         }
-        let policy = self.current_policy(tenant)?;
-        let decisions = policy.effective_role(&self.engine, &inputs).map_err(|e| {
-            tracing::warn!(tenant, error = %e, "policy error while deciding roles; nothing changed");
-            AppError::PolicyFailed(e)
-        })?;
-        Ok(decisions.into_iter().map(|d| (d.role, d.source)).collect())
+        Ok(inputs)
     }
 
     /// Puts every user whose effective role changed into `batch`, audited.

@@ -171,6 +171,9 @@ fn from_jwt(error: JwtError) -> AppError {
 struct Endpoints {
     authorization: String,
     token: String,
+    /// `authorization_response_iss_parameter_supported` (RFC 9207): every authorization
+    /// response carries `iss`.
+    names_itself: bool,
 }
 
 /// Where an SSO configuration's unique ids are bound to users: per configuration and
@@ -210,8 +213,9 @@ fn parts(key: &[String; 4]) -> [&str; 4] {
 }
 
 impl App {
-    /// Puts the removal of `user_id`'s IdP unique-id bindings (decision 41), under every SSO
-    /// configuration of the tenant, into `batch` (the user is being deleted).
+    /// Puts the removal of `user_id`'s IdP unique-id bindings (decision 41) into `batch`:
+    /// under every SSO configuration of the tenant and every issuer it ever had (an admin
+    /// may have changed it since the binding was made).
     pub(super) fn stage_subject_unbinding(
         &self,
         slug: &str,
@@ -219,16 +223,21 @@ impl App {
         batch: &mut Batch,
     ) -> Result<(), crate::store::StoreError> {
         for sso in self.store.list::<SsoConfig>(slug, &[])? {
-            let keys = SubjectKeys::new(&sso);
-            let by_user = keys.by_user(user_id);
-            if let Some(sub) = self
-                .store
-                .get_raw(Space::SsoSubjects, slug, &parts(&by_user))?
-            {
-                let by_subject = keys.by_subject(&String::from_utf8_lossy(&sub));
-                batch
-                    .remove(Space::SsoSubjects, &parts(&by_user))
-                    .remove(Space::SsoSubjects, &parts(&by_subject));
+            for rest in self.store.index(Space::SsoSubjects, slug, &[&sso.id])? {
+                let parts: Vec<&str> = rest.split('\0').collect();
+                let [issuer, "u", user] = parts[..] else {
+                    continue;
+                };
+                if user != user_id {
+                    continue;
+                }
+                let by_user = [sso.id.as_str(), issuer, "u", user];
+                if let Some(sub) = self.store.get_raw(Space::SsoSubjects, slug, &by_user)? {
+                    let hash = hex::encode(crate::policy::sha256(&sub));
+                    batch
+                        .remove(Space::SsoSubjects, &by_user)
+                        .remove(Space::SsoSubjects, &[&sso.id, issuer, "s", &hash]);
+                }
             }
         }
         Ok(())
@@ -266,6 +275,19 @@ impl App {
         self.public_url.as_deref()
     }
 
+    /// The path a browser calls `tenant`'s SSO configuration `sso_id` back at (the public
+    /// URL's own path first, if it has one); `None` when there is no such configuration.
+    pub fn sso_callback_path(&self, tenant: &str, sso_id: &str) -> Option<String> {
+        let (slug, sso) = self.sso_config(tenant, sso_id).ok()?;
+        let prefix = self
+            .public_url
+            .as_deref()
+            .and_then(|u| url::Url::parse(u).ok())
+            .map(|u| u.path().trim_end_matches('/').to_owned())
+            .unwrap_or_default();
+        Some(format!("{prefix}/v1/{slug}/sso/{}/callback", sso.id))
+    }
+
     /// The SSO configuration `sso_id` of `tenant`. An unknown tenant and an unknown
     /// configuration read the same, so a login URL never tells whether a tenant exists.
     fn sso_config(&self, tenant: &str, sso_id: &str) -> Result<(String, SsoConfig), AppError> {
@@ -294,6 +316,10 @@ impl App {
             (Some(authorization), Some(token)) => Ok(Endpoints {
                 authorization,
                 token,
+                names_itself: doc
+                    .get("authorization_response_iss_parameter_supported")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false),
             }),
             _ => Err(AppError::IdpUnavailable(
                 "the identity provider's discovery document lacks the authorization or token endpoint".into(),
@@ -315,8 +341,11 @@ impl App {
         let (slug, sso) = self.sso_config(tenant, sso_id)?;
         let endpoints = self.endpoints(&sso).await?;
         let base = self.public_url.as_deref().unwrap_or(base);
-        let callback_path = format!("/v1/{slug}/sso/{}/callback", sso.id);
-        let redirect_uri = format!("{base}{callback_path}");
+        let redirect_uri = format!("{base}/v1/{slug}/sso/{}/callback", sso.id);
+        // The path the browser will call back at (below the public URL's own path, if any).
+        let callback_path = url::Url::parse(&redirect_uri)
+            .map(|u| u.path().to_owned())
+            .map_err(|_| AppError::BadRequest("this server's public URL is not a URL".into()))?;
         let (state, nonce, verifier) = (random_token(), random_token(), random_token());
         let browser_binding = random_token();
         let challenge = URL_SAFE_NO_PAD.encode(crate::policy::sha256(verifier.as_bytes()));
@@ -469,13 +498,18 @@ impl App {
                 ));
             }
         }
-        if iss.is_some_and(|iss| iss != sso.issuer) {
+        let endpoints = self.endpoints(&sso).await?;
+        // RFC 9207: an IdP that says it names itself must have done so on this response.
+        let named = match iss {
+            Some(iss) => iss == sso.issuer,
+            None => !endpoints.names_itself,
+        };
+        if !named {
             return Err(invalid(
                 "issuer_mismatch",
                 "the login came back from another identity provider than the one it started at; start the login again",
             ));
         }
-        let endpoints = self.endpoints(&sso).await?;
         let mut form = vec![
             ("grant_type", "authorization_code"),
             ("code", code),

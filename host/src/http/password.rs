@@ -238,30 +238,39 @@ pub(super) fn cross_site(headers: &HeaderMap) -> Result<(), AppError> {
 
 /// The client's address for the per-address limit: the TCP peer, or, when the peer is one
 /// of the `trusted` proxies, the right-most `X-Forwarded-For` entry that is not (entries
-/// further left are whatever the client wrote). An entry that is not an address there
-/// leaves the peer as the address.
+/// further left are whatever the client wrote, and are never read). Should the first
+/// untrusted entry not be an address, the peer is counted. IPv4-mapped IPv6 addresses (a
+/// server listening on `[::]`) are compared as IPv4.
 fn client_address(
     peer: Option<IpAddr>,
     headers: &HeaderMap,
     trusted: &[ipnet::IpNet],
 ) -> Option<IpAddr> {
-    let peer = peer?;
+    let peer = peer?.to_canonical();
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
     if !is_trusted(&peer) {
         return Some(peer);
     }
-    let forwarded: Vec<&str> = headers
+    // Raw bytes: a header with a non-ASCII byte somewhere to the left is still read from
+    // the right; the last header line is the nearest proxy's.
+    let lines: Vec<&[u8]> = headers
         .get_all("x-forwarded-for")
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
+        .map(|v| v.as_bytes())
         .collect();
-    for entry in forwarded.into_iter().rev() {
-        match entry.parse::<IpAddr>() {
-            Ok(ip) if is_trusted(&ip) => continue,
-            Ok(ip) => return Some(ip),
-            Err(_) => return Some(peer),
+    for entry in lines
+        .iter()
+        .rev()
+        .flat_map(|line| line.rsplit(|b| *b == b','))
+    {
+        let ip = std::str::from_utf8(entry)
+            .ok()
+            .and_then(|text| text.trim().parse::<IpAddr>().ok())
+            .map(|ip| ip.to_canonical());
+        match ip {
+            Some(ip) if is_trusted(&ip) => continue,
+            Some(ip) => return Some(ip),
+            None => return Some(peer),
         }
     }
     Some(peer)
@@ -537,6 +546,25 @@ mod tests {
         assert_eq!(
             client_address(ip("10.9.9.9"), &headers(&["1.1.1.1, junk"]), &trusted),
             ip("10.9.9.9")
+        );
+        // Junk bytes left of the real address do not hide it.
+        let mut raw = HeaderMap::new();
+        raw.append(
+            "x-forwarded-for",
+            HeaderValue::from_bytes(b"\xff\xfe, 198.51.100.7").unwrap(),
+        );
+        assert_eq!(
+            client_address(ip("10.0.0.1"), &raw, &trusted),
+            ip("198.51.100.7")
+        );
+        // A server on [::] sees an IPv4 proxy as ::ffff:a.b.c.d: still trusted.
+        assert_eq!(
+            client_address(
+                ip("::ffff:10.0.0.1"),
+                &headers(&["::ffff:198.51.100.7"]),
+                &trusted
+            ),
+            ip("198.51.100.7")
         );
         // Nothing trusted (the default): always the peer.
         assert_eq!(

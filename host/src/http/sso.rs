@@ -149,16 +149,16 @@ pub(super) fn logged_in(app: &App, login: SsoLogin, browser: bool) -> Response {
     let max_age = (login.session.expires_at - time::OffsetDateTime::now_utc())
         .whole_seconds()
         .max(0);
-    let cookie = format!(
-        "{SESSION_COOKIE}={}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Lax{}",
-        login.session.token,
-        secure_suffix(app),
-    );
     let mut response = StatusCode::SEE_OTHER.into_response();
+    set_cookie(
+        app,
+        &mut response,
+        SESSION_COOKIE,
+        &login.session.token,
+        "/",
+        max_age,
+    );
     let headers = response.headers_mut();
-    if let Ok(value) = HeaderValue::from_str(&cookie) {
-        headers.insert(header::SET_COOKIE, value);
-    }
     if let Ok(value) = HeaderValue::from_str(&login.return_to) {
         headers.insert(header::LOCATION, value);
     }
@@ -166,15 +166,25 @@ pub(super) fn logged_in(app: &App, login: SsoLogin, browser: bool) -> Response {
     response
 }
 
-/// `; Secure` when Gatehouse is served over https (its public URL says so).
-fn secure_suffix(app: &App) -> &'static str {
-    if app
+/// Adds a `Set-Cookie` to `response`: `HttpOnly`, `SameSite=Lax`, and `Secure` when
+/// Gatehouse is served over https (its public URL says so); `max_age` 0 clears the cookie.
+fn set_cookie(
+    app: &App,
+    response: &mut Response,
+    name: &str,
+    value: &str,
+    path: &str,
+    max_age: i64,
+) {
+    let secure = app
         .public_url()
-        .is_some_and(|url| url.starts_with("https://"))
-    {
-        "; Secure"
-    } else {
-        ""
+        .is_some_and(|url| url.starts_with("https://"));
+    let cookie = format!(
+        "{name}={value}; Path={path}; Max-Age={max_age}; HttpOnly; SameSite=Lax{}",
+        if secure { "; Secure" } else { "" }
+    );
+    if let Ok(value) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().append(header::SET_COOKIE, value);
     }
 }
 
@@ -244,17 +254,14 @@ async fn login(
             if let Ok(value) = HeaderValue::from_str(&start.authorization_url) {
                 response.headers_mut().insert(header::LOCATION, value);
             }
-            let binding = format!(
-                "{}={}; Path={}; Max-Age={}; HttpOnly; SameSite=Lax{}",
-                start.binding_cookie,
-                start.browser_binding,
-                start.callback_path,
+            set_cookie(
+                &app,
+                &mut response,
+                &start.binding_cookie,
+                &start.browser_binding,
+                &start.callback_path,
                 start.ttl_secs,
-                secure_suffix(&app),
             );
-            if let Ok(value) = HeaderValue::from_str(&binding) {
-                response.headers_mut().insert(header::SET_COOKIE, value);
-            }
             response
                 .headers_mut()
                 .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -320,10 +327,8 @@ async fn callback(
     };
     // The binding is used up either way (the pending login is).
     if cookie(&headers, &binding_cookie).is_some() {
-        let path = format!("/v1/{tenant}/sso/{sso_id}/callback");
-        let clear = format!("{binding_cookie}=; Path={path}; Max-Age=0; HttpOnly; SameSite=Lax");
-        if let Ok(value) = HeaderValue::from_str(&clear) {
-            response.headers_mut().append(header::SET_COOKIE, value);
+        if let Some(path) = app.sso_callback_path(&tenant, &sso_id) {
+            set_cookie(&app, &mut response, &binding_cookie, "", &path, 0);
         }
     }
     response
@@ -405,12 +410,9 @@ async fn logout(
     headers: HeaderMap,
 ) -> Response {
     let browser = is_browser(&headers);
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    let from_cookie = bearer.is_none();
+    // Any Authorization header is the credential; only without one is the cookie read.
+    let bearer = super::bearer(&headers);
+    let from_cookie = !headers.contains_key(header::AUTHORIZATION);
     let result = (|| {
         let return_to = crate::app::check_return_to(
             query
@@ -418,12 +420,15 @@ async fn logout(
                 .as_deref()
                 .unwrap_or(&format!("/v1/{tenant}/login")),
         )?;
-        let token = match bearer {
-            Some(token) => Some(token),
-            None => {
-                super::password::cross_site(&headers)?;
-                cookie(&headers, SESSION_COOKIE)
-            }
+        let token = if from_cookie {
+            super::password::cross_site(&headers)?;
+            cookie(&headers, SESSION_COOKIE)
+        } else {
+            Some(bearer.ok_or_else(|| {
+                AppError::BadRequest(
+                    "the Authorization header must be `Bearer <session token>`".into(),
+                )
+            })?)
         };
         if let Some(token) = token {
             app.logout_session(&tenant, token)?;
@@ -446,13 +451,7 @@ async fn logout(
         StatusCode::NO_CONTENT.into_response()
     };
     if from_cookie {
-        let clear = format!(
-            "{SESSION_COOKIE}=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax{}",
-            secure_suffix(&app)
-        );
-        if let Ok(value) = HeaderValue::from_str(&clear) {
-            response.headers_mut().insert(header::SET_COOKIE, value);
-        }
+        set_cookie(&app, &mut response, SESSION_COOKIE, "", "/", 0);
     }
     response
         .headers_mut()

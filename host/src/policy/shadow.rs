@@ -52,6 +52,10 @@ struct Job {
 struct Queue {
     state: Mutex<QueueState>,
     wake: Condvar,
+    /// Set with `QueueState::closed`, read by the worker between jobs without the lock: a
+    /// stopped or promoted shadow stops evaluating (and counting) at once, not after the
+    /// batch in hand.
+    stopped: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
@@ -98,7 +102,12 @@ impl Queue {
         }
     }
 
+    fn stopped(&self) -> bool {
+        self.stopped.load(Ordering::Relaxed)
+    }
+
     fn close(&self) {
+        self.stopped.store(true, Ordering::Relaxed);
         self.lock().closed = true;
         self.wake.notify_one();
     }
@@ -146,6 +155,9 @@ impl Shadow {
                 set_niceness(nice);
                 while let Some(batch) = worker_queue.take_batch() {
                     for job in batch {
+                        if worker_queue.stopped() {
+                            break;
+                        }
                         let after = candidate.decide_outcome(&engine, &job.input);
                         worker_counters.evaluated.fetch_add(1, Ordering::Relaxed);
                         metrics::counter!("gatehouse_policy_shadow_evaluations_total")
