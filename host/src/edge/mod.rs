@@ -380,18 +380,15 @@ impl Edge {
             // (deactivation, logout, teams, keys) bumps the generation the entry carries.
             let evaluation = deny_or(session(&dir, tenant, rest, now));
             if let Ok(identity) = &evaluation.result {
-                let expires_at = identity.expires_at.unwrap_or(now);
-                self.cache.insert(
-                    cache_key,
-                    Arc::new(Cached {
-                        identity: identity.clone(),
-                        generation: dir.generation,
-                        policy: Arc::downgrade(&policy),
-                        valid_until: expires_at.min(now + self.settings.cache_ttl.as_secs() as i64),
-                        key: None,
-                        kid: None,
-                    }),
-                );
+                let entry = Cached {
+                    identity: identity.clone(),
+                    generation: dir.generation,
+                    policy: Arc::downgrade(&policy),
+                    valid_until: identity.expires_at.unwrap_or(now),
+                    key: None,
+                    kid: None,
+                };
+                self.remember(cache_key, entry, now);
             }
             return evaluation;
         }
@@ -407,23 +404,29 @@ impl Edge {
         {
             Ok((identity, valid_until, key)) => {
                 let identity = Arc::new(identity);
-                self.cache.insert(
-                    cache_key,
-                    Arc::new(Cached {
-                        identity: identity.clone(),
-                        generation: dir.generation,
-                        policy: Arc::downgrade(&policy),
-                        valid_until: valid_until
-                            .min(now + self.settings.cache_ttl.as_secs() as i64),
-                        key: Some(key),
-                        kid: evaluation.kid.clone(),
-                    }),
-                );
+                let entry = Cached {
+                    identity: identity.clone(),
+                    generation: dir.generation,
+                    policy: Arc::downgrade(&policy),
+                    valid_until,
+                    key: Some(key),
+                    kid: evaluation.kid.clone(),
+                };
+                self.remember(cache_key, entry, now);
                 evaluation.result = Ok(identity);
             }
             Err(d) => evaluation.result = Err(d),
         }
         evaluation
+    }
+
+    /// Caches a verified result, for at most `edge.cache_ttl_secs` (and never past the
+    /// entry's own `valid_until`, the token's expiry).
+    fn remember(&self, cache_key: [u8; 32], mut entry: Cached, now: i64) {
+        entry.valid_until = entry
+            .valid_until
+            .min(now + self.settings.cache_ttl.as_secs() as i64);
+        self.cache.insert(cache_key, Arc::new(entry));
     }
 
     /// An external JWT: verified against its IdP, then resolved by the policy.
