@@ -202,14 +202,7 @@ impl App {
                 updated_at: now,
             };
             let mut batch = Batch::new(slug);
-            batch
-                .require_absent(
-                    Space::VaNames,
-                    &[&va.name],
-                    format!("a virtual account named {} already exists", va.name),
-                )
-                .put(&[&va.id], &va)
-                .put_raw(Space::VaNames, &[&va.name], va.id.as_bytes());
+            stage_new_va(&mut batch, &va);
             self.put_va_mappings(slug, &mut batch, &va.id, &[], &va.mappings)?;
             self.audit_log(slug)?.record(
                 &mut batch,
@@ -1019,6 +1012,19 @@ pub(super) fn stage_identity_provider(
 
 /// Replaces a VA's mapping index entries `old` by `new` in `batch` (each new pair must be
 /// free); the caller has checked the mappings.
+/// Puts a new virtual account into `batch` with its name taken: the batch fails when an
+/// account of that name exists by the time it is applied. Its mappings are staged apart.
+pub(super) fn stage_new_va(batch: &mut Batch, va: &VirtualAccount) {
+    batch
+        .require_absent(
+            Space::VaNames,
+            &[&va.name],
+            format!("a virtual account named {} already exists", va.name),
+        )
+        .put(&[&va.id], va)
+        .put_raw(Space::VaNames, &[&va.name], va.id.as_bytes());
+}
+
 pub(super) fn stage_va_mappings(batch: &mut Batch, va: &str, old: &[Mapping], new: &[Mapping]) {
     for mapping in old.iter().filter(|m| !new.contains(m)) {
         batch.remove(Space::VaMappings, &[&mapping.idp, &mapping.value]);

@@ -240,7 +240,7 @@ impl App {
         };
         let state = super::identity::RoleState::from(&record);
         let Some(input) = self
-            .role_inputs(tenant, &[state], &super::identity::RoleView::default())?
+            .role_inputs(tenant, &[state], &super::identity::RoleView::empty())?
             .pop()
         else {
             return Ok(None);

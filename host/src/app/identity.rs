@@ -190,7 +190,6 @@ pub struct TokenCreated {
 }
 
 /// A user whose role the policy must decide, with where its inputs come from.
-#[derive(Default)]
 pub(super) struct RoleView<'a> {
     /// Team roles that differ from the stored ones (changed in this operation).
     pub(super) team_roles: HashMap<&'a str, Option<Role>>,
@@ -635,8 +634,8 @@ impl App {
     }
 
     /// Puts the removal of `user` into `batch`: the record, its email and password, its
-    /// memberships, mappings and tokens, its IdP unique-id bindings, and its SCIM records (a tombstone stays). The caller
-    /// has checked what may block the deletion and audits it.
+    /// memberships, mappings and tokens, its IdP unique-id bindings, and its SCIM records (a
+    /// tombstone stays). The caller has checked what may block the deletion and audits it.
     pub(super) fn stage_user_removal(
         &self,
         slug: &str,
@@ -919,14 +918,7 @@ impl App {
             };
             let members: BTreeSet<String> = new.members.iter().cloned().collect();
             let mut batch = Batch::new(slug);
-            batch
-                .require_absent(
-                    Space::TeamNames,
-                    &[&name.key()],
-                    format!("a team named {} already exists", name.as_str()),
-                )
-                .put(&[&team.id], &team)
-                .put_raw(Space::TeamNames, &[&name.key()], team.id.as_bytes());
+            stage_new_team(&mut batch, &team, &name);
             let users = self.users_by_id(slug, &members)?;
             let mut view = RoleView::empty();
             view.team_roles.insert(&team.id, team.role);
@@ -1671,6 +1663,19 @@ fn scrub<T: Serialize>(value: &T) -> Box<RawValue> {
         text
     };
     RawValue::from_string(text).unwrap_or_else(|_| RawValue::NULL.to_owned())
+}
+
+/// Puts a new team into `batch` with its name taken: the batch fails when a team of that
+/// name exists (case-insensitively) by the time it is applied.
+pub(super) fn stage_new_team(batch: &mut Batch, team: &Team, name: &TeamName) {
+    batch
+        .require_absent(
+            Space::TeamNames,
+            &[&name.key()],
+            format!("a team named {} already exists", name.as_str()),
+        )
+        .put(&[&team.id], team)
+        .put_raw(Space::TeamNames, &[&name.key()], team.id.as_bytes());
 }
 
 impl<'a> RoleView<'a> {

@@ -2,8 +2,10 @@
 //! asks the policy for roles, and applies a plan as one audited batch under the tenant's
 //! write lock, reusing the record writers of `identity` and `directory`.
 
-use super::directory::{sso_view, stage_identity_provider, stage_va_mappings, IdpInput};
-use super::identity::{add_user_records, new_user, Caller, RoleState, RoleView};
+use super::directory::{
+    sso_view, stage_identity_provider, stage_new_va, stage_va_mappings, IdpInput,
+};
+use super::identity::{add_user_records, new_user, stage_new_team, Caller, RoleState, RoleView};
 use super::{now, App, AppError};
 use crate::identity::{
     new_id, Collaborator, Email, IdentityProvider, Resource, SsoConfig, Subject, Team, TeamName,
@@ -422,14 +424,7 @@ impl App {
                         created_at: now,
                         updated_at: now,
                     };
-                    batch
-                        .require_absent(
-                            Space::VaNames,
-                            &[&va.name],
-                            format!("a virtual account named {} already exists", va.name),
-                        )
-                        .put(&[&va.id], &va)
-                        .put_raw(Space::VaNames, &[&va.name], va.id.as_bytes());
+                    stage_new_va(&mut batch, &va);
                     stage_va_mappings(&mut batch, &va.id, &[], &va.mappings);
                     audit.record(
                         &mut batch,
@@ -489,14 +484,7 @@ impl App {
                         created_at: now,
                         updated_at: now,
                     };
-                    batch
-                        .require_absent(
-                            Space::TeamNames,
-                            &[&name.key()],
-                            format!("a team named {} already exists", name.as_str()),
-                        )
-                        .put(&[&team.id], &team)
-                        .put_raw(Space::TeamNames, &[&name.key()], team.id.as_bytes());
+                    stage_new_team(&mut batch, &team, &name);
                     audit.record(
                         &mut batch,
                         &actor,

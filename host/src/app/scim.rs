@@ -7,7 +7,9 @@
 //! teams it manages (`Team::scim`). It may adopt an invited or JIT user with the same
 //! email; the adoption is audited.
 
-use super::identity::{add_user_records, new_user, status_change, RoleState, RoleView};
+use super::identity::{
+    add_user_records, new_user, stage_new_team, status_change, RoleState, RoleView,
+};
 use super::{now, App, AppError};
 use crate::config::ScimConfig;
 use crate::identity::{new_id, Email, ScimLink, SsoConfig, Team, TeamName, User};
@@ -840,14 +842,7 @@ impl App {
                 &mut report,
             )?;
             let mut batch = Batch::new(slug);
-            batch
-                .require_absent(
-                    Space::TeamNames,
-                    &[&name.key()],
-                    format!("a team named {} already exists", name.as_str()),
-                )
-                .put(&[&team.id], &team)
-                .put_raw(Space::TeamNames, &[&name.key()], team.id.as_bytes());
+            stage_new_team(&mut batch, &team, &name);
             if let Some(ext) = &input.external_id {
                 batch.put_raw(
                     Space::ScimIndex,
