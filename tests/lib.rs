@@ -273,6 +273,17 @@ impl Process {
     pub fn start_with_env(data: &Path, env: &[(&str, &str)]) -> Result<Process> {
         let stderr_log = data.with_extension(format!("stderr-{}.log", std::process::id()));
         let stderr = std::fs::File::create(&stderr_log)?;
+        Self::start_with_stderr(data, env, stderr.into(), stderr_log)
+    }
+
+    /// Starts the binary with its stderr going to `stderr` (`stderr_log` names where
+    /// [`Process::stderr`] reads it back, when that is a file).
+    pub fn start_with_stderr(
+        data: &Path,
+        env: &[(&str, &str)],
+        stderr: Stdio,
+        stderr_log: PathBuf,
+    ) -> Result<Process> {
         let mut command = Command::new(gatehouse_bin());
         command
             .args(["serve", "--listen", "127.0.0.1:0", "--data"])

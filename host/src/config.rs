@@ -22,6 +22,9 @@ pub struct Config {
     pub operator_token_file: Option<PathBuf>,
     /// `text` or `json` log lines.
     pub log_format: LogFormat,
+    /// Log lines queued for the log writer thread before new lines are dropped (and
+    /// counted in `gatehouse_log_dropped_lines_total`): a request never waits for stderr.
+    pub log_queue_lines: usize,
     /// Allow JWKS and discovery URLs on loopback and private networks, and plain http
     /// (tests, internal identity providers).
     pub allow_private_urls: bool,
@@ -309,6 +312,7 @@ impl Default for Config {
             operator_token: None,
             operator_token_file: None,
             log_format: LogFormat::Text,
+            log_queue_lines: crate::logging::QUEUE_LINES,
             allow_private_urls: false,
             public_url: None,
             policy: PolicyConfig::default(),
@@ -377,6 +381,7 @@ const ENV_KEYS: &[&str] = &[
     "GATEHOUSE_OPERATOR_TOKEN",
     "GATEHOUSE_OPERATOR_TOKEN_FILE",
     "GATEHOUSE_LOG_FORMAT",
+    "GATEHOUSE_LOG_QUEUE_LINES",
     "GATEHOUSE_ALLOW_PRIVATE_URLS",
     "GATEHOUSE_POLICY_MEMORY_LIMIT_MIB",
     "GATEHOUSE_POLICY_TIMEOUT_MS",
@@ -468,6 +473,7 @@ impl Config {
             "GATEHOUSE_OPERATOR_TOKEN_FILE" => {
                 self.operator_token_file = Some(PathBuf::from(value))
             }
+            "GATEHOUSE_LOG_QUEUE_LINES" => self.log_queue_lines = parse(key, value)?,
             "GATEHOUSE_LOG_FORMAT" => {
                 self.log_format = match value {
                     "text" => LogFormat::Text,

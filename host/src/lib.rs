@@ -13,6 +13,7 @@ pub mod edge;
 pub mod http;
 pub mod identity;
 pub mod jwt;
+pub mod logging;
 pub mod migrate;
 pub mod model;
 pub mod netguard;

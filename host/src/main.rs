@@ -3,7 +3,7 @@
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use gatehouse::app::App;
-use gatehouse::config::{Config, LogFormat};
+use gatehouse::config::Config;
 use gatehouse::policy::{CaseRunner, Limits, PolicyEngine};
 use gatehouse_rules::cases;
 use std::io::Write;
@@ -159,7 +159,7 @@ fn serve(args: ServeArgs) -> Result<()> {
     if let Some(data) = args.data {
         config.data = data;
     }
-    init_logging(config.log_format);
+    let _log_guard = gatehouse::logging::init(config.log_format, config.log_queue_lines);
     let (app, generated_token) = App::open(&config).context("starting gatehouse")?;
     if let Some(token) = generated_token {
         // stderr: stdout's first line is reserved for `listening on`.
@@ -208,19 +208,6 @@ async fn shutdown_signal() {
         _ = term.recv() => {}
     }
     tracing::info!("shutting down: finishing requests in flight");
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("GATEHOUSE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
 }
 
 fn policy(command: PolicyCommand, json: bool) -> Result<()> {

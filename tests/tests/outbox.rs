@@ -324,8 +324,12 @@ fn a_message_acknowledged_before_kill_9_is_sent_after_the_restart() {
         "{message}"
     );
     assert!(message["attempts"].as_u64() >= Some(2), "{message}");
+    // Log lines reach stderr through the non-blocking writer: poll for the line.
+    until(
+        "the sent line in the log",
+        Box::new(|| second.stderr().contains("outbox: message sent")),
+    );
     let stderr = second.stderr();
-    assert!(stderr.contains("outbox: message sent"), "{stderr}");
     assert!(!stderr.contains("token="), "no link in the logs: {stderr}");
     second.kill9();
 }

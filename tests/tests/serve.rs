@@ -175,3 +175,47 @@ fn the_cli_manages_tenants_users_and_teams_on_a_running_server() {
     );
     server.kill9();
 }
+
+#[test]
+fn a_stalled_log_pipe_never_holds_a_request_and_dropped_lines_are_counted() {
+    // stderr is a pipe nobody reads: once its buffer is full the log writer thread
+    // blocks, its small queue fills, and every further line must be dropped — while
+    // every request still gets its answer.
+    let data = tempfile::tempdir().unwrap();
+    let server = Process::start_with_stderr(
+        &data.path().join("db"),
+        &[
+            ("GATEHOUSE_OPERATOR_TOKEN", OPERATOR_TOKEN),
+            ("GATEHOUSE_LOG_QUEUE_LINES", "8"),
+        ],
+        std::process::Stdio::piped(),
+        data.path().join("unread"),
+    )
+    .unwrap();
+    let (status, _) = post(&server.base, "/api/v1/tenants", &json!({ "slug": "acme" }));
+    assert_eq!(status, 201);
+    let client = reqwest::blocking::Client::builder()
+        .timeout(std::time::Duration::from_secs(10))
+        .build()
+        .unwrap();
+    // Each refused decision writes one decision-log line (~200 bytes): 2,000 of them
+    // overflow a 64 KiB pipe several times over.
+    for n in 0..2_000 {
+        let response = client
+            .post(format!("{}/v1/acme/resolve", server.base))
+            .bearer_auth(format!("not-a-token-{n}"))
+            .send()
+            .unwrap_or_else(|e| panic!("request {n} got no answer: {e}"));
+        assert_eq!(response.status(), 401, "request {n}");
+    }
+    let metrics = get(&server.base, "/metrics").text().unwrap();
+    let dropped: u64 = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("gatehouse_log_dropped_lines_total "))
+        .unwrap_or_else(|| panic!("no drop counter: {metrics}"))
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(dropped > 0, "lines were dropped and counted: {metrics}");
+    server.kill9();
+}

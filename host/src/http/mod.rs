@@ -241,6 +241,7 @@ async fn readyz(State(app): Shared) -> Response {
     )),
 )]
 async fn metrics_text() -> Response {
+    crate::logging::export_metrics();
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         metrics_handle().render(),
