@@ -38,6 +38,31 @@ pub struct Config {
     pub session: SessionConfig,
     pub password: PasswordConfig,
     pub sso: SsoLoginConfig,
+    pub store: StoreConfig,
+}
+
+/// The embedded store.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// Concurrent writers share one flush to disk; each is still acknowledged only once
+    /// its write is durable (decision 60). `false`: one flush per write.
+    pub group_commit: bool,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig { group_commit: true }
+    }
+}
+
+impl StoreConfig {
+    /// The sled options this configuration describes.
+    pub fn sled(&self) -> crate::store::SledOptions {
+        crate::store::SledOptions {
+            group_commit: self.group_commit,
+        }
+    }
 }
 
 /// The edge token evaluator: answer headers, caches, key fetching.
@@ -322,6 +347,7 @@ impl Default for Config {
             session: SessionConfig::default(),
             password: PasswordConfig::default(),
             sso: SsoLoginConfig::default(),
+            store: StoreConfig::default(),
         }
     }
 }
@@ -412,6 +438,7 @@ const ENV_KEYS: &[&str] = &[
     "GATEHOUSE_PASSWORD_TRUSTED_PROXIES",
     "GATEHOUSE_SSO_MAX_PENDING_LOGINS",
     "GATEHOUSE_SSO_PENDING_LOGIN_TTL_SECS",
+    "GATEHOUSE_STORE_GROUP_COMMIT",
     // Read by the CLI's client commands, not by the server.
     "GATEHOUSE_URL",
     "GATEHOUSE_TOKEN",
@@ -552,6 +579,7 @@ impl Config {
             "GATEHOUSE_SSO_PENDING_LOGIN_TTL_SECS" => {
                 self.sso.pending_login_ttl_secs = parse(key, value)?
             }
+            "GATEHOUSE_STORE_GROUP_COMMIT" => self.store.group_commit = parse(key, value)?,
             "GATEHOUSE_URL" | "GATEHOUSE_TOKEN" | "GATEHOUSE_LOG" => {}
             _ => {
                 return Err(ConfigError::UnknownEnv {
@@ -618,6 +646,25 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn group_commit_is_on_unless_switched_off() {
+        assert!(Config::default().store.group_commit);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("gatehouse.toml");
+        std::fs::write(&file, "[store]\ngroup_commit = false\n").unwrap();
+        let config = Config::load(Some(&file), env(&[])).unwrap();
+        assert!(!config.store.sled().group_commit);
+        let config = Config::load(None, env(&[("GATEHOUSE_STORE_GROUP_COMMIT", "false")])).unwrap();
+        assert!(!config.store.group_commit);
+        let bad = Config::load(None, env(&[("GATEHOUSE_STORE_GROUP_COMMIT", "maybe")]));
+        assert!(
+            bad.unwrap_err()
+                .to_string()
+                .contains("GATEHOUSE_STORE_GROUP_COMMIT"),
+            "a bad value is refused with the key named"
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@ use sled::transaction::{
     ConflictableTransactionError, TransactionError, TransactionalTree, UnabortableTransactionError,
 };
 use std::path::Path;
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 
 /// A conflict or I/O failure inside a sled transaction; sled retries or reports it.
 pub struct BackendFail(UnabortableTransactionError);
@@ -13,6 +14,21 @@ pub struct BackendFail(UnabortableTransactionError);
 pub struct SledBackend {
     db: sled::Db,
     trees: Vec<sled::Tree>,
+    /// `None`: every caller runs its own `db.flush()` (`store.group_commit = false`).
+    group: Option<FlushCombiner>,
+}
+
+/// How the embedded store is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SledOptions {
+    /// Concurrent writers share one flush (see [`FlushCombiner`]).
+    pub group_commit: bool,
+}
+
+impl Default for SledOptions {
+    fn default() -> Self {
+        SledOptions { group_commit: true }
+    }
 }
 
 fn io(e: sled::Error) -> StoreError {
@@ -20,8 +36,13 @@ fn io(e: sled::Error) -> StoreError {
 }
 
 impl SledBackend {
-    /// Opens (or creates) the database in `dir`.
+    /// Opens (or creates) the database in `dir`, with group commit.
     pub fn open(dir: &Path) -> Result<SledBackend, StoreError> {
+        SledBackend::open_with(dir, SledOptions::default())
+    }
+
+    /// Opens (or creates) the database in `dir`.
+    pub fn open_with(dir: &Path, options: SledOptions) -> Result<SledBackend, StoreError> {
         let db = sled::Config::new()
             .path(dir)
             .mode(sled::Mode::HighThroughput)
@@ -34,7 +55,11 @@ impl SledBackend {
             .map(|s| db.open_tree(s.name()))
             .collect::<Result<Vec<_>, _>>()
             .map_err(io)?;
-        Ok(SledBackend { db, trees })
+        Ok(SledBackend {
+            db,
+            trees,
+            group: options.group_commit.then(FlushCombiner::default),
+        })
     }
 
     fn tree(&self, space: Space) -> &sled::Tree {
@@ -120,6 +145,224 @@ impl Backend for SledBackend {
     }
 
     fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush().map(drop).map_err(io)
+        let flush = || self.db.flush().map(drop).map_err(|e| e.to_string());
+        match &self.group {
+            Some(group) => group.flush(flush),
+            None => flush(),
+        }
+        .map_err(StoreError::Io)
+    }
+}
+
+/// Group commit: callers whose transactions have committed share one flush.
+///
+/// Flushes are numbered (generations). A caller arriving while flush `n` runs cannot use
+/// it (it may have started before the caller's commit), so it needs generation `n + 1`
+/// or later: `target = started + 1`, read under the lock after the caller's commit. The
+/// first caller to find no flush running becomes the leader: it starts the next
+/// generation, flushes without holding the lock, records the outcome and wakes the
+/// others. A follower returns once `finished >= target`, with the outcome of the latest
+/// finished flush, which started after its commit; otherwise it waits, or leads the next
+/// flush. So no caller is acknowledged by a flush that started before its commit, and
+/// every caller that arrives during one flush is covered by the next one (decision 60).
+#[derive(Default)]
+pub struct FlushCombiner {
+    state: Mutex<FlushState>,
+    finished: Condvar,
+}
+
+struct FlushState {
+    /// Generation of the latest flush started.
+    started: u64,
+    /// Generation of the latest flush finished (`started` when none runs).
+    finished: u64,
+    /// Outcome of flush `finished`.
+    outcome: Result<(), String>,
+}
+
+impl Default for FlushState {
+    fn default() -> Self {
+        FlushState {
+            started: 0,
+            finished: 0,
+            outcome: Ok(()),
+        }
+    }
+}
+
+impl FlushCombiner {
+    fn lock(&self) -> MutexGuard<'_, FlushState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Returns once a run of `flush` that started after this call began has finished,
+    /// with that run's outcome; runs `flush` itself when no run is in progress.
+    pub fn flush(&self, flush: impl FnOnce() -> Result<(), String>) -> Result<(), String> {
+        let mut state = self.lock();
+        let target = state.started + 1;
+        loop {
+            if state.finished >= target {
+                return state.outcome.clone();
+            }
+            if state.started == state.finished {
+                // No flush runs: lead generation `target` (`started` was `target - 1`).
+                state.started = target;
+                drop(state);
+                let mut lead = Lead {
+                    combiner: self,
+                    generation: target,
+                    outcome: Err("the flush panicked".to_owned()),
+                };
+                lead.outcome = flush();
+                return lead.outcome.clone();
+            }
+            state = self
+                .finished
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+}
+
+/// The running flush; records its outcome and wakes the waiters when dropped (also when
+/// the flush panics, so followers never wait for a flush that will not finish).
+struct Lead<'a> {
+    combiner: &'a FlushCombiner,
+    generation: u64,
+    outcome: Result<(), String>,
+}
+
+impl Drop for Lead<'_> {
+    fn drop(&mut self) {
+        let mut state = self.combiner.lock();
+        state.finished = self.generation;
+        state.outcome = std::mem::replace(&mut self.outcome, Ok(()));
+        drop(state);
+        self.combiner.finished.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    /// A fake disk: `committed` counts commits; a flush makes durable what was committed
+    /// when it started, and takes a while, like an fsync.
+    #[derive(Default)]
+    struct Disk {
+        committed: AtomicU64,
+        durable: AtomicU64,
+        flushes: AtomicU64,
+    }
+
+    impl Disk {
+        fn flush(&self) -> Result<(), String> {
+            let covers = self.committed.load(Ordering::SeqCst);
+            self.flushes.fetch_add(1, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(2));
+            self.durable.fetch_max(covers, Ordering::SeqCst);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn every_acknowledged_write_is_covered_by_a_flush_that_started_after_it() {
+        let disk = Arc::new(Disk::default());
+        let combiner = Arc::new(FlushCombiner::default());
+        let (threads, writes) = (8, 40);
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                let (disk, combiner) = (disk.clone(), combiner.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..writes {
+                        // Commit number `mine` (1-based), then wait for durability.
+                        let mine = disk.committed.fetch_add(1, Ordering::SeqCst) + 1;
+                        combiner.flush(|| disk.flush()).unwrap();
+                        let durable = disk.durable.load(Ordering::SeqCst);
+                        assert!(
+                            durable >= mine,
+                            "write {mine} acknowledged with only {durable} durable"
+                        );
+                    }
+                })
+            })
+            .collect();
+        for worker in workers {
+            worker.join().unwrap();
+        }
+        let calls = threads * writes;
+        let flushes = disk.flushes.load(Ordering::SeqCst);
+        assert!(
+            flushes < calls / 2,
+            "{calls} concurrent callers share flushes, but {flushes} ran"
+        );
+    }
+
+    #[test]
+    fn a_failed_flush_fails_its_callers_and_the_next_one_is_tried_again() {
+        let combiner = FlushCombiner::default();
+        assert_eq!(
+            combiner.flush(|| Err("disk full".to_owned())),
+            Err("disk full".to_owned())
+        );
+        let mut ran = false;
+        assert_eq!(
+            combiner.flush(|| {
+                ran = true;
+                Ok(())
+            }),
+            Ok(())
+        );
+        assert!(ran, "a caller after a failure gets a flush of its own");
+    }
+
+    #[test]
+    fn a_panicking_flush_does_not_leave_followers_waiting() {
+        let combiner = Arc::new(FlushCombiner::default());
+        let leader = {
+            let combiner = combiner.clone();
+            std::thread::spawn(move || {
+                let _ = combiner.flush(|| panic!("the disk went away"));
+            })
+        };
+        assert!(leader.join().is_err());
+        assert_eq!(combiner.flush(|| Ok(())), Ok(()));
+    }
+
+    #[test]
+    fn writes_are_durable_with_group_commit_on_and_off() {
+        for group_commit in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            {
+                let backend =
+                    SledBackend::open_with(dir.path(), SledOptions { group_commit }).unwrap();
+                let backend = Arc::new(backend);
+                let writers: Vec<_> = (0..4u8)
+                    .map(|i| {
+                        let backend = backend.clone();
+                        std::thread::spawn(move || {
+                            backend
+                                .transact(&|tx| tx.put(Space::System, &[i], b"v"))
+                                .unwrap();
+                            backend.flush().unwrap();
+                        })
+                    })
+                    .collect();
+                for writer in writers {
+                    writer.join().unwrap();
+                }
+            }
+            let backend = SledBackend::open(dir.path()).unwrap();
+            for i in 0..4u8 {
+                assert_eq!(
+                    backend.get(Space::System, &[i]).unwrap().as_deref(),
+                    Some(&b"v"[..]),
+                    "group_commit = {group_commit}"
+                );
+            }
+        }
     }
 }
