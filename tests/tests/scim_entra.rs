@@ -314,7 +314,7 @@ async fn entra_group_replay() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["members"], json!(sorted(&[&ids[0], &ids[2], &ids[3]])));
     assert_eq!(
-        body["urn:gatehouse:params:scim:MembershipReport"],
+        body["urn:gatehouse:params:scim:schemas:extension:2.0:MembershipReport"],
         json!({ "pending": ["late-user"], "refused": [{ "value": nested, "reason": "nested groups are not supported: a group cannot be a member of a group; assign its users instead" }] })
     );
     let (status, pending) = scim.admin(Method::GET, "/sso/idp/scim/pending", None).await;

@@ -409,7 +409,13 @@ impl App {
                 return Ok(resource);
             }
             patch::apply_user(&mut resource, &ops)?;
-            let input = UserInput::from_json(&resource)?;
+            let mut input = UserInput::from_json(&resource)?;
+            // An `active` the PATCH left unassigned (removed, or already removed) stays
+            // so: the user is deactivated and the resource omits `active` (decision 56).
+            if crate::scim::filter::get_ci(&resource, "active").is_none() {
+                input.active = false;
+                input.active_unassigned = true;
+            }
             self.write_user(slug, conn, user, scim, input, "scim.user.patch")
         })
     }
@@ -1259,6 +1265,7 @@ fn scim_record(user: &str, input: &UserInput) -> ScimUser {
         title: input.title.clone(),
         employee_number: input.employee_number.clone(),
         department: input.department.clone(),
+        active_unassigned: input.active_unassigned,
         deleted_at: None,
     }
 }

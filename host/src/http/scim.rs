@@ -593,14 +593,15 @@ impl Request<'_> {
         let config = &self.app.scim.config;
         let all = match kind.to_ascii_lowercase().as_str() {
             "serviceproviderconfig" => {
-                return Ok(scim_json(
+                let mut response = scim_json(
                     StatusCode::OK,
-                    &resource::service_provider_config(
-                        base,
-                        config.max_results,
-                        config.max_body_kib as usize * 1024,
-                    ),
-                ))
+                    &resource::service_provider_config(base, config.max_results),
+                );
+                response.headers_mut().insert(
+                    crate::scim::MAX_REQUEST_BYTES_HEADER,
+                    HeaderValue::from(config.max_body_kib as usize * 1024),
+                );
+                return Ok(response);
             }
             "resourcetypes" => resource::resource_types(base),
             _ => resource::schemas(base),
@@ -632,6 +633,9 @@ impl Request<'_> {
 /// each refusal with its reason) to a group answer.
 fn with_report(mut group: Value, report: &crate::app::MemberReport) -> Value {
     if !report.pending.is_empty() || !report.refused.is_empty() {
+        if let Some(Value::Array(schemas)) = group.get_mut("schemas") {
+            schemas.push(json!(crate::scim::REPORT_SCHEMA));
+        }
         group[crate::scim::REPORT_SCHEMA] = json!({
             "pending": report.pending,
             "refused": report.refused.iter().map(|(v, why)| json!({"value": v, "reason": why})).collect::<Vec<_>>(),

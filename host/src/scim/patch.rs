@@ -452,9 +452,60 @@ pub fn apply_user(resource: &mut Value, ops: &[Operation]) -> Result<(), ScimErr
                 .collect(),
         };
         for (path, value) in pairs {
+            if is_enterprise_whole(&path) {
+                apply_enterprise_whole(map, op.op, value.as_ref())?;
+                continue;
+            }
             if let Some(target) = resolve(&path)? {
                 apply_target(map, op.op, &target, value.as_ref())?;
             }
+        }
+    }
+    Ok(())
+}
+
+/// Whether a path names the whole enterprise extension
+/// (`urn:ietf:params:scim:schemas:extension:enterprise:2.0:User`), which the path grammar
+/// reads as attribute `User` of URN `…:enterprise:2.0`.
+fn is_enterprise_whole(path: &PatchPath) -> bool {
+    path.filter.is_none()
+        && path.sub.is_none()
+        && path.attr.sub.is_none()
+        && path.attr.urn.as_ref().is_some_and(|urn| {
+            format!("{urn}:{}", path.attr.name).eq_ignore_ascii_case(ENTERPRISE_SCHEMA)
+        })
+}
+
+/// `remove` drops the whole extension; `add` merges an object of its attributes in,
+/// `replace` sets exactly that object's attributes.
+fn apply_enterprise_whole(
+    map: &mut Map<String, Value>,
+    op: OpKind,
+    value: Option<&Value>,
+) -> Result<(), ScimError> {
+    let existing: Vec<String> = map
+        .keys()
+        .filter(|k| k.eq_ignore_ascii_case(ENTERPRISE_SCHEMA))
+        .cloned()
+        .collect();
+    if op == OpKind::Replace || op == OpKind::Remove {
+        for k in &existing {
+            map.remove(k);
+        }
+    }
+    if op == OpKind::Remove {
+        return Ok(());
+    }
+    let Some(Value::Object(ext)) = value else {
+        return Err(ScimError::InvalidValue(format!(
+            "a value for {ENTERPRISE_SCHEMA} must be an object of its attributes"
+        )));
+    };
+    for (k, v) in ext {
+        let path = parse_path(&format!("{ENTERPRISE_SCHEMA}:{k}"))
+            .map_err(|e| ScimError::InvalidPath(format!("{k:?} {e}")))?;
+        if let Some(target) = resolve(&path)? {
+            apply_target(map, OpKind::Replace, &target, Some(v))?;
         }
     }
     Ok(())

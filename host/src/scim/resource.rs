@@ -6,7 +6,7 @@
 use super::filter::{
     get_ci, parse_attr_path, AttrPath, ENTERPRISE_SCHEMA, GROUP_SCHEMA, USER_SCHEMA,
 };
-use super::ScimError;
+use super::{ScimError, REPORT_SCHEMA};
 use crate::identity::{Email, Team, User};
 use crate::store::{Record, Space};
 use gatehouse_rules::UserStatus;
@@ -41,6 +41,10 @@ pub struct ScimUser {
     pub employee_number: Option<String>,
     #[serde(default)]
     pub department: Option<String>,
+    /// `active` was removed by a PATCH (decision 56): the user is deactivated and its
+    /// resource carries no `active` until a client sets it again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub active_unassigned: bool,
     /// Set by a SCIM DELETE: the user is gone, this record is its tombstone.
     #[serde(with = "time::serde::rfc3339::option", default)]
     pub deleted_at: Option<OffsetDateTime>,
@@ -71,7 +75,10 @@ impl Record for PendingMember {
 pub struct UserInput {
     pub user_name: String,
     pub external_id: Option<String>,
+    /// `active` as sent; an absent `active` reads as `true` on POST and PUT.
     pub active: bool,
+    /// `active` is unassigned (removed by a PATCH): the user is deactivated (decision 56).
+    pub active_unassigned: bool,
     pub display_name: Option<String>,
     pub given_name: Option<String>,
     pub family_name: Option<String>,
@@ -168,6 +175,7 @@ impl UserInput {
                 None | Some(Value::Null) => true,
                 Some(v) => boolean(v, "active")?,
             },
+            active_unassigned: false,
             display_name: string(get_ci(body, "displayName"), "displayName")?,
             given_name: string(sub("givenName"), "name.givenName")?,
             family_name: string(sub("familyName"), "name.familyName")?,
@@ -261,10 +269,12 @@ pub fn user_json(user: &User, scim: &ScimUser, base: &str) -> Value {
             .collect();
         out.insert("emails".into(), Value::Array(emails));
     }
-    out.insert(
-        "active".into(),
-        json!(user.status != UserStatus::Deactivated),
-    );
+    if !scim.active_unassigned {
+        out.insert(
+            "active".into(),
+            json!(user.status != UserStatus::Deactivated),
+        );
+    }
     if enterprise {
         let mut ext = Map::new();
         put(&mut ext, "employeeNumber", &scim.employee_number);
@@ -505,7 +515,9 @@ impl Projection {
 // ------------------------------------------------------------ discovery
 
 /// `ServiceProviderConfig`: what is supported, truthfully.
-pub fn service_provider_config(base: &str, max_results: usize, max_body: usize) -> Value {
+/// The largest accepted request body is not a key here (RFC 7643 §5 defines none): it is
+/// sent as the `Gatehouse-Scim-Max-Request-Bytes` response header (decision 55).
+pub fn service_provider_config(base: &str, max_results: usize) -> Value {
     json!({
         "schemas": ["urn:ietf:params:scim:schemas:core:2.0:ServiceProviderConfig"],
         "patch": { "supported": true },
@@ -524,7 +536,6 @@ pub fn service_provider_config(base: &str, max_results: usize, max_body: usize) 
             "resourceType": "ServiceProviderConfig",
             "location": format!("{base}/ServiceProviderConfig"),
         },
-        "urn:gatehouse:params:scim:maxRequestBytes": max_body,
     })
 }
 
@@ -544,6 +555,7 @@ pub fn resource_types(base: &str) -> Vec<Value> {
             "id": "Group", "name": "Group", "endpoint": "/Groups",
             "description": "A Gatehouse team",
             "schema": GROUP_SCHEMA,
+            "schemaExtensions": [{ "schema": REPORT_SCHEMA, "required": false }],
             "meta": { "resourceType": "ResourceType", "location": format!("{base}/ResourceTypes/Group") }
         }),
     ]
@@ -620,7 +632,32 @@ pub fn schemas(base: &str) -> Vec<Value> {
         ],
         "meta": { "resourceType": "Schema", "location": format!("{base}/Schemas/{GROUP_SCHEMA}") }
     });
-    vec![user, enterprise, group]
+    let read_only = |name: &str, multi: bool, d: &str| {
+        let mut a = attr(name, "string", multi, false, "readOnly", "none", true, d);
+        a["returned"] = json!("default");
+        a
+    };
+    let mut refused = complex(
+        "refused",
+        true,
+        "Member values refused, each with its reason (nested groups, another connection's users)",
+        vec![
+            read_only("value", false, "The member value as sent"),
+            read_only("reason", false, "Why it was refused"),
+        ],
+    );
+    refused["mutability"] = json!("readOnly");
+    let report = json!({
+        "schemas": ["urn:ietf:params:scim:schemas:core:2.0:Schema"],
+        "id": REPORT_SCHEMA, "name": "MembershipReport",
+        "description": "On the answer to a Group write only: the member values that change did not apply",
+        "attributes": [
+            read_only("pending", true, "Member values not yet users of this connection: applied when such a user is provisioned, until they expire"),
+            refused,
+        ],
+        "meta": { "resourceType": "Schema", "location": format!("{base}/Schemas/{REPORT_SCHEMA}") }
+    });
+    vec![user, enterprise, group, report]
 }
 
 #[cfg(test)]
