@@ -9,6 +9,8 @@ use scim_common::*;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 
+const REPORT: &str = "urn:gatehouse:params:scim:schemas:extension:2.0:MembershipReport";
+
 fn user(email: &str) -> Value {
     json!({ "schemas": [USER], "userName": email, "externalId": format!("x-{email}"), "active": true })
 }
@@ -92,12 +94,25 @@ async fn discovery_tells_the_truth() {
             &json!({ "supported": false })
         )
     );
+    // Only RFC 7643 keys at the top level: the request limit is a response header.
+    let custom: Vec<&String> = body
+        .as_object()
+        .unwrap()
+        .keys()
+        .filter(|k| k.starts_with("urn:"))
+        .collect();
+    assert!(custom.is_empty(), "non-standard keys {custom:?} in {body}");
     let (status, body) = scim.call(Method::GET, "/ResourceTypes", None).await;
     assert_eq!((status, body["totalResults"].clone()), (200, json!(2)));
     let (status, body) = scim.call(Method::GET, "/ResourceTypes/Group", None).await;
     assert_eq!(
         (status, body["endpoint"].clone(), body["schema"].clone()),
         (200, json!("/Groups"), json!(GROUP))
+    );
+    assert_eq!(
+        body["schemaExtensions"],
+        json!([{ "schema": REPORT, "required": false }]),
+        "{body}"
     );
     let (status, body) = scim.call(Method::GET, "/Schemas", None).await;
     assert_eq!(status, 200);
@@ -107,7 +122,7 @@ async fn discovery_tells_the_truth() {
         .iter()
         .map(|s| s["id"].as_str().unwrap())
         .collect();
-    assert_eq!(ids, [USER, ENTERPRISE, GROUP]);
+    assert_eq!(ids, [USER, ENTERPRISE, GROUP, REPORT]);
     let (status, body) = scim
         .call(Method::GET, &format!("/Schemas/{USER}"), None)
         .await;
@@ -981,4 +996,39 @@ async fn a_pending_value_removed_in_the_same_patch_is_not_kept() {
         .map(|p| p["value"].as_str().unwrap())
         .collect();
     assert_eq!(values, ["ghost-2"]);
+}
+
+#[tokio::test]
+async fn patch_remove_of_active_and_of_the_enterprise_extension_removes_them() {
+    let scim = Scim::start().await;
+    let mut body = user("rem@acme.io");
+    body["schemas"] = json!([USER, ENTERPRISE]);
+    body[ENTERPRISE] = json!({ "department": "R&D", "employeeNumber": "7" });
+    let (status, created) = scim.call(Method::POST, "/Users", Some(body)).await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created[ENTERPRISE]["department"], "R&D", "{created}");
+    let path = format!("/Users/{}", created["id"].as_str().unwrap());
+    let remove = |attr: &str| json!({ "schemas": [PATCH], "Operations": [{ "op": "remove", "path": attr }] });
+    let (status, patched) = scim
+        .call(Method::PATCH, &path, Some(remove(ENTERPRISE)))
+        .await;
+    assert_eq!(status, 200, "{patched}");
+    let (_, read) = scim.call(Method::GET, &path, None).await;
+    assert!(read.get(ENTERPRISE).is_none(), "extension removed: {read}");
+    let (status, patched) = scim
+        .call(Method::PATCH, &path, Some(remove("active")))
+        .await;
+    assert_eq!(status, 200, "{patched}");
+    let (_, read) = scim.call(Method::GET, &path, None).await;
+    assert!(read.get("active").is_none(), "active removed: {read}");
+    // Unassigned fails closed: the user is deactivated for the rest of Gatehouse.
+    let (status, record) = scim
+        .admin(
+            Method::GET,
+            &format!("/users/{}", created["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{record}");
+    assert_eq!(record["status"], "deactivated", "{record}");
 }
