@@ -56,15 +56,6 @@ impl Default for StoreConfig {
     }
 }
 
-impl StoreConfig {
-    /// The sled options this configuration describes.
-    pub fn sled(&self) -> crate::store::SledOptions {
-        crate::store::SledOptions {
-            group_commit: self.group_commit,
-        }
-    }
-}
-
 /// The edge token evaluator: answer headers, caches, key fetching.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -655,7 +646,7 @@ mod tests {
         let file = dir.path().join("gatehouse.toml");
         std::fs::write(&file, "[store]\ngroup_commit = false\n").unwrap();
         let config = Config::load(Some(&file), env(&[])).unwrap();
-        assert!(!config.store.sled().group_commit);
+        assert!(!config.store.group_commit);
         let config = Config::load(None, env(&[("GATEHOUSE_STORE_GROUP_COMMIT", "false")])).unwrap();
         assert!(!config.store.group_commit);
         let bad = Config::load(None, env(&[("GATEHOUSE_STORE_GROUP_COMMIT", "maybe")]));

@@ -1,9 +1,9 @@
 //! Process logging: every log line (request, decision, lifecycle) goes through one
 //! non-blocking writer, so a request never waits for stderr or a slow log pipe.
 //!
-//! Lines are handed to a dedicated thread through a bounded queue
-//! (`log_queue_lines`, default [`QUEUE_LINES`]); when the queue is full the line is dropped and counted, and the
-//! count is exported as `gatehouse_log_dropped_lines_total` (see [`export_metrics`]).
+//! Lines are handed to a dedicated thread through a bounded queue (`log_queue_lines`,
+//! default [`QUEUE_LINES`]); when the queue is full the line is dropped and counted, and
+//! the count is exported as `gatehouse_log_dropped_lines_total` (see [`export_metrics`]).
 //! The returned guard flushes what is queued when the process stops cleanly.
 
 use std::sync::OnceLock;
@@ -40,12 +40,9 @@ pub fn init(format: LogFormat, queue_lines: usize) -> WorkerGuard {
     guard
 }
 
-/// Lines dropped because the queue was full, since start (0 before [`init`]).
-pub fn dropped_lines() -> usize {
-    DROPPED.get().map_or(0, ErrorCounter::dropped_lines)
-}
-
-/// Publishes the drop count to the metrics registry; called when `/metrics` renders.
+/// Publishes the lines dropped since start (0 before [`init`]) to the metrics registry;
+/// called when `/metrics` renders, never on a request's path.
 pub fn export_metrics() {
-    metrics::counter!("gatehouse_log_dropped_lines_total").absolute(dropped_lines() as u64);
+    let dropped = DROPPED.get().map_or(0, ErrorCounter::dropped_lines);
+    metrics::counter!("gatehouse_log_dropped_lines_total").absolute(dropped as u64);
 }

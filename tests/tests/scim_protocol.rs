@@ -1007,8 +1007,9 @@ async fn patch_remove_of_active_and_of_the_enterprise_extension_removes_them() {
     let (status, created) = scim.call(Method::POST, "/Users", Some(body)).await;
     assert_eq!(status, 201, "{created}");
     assert_eq!(created[ENTERPRISE]["department"], "R&D", "{created}");
-    let path = format!("/Users/{}", created["id"].as_str().unwrap());
-    let remove = |attr: &str| json!({ "schemas": [PATCH], "Operations": [{ "op": "remove", "path": attr }] });
+    let id = created["id"].as_str().unwrap();
+    let path = format!("/Users/{id}");
+    let remove = |attr: &str| patch(json!([{ "op": "remove", "path": attr }]));
     let (status, patched) = scim
         .call(Method::PATCH, &path, Some(remove(ENTERPRISE)))
         .await;
@@ -1022,13 +1023,7 @@ async fn patch_remove_of_active_and_of_the_enterprise_extension_removes_them() {
     let (_, read) = scim.call(Method::GET, &path, None).await;
     assert!(read.get("active").is_none(), "active removed: {read}");
     // Unassigned fails closed: the user is deactivated for the rest of Gatehouse.
-    let (status, record) = scim
-        .admin(
-            Method::GET,
-            &format!("/users/{}", created["id"].as_str().unwrap()),
-            None,
-        )
-        .await;
+    let (status, record) = scim.admin(Method::GET, &format!("/users/{id}"), None).await;
     assert_eq!(status, 200, "{record}");
     assert_eq!(record["status"], "deactivated", "{record}");
 }

@@ -240,7 +240,7 @@ impl App {
         let public_url = config
             .public_url()
             .map_err(|e| AppError::BadRequest(e.to_string()))?;
-        let store = Store::open_with(&config.data, config.store.sled())?;
+        let store = Store::open_with(&config.data, &config.store)?;
         let engine = Arc::new(
             PolicyEngine::new(config.policy.limits())
                 .map_err(|e| AppError::Internal(e.to_string()))?,

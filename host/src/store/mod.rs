@@ -24,7 +24,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub use sled_backend::{FlushCombiner, SledBackend, SledOptions};
+pub use sled_backend::SledBackend;
 
 /// The named key spaces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -341,16 +341,19 @@ fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, StoreError
 impl Store {
     /// Opens (or creates) the embedded sled store in `dir`.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        Store::open_with(dir, SledOptions::default())
+        Store::open_with(dir, &crate::config::StoreConfig::default())
     }
 
-    /// [`Store::open`] with the sled options (group commit) spelled out.
-    pub fn open_with(dir: &Path, options: SledOptions) -> Result<Store, StoreError> {
+    /// [`Store::open`] with the store settings spelled out (group commit).
+    pub fn open_with(
+        dir: &Path,
+        settings: &crate::config::StoreConfig,
+    ) -> Result<Store, StoreError> {
         let artifacts = dir.join("artifacts");
         std::fs::create_dir_all(&artifacts)
             .map_err(|e| StoreError::Io(format!("cannot create {}: {e}", artifacts.display())))?;
         Ok(Store {
-            kv: Arc::new(SledBackend::open_with(&dir.join("sled"), options)?),
+            kv: Arc::new(SledBackend::open(&dir.join("sled"), settings.group_commit)?),
             artifacts,
         })
     }

@@ -18,31 +18,14 @@ pub struct SledBackend {
     group: Option<FlushCombiner>,
 }
 
-/// How the embedded store is opened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SledOptions {
-    /// Concurrent writers share one flush (see [`FlushCombiner`]).
-    pub group_commit: bool,
-}
-
-impl Default for SledOptions {
-    fn default() -> Self {
-        SledOptions { group_commit: true }
-    }
-}
-
 fn io(e: sled::Error) -> StoreError {
     StoreError::Io(e.to_string())
 }
 
 impl SledBackend {
-    /// Opens (or creates) the database in `dir`, with group commit.
-    pub fn open(dir: &Path) -> Result<SledBackend, StoreError> {
-        SledBackend::open_with(dir, SledOptions::default())
-    }
-
-    /// Opens (or creates) the database in `dir`.
-    pub fn open_with(dir: &Path, options: SledOptions) -> Result<SledBackend, StoreError> {
+    /// Opens (or creates) the database in `dir`; with `group_commit`, concurrent
+    /// writers share one flush (see [`FlushCombiner`]).
+    pub fn open(dir: &Path, group_commit: bool) -> Result<SledBackend, StoreError> {
         let db = sled::Config::new()
             .path(dir)
             .mode(sled::Mode::HighThroughput)
@@ -58,7 +41,7 @@ impl SledBackend {
         Ok(SledBackend {
             db,
             trees,
-            group: options.group_commit.then(FlushCombiner::default),
+            group: group_commit.then(FlushCombiner::default),
         })
     }
 
@@ -166,7 +149,7 @@ impl Backend for SledBackend {
 /// flush. So no caller is acknowledged by a flush that started before its commit, and
 /// every caller that arrives during one flush is covered by the next one (decision 60).
 #[derive(Default)]
-pub struct FlushCombiner {
+pub(super) struct FlushCombiner {
     state: Mutex<FlushState>,
     finished: Condvar,
 }
@@ -197,7 +180,7 @@ impl FlushCombiner {
 
     /// Returns once a run of `flush` that started after this call began has finished,
     /// with that run's outcome; runs `flush` itself when no run is in progress.
-    pub fn flush(&self, flush: impl FnOnce() -> Result<(), String>) -> Result<(), String> {
+    pub(super) fn flush(&self, flush: impl FnOnce() -> Result<(), String>) -> Result<(), String> {
         let mut state = self.lock();
         let target = state.started + 1;
         loop {
@@ -337,8 +320,7 @@ mod tests {
         for group_commit in [true, false] {
             let dir = tempfile::tempdir().unwrap();
             {
-                let backend =
-                    SledBackend::open_with(dir.path(), SledOptions { group_commit }).unwrap();
+                let backend = SledBackend::open(dir.path(), group_commit).unwrap();
                 let backend = Arc::new(backend);
                 let writers: Vec<_> = (0..4u8)
                     .map(|i| {
@@ -355,7 +337,7 @@ mod tests {
                     writer.join().unwrap();
                 }
             }
-            let backend = SledBackend::open(dir.path()).unwrap();
+            let backend = SledBackend::open(dir.path(), true).unwrap();
             for i in 0..4u8 {
                 assert_eq!(
                     backend.get(Space::System, &[i]).unwrap().as_deref(),
