@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# SCIM creates over HTTP with an outside load generator: `bash bench/scim-http.sh`.
+#
+# Starts two release servers on loopback (embedded sled), one with group commit (the
+# default, `store.group_commit`) and one without (GATEHOUSE_STORE_GROUP_COMMIT=false), each
+# with tenant `acme` in SCIM mode and a SCIM connection, then runs wrk (1 thread, CONNECTIONS
+# connections, DURATION-second rounds, ROUNDS passes alternating between the two servers):
+# every request creates a new user. Prints each server's median creates/s and the ratio.
+# The SCIM rate limit is raised for the run (it would otherwise be what is measured).
+#
+# Settings (environment): ROUNDS (3), DURATION (4), CONNECTIONS (8). Installs wrk with
+# apt-get when missing. Durability under this load is tested by
+# tests/tests/serve.rs::every_acknowledged_scim_create_survives_kill_9_under_load.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-4}
+CONNECTIONS=${CONNECTIONS:-8}
+OPERATOR="bench-operator-token-000"
+
+if ! command -v wrk >/dev/null 2>&1; then
+    apt-get install -y --no-install-recommends wrk >/dev/null \
+        || { apt-get update >/dev/null && apt-get install -y --no-install-recommends wrk >/dev/null; }
+fi
+cargo build --release -q -p gatehouse --bin gatehouse
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+start() { # NAME GROUP_COMMIT -> sets base_NAME and token_NAME
+    local name=$1
+    GATEHOUSE_OPERATOR_TOKEN=$OPERATOR GATEHOUSE_STORE_GROUP_COMMIT=$2 \
+        GATEHOUSE_SCIM_RATE_PER_SECOND=1000000 GATEHOUSE_SCIM_BURST=1000000 \
+        target/release/gatehouse serve --listen 127.0.0.1:0 --data "$work/$name" \
+        >"$work/$name.out" 2>"$work/$name.log" &
+    pids+=($!)
+    for _ in $(seq 600); do grep -q "^listening on" "$work/$name.out" 2>/dev/null && break; sleep 0.05; done
+    local base
+    base=$(sed -n 's/^listening on //p' "$work/$name.out")
+    [ -n "$base" ] || { cat "$work/$name.log" >&2; exit 1; }
+    api() {
+        curl -sS --fail-with-body -X "$1" "$base$2" -H "authorization: Bearer $OPERATOR" \
+            -H 'content-type: application/json' -d "$3"
+    }
+    api POST /api/v1/tenants '{"slug":"acme"}' >/dev/null
+    api PUT /api/v1/tenants/acme/provisioning '{"mode":"scim"}' >/dev/null
+    api POST /api/v1/tenants/acme/sso '{"id":"idp","issuer":"https://idp.example.com",
+        "client_id":"gatehouse","jwks_uri":"https://203.0.113.10/jwks"}' >/dev/null
+    local token
+    token=$(api POST /api/v1/tenants/acme/sso/idp/scim-token '{}' \
+        | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
+    printf -v "base_$name" '%s' "$base"
+    printf -v "token_$name" '%s' "$token"
+}
+start on true
+start off false
+
+results="$work/results"
+for round in $(seq "$ROUNDS"); do
+    for name in on off; do
+        base_var="base_$name" token_var="token_$name"
+        out=$(SCIM_TOKEN=${!token_var} PREFIX="r$round" wrk --latency -t1 -c"$CONNECTIONS" \
+            -d"${DURATION}s" -s bench/wrk/scim-create.lua "${!base_var}/scim/v2/acme/idp/Users")
+        if grep -q "Non-2xx" <<<"$out"; then echo "$out" >&2; exit 1; fi
+        rps=$(awk '/^Requests\/sec:/ { print $2 }' <<<"$out")
+        p99=$(awk '$1 == "99%" { print $2 }' <<<"$out")
+        echo "$name $round $rps $p99" >>"$results"
+        echo "group commit $name"$'\t'"round $round"$'\t'"$rps/s"$'\t'"p99 $p99" >&2
+    done
+done
+
+median() {
+    awk -v n="$1" '$1 == n { print $3 }' "$results" | sort -g | awk '{ v[NR] = $1 } END {
+        if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+on=$(median on)
+off=$(median off)
+echo
+echo "SCIM POST /Users over HTTP, wrk -t1 -c$CONNECTIONS, ${DURATION} s rounds × $ROUNDS, alternating; $(nproc) cores"
+echo
+echo "| store.group_commit | median creates/s | p99 (last round) |"
+echo "|---|---|---|"
+echo "| true (default) | $(printf '%.0f' "$on")/s | $(awk '$1 == "on" { p = $4 } END { print p }' "$results") |"
+echo "| false | $(printf '%.0f' "$off")/s | $(awk '$1 == "off" { p = $4 } END { print p }' "$results") |"
+echo
+echo "group commit on / off: $(awk -v a="$on" -v b="$off" 'BEGIN { printf "%.1f×", a / b }')"
