@@ -883,6 +883,24 @@ impl App {
             .collect()
     }
 
+    /// The teams user `id` belongs to, read through the user → teams index (no scan).
+    pub fn user_teams(
+        &self,
+        tenant: &str,
+        id: &str,
+        caller: &Caller,
+    ) -> Result<Vec<Team>, AppError> {
+        caller.require_self_or_admin(id)?;
+        let slug = self.tenant(tenant)?.slug;
+        let mut teams = Vec::new();
+        for team_id in self.store.index(Space::UserTeams, &slug, &[id])? {
+            if let Some(team) = self.store.get::<Team>(&slug, &[&team_id])? {
+                teams.push(team);
+            }
+        }
+        Ok(teams)
+    }
+
     /// One team with its members.
     pub fn team(&self, tenant: &str, id: &str, caller: &Caller) -> Result<TeamView, AppError> {
         caller.require_admin()?;
