@@ -103,7 +103,7 @@ fn provisioning_page(
                     }
                 }
                 (field_error("mode", error.as_deref()))
-                button type="submit" { "Review the switch" }
+                button type="submit" id="review-switch" { "Review the switch" }
             }
         },
     )
@@ -213,9 +213,17 @@ const SSO_FIELDS: [(&str, &str, bool); 8] = [
     ("unique_id_claim", "Unique id claim (default sub)", false),
 ];
 
-/// Which field an error is about: the first field name it mentions, else `fallback`.
-fn field_of<'a>(message: &str, fields: &[&'a str], fallback: &'a str) -> &'a str {
+/// Which field an error is about: the field whose value it quotes, else the first field
+/// name it mentions, else `fallback`.
+fn field_of<'a>(message: &str, form: &Form, fields: &[&'a str], fallback: &'a str) -> &'a str {
     let lower = message.to_lowercase();
+    let quoted = fields.iter().find(|f| {
+        form.text(f)
+            .is_some_and(|v| v.len() > 3 && message.contains(&v) && **f != "issuer")
+    });
+    if let Some(field) = quoted {
+        return field;
+    }
     fields
         .iter()
         .find(|f| {
@@ -352,7 +360,7 @@ pub(super) async fn add_sso(
         Err(e) => {
             let message = words(&e);
             let names: Vec<&str> = SSO_FIELDS.iter().map(|f| f.0).collect();
-            let field = field_of(&message, &names, "form");
+            let field = field_of(&message, &form, &names, "form");
             sso_page(
                 &app,
                 &ctx,
@@ -653,7 +661,7 @@ pub(super) async fn add_idp(
             names.push("algorithms");
             // "issuer" appears in many messages about keys; prefer the more specific names.
             names.sort_by_key(|n| *n == "issuer" || *n == "name");
-            let field = field_of(&message, &names, "form");
+            let field = field_of(&message, &form, &names, "form");
             idp_page(
                 &app,
                 &ctx,
