@@ -618,3 +618,123 @@ async fn cross_site_posts_members_and_other_tenants_are_refused() {
     assert!(response.text().await.unwrap().contains("boss@globex.io"));
     server.stop().await;
 }
+
+/// Signs `browser` in to acme's console as its admin, landing on `path`.
+async fn sign_in(browser: &Client, base: &str, path: &str) -> Step<()> {
+    browser.goto(&format!("{base}{path}")).await?;
+    on(browser, "/v1/acme/login").await?;
+    fill(browser, "#email", "admin@acme.io").await?;
+    fill(browser, "#password", PASSWORD).await?;
+    click(browser, "form button[type=submit]").await?;
+    on(browser, path).await
+}
+
+#[tokio::test]
+async fn an_admin_uploads_activates_and_rolls_back_a_policy_and_migrates_in_headless_chromium() {
+    let server = TestServer::start_with(|config| config.allow_private_urls = true).await;
+    acme(&server).await;
+    let files = tempfile::tempdir().unwrap();
+    let component = files.path().join("nested-claims.wasm");
+    std::fs::write(&component, gatehouse_tests::fixtures::NESTED_CLAIMS).unwrap();
+    let export_text = std::fs::read_to_string(
+        gatehouse_tests::fixtures::root().join("tests/fixtures/migration/role-mapping.json"),
+    )
+    .unwrap()
+    .replace("JWKS_URI", "https://jwks.example.test/keys");
+    let export_file = files.path().join("export.json");
+    std::fs::write(&export_file, &export_text).unwrap();
+    let export: Value = serde_json::from_str(&export_text).unwrap();
+
+    let driver = chromedriver();
+    let profile = tempfile::tempdir().unwrap();
+    let browser = chromium(&driver, profile.path()).await;
+    let base = server.base.clone();
+    let result: Step<()> = async {
+        sign_in(&browser, &base, "/console/acme/policies").await?;
+        assert_eq!(
+            text(&browser, "#active-version").await?,
+            "the built-in default"
+        );
+
+        // Upload and activate.
+        browser
+            .find(Locator::Css("#upload-component"))
+            .await?
+            .send_keys(&component.display().to_string())
+            .await?;
+        pick(&browser, "input[name=activate]").await?;
+        click(&browser, "#upload-button").await?;
+        on(&browser, "/console/acme/policies").await?;
+        assert_eq!(text(&browser, "#active-version").await?, "v1");
+        let policy = get(&server, "/api/v1/tenants/acme/policy").await;
+        assert_eq!(policy["active"], 1, "{policy}");
+
+        // Roll back to the built-in default, then activate v1 again.
+        click(&browser, "#rollback").await?;
+        assert_eq!(
+            text(&browser, "#active-version").await?,
+            "the built-in default"
+        );
+        let policy = get(&server, "/api/v1/tenants/acme/policy").await;
+        assert_eq!(policy["active"], Value::Null, "{policy}");
+        click(&browser, "#activate-1").await?;
+        assert_eq!(text(&browser, "#active-version").await?, "v1");
+        let policy = get(&server, "/api/v1/tenants/acme/policy").await;
+        assert_eq!(policy["active"], 1, "{policy}");
+
+        // Migration: upload the export, read the plan, apply it.
+        browser
+            .goto(&format!("{base}/console/acme/migration"))
+            .await?;
+        browser
+            .find(Locator::Css("#export"))
+            .await?
+            .send_keys(&export_file.display().to_string())
+            .await?;
+        click(&browser, "#plan-button").await?;
+        let (status, plan) = server
+            .call(
+                Method::POST,
+                "/api/v1/tenants/acme/migration/plan",
+                OP,
+                Some(&export),
+            )
+            .await;
+        assert_eq!(status, 200, "{plan}");
+        assert_eq!(
+            text(&browser, "#plan-changes").await?,
+            plan["changes"].to_string()
+        );
+        let steps = text(&browser, "#human-steps").await?;
+        for step in plan["human_steps"].as_array().unwrap() {
+            assert!(
+                steps.contains(step.as_str().unwrap()),
+                "{steps} lacks {step}"
+            );
+        }
+        let page = browser.source().await?;
+        assert!(page.contains("alice@acme.io"), "the plan names the users");
+        let users = get(&server, "/api/v1/tenants/acme/users").await;
+        assert_eq!(
+            users["items"].as_array().unwrap().len(),
+            1,
+            "the plan changed nothing"
+        );
+        click(&browser, "#apply-button").await?;
+        assert_eq!(
+            text(&browser, "#applied-changes").await?,
+            format!("{} change(s) carried out.", plan["changes"])
+        );
+        let users = get(&server, "/api/v1/tenants/acme/users?q=alice").await;
+        assert_eq!(users["items"][0]["email"], "alice@acme.io", "{users}");
+        assert_eq!(
+            get(&server, "/api/v1/tenants/acme").await["mode"],
+            plan["provisioning_mode"]["to"]
+        );
+        Ok(())
+    }
+    .await;
+    let _ = browser.close().await;
+    result.expect("the browser steps");
+    server.stop().await;
+}

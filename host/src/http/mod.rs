@@ -103,7 +103,7 @@ pub fn router(app: Arc<App>) -> Router {
         .merge(edge::routes())
         .merge(sso::routes())
         .merge(password::routes())
-        .merge(console::routes())
+        .merge(console::routes(max_upload))
         .merge(scim::routes(scim_max_body))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(1 << 20))

@@ -11,6 +11,8 @@
 //! and a post from another site (`Sec-Fetch-Site: cross-site`, or an `Origin` that is not
 //! this service) is refused before anything else is read.
 
+mod migration;
+mod policies;
 mod settings;
 mod users;
 
@@ -18,7 +20,7 @@ use super::sso::{cookie, SESSION_COOKIE};
 use super::Shared;
 use crate::app::{App, AppError, Caller};
 use axum::body::Bytes;
-use axum::extract::{Query, State};
+use axum::extract::{DefaultBodyLimit, Multipart, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -95,8 +97,25 @@ impl Console {
 type Con = Extension<Arc<Console>>;
 
 /// The console routes, at the root.
-pub(super) fn routes() -> Router<Arc<App>> {
+pub(super) fn routes(max_upload: usize) -> Router<Arc<App>> {
+    let uploads = Router::new()
+        .route(
+            "/console/{tenant}/policies",
+            get(policies::overview).post(policies::upload),
+        )
+        .route(
+            "/console/{tenant}/policies/dry-run",
+            post(policies::dry_run),
+        )
+        .route("/console/{tenant}/policies/shadow", post(policies::shadow))
+        .route(
+            "/console/{tenant}/migration",
+            get(migration::page_get).post(migration::plan_or_apply),
+        )
+        .layer(DefaultBodyLimit::max(max_upload));
     Router::new()
+        .merge(uploads)
+        .route("/console/{tenant}/policies/{action}", post(policies::act))
         .route("/console", get(home))
         .route("/console/", get(home))
         .route("/console/console.css", get(stylesheet))
@@ -291,6 +310,48 @@ pub(super) fn checked_form(
 ) -> Result<Form, Refusal> {
     same_site(app, headers)?;
     let form = Form::parse(body)?;
+    check_token(ctx, &form)?;
+    Ok(form)
+}
+
+/// A multipart form post (file uploads): its fields, after the same checks as
+/// [`checked_form`]. Files come back as bytes under their field name.
+pub(super) async fn checked_upload(
+    app: &App,
+    ctx: &Ctx,
+    headers: &HeaderMap,
+    multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
+) -> Result<(Form, HashMap<String, Vec<u8>>), Refusal> {
+    same_site(app, headers)?;
+    let mut multipart = multipart.map_err(|e| {
+        Refusal::Page(
+            StatusCode::BAD_REQUEST,
+            format!("the upload is not a valid form: {e}"),
+        )
+    })?;
+    let bad = |e: axum::extract::multipart::MultipartError| {
+        Refusal::Page(
+            e.status(),
+            format!("the upload could not be read: {}", e.body_text()),
+        )
+    };
+    let (mut fields, mut files) = (Vec::new(), HashMap::new());
+    while let Some(field) = multipart.next_field().await.map_err(bad)? {
+        let name = field.name().unwrap_or_default().to_owned();
+        if field.file_name().is_some() {
+            let bytes = field.bytes().await.map_err(bad)?;
+            files.insert(name, bytes.to_vec());
+        } else {
+            let text = field.text().await.map_err(bad)?;
+            fields.push((name, text));
+        }
+    }
+    let form = Form(fields);
+    check_token(ctx, &form)?;
+    Ok((form, files))
+}
+
+fn check_token(ctx: &Ctx, form: &Form) -> Result<(), Refusal> {
     let sent = form.get("csrf").unwrap_or_default();
     use subtle::ConstantTimeEq;
     if sent.len() != ctx.csrf.len() || !bool::from(sent.as_bytes().ct_eq(ctx.csrf.as_bytes())) {
@@ -299,7 +360,7 @@ pub(super) fn checked_form(
             "this form is out of date or was not sent from the console: open the page again and retry".into(),
         ));
     }
-    Ok(form)
+    Ok(())
 }
 
 /// Refuses a post from another site (a browser's `Sec-Fetch-Site`, or an `Origin`
@@ -452,6 +513,8 @@ fn layout(ctx: Option<&Ctx>, title: &str, body: Markup) -> Markup {
                                 a href={ "/console/" (ctx.tenant) "/provisioning" } { "Provisioning" }
                                 a href={ "/console/" (ctx.tenant) "/sso" } { "SSO" }
                                 a href={ "/console/" (ctx.tenant) "/idps" } { "Identity providers" }
+                                a href={ "/console/" (ctx.tenant) "/policies" } { "Policies" }
+                                a href={ "/console/" (ctx.tenant) "/migration" } { "Migration" }
                             } @else {
                                 a href={ "/console/" (ctx.tenant) } { "My profile" }
                             }
