@@ -39,7 +39,7 @@ enum Shown {
         plan: Box<crate::migrate::Plan>,
         export: String,
     },
-    Applied(crate::app::MigrationApplied),
+    Applied(Box<crate::app::MigrationApplied>),
 }
 
 fn migration_page(
@@ -162,7 +162,7 @@ pub(super) async fn plan_or_apply(
         if apply {
             worker
                 .migration_apply(&t, &bytes, digest.as_deref(), &caller)
-                .map(Shown::Applied)
+                .map(|a| Shown::Applied(Box::new(a)))
         } else {
             worker
                 .migration_plan(&t, &bytes, &caller)
