@@ -469,6 +469,58 @@ async fn cross_site_posts_members_and_other_tenants_are_refused() {
     let users = get(&server, "/api/v1/tenants/acme/users").await;
     assert_eq!(users["items"].as_array().unwrap().len(), 2, "{users}");
 
+    // Teams: created through the console, listed by the API.
+    let response = client
+        .post(format!("{base}/console/acme/teams"))
+        .header("cookie", &cookie)
+        .form(&[("csrf", csrf.as_str()), ("name", "ops"), ("role", "member")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 303);
+    let teams = get(&server, "/api/v1/tenants/acme/teams").await;
+    assert!(teams.to_string().contains("\"ops\""), "{teams}");
+    let response = client
+        .post(format!("{base}/console/acme/teams"))
+        .header("cookie", &cookie)
+        .form(&[("csrf", csrf.as_str()), ("name", "a b")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    assert!(response.text().await.unwrap().contains("team-name-error"));
+
+    // The audit log, filtered by action prefix; a bad time is refused in words.
+    let page = client
+        .get(format!("{base}/console/acme/audit?action=user.*"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("user.invite") && !page.contains("team.create"),
+        "{page}"
+    );
+    let response = client
+        .get(format!("{base}/console/acme/audit?since=yesterday"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    assert!(response.text().await.unwrap().contains("RFC 3339"));
+    // The outbox is the operator's.
+    let response = client
+        .get(format!("{base}/console/acme/outbox"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+
     // An admin of acme opening globex: no such tenant for this session.
     for path in [
         "/console/globex/users",
@@ -498,6 +550,8 @@ async fn cross_site_posts_members_and_other_tenants_are_refused() {
     let member_cookie = format!("gatehouse_session={}", session(&server, "mo@acme.io").await);
     for path in [
         "/console/acme/users",
+        "/console/acme/teams",
+        "/console/acme/audit",
         "/console/acme/provisioning",
         "/console/acme/sso",
         "/console/acme/idps",
@@ -608,6 +662,17 @@ async fn cross_site_posts_members_and_other_tenants_are_refused() {
         .await
         .unwrap();
     assert!(tenants.contains("acme") && tenants.contains("globex"));
+    let outbox_page = client
+        .get(format!("{base}/console/acme/outbox"))
+        .header("cookie", &op_cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(outbox_page.contains("admin@acme.io"), "{outbox_page}");
+    assert!(!outbox_page.contains("token="), "no link is shown");
     let response = client
         .get(format!("{base}/console/globex/users"))
         .header("cookie", &op_cookie)

@@ -11,6 +11,7 @@
 //! and a post from another site (`Sec-Fetch-Site: cross-site`, or an `Origin` that is not
 //! this service) is refused before anything else is read.
 
+mod directory;
 mod migration;
 mod policies;
 mod settings;
@@ -147,6 +148,16 @@ pub(super) fn routes(max_upload: usize) -> Router<Arc<App>> {
             get(settings::idps).post(settings::add_idp),
         )
         .route("/console/{tenant}/idps/test", post(settings::test_token))
+        .route(
+            "/console/{tenant}/teams",
+            get(directory::teams).post(directory::create_team),
+        )
+        .route(
+            "/console/{tenant}/teams/{team}/delete",
+            post(directory::delete_team),
+        )
+        .route("/console/{tenant}/audit", get(directory::audit))
+        .route("/console/{tenant}/outbox", get(directory::outbox))
         .layer(Extension(Arc::new(Console::new())))
 }
 
@@ -510,11 +521,16 @@ fn layout(ctx: Option<&Ctx>, title: &str, body: Markup) -> Markup {
                         nav aria-label="Console" {
                             @if ctx.is_admin() {
                                 a href={ "/console/" (ctx.tenant) "/users" } { "Users" }
+                                a href={ "/console/" (ctx.tenant) "/teams" } { "Teams" }
                                 a href={ "/console/" (ctx.tenant) "/provisioning" } { "Provisioning" }
                                 a href={ "/console/" (ctx.tenant) "/sso" } { "SSO" }
                                 a href={ "/console/" (ctx.tenant) "/idps" } { "Identity providers" }
                                 a href={ "/console/" (ctx.tenant) "/policies" } { "Policies" }
                                 a href={ "/console/" (ctx.tenant) "/migration" } { "Migration" }
+                                a href={ "/console/" (ctx.tenant) "/audit" } { "Audit log" }
+                                @if ctx.caller == Caller::Operator {
+                                    a href={ "/console/" (ctx.tenant) "/outbox" } { "Outbox" }
+                                }
                             } @else {
                                 a href={ "/console/" (ctx.tenant) } { "My profile" }
                             }
