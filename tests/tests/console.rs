@@ -192,7 +192,11 @@ async fn on(b: &Client, path: &str) -> Step<()> {
 
 #[tokio::test]
 async fn an_admin_walks_the_console_journeys_in_headless_chromium() {
-    let server = TestServer::start_with(|config| config.allow_private_urls = true).await;
+    let server = TestServer::start_with(|config| {
+        config.allow_private_urls = true;
+        config.policy.timeout_ms = 2_000;
+    })
+    .await;
     acme(&server).await;
     let driver = chromedriver();
     let profile = tempfile::tempdir().unwrap();
@@ -390,7 +394,7 @@ fn csrf_of(page: &str) -> String {
 
 #[tokio::test]
 async fn cross_site_posts_members_and_other_tenants_are_refused() {
-    let server = TestServer::start().await;
+    let server = TestServer::start_with(|config| config.policy.timeout_ms = 2_000).await;
     acme(&server).await;
     server
         .create_tenant_with_admin("globex", "boss@globex.io")
@@ -520,6 +524,106 @@ async fn cross_site_posts_members_and_other_tenants_are_refused() {
         .await
         .unwrap();
     assert_eq!(response.status(), 403);
+
+    // A virtual account: created, a token shown once, rotated with a grace period.
+    let response = client
+        .post(format!("{base}/console/acme/virtual-accounts"))
+        .header("cookie", &cookie)
+        .form(&[
+            ("csrf", csrf.as_str()),
+            ("name", "ci-bot"),
+            ("role", "member"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 303);
+    let va_page = response.headers()["location"].to_str().unwrap().to_owned();
+    let vas = get(&server, "/api/v1/tenants/acme/virtual-accounts").await;
+    let va = vas["virtual_accounts"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(va_page, format!("/console/acme/virtual-accounts/{va}"));
+    let new_token = |form: Vec<(&'static str, String)>| {
+        let mut form = form;
+        form.push(("csrf", csrf.clone()));
+        client
+            .post(format!("{base}{va_page}/tokens"))
+            .header("cookie", &cookie)
+            .form(&form)
+            .send()
+    };
+    let response = new_token(vec![("name", "one".into()), ("days", "30".into())])
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let shown = response.text().await.unwrap();
+    let secret = shown
+        .split("id=\"va-secret\">")
+        .nth(1)
+        .and_then(|s| s.split('<').next())
+        .unwrap()
+        .to_owned();
+    assert!(secret.starts_with("gva_acme_"), "{secret}");
+    let tokens = get(
+        &server,
+        &format!("/api/v1/tenants/acme/virtual-accounts/{va}/tokens"),
+    )
+    .await;
+    let first = tokens["tokens"][0]["id"].as_str().unwrap().to_owned();
+    let response = new_token(vec![
+        ("name", "two".into()),
+        ("replaces", first.clone()),
+        ("grace_seconds", "60".into()),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(response.status(), 201);
+    let tokens = get(
+        &server,
+        &format!("/api/v1/tenants/acme/virtual-accounts/{va}/tokens"),
+    )
+    .await;
+    let tokens = tokens["tokens"].as_array().unwrap();
+    assert_eq!(tokens.len(), 2, "{tokens:?}");
+    let old = tokens.iter().find(|t| t["id"] == first.as_str()).unwrap();
+    let ends = time::OffsetDateTime::parse(
+        old["revoked_at"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    let left = ends - time::OffsetDateTime::now_utc();
+    assert!(
+        left > time::Duration::seconds(30) && left <= time::Duration::seconds(61),
+        "the old token works for the grace period: {left}"
+    );
+    let again = client
+        .get(format!("{base}{va_page}"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!again.contains(&secret), "shown once");
+
+    // A resource.
+    let response = client
+        .post(format!("{base}/console/acme/resources"))
+        .header("cookie", &cookie)
+        .form(&[
+            ("csrf", csrf.as_str()),
+            ("kind", "model"),
+            ("name", "gpt-x"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 303);
+    let resources = get(&server, "/api/v1/tenants/acme/resources").await;
+    assert_eq!(resources["resources"][0]["name"], "gpt-x", "{resources}");
 
     // An admin of acme opening globex: no such tenant for this session.
     for path in [
@@ -696,7 +800,12 @@ async fn sign_in(browser: &Client, base: &str, path: &str) -> Step<()> {
 
 #[tokio::test]
 async fn an_admin_uploads_activates_and_rolls_back_a_policy_and_migrates_in_headless_chromium() {
-    let server = TestServer::start_with(|config| config.allow_private_urls = true).await;
+    let server = TestServer::start_with(|config| {
+        config.allow_private_urls = true;
+        // A debug build beside a browser on a busy machine: room for the policy's calls.
+        config.policy.timeout_ms = 2_000;
+    })
+    .await;
     acme(&server).await;
     let files = tempfile::tempdir().unwrap();
     let component = files.path().join("nested-claims.wasm");

@@ -11,6 +11,7 @@
 //! and a post from another site (`Sec-Fetch-Site: cross-site`, or an `Origin` that is not
 //! this service) is refused before anything else is read.
 
+mod accounts;
 mod directory;
 mod migration;
 mod policies;
@@ -157,6 +158,26 @@ pub(super) fn routes(max_upload: usize) -> Router<Arc<App>> {
             post(directory::delete_team),
         )
         .route("/console/{tenant}/audit", get(directory::audit))
+        .route(
+            "/console/{tenant}/virtual-accounts",
+            get(accounts::list).post(accounts::create),
+        )
+        .route(
+            "/console/{tenant}/virtual-accounts/{va}",
+            get(accounts::detail),
+        )
+        .route(
+            "/console/{tenant}/virtual-accounts/{va}/tokens",
+            post(accounts::token),
+        )
+        .route(
+            "/console/{tenant}/virtual-accounts/{va}/tokens/{token}/revoke",
+            post(accounts::revoke),
+        )
+        .route(
+            "/console/{tenant}/resources",
+            get(accounts::resources).post(accounts::create_resource),
+        )
         .route("/console/{tenant}/outbox", get(directory::outbox))
         .layer(Extension(Arc::new(Console::new())))
 }
@@ -522,6 +543,8 @@ fn layout(ctx: Option<&Ctx>, title: &str, body: Markup) -> Markup {
                             @if ctx.is_admin() {
                                 a href={ "/console/" (ctx.tenant) "/users" } { "Users" }
                                 a href={ "/console/" (ctx.tenant) "/teams" } { "Teams" }
+                                a href={ "/console/" (ctx.tenant) "/virtual-accounts" } { "Virtual accounts" }
+                                a href={ "/console/" (ctx.tenant) "/resources" } { "Resources" }
                                 a href={ "/console/" (ctx.tenant) "/provisioning" } { "Provisioning" }
                                 a href={ "/console/" (ctx.tenant) "/sso" } { "SSO" }
                                 a href={ "/console/" (ctx.tenant) "/idps" } { "Identity providers" }
