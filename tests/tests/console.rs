@@ -484,6 +484,41 @@ async fn cross_site_posts_members_and_other_tenants_are_refused() {
     assert_eq!(response.status(), 303);
     let teams = get(&server, "/api/v1/tenants/acme/teams").await;
     assert!(teams.to_string().contains("\"ops\""), "{teams}");
+    let ops = teams["teams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "ops")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let response = client
+        .post(format!("{base}/console/acme/teams/{ops}/add-member"))
+        .header("cookie", &cookie)
+        .form(&[("csrf", csrf.as_str()), ("email", "OK@acme.io")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 303);
+    let team = get(&server, &format!("/api/v1/tenants/acme/teams/{ops}")).await;
+    assert_eq!(team["members"].as_array().unwrap().len(), 1, "{team}");
+    // A mapping to an identity provider the tenant does not have: refused next to the team.
+    let response = client
+        .post(format!("{base}/console/acme/teams/{ops}/mappings"))
+        .header("cookie", &cookie)
+        .form(&[("csrf", csrf.as_str()), ("mappings", "nope:ops-group")])
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_client_error(), "{}", response.status());
+    assert!(response
+        .text()
+        .await
+        .unwrap()
+        .contains(&format!("team-{ops}-error")));
+    let team = get(&server, &format!("/api/v1/tenants/acme/teams/{ops}")).await;
+    assert_eq!(team["mappings"], json!([]), "{team}");
     let response = client
         .post(format!("{base}/console/acme/teams"))
         .header("cookie", &cookie)

@@ -6,7 +6,7 @@ use super::{
     admin_only, checked_form, date, field_error, here, page, redirect, seg, signed_in, word, words,
     Con, Ctx, Refusal,
 };
-use crate::app::{App, AuditFilter, NewTeam};
+use crate::app::{App, AppError, AuditFilter, NewTeam};
 use crate::http::Shared;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -66,15 +66,31 @@ fn teams_page(
                                 @if t.team.builtin { " " span.badge { "built-in" } }
                                 @if let Some(scim) = &t.team.scim { " " span.badge { "managed by SCIM (" (scim.sso_id) ")" } } }
                             td { (t.team.role.map(|r| word(&r)).unwrap_or_else(|| "—".into())) }
-                            td { (t.members.len()) }
+                            td { a href={ "/console/" (seg(&ctx.tenant)) "/users?team=" (seg(&t.team.id)) } { (t.members.len()) " members" } }
                             td { @for m in &t.team.mappings { code { (m.idp) ": " (m.value) } " " } }
                             td {
+                                @if !t.team.builtin {
+                                    form method="post" action={ "/console/" (seg(&ctx.tenant)) "/teams/" (seg(&t.team.id)) "/add-member" } {
+                                        input type="hidden" name="csrf" value=(ctx.csrf);
+                                        label for={ "add-" (t.team.id) } { "Add member (email)" }
+                                        input id={ "add-" (t.team.id) } name="email" type="email" required;
+                                        button type="submit" { "Add to " (t.team.name) }
+                                    }
+                                    form method="post" action={ "/console/" (seg(&ctx.tenant)) "/teams/" (seg(&t.team.id)) "/mappings" } {
+                                        input type="hidden" name="csrf" value=(ctx.csrf);
+                                        label for={ "map-" (t.team.id) } { "IdP mappings (one idp:value a line)" }
+                                        textarea id={ "map-" (t.team.id) } name="mappings" {
+                                            @for m in &t.team.mappings { (m.idp) ":" (m.value) "\n" }
+                                        }
+                                        button.secondary type="submit" { "Save mappings" }
+                                    }
+                                }
                                 @if !t.team.builtin {
                                     form method="post" action={ "/console/" (seg(&ctx.tenant)) "/teams/" (seg(&t.team.id)) "/delete" } {
                                         input type="hidden" name="csrf" value=(ctx.csrf);
                                         button.danger type="submit" aria-label={ "Delete team " (t.team.name) } { "Delete" }
-                                        (field_error(&format!("team-{}", t.team.id), err(&t.team.id)))
                                     }
+                                    (field_error(&format!("team-{}", t.team.id), err(&t.team.id)))
                                 }
                             }
                         }
@@ -140,10 +156,10 @@ pub(super) async fn create_team(
     }
 }
 
-pub(super) async fn delete_team(
+pub(super) async fn team_action(
     State(app): Shared,
     Extension(console): Con,
-    Path((tenant, team)): Path<(String, String)>,
+    Path((tenant, team, action)): Path<(String, String, String)>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -151,15 +167,72 @@ pub(super) async fn delete_team(
         Ok(c) => c,
         Err(r) => return r.into_response(),
     };
-    if let Err(r) = checked_form(&app, &ctx, &headers, &body) {
-        return r.into_response();
-    }
+    let form = match checked_form(&app, &ctx, &headers, &body) {
+        Ok(f) => f,
+        Err(r) => return r.into_response(),
+    };
     if let Err(r) = admin_only(&ctx) {
         return r.into_response();
     }
     let worker = app.clone();
     let (t, caller, id) = (ctx.tenant.clone(), ctx.caller.clone(), team.clone());
-    match super::blocking(move || worker.delete_team(&t, &id, &caller)).await {
+    let result = match action.as_str() {
+        "delete" => super::blocking(move || worker.delete_team(&t, &id, &caller)).await,
+        "add-member" => {
+            let email = form.text("email").unwrap_or_default();
+            super::blocking(move || {
+                // The user by email: one indexed-free page of the list, matched exactly.
+                let query = crate::app::UserQuery {
+                    q: Some(email.clone()),
+                    limit: Some(500),
+                    ..Default::default()
+                };
+                let user = worker
+                    .users(&t, &query, &caller)?
+                    .items
+                    .into_iter()
+                    .find(|u| u.email.eq_ignore_ascii_case(&email))
+                    .ok_or_else(|| AppError::NotFound(format!("user {email}")))?;
+                let change = crate::app::MemberChange {
+                    add: vec![user.id],
+                    remove: Vec::new(),
+                };
+                worker
+                    .change_members(&t, &id, change, false, &caller)
+                    .map(|_| ())
+            })
+            .await
+        }
+        "mappings" => {
+            let mut mappings = Vec::new();
+            for line in form.get("mappings").unwrap_or_default().lines() {
+                let line = line.trim();
+                if line.is_empty() {
+                    continue;
+                }
+                match line.split_once(':') {
+                    Some((idp, value)) => mappings.push(crate::identity::Mapping {
+                        idp: idp.trim().to_owned(),
+                        value: value.trim().to_owned(),
+                    }),
+                    None => {
+                        let why = format!("mapping {line:?} is not idp:value");
+                        return teams_page(&app, &ctx, StatusCode::BAD_REQUEST, Some((team, why)));
+                    }
+                }
+            }
+            let patch = crate::app::TeamPatch {
+                mappings: Some(mappings),
+                ..Default::default()
+            };
+            super::blocking(move || worker.patch_team(&t, &id, patch, &caller).map(|_| ())).await
+        }
+        _ => {
+            return Refusal::Page(StatusCode::NOT_FOUND, format!("no action {action:?}"))
+                .into_response()
+        }
+    };
+    match result {
         Ok(()) => redirect(&format!("/console/{}/teams", seg(&ctx.tenant))),
         Err(e) => teams_page(&app, &ctx, super::status_of(&e), Some((team, words(&e)))),
     }

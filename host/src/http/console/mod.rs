@@ -154,8 +154,8 @@ pub(super) fn routes(max_upload: usize) -> Router<Arc<App>> {
             get(directory::teams).post(directory::create_team),
         )
         .route(
-            "/console/{tenant}/teams/{team}/delete",
-            post(directory::delete_team),
+            "/console/{tenant}/teams/{team}/{action}",
+            post(directory::team_action),
         )
         .route("/console/{tenant}/audit", get(directory::audit))
         .route(
