@@ -659,6 +659,37 @@ async fn cross_site_posts_members_and_other_tenants_are_refused() {
     assert_eq!(response.status(), 303);
     let resources = get(&server, "/api/v1/tenants/acme/resources").await;
     assert_eq!(resources["resources"][0]["name"], "gpt-x", "{resources}");
+    let resource = resources["resources"][0]["id"].as_str().unwrap().to_owned();
+    let collaborators = |lines: String| {
+        client
+            .post(format!(
+                "{base}/console/acme/resources/{resource}/collaborators"
+            ))
+            .header("cookie", &cookie)
+            .form(&[("csrf", csrf.clone()), ("collaborators", lines)])
+            .send()
+    };
+    let response = collaborators(format!("team:{ops}:editor\nvirtual_account:{va}:viewer"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 303);
+    let resources = get(&server, "/api/v1/tenants/acme/resources").await;
+    assert_eq!(
+        resources["resources"][0]["collaborators"],
+        json!([
+            { "subject": { "team": ops }, "role": "editor" },
+            { "subject": { "virtual_account": va }, "role": "viewer" },
+        ])
+    );
+    let response = collaborators("user:usr_nobody:editor".into())
+        .await
+        .unwrap();
+    assert!(response.status().is_client_error(), "{}", response.status());
+    assert!(response
+        .text()
+        .await
+        .unwrap()
+        .contains(&format!("collab-{resource}-error")));
 
     // An admin of acme opening globex: no such tenant for this session.
     for path in [

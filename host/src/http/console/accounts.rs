@@ -7,6 +7,7 @@ use super::{
 };
 use crate::app::{App, NewResource, NewVaToken, NewVirtualAccount};
 use crate::http::Shared;
+use crate::identity::{Collaborator, Subject};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -319,7 +320,80 @@ pub(super) async fn resources(
     resources_page(&app, &ctx, StatusCode::OK, None)
 }
 
-fn resources_page(app: &App, ctx: &Ctx, status: StatusCode, error: Option<String>) -> Response {
+fn subject_line(subject: &Subject) -> String {
+    match subject {
+        Subject::User(id) => format!("user:{id}"),
+        Subject::Team(id) => format!("team:{id}"),
+        Subject::VirtualAccount(id) => format!("virtual_account:{id}"),
+        Subject::ExternalIdentity(name) => format!("external_identity:{name}"),
+    }
+}
+
+/// `kind:id:role` lines as collaborators.
+fn collaborators(text: &str) -> Result<Vec<Collaborator>, String> {
+    let mut out = Vec::new();
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let mut parts = line.splitn(3, ':');
+        let (kind, id, role) = match (parts.next(), parts.next(), parts.next()) {
+            (Some(k), Some(i), Some(r)) => (k.trim(), i.trim().to_owned(), r.trim().to_owned()),
+            _ => return Err(format!("{line:?} is not kind:id:role")),
+        };
+        let subject = match kind {
+            "user" => Subject::User(id),
+            "team" => Subject::Team(id),
+            "virtual_account" => Subject::VirtualAccount(id),
+            other => {
+                return Err(format!(
+                    "kind {other:?} is invalid: use user, team or virtual_account"
+                ))
+            }
+        };
+        out.push(Collaborator { subject, role });
+    }
+    Ok(out)
+}
+
+/// Replaces a resource's collaborators (the API checks each subject exists).
+pub(super) async fn set_collaborators(
+    State(app): Shared,
+    Extension(console): Con,
+    Path((tenant, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let ctx = match signed_in(
+        &app,
+        &console,
+        &tenant,
+        &headers,
+        &here(&tenant, "/resources"),
+    ) {
+        Ok(c) => c,
+        Err(r) => return r.into_response(),
+    };
+    let form = match checked_form(&app, &ctx, &headers, &body) {
+        Ok(f) => f,
+        Err(r) => return r.into_response(),
+    };
+    if let Err(r) = admin_only(&ctx) {
+        return r.into_response();
+    }
+    let list = match collaborators(form.get("collaborators").unwrap_or_default()) {
+        Ok(l) => l,
+        Err(why) => return resources_page(&app, &ctx, StatusCode::BAD_REQUEST, Some((id, why))),
+    };
+    match app.set_collaborators(&ctx.tenant, &id, list, &ctx.caller) {
+        Ok(_) => redirect(&format!("/console/{}/resources", seg(&ctx.tenant))),
+        Err(e) => resources_page(&app, &ctx, super::status_of(&e), Some((id, words(&e)))),
+    }
+}
+
+fn resources_page(
+    app: &App,
+    ctx: &Ctx,
+    status: StatusCode,
+    error: Option<(String, String)>,
+) -> Response {
     let resources = match app.resources(&ctx.tenant, &ctx.caller) {
         Ok(r) => r,
         Err(e) => return Refusal::from(e).into_response(),
@@ -336,7 +410,17 @@ fn resources_page(app: &App, ctx: &Ctx, status: StatusCode, error: Option<String
                         tr {
                             td { (r.kind) }
                             td { (r.name) }
-                            td { @for c in &r.collaborators { code { (serde_json::to_string(&c.subject).unwrap_or_default()) } " as " (c.role) br; } }
+                            td {
+                                form method="post" action={ "/console/" (seg(&ctx.tenant)) "/resources/" (seg(&r.id)) "/collaborators" } {
+                                    input type="hidden" name="csrf" value=(ctx.csrf);
+                                    label for={ "collab-" (r.id) } { "One kind:id:role a line (kind: user, team, virtual_account)" }
+                                    textarea id={ "collab-" (r.id) } name="collaborators" {
+                                        @for c in &r.collaborators { (subject_line(&c.subject)) ":" (c.role) "\n" }
+                                    }
+                                    button.secondary type="submit" { "Save collaborators" }
+                                }
+                                (field_error(&format!("collab-{}", r.id), error.as_ref().filter(|(id, _)| id == &r.id).map(|(_, w)| w.as_str())))
+                            }
                         }
                     }
                 }
@@ -348,8 +432,8 @@ fn resources_page(app: &App, ctx: &Ctx, status: StatusCode, error: Option<String
                 label for="resource-kind" { "Kind (model, workspace, mcp-server, …)" }
                 input id="resource-kind" name="kind" required;
                 label for="resource-name" { "Name" }
-                input id="resource-name" name="name" required aria-describedby=[error.as_ref().map(|_| "resource-error")];
-                (field_error("resource", error.as_deref()))
+                input id="resource-name" name="name" required aria-describedby=[error.as_ref().filter(|(id, _)| id.is_empty()).map(|_| "resource-error")];
+                (field_error("resource", error.as_ref().filter(|(id, _)| id.is_empty()).map(|(_, w)| w.as_str())))
                 button type="submit" { "Create resource" }
             }
         },
@@ -387,6 +471,11 @@ pub(super) async fn create_resource(
     };
     match app.create_resource(&ctx.tenant, new, &ctx.caller) {
         Ok(_) => redirect(&format!("/console/{}/resources", seg(&ctx.tenant))),
-        Err(e) => resources_page(&app, &ctx, super::status_of(&e), Some(words(&e))),
+        Err(e) => resources_page(
+            &app,
+            &ctx,
+            super::status_of(&e),
+            Some((String::new(), words(&e))),
+        ),
     }
 }

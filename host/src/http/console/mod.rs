@@ -178,6 +178,10 @@ pub(super) fn routes(max_upload: usize) -> Router<Arc<App>> {
             "/console/{tenant}/resources",
             get(accounts::resources).post(accounts::create_resource),
         )
+        .route(
+            "/console/{tenant}/resources/{resource}/collaborators",
+            post(accounts::set_collaborators),
+        )
         .route("/console/{tenant}/outbox", get(directory::outbox))
         .layer(Extension(Arc::new(Console::new())))
 }
