@@ -175,7 +175,10 @@ async fn main() -> anyhow::Result<()> {
             ("policies", "/console/acme/policies".to_owned()),
             ("migration", "/console/acme/migration".to_owned()),
             ("teams", "/console/acme/teams".to_owned()),
-            ("virtual-accounts", "/console/acme/virtual-accounts".to_owned()),
+            (
+                "virtual-accounts",
+                "/console/acme/virtual-accounts".to_owned(),
+            ),
             ("resources", "/console/acme/resources".to_owned()),
             ("audit", "/console/acme/audit".to_owned()),
         ];
