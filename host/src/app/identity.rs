@@ -118,6 +118,59 @@ pub struct Page<T> {
     pub next: Option<String>,
 }
 
+/// Which audit entries a listing keeps: every set field must match.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub actor: Option<String>,
+    /// An exact action, or a prefix when it ends with `*` (`user.*`).
+    pub action: Option<String>,
+    pub since: Option<OffsetDateTime>,
+    pub until: Option<OffsetDateTime>,
+}
+
+impl AuditFilter {
+    /// From query values; a time that is not RFC 3339 is a 400 naming it.
+    pub fn parse(
+        actor: Option<String>,
+        action: Option<String>,
+        since: Option<&str>,
+        until: Option<&str>,
+    ) -> Result<AuditFilter, AppError> {
+        let time = |name: &str, value: Option<&str>| {
+            value
+                .map(|v| {
+                    OffsetDateTime::parse(v, &time::format_description::well_known::Rfc3339)
+                        .map_err(|_| {
+                            AppError::BadRequest(format!(
+                                "{name} {v:?} is not an RFC 3339 time (e.g. 2026-01-31T12:00:00Z)"
+                            ))
+                        })
+                })
+                .transpose()
+        };
+        Ok(AuditFilter {
+            actor: actor.filter(|a| !a.is_empty()),
+            action: action.filter(|a| !a.is_empty()),
+            since: time("since", since)?,
+            until: time("until", until)?,
+        })
+    }
+
+    /// Whether `entry` passes every set field.
+    pub fn accepts(&self, entry: &AuditEntry) -> bool {
+        self.actor.as_ref().is_none_or(|a| &entry.actor == a)
+            && self
+                .action
+                .as_ref()
+                .is_none_or(|a| match a.strip_suffix('*') {
+                    Some(prefix) => entry.action.starts_with(prefix),
+                    None => &entry.action == a,
+                })
+            && self.since.is_none_or(|t| entry.at >= t)
+            && self.until.is_none_or(|t| entry.at < t)
+    }
+}
+
 /// A team with its members.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TeamView {
@@ -883,6 +936,24 @@ impl App {
             .collect()
     }
 
+    /// The teams user `id` belongs to, read through the user → teams index (no scan).
+    pub fn user_teams(
+        &self,
+        tenant: &str,
+        id: &str,
+        caller: &Caller,
+    ) -> Result<Vec<Team>, AppError> {
+        caller.require_self_or_admin(id)?;
+        let slug = self.tenant(tenant)?.slug;
+        let mut teams = Vec::new();
+        for team_id in self.store.index(Space::UserTeams, &slug, &[id])? {
+            if let Some(team) = self.store.get::<Team>(&slug, &[&team_id])? {
+                teams.push(team);
+            }
+        }
+        Ok(teams)
+    }
+
     /// One team with its members.
     pub fn team(&self, tenant: &str, id: &str, caller: &Caller) -> Result<TeamView, AppError> {
         caller.require_admin()?;
@@ -1550,6 +1621,18 @@ impl App {
         limit: usize,
         caller: &Caller,
     ) -> Result<Page<AuditEntry>, AppError> {
+        self.audit_matching(tenant, after, limit, &AuditFilter::default(), caller)
+    }
+
+    /// One page of the audit entries `filter` accepts (the page holds up to `limit` of them).
+    pub fn audit_matching(
+        &self,
+        tenant: &str,
+        after: u64,
+        limit: usize,
+        filter: &AuditFilter,
+        caller: &Caller,
+    ) -> Result<Page<AuditEntry>, AppError> {
         caller.require_admin()?;
         if !(1..=1000).contains(&limit) {
             return Err(AppError::BadRequest(format!(
@@ -1563,7 +1646,7 @@ impl App {
             &[],
             Some(&format!("{after:020}")),
             limit,
-            &mut |_| true,
+            &mut |entry| filter.accepts(entry),
         )?;
         let next = more.then(|| items.last().map(|e| e.seq.to_string()).unwrap_or_default());
         Ok(Page { items, next })

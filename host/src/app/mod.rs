@@ -33,8 +33,8 @@ pub use explain::{
     Candidates, ExplainRequest, ExplainedRefusal, ExplainedRole, Explanation, Extracted,
 };
 pub use identity::{
-    Caller, Invite, MemberChange, NewTeam, NewToken, Page, TeamPatch, TeamView, TenantCreated,
-    TokenCreated, UserQuery,
+    AuditFilter, Caller, Invite, MemberChange, NewTeam, NewToken, Page, TeamPatch, TeamView,
+    TenantCreated, TokenCreated, UserQuery,
 };
 pub(crate) use identity::{PAT_PREFIX, VA_PREFIX};
 pub use migrate::MigrationApplied;

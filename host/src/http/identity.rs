@@ -168,7 +168,7 @@ async fn set_mode(
     ),
     responses(
         (status = 200, description = "One page of users, in id order", body = Page<User>),
-        (status = 400, description = "The query string is not valid or the limit is out of range", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "The query string is not valid, the limit is out of range or a time is not RFC 3339", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "A member's token: this needs a tenant admin", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such tenant (or a token of another tenant)", body = Problem, content_type = "application/problem+json"),
@@ -888,6 +888,14 @@ struct AuditQuery {
     /// Page size (1-1000, default 100).
     #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
+    /// Only entries by this actor (exact: a user or token id, `operator`, `scim:...`).
+    actor: Option<String>,
+    /// Only entries of this action (exact, e.g. `user.invite`; `user.*` matches a prefix).
+    action: Option<String>,
+    /// Only entries at or after this time (RFC 3339).
+    since: Option<String>,
+    /// Only entries before this time (RFC 3339).
+    until: Option<String>,
 }
 
 /// The tenant's audit log: append-only, never a secret.
@@ -916,12 +924,19 @@ async fn audit(
 ) -> Result<Response, AppError> {
     let caller = caller(&app, &tenant, &headers)?;
     let query: AuditQuery = parse_query(query.as_deref())?;
+    let filter = crate::app::AuditFilter::parse(
+        query.actor,
+        query.action,
+        query.since.as_deref(),
+        query.until.as_deref(),
+    )?;
     Ok(json(
         StatusCode::OK,
-        app.audit(
+        app.audit_matching(
             &tenant,
             query.after.unwrap_or(0),
             query.limit.unwrap_or(100),
+            &filter,
             &caller,
         )?,
     ))

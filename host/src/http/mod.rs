@@ -1,6 +1,7 @@
 //! The HTTP surface: the only module that names axum. Handlers parse, call [`App`], and
 //! answer; `error` is the one place an error becomes a response.
 
+mod console;
 mod directory;
 mod edge;
 mod error;
@@ -102,6 +103,7 @@ pub fn router(app: Arc<App>) -> Router {
         .merge(edge::routes())
         .merge(sso::routes())
         .merge(password::routes())
+        .merge(console::routes(max_upload))
         .merge(scim::routes(scim_max_body))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(1 << 20))

@@ -11,7 +11,7 @@ pub use plan::{
     plan, Action, CollaboratorStep, Current, CurrentIdp, Fix, IdpStep, ModeStep, Plan,
     PlannedSubject, ResourceStep, RoleChange, SsoStep, Target, TargetStep, TeamStep, UserStep,
 };
-pub use report::{markdown, table};
+pub use report::{markdown, sections, table, Section};
 
 use gatehouse_rules::{Role, UserStatus};
 use std::collections::{BTreeMap, BTreeSet};

@@ -32,10 +32,10 @@ fn fix(f: &Fix) -> String {
 }
 
 /// A report section: title, column headers, rows.
-type Section = (&'static str, Vec<&'static str>, Vec<Vec<String>>);
+pub type Section = (&'static str, Vec<&'static str>, Vec<Vec<String>>);
 
 /// The plan's sections.
-fn sections(plan: &Plan) -> Vec<Section> {
+pub fn sections(plan: &Plan) -> Vec<Section> {
     let mut out = Vec::new();
     out.push((
         "Provisioning mode",
