@@ -194,6 +194,57 @@ pub struct Edge {
     /// a new token of a known subject costs a signature check, not a policy call.
     memo: quick_cache::sync::Cache<MemoKey, Arc<rules::ResolveDecision>>,
     tenants: RwLock<HashMap<String, Arc<TenantState>>>,
+    /// Registered on first use: by then `/metrics` has installed the recorder (a handle
+    /// taken before that would count into nothing).
+    metrics: std::sync::OnceLock<EdgeMetrics>,
+}
+
+/// The edge's metric handles, looked up once instead of per decision.
+struct EdgeMetrics {
+    decision_seconds: metrics::Histogram,
+    cache_hits: metrics::Counter,
+    /// `gatehouse_edge_decisions_total` by reason, for `allow` and for `deny`. Policy-defined
+    /// reasons are bounded by the policy contract's code shape; the set stays small.
+    allowed: RwLock<HashMap<String, metrics::Counter>>,
+    denied: RwLock<HashMap<String, metrics::Counter>>,
+}
+
+impl Default for EdgeMetrics {
+    fn default() -> Self {
+        EdgeMetrics {
+            decision_seconds: metrics::histogram!("gatehouse_edge_decision_seconds"),
+            cache_hits: metrics::counter!("gatehouse_edge_cache_hits_total"),
+            allowed: RwLock::default(),
+            denied: RwLock::default(),
+        }
+    }
+}
+
+impl EdgeMetrics {
+    fn decided(&self, allowed: bool, reason: &str) {
+        let (counters, result) = if allowed {
+            (&self.allowed, "allow")
+        } else {
+            (&self.denied, "deny")
+        };
+        if let Some(counter) = counters
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(reason)
+        {
+            counter.increment(1);
+            return;
+        }
+        counters
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(reason.to_owned())
+            .or_insert_with(|| {
+                metrics::counter!("gatehouse_edge_decisions_total",
+                    "result" => result, "reason" => reason.to_owned())
+            })
+            .increment(1);
+    }
 }
 
 impl Edge {
@@ -207,6 +258,7 @@ impl Edge {
             cache,
             memo,
             tenants: RwLock::default(),
+            metrics: std::sync::OnceLock::new(),
         })
     }
 
@@ -287,12 +339,11 @@ impl Edge {
             Ok(_) => ("allow", Cow::Borrowed("ok")),
             Err(deny) => ("deny", deny.reason.clone()),
         };
-        // Policy-defined reasons are bounded by the policy contract's code shape; the
-        // label set stays small in practice. Host reasons are static: no allocation.
-        metrics::counter!("gatehouse_edge_decisions_total", "result" => result, "reason" => reason.clone()).increment(1);
-        metrics::histogram!("gatehouse_edge_decision_seconds").record(elapsed);
+        let metrics = self.metrics.get_or_init(EdgeMetrics::default);
+        metrics.decided(evaluation.result.is_ok(), &reason);
+        metrics.decision_seconds.record(elapsed);
         if evaluation.cache_hit {
-            metrics::counter!("gatehouse_edge_cache_hits_total").increment(1);
+            metrics.cache_hits.increment(1);
         }
         if self.settings.decision_log {
             let (kind, id) = match &evaluation.result {
@@ -602,6 +653,20 @@ fn policy_error(error: crate::policy::PolicyError) -> Deny {
     )
 }
 
+/// The bytes of RFC 6750's `b64token` (token68): letters, digits and `-._~+/=`, as a table
+/// (a token is checked byte by byte on every request).
+const TOKEN68: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric()
+            || matches!(c, b'-' | b'.' | b'_' | b'~' | b'+' | b'/' | b'=');
+        b += 1;
+    }
+    table
+};
+
 /// The one bearer token of a request: exactly one `Authorization` header, scheme
 /// `Bearer` (any case), a token68 value.
 fn bearer<'a>(values: &[&'a [u8]]) -> Result<&'a str, Deny> {
@@ -631,9 +696,7 @@ fn bearer<'a>(values: &[&'a [u8]]) -> Result<&'a str, Deny> {
     let token = token.trim_matches(' ');
     if token.is_empty()
         || token.len() > jwt::MAX_TOKEN_BYTES
-        || !token
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-._~+/=".contains(&b))
+        || !token.bytes().all(|b| TOKEN68[b as usize])
     {
         return Err(Deny::unauthenticated(
             "malformed",

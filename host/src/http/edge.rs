@@ -7,7 +7,7 @@
 use super::Shared;
 use crate::app::App;
 use crate::edge::{Deny, DenyKind, Evaluation, Identity};
-use axum::extract::{Path, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, post};
@@ -24,24 +24,48 @@ pub(super) fn routes() -> Router<Arc<App>> {
 }
 
 async fn evaluate(app: &App, tenant: &str, headers: &HeaderMap) -> Evaluation {
-    let values: Vec<&[u8]> = headers
+    // Zero, one or "more than one" is all the evaluator tells apart: no list needed.
+    let mut values = headers
         .get_all(header::AUTHORIZATION)
         .iter()
-        .map(|v| v.as_bytes())
-        .collect();
-    app.resolve_token(tenant, &values).await
+        .map(|v| v.as_bytes());
+    match (values.next(), values.next()) {
+        (None, _) => app.resolve_token(tenant, &[]).await,
+        (Some(one), None) => app.resolve_token(tenant, &[one]).await,
+        (Some(one), Some(two)) => app.resolve_token(tenant, &[one, two]).await,
+    }
 }
 
-/// The JSON answer of `/resolve` (and the body of a `forward-auth` refusal).
+/// The JSON answer of a refusal (`/resolve` and `forward-auth`); an allow is
+/// [`allow_answer`].
 #[derive(Serialize)]
 struct Answer<'a> {
     decision: &'static str,
-    #[serde(flatten, skip_serializing_if = "Option::is_none")]
-    identity: Option<&'a Identity>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    reason: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    message: Option<&'a str>,
+    reason: &'a str,
+    message: &'a str,
+}
+
+/// `{"decision":"allow", <the identity's fields>}`: the identity serialized as it is, with
+/// the decision spliced in front (serde's `flatten` would buffer every field first).
+fn allow_answer(identity: &Identity) -> Response {
+    const DECISION: &[u8] = br#"{"decision":"allow","#;
+    let mut body = Vec::with_capacity(256);
+    body.extend_from_slice(DECISION);
+    match serde_json::to_writer(&mut body, identity) {
+        // An identity always has fields: its object is `{"kind":…}`, never `{}`.
+        Ok(()) if body.len() > DECISION.len() + 2 => {
+            body.remove(DECISION.len()); // the identity's own `{`
+            (
+                [(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                )],
+                body,
+            )
+                .into_response()
+        }
+        _ => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
 }
 
 /// A refusal: `reason` is a stable code (docs/edge.md lists them), `message` says what to do.
@@ -75,22 +99,16 @@ pub(super) struct EdgeAllow {
     ),
     security(("bearer" = [])),
 )]
-async fn resolve(State(app): Shared, Path(tenant): Path<String>, headers: HeaderMap) -> Response {
-    let evaluation = evaluate(&app, &tenant, &headers).await;
+async fn resolve(State(app): Shared, Path(tenant): Path<String>, request: Request) -> Response {
+    // The request by value: the `HeaderMap` extractor would copy every header.
+    let evaluation = evaluate(&app, &tenant, request.headers()).await;
     match &evaluation.result {
-        Ok(identity) => Json(Answer {
-            decision: "allow",
-            identity: Some(identity),
-            reason: None,
-            message: None,
-        })
-        .into_response(),
+        Ok(identity) => allow_answer(identity),
         Err(deny) => {
             let body = Json(Answer {
                 decision: "deny",
-                identity: None,
-                reason: Some(&deny.reason),
-                message: Some(&deny.message),
+                reason: &deny.reason,
+                message: &deny.message,
             });
             let mut response = body.into_response();
             deny_status(&mut response, deny, None);
@@ -117,9 +135,9 @@ async fn resolve(State(app): Shared, Path(tenant): Path<String>, headers: Header
 async fn forward_auth(
     State(app): Shared,
     Path(tenant): Path<String>,
-    headers: HeaderMap,
+    request: Request,
 ) -> Response {
-    forward_auth_answer(&app, tenant, &headers).await
+    forward_auth_answer(&app, tenant, request.headers()).await
 }
 
 /// `forward-auth` with the original request's path appended, as Envoy's `ext_authz`
@@ -142,9 +160,9 @@ async fn forward_auth(
 async fn forward_auth_below(
     State(app): Shared,
     Path((tenant, _path)): Path<(String, String)>,
-    headers: HeaderMap,
+    request: Request,
 ) -> Response {
-    forward_auth_answer(&app, tenant, &headers).await
+    forward_auth_answer(&app, tenant, request.headers()).await
 }
 
 /// The session cookie a browser login set, as a bearer value, when the request carries no
@@ -168,40 +186,38 @@ async fn forward_auth_answer(app: &App, tenant: String, headers: &HeaderMap) -> 
     let prefix = settings.header_prefix.as_str();
     match &evaluation.result {
         Ok(identity) => {
+            let names = forward_names(prefix);
             let mut response = StatusCode::OK.into_response();
             let out = response.headers_mut();
-            let mut put = |name: &str, value: &str| {
-                if let (Ok(name), Ok(value)) = (
-                    HeaderName::try_from(format!("{prefix}{name}")),
-                    HeaderValue::from_str(value),
-                ) {
-                    out.insert(name, value);
+            let mut put = |name: &Option<HeaderName>, value: &str| {
+                if let (Some(name), Ok(value)) = (name, HeaderValue::from_str(value)) {
+                    out.insert(name.clone(), value);
                 }
             };
-            put("Tenant", &tenant);
-            put("Kind", identity.kind);
-            put("Id", &identity.id);
+            put(&names.tenant, &tenant);
+            put(&names.kind, identity.kind);
+            put(&names.id, &identity.id);
             if let Some(email) = &identity.email {
-                put("Email", email);
+                put(&names.email, email);
             }
             if let Some(name) = &identity.name {
-                put("Name", name);
+                put(&names.name, name);
             }
-            put("Teams", &identity.teams.join(","));
-            put("Team-Ids", &identity.team_ids.join(","));
+            put(&names.teams, &identity.teams.join(","));
+            put(&names.team_ids, &identity.team_ids.join(","));
             put(
-                "Role",
+                &names.role,
                 match identity.tenant_role {
                     gatehouse_rules::Role::Admin => "admin",
                     gatehouse_rules::Role::Member => "member",
                 },
             );
             if let Some(idp) = &identity.idp {
-                put("Idp", idp);
+                put(&names.idp, idp);
             }
-            put("Token-Kind", identity.token);
+            put(&names.token_kind, identity.token);
             if let Some(at) = identity.expires_at {
-                put("Expires-At", &at.to_string());
+                put(&names.expires_at, &at.to_string());
             }
             if settings.strip_authorization {
                 out.insert(
@@ -214,15 +230,64 @@ async fn forward_auth_answer(app: &App, tenant: String, headers: &HeaderMap) -> 
         Err(deny) => {
             let mut response = Json(Answer {
                 decision: "deny",
-                identity: None,
-                reason: Some(&deny.reason),
-                message: Some(&deny.message),
+                reason: &deny.reason,
+                message: &deny.message,
             })
             .into_response();
             deny_status(&mut response, deny, Some(prefix));
             response
         }
     }
+}
+
+/// The `forward-auth` answer's header names under one prefix (`None`: the prefix makes no
+/// valid header name, and the header is left out).
+struct ForwardNames {
+    prefix: String,
+    tenant: Option<HeaderName>,
+    kind: Option<HeaderName>,
+    id: Option<HeaderName>,
+    email: Option<HeaderName>,
+    name: Option<HeaderName>,
+    teams: Option<HeaderName>,
+    team_ids: Option<HeaderName>,
+    role: Option<HeaderName>,
+    idp: Option<HeaderName>,
+    token_kind: Option<HeaderName>,
+    expires_at: Option<HeaderName>,
+}
+
+/// The names for `prefix`, built once per thread rather than formatted on every answer
+/// (one entry per thread: a process serves one prefix, several only in tests).
+fn forward_names(prefix: &str) -> Arc<ForwardNames> {
+    thread_local! {
+        static NAMES: std::cell::RefCell<Option<Arc<ForwardNames>>> = const { std::cell::RefCell::new(None) };
+    }
+    NAMES.with(|cached| {
+        let mut cached = cached.borrow_mut();
+        match cached.as_ref() {
+            Some(names) if names.prefix == prefix => names.clone(),
+            _ => {
+                let name = |suffix: &str| HeaderName::try_from(format!("{prefix}{suffix}")).ok();
+                let names = Arc::new(ForwardNames {
+                    prefix: prefix.to_owned(),
+                    tenant: name("Tenant"),
+                    kind: name("Kind"),
+                    id: name("Id"),
+                    email: name("Email"),
+                    name: name("Name"),
+                    teams: name("Teams"),
+                    team_ids: name("Team-Ids"),
+                    role: name("Role"),
+                    idp: name("Idp"),
+                    token_kind: name("Token-Kind"),
+                    expires_at: name("Expires-At"),
+                });
+                *cached = Some(names.clone());
+                names
+            }
+        }
+    })
 }
 
 /// 401 with a `WWW-Authenticate: Bearer` challenge (RFC 6750 §3), or 403.
