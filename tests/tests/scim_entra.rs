@@ -413,3 +413,24 @@ async fn entra_group_replay() {
         .await;
     assert_eq!((status, body), (204, Value::Null));
 }
+
+/// Entra's group provisioning with directory group names: POST with an `externalId`,
+/// capitalised `Add`, `Remove` with a value list, the path `displayName` `Replace`, and a
+/// PUT rename.
+#[tokio::test]
+async fn entra_groups_with_directory_names() {
+    let scim = Scim::start().await;
+    group_names_flow(
+        &scim,
+        &GroupShapes {
+            create: |display, n| json!({ "schemas": [GROUP], "externalId": format!("8aa1a0c0-0000-4bc0-b4a5-00000000000{n}"), "displayName": display, "members": [] }),
+            add: |ids| {
+                let members: Vec<Value> = ids.iter().map(|id| json!({ "value": id })).collect();
+                patch(json!([{ "op": "Add", "path": "members", "value": members }]))
+            },
+            remove: |id| patch(json!([{ "op": "Remove", "path": "members", "value": [{ "value": id }] }])),
+            rename: |_, display| patch(json!([{ "op": "Replace", "path": "displayName", "value": display }])),
+        },
+    )
+    .await;
+}

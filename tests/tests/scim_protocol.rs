@@ -787,7 +787,7 @@ async fn records_an_admin_deleted_are_provisioned_again() {
             error(
                 409,
                 Some("uniqueness"),
-                "externalId \"g-1\" already belongs to group Temp"
+                "externalId \"g-1\" already belongs to group \"Temp\""
             )
         )
     );

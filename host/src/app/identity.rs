@@ -333,6 +333,7 @@ impl App {
         let everyone = Team {
             id: new_id("team_"),
             name: EVERYONE.to_owned(),
+            display_name: None,
             role: None,
             mappings: Vec::new(),
             scim: None,
@@ -909,6 +910,7 @@ impl App {
             let team = Team {
                 id: new_id("team_"),
                 name: name.as_str().to_owned(),
+                display_name: None,
                 role: new.role,
                 mappings: new.mappings.clone(),
                 scim: None,

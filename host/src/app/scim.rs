@@ -12,7 +12,9 @@ use super::identity::{
 };
 use super::{now, App, AppError};
 use crate::config::ScimConfig;
-use crate::identity::{new_id, Email, ScimLink, SsoConfig, Team, TeamName, User};
+use crate::identity::{
+    check_display_name, new_id, Email, ScimLink, SsoConfig, Team, TeamName, User,
+};
 use crate::policy;
 use crate::scim::filter::{self, AttrPath, Filter};
 use crate::scim::patch::{self, GroupChange};
@@ -125,6 +127,43 @@ const NAME: &str = "u.name";
 const EXT: &str = "u.ext";
 const MAIL: &str = "u.mail";
 const GROUP_EXT: &str = "g.ext";
+/// A connection's groups by `displayName`, lowercased (SCIM compares it case-insensitively).
+const GROUP_NAME: &str = "g.name";
+
+/// The index key of a group display name (lowercased); `None` for what no stored display
+/// name can be (a 0 byte, more than 256 characters of up to 4 bytes, lowercased).
+fn display_index_key(display: &str) -> Option<String> {
+    let key = display_key(display);
+    (!key.contains('\0') && key.len() <= 2048).then_some(key)
+}
+
+/// A display name as SCIM compares it: case-insensitively.
+fn display_key(display: &str) -> String {
+    display.to_lowercase()
+}
+
+/// How many suffixed names are tried before a derived team name is given up as taken.
+const SUFFIX_TRIES: u32 = 16;
+
+/// The `n`th suffixed form of a team name: `base` cut to leave room, `-`, and six hex
+/// digits of SHA-256 over the display name (and `n` after the first try), so the same
+/// group gets the same name on every server.
+fn suffixed_name(base: &str, display: &str, n: u32) -> String {
+    let seed = if n == 0 {
+        display.to_owned()
+    } else {
+        format!("{display}\0{n}")
+    };
+    let digest = hex::encode(&policy::sha256(seed.as_bytes())[..3]);
+    let room = gatehouse_rules::TEAM_NAME_MAX - 1 - digest.len();
+    let head: String = base.chars().take(room).collect();
+    let head = head.trim_end_matches('-');
+    if head.is_empty() {
+        format!("team-{digest}")
+    } else {
+        format!("{head}-{digest}")
+    }
+}
 const OWNER: &str = "@owner";
 
 /// Compares a client's `If-Match` with the current version (weakly, `*` matches all).
@@ -699,6 +738,71 @@ impl App {
 
     // ----------------------------------------------------------------- groups
 
+    /// The team name for a group displayed as `display`: the tenant policy's name for it
+    /// (`naming`, or the default rule for a component built before 0.1.2), made unique
+    /// among the tenant's teams by a short deterministic suffix. `own` is the team being
+    /// renamed: the name it already has is not a collision.
+    fn derive_team_name(
+        &self,
+        slug: &str,
+        display: &str,
+        own: Option<&Team>,
+    ) -> Result<TeamName, ScimError> {
+        let policy = self.current_policy(slug)?;
+        let base = policy.team_name(&self.engine, display).map_err(|e| {
+            tracing::warn!(tenant = slug, error = %e, "policy error while naming a team; nothing changed");
+            ScimError::Internal(format!(
+                "the tenant's policy could not name the team, so nothing changed: {e}"
+            ))
+        })?;
+        let free = |name: &str| -> Result<bool, ScimError> {
+            let taken =
+                self.store
+                    .get_raw(Space::TeamNames, slug, &[&name.to_ascii_lowercase()])?;
+            Ok(match taken {
+                None => true,
+                Some(id) => own.is_some_and(|t| t.id.as_bytes() == id.as_slice()),
+            })
+        };
+        if free(&base)? {
+            return TeamName::parse(&base).map_err(ScimError::Internal);
+        }
+        for n in 0..SUFFIX_TRIES {
+            let candidate = suffixed_name(&base, display, n);
+            if free(&candidate)? {
+                return TeamName::parse(&candidate).map_err(ScimError::Internal);
+            }
+        }
+        Err(ScimError::Uniqueness(format!(
+            "no free team name for displayName {display:?}: {base} and its suffixed forms are taken"
+        )))
+    }
+
+    /// The connection's group with this display name (case-insensitively), if any. Teams
+    /// stored before display names were kept are found by their team name.
+    fn group_by_display(
+        &self,
+        slug: &str,
+        conn: &Connection,
+        display: &str,
+    ) -> Result<Option<Team>, AppError> {
+        let Some(key) = display_index_key(display) else {
+            return Ok(None);
+        };
+        if let Some(id) = self.index_get(slug, &[&conn.sso, GROUP_NAME, &key])? {
+            return self.scim_team(slug, conn, &id);
+        }
+        match self
+            .store
+            .get_raw(Space::TeamNames, slug, &[&key.to_ascii_lowercase()])?
+        {
+            Some(id) => Ok(self
+                .scim_team(slug, conn, &String::from_utf8_lossy(&id))?
+                .filter(|t| t.display_name.is_none())),
+            None => Ok(None),
+        }
+    }
+
     fn scim_team(&self, slug: &str, conn: &Connection, id: &str) -> Result<Option<Team>, AppError> {
         if !valid_id(id) {
             return Ok(None);
@@ -801,7 +905,7 @@ impl App {
         body: &Value,
     ) -> Result<(Value, bool, MemberReport), ScimError> {
         let input = GroupInput::from_json(body)?;
-        let name = TeamName::parse(&input.display_name).map_err(ScimError::InvalidValue)?;
+        check_display_name(&input.display_name).map_err(ScimError::InvalidValue)?;
         if let Some(ext) = &input.external_id {
             if key_value(ext).is_none() {
                 return Err(ScimError::InvalidValue("externalId is too long".into()));
@@ -812,7 +916,7 @@ impl App {
                 if let Some(id) = self.index_get(slug, &[&conn.sso, GROUP_EXT, ext])? {
                     // A stale entry (the team was deleted by an admin) is overwritten.
                     if let Some(team) = self.scim_team(slug, conn, &id)? {
-                        if team.name.eq_ignore_ascii_case(name.as_str()) {
+                        if display_key(team.shown_name()) == display_key(&input.display_name) {
                             return Ok((
                                 self.group_view(slug, conn, &team, true)?,
                                 false,
@@ -820,16 +924,25 @@ impl App {
                             ));
                         }
                         return Err(ScimError::Uniqueness(format!(
-                            "externalId {ext:?} already belongs to group {}",
-                            team.name
+                            "externalId {ext:?} already belongs to group {:?}",
+                            team.shown_name()
                         )));
                     }
                 }
             }
+            if let Some(team) = self.group_by_display(slug, conn, &input.display_name)? {
+                return Err(ScimError::Uniqueness(format!(
+                    "a group with displayName {:?} already exists ({})",
+                    team.shown_name(),
+                    team.id
+                )));
+            }
+            let name = self.derive_team_name(slug, &input.display_name, None)?;
             let now = now();
             let team = Team {
                 id: new_id("team_"),
                 name: name.as_str().to_owned(),
+                display_name: Some(input.display_name.clone()),
                 role: None,
                 mappings: Vec::new(),
                 scim: Some(ScimLink {
@@ -849,6 +962,7 @@ impl App {
             )?;
             let mut batch = Batch::new(slug);
             stage_new_team(&mut batch, &team, &name);
+            stage_display_name(&mut batch, conn, &team.id, None, &input.display_name)?;
             if let Some(ext) = &input.external_id {
                 batch.put_raw(
                     Space::ScimIndex,
@@ -921,12 +1035,9 @@ impl App {
         with_members: bool,
         action: &str,
     ) -> Result<(Value, MemberReport), ScimError> {
-        let name = change
-            .display_name
-            .as_deref()
-            .map(TeamName::parse)
-            .transpose()
-            .map_err(ScimError::InvalidValue)?;
+        if let Some(display) = &change.display_name {
+            check_display_name(display).map_err(ScimError::InvalidValue)?;
+        }
         self.scim_write(conn, |slug| {
             let before = self.existing_scim_team(slug, conn, id)?;
             check_if_match(if_match, &version(before.updated_at))?;
@@ -934,9 +1045,34 @@ impl App {
             let mut after = before.clone();
             let mut batch = Batch::new(slug);
             let mut audit = self.audit_log(slug)?;
-            if let Some(name) = &name {
-                super::identity::rename_team(&mut batch, id, &before.name, name);
+            // A rename from the IdP renames both: the display name as sent, the team name
+            // derived from it again (kept when the policy gives the name it has).
+            if let Some(display) = change
+                .display_name
+                .as_ref()
+                .filter(|d| before.display_name.as_ref() != Some(*d))
+            {
+                if let Some(other) = self
+                    .group_by_display(slug, conn, display)?
+                    .filter(|t| t.id != before.id)
+                {
+                    return Err(ScimError::Uniqueness(format!(
+                        "a group with displayName {:?} already exists ({})",
+                        other.shown_name(),
+                        other.id
+                    )));
+                }
+                let name = self.derive_team_name(slug, display, Some(&before))?;
+                super::identity::rename_team(&mut batch, id, &before.name, &name);
+                stage_display_name(
+                    &mut batch,
+                    conn,
+                    id,
+                    before.display_name.as_deref(),
+                    display,
+                )?;
                 after.name = name.as_str().to_owned();
+                after.display_name = Some(display.clone());
             }
             if let Some(ext) = &change.external_id {
                 let old = before.scim.as_ref().and_then(|s| s.external_id.clone());
@@ -1069,6 +1205,9 @@ impl App {
             batch
                 .remove(Space::Teams, &[id])
                 .remove(Space::TeamNames, &[&team.name.to_ascii_lowercase()]);
+            if let Some(key) = team.display_name.as_deref().and_then(display_index_key) {
+                batch.remove(Space::ScimIndex, &[&conn.sso, GROUP_NAME, &key]);
+            }
             if let Some(ext) = team.scim.as_ref().and_then(|s| s.external_id.as_deref()) {
                 batch.remove(Space::ScimIndex, &[&conn.sso, GROUP_EXT, ext]);
             }
@@ -1103,23 +1242,10 @@ impl App {
                 .scim_team(slug, conn, f.indexed_eq("id").unwrap_or_default())?
                 .into_iter()
                 .collect(),
-            Some(f) if f.indexed_eq("displayName").is_some() => {
-                let name = f
-                    .indexed_eq("displayName")
-                    .unwrap_or_default()
-                    .to_ascii_lowercase();
-                match key_value(&name)
-                    .map(|n| self.store.get_raw(Space::TeamNames, slug, &[n]))
-                    .transpose()?
-                    .flatten()
-                {
-                    Some(id) => self
-                        .scim_team(slug, conn, &String::from_utf8_lossy(&id))?
-                        .into_iter()
-                        .collect(),
-                    None => Vec::new(),
-                }
-            }
+            Some(f) if f.indexed_eq("displayName").is_some() => self
+                .group_by_display(slug, conn, f.indexed_eq("displayName").unwrap_or_default())?
+                .into_iter()
+                .collect(),
             Some(f) if f.indexed_eq("externalId").is_some() => {
                 let ext = f.indexed_eq("externalId").unwrap_or_default();
                 match key_value(ext)
@@ -1207,6 +1333,31 @@ impl GroupChange {
             .iter()
             .any(|op| matches!(op, patch::MemberOp::Clear | patch::MemberOp::Replace(_)))
     }
+}
+
+/// Moves a group's display-name index entry (per connection, case-insensitive) from `old`
+/// to `new`. Callers check first, under the tenant lock, that no live group of the
+/// connection has `new` ([`App::group_by_display`]); an entry left by a team an admin
+/// deleted is stale and overwritten.
+fn stage_display_name(
+    batch: &mut Batch,
+    conn: &Connection,
+    id: &str,
+    old: Option<&str>,
+    new: &str,
+) -> Result<(), ScimError> {
+    let new_key = display_index_key(new)
+        .ok_or_else(|| ScimError::InvalidValue("displayName is not a valid name".into()))?;
+    let old_key = old.and_then(display_index_key);
+    if let Some(old_key) = &old_key {
+        batch.remove(Space::ScimIndex, &[&conn.sso, GROUP_NAME, old_key]);
+    }
+    batch.put_raw(
+        Space::ScimIndex,
+        &[&conn.sso, GROUP_NAME, &new_key],
+        id.as_bytes(),
+    );
+    Ok(())
 }
 
 fn record_report(

@@ -301,7 +301,7 @@ pub fn group_json(team: &Team, members: Option<&[String]>, base: &str) -> Value 
     if let Some(ext) = team.scim.as_ref().and_then(|s| s.external_id.clone()) {
         out.insert("externalId".into(), json!(ext));
     }
-    out.insert("displayName".into(), json!(team.name));
+    out.insert("displayName".into(), json!(team.shown_name()));
     if let Some(members) = members {
         let list: Vec<Value> = members
             .iter()
@@ -623,7 +623,7 @@ pub fn schemas(base: &str) -> Vec<Value> {
         "schemas": ["urn:ietf:params:scim:schemas:core:2.0:Schema"],
         "id": GROUP_SCHEMA, "name": "Group", "description": "A Gatehouse team",
         "attributes": [
-            attr("displayName", "string", false, true, "readWrite", "server", false, "Team name: 1-36 of A-Z a-z 0-9 _ -, unique per tenant (case-insensitive)"),
+            attr("displayName", "string", false, true, "readWrite", "server", false, "The group's name exactly as sent (1-256 characters, no control characters), unique per connection (case-insensitive); Gatehouse derives the team name from it"),
             complex("members", true, "Members: users only (nested groups are refused)", vec![
                 attr("value", "string", false, false, "immutable", "none", true, "User id"),
                 attr("$ref", "reference", false, false, "immutable", "none", true, "User URI"),
