@@ -121,6 +121,11 @@ impl Mapping {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct User {
     pub id: String,
+    /// Unique per tenant, case-insensitively. Empty (and left out of the record and every
+    /// answer) for a SCIM user whose `userName` is not an email and who has no `emails`
+    /// (SPEC §7): such a user is matched at the edge by its `userName` and cannot log in by
+    /// password or SSO until an email arrives.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub email: String,
     pub display_name: Option<String>,
     pub given_name: Option<String>,

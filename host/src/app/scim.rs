@@ -8,7 +8,8 @@
 //! email; the adoption is audited.
 
 use super::identity::{
-    add_user_records, new_user, stage_new_team, status_change, RoleState, RoleView,
+    add_user_records, add_user_records_without_email, new_user_with, stage_new_team, status_change,
+    RoleState, RoleView,
 };
 use super::{now, App, AppError};
 use crate::config::ScimConfig;
@@ -344,9 +345,12 @@ impl App {
                 )));
             }
             let now = now();
-            let existing: Option<User> = match self
-                .store
-                .get_raw(Space::UserEmails, slug, &[&email.key()])?
+            // A user without an email adopts no one: it is always a new user.
+            let existing: Option<User> = match email
+                .as_ref()
+                .map(|email| self.store.get_raw(Space::UserEmails, slug, &[&email.key()]))
+                .transpose()?
+                .flatten()
             {
                 Some(id) => self.store.get(slug, &[&String::from_utf8_lossy(&id)])?,
                 None => None,
@@ -362,7 +366,7 @@ impl App {
                     if owner.is_none() && before.manual_role == Some(gatehouse_rules::Role::Admin) {
                         return Err(ScimError::Uniqueness(format!(
                             "a user with email {} already exists and is a tenant admin; SCIM does not take over tenant admins",
-                            email.as_str()
+                            before.email
                         )));
                     }
                     let adoptable = owner.is_none()
@@ -370,12 +374,12 @@ impl App {
                     if !adoptable {
                         return Err(ScimError::Uniqueness(format!(
                             "a user with email {} already exists and is not this connection's to take over (created by {}{})",
-                            email.as_str(),
+                            before.email,
                             source_name(before.source),
                             owner.map(|o| format!(", managed by SCIM connection {o}")).unwrap_or_default()
                         )));
                     }
-                    let mut after = apply_fields(&before, &input, &email, now);
+                    let mut after = apply_fields(&before, &input, email.as_ref(), now);
                     if let Some((changed, _)) = status_change(&after, input.active, now) {
                         after = changed;
                     }
@@ -385,16 +389,20 @@ impl App {
                 }
                 None => {
                     let everyone = self.everyone(slug)?;
-                    let mut user = User {
-                        status: if input.active {
-                            UserStatus::Active
-                        } else {
-                            UserStatus::Deactivated
-                        },
-                        ..new_user(&email, UserSource::Scim, now)
+                    let status = if input.active {
+                        UserStatus::Active
+                    } else {
+                        UserStatus::Deactivated
                     };
-                    user = apply_fields(&user, &input, &email, now);
-                    add_user_records(&mut batch, &user, &email, &everyone.id);
+                    let mut user = User {
+                        status,
+                        ..new_user_with(email.as_ref().map_or("", Email::as_str), UserSource::Scim, now)
+                    };
+                    user = apply_fields(&user, &input, email.as_ref(), now);
+                    match &email {
+                        Some(email) => add_user_records(&mut batch, &user, email, &everyone.id),
+                        None => add_user_records_without_email(&mut batch, &user, &everyone.id),
+                    }
                     let mut view = RoleView::empty();
                     view.user_teams.insert(&user.id, vec![everyone.id.clone()]);
                     audit.record(&mut batch, &actor, "scim.user.create", &user.id, None, Some(&user));
@@ -472,7 +480,7 @@ impl App {
     ) -> Result<Value, ScimError> {
         let email = input.email()?;
         let now = now();
-        let mut after = apply_fields(&before, &input, &email, now);
+        let mut after = apply_fields(&before, &input, email.as_ref(), now);
         let mut status_action = None;
         if let Some((changed, what)) = status_change(&after, input.active, now) {
             after = changed;
@@ -528,15 +536,21 @@ impl App {
                     .put_raw(Space::ScimIndex, &[&conn.sso, EXT, new], id.as_bytes());
             }
         }
-        if before.email.to_lowercase() != email.key() {
-            batch
-                .require_absent(
-                    Space::UserEmails,
-                    &[&email.key()],
-                    format!("a user with email {} already exists", email.as_str()),
-                )
-                .remove(Space::UserEmails, &[&before.email.to_lowercase()])
-                .put_raw(Space::UserEmails, &[&email.key()], id.as_bytes());
+        let new_key = email.as_ref().map(Email::key).unwrap_or_default();
+        if before.email.to_lowercase() != new_key {
+            // No email is never indexed, so users without one never collide.
+            if !before.email.is_empty() {
+                batch.remove(Space::UserEmails, &[&before.email.to_lowercase()]);
+            }
+            if let Some(email) = &email {
+                batch
+                    .require_absent(
+                        Space::UserEmails,
+                        &[&email.key()],
+                        format!("a user with email {} already exists", email.as_str()),
+                    )
+                    .put_raw(Space::UserEmails, &[&email.key()], id.as_bytes());
+            }
         }
         for old in &before_scim.emails {
             if let Some(v) = key_value(&old.value.to_lowercase()) {
@@ -1395,9 +1409,14 @@ fn source_name(source: UserSource) -> &'static str {
 }
 
 /// The user with the fields a SCIM client controls set from `input`.
-fn apply_fields(before: &User, input: &UserInput, email: &Email, now: OffsetDateTime) -> User {
+fn apply_fields(
+    before: &User,
+    input: &UserInput,
+    email: Option<&Email>,
+    now: OffsetDateTime,
+) -> User {
     User {
-        email: email.as_str().to_owned(),
+        email: email.map(|e| e.as_str().to_owned()).unwrap_or_default(),
         display_name: input.display_name.clone(),
         given_name: input.given_name.clone(),
         family_name: input.family_name.clone(),

@@ -188,23 +188,19 @@ impl UserInput {
     }
 
     /// The user's email (SPEC §7): `userName` when it is an address, else the primary (or
-    /// first) of `emails`; none at all is refused.
-    pub fn email(&self) -> Result<Email, ScimError> {
+    /// first) of `emails`; `None` when there is neither (RFC 7643 requires only `userName`).
+    pub fn email(&self) -> Result<Option<Email>, ScimError> {
         if let Ok(email) = Email::parse(&self.user_name) {
-            return Ok(email);
+            return Ok(Some(email));
         }
         let chosen = self
             .emails
             .iter()
             .find(|e| e.primary)
             .or_else(|| self.emails.first());
-        match chosen {
-            Some(e) => Email::parse(&e.value).map_err(ScimError::InvalidValue),
-            None => Err(ScimError::InvalidValue(format!(
-                "user {:?} has no email: userName is not an email address and emails is empty",
-                self.user_name
-            ))),
-        }
+        chosen
+            .map(|e| Email::parse(&e.value).map_err(ScimError::InvalidValue))
+            .transpose()
     }
 }
 
@@ -674,7 +670,7 @@ mod tests {
             "password": "secret", "active": true
         });
         let input = UserInput::from_json(&okta).unwrap();
-        assert_eq!(input.email().unwrap().as_str(), "ann@acme.io");
+        assert_eq!(input.email().unwrap().unwrap().as_str(), "ann@acme.io");
         assert!(input.active);
         let entra = json!({
             "UserName": "AnnL", "Active": "False",
@@ -683,13 +679,13 @@ mod tests {
         });
         let input = UserInput::from_json(&entra).unwrap();
         assert!(!input.active);
-        assert_eq!(input.email().unwrap().as_str(), "Ann@Acme.io");
+        assert_eq!(input.email().unwrap().unwrap().as_str(), "Ann@Acme.io");
         assert_eq!(input.department.as_deref(), Some("R&D"));
-        let err = UserInput::from_json(&json!({"userName": "nobody"}))
+        let none = UserInput::from_json(&json!({"userName": "nobody"}))
             .unwrap()
             .email()
-            .unwrap_err();
-        assert!(err.to_string().contains("has no email"), "{err}");
+            .unwrap();
+        assert_eq!(none, None, "a userName alone is a user without an email");
         let err =
             UserInput::from_json(&json!({"userName": "a@b.io", "active": "maybe"})).unwrap_err();
         assert!(
