@@ -6,7 +6,7 @@
 use super::filter::{
     get_ci, parse_attr_path, AttrPath, ENTERPRISE_SCHEMA, GROUP_SCHEMA, USER_SCHEMA,
 };
-use super::{ScimError, REPORT_SCHEMA};
+use super::ScimError;
 use crate::identity::{Email, Team, User};
 use crate::store::{Record, Space};
 use gatehouse_rules::UserStatus;
@@ -551,13 +551,19 @@ pub fn resource_types(base: &str) -> Vec<Value> {
             "id": "Group", "name": "Group", "endpoint": "/Groups",
             "description": "A Gatehouse team",
             "schema": GROUP_SCHEMA,
-            "schemaExtensions": [{ "schema": REPORT_SCHEMA, "required": false }],
+            "schemaExtensions": [],
             "meta": { "resourceType": "ResourceType", "location": format!("{base}/ResourceTypes/Group") }
         }),
     ]
 }
 
 #[allow(clippy::too_many_arguments)] // one row of the schema table
+/// `attribute` with one more characteristic (`referenceTypes`, `canonicalValues`).
+fn with(mut attribute: Value, key: &str, value: Value) -> Value {
+    attribute[key] = value;
+    attribute
+}
+
 fn attr(
     name: &str,
     kind: &str,
@@ -622,38 +628,13 @@ pub fn schemas(base: &str) -> Vec<Value> {
             attr("displayName", "string", false, true, "readWrite", "server", false, "The group's name exactly as sent (1-256 characters, no control characters), unique per connection (case-insensitive); Gatehouse derives the team name from it"),
             complex("members", true, "Members: users only (nested groups are refused)", vec![
                 attr("value", "string", false, false, "immutable", "none", true, "User id"),
-                attr("$ref", "reference", false, false, "immutable", "none", true, "User URI"),
-                attr("type", "string", false, false, "immutable", "none", false, "User"),
+                with(attr("$ref", "reference", false, false, "immutable", "none", true, "User URI"), "referenceTypes", json!(["User"])),
+                with(attr("type", "string", false, false, "immutable", "none", false, "User"), "canonicalValues", json!(["User"])),
             ]),
         ],
         "meta": { "resourceType": "Schema", "location": format!("{base}/Schemas/{GROUP_SCHEMA}") }
     });
-    let read_only = |name: &str, multi: bool, d: &str| {
-        let mut a = attr(name, "string", multi, false, "readOnly", "none", true, d);
-        a["returned"] = json!("default");
-        a
-    };
-    let mut refused = complex(
-        "refused",
-        true,
-        "Member values refused, each with its reason (nested groups, another connection's users)",
-        vec![
-            read_only("value", false, "The member value as sent"),
-            read_only("reason", false, "Why it was refused"),
-        ],
-    );
-    refused["mutability"] = json!("readOnly");
-    let report = json!({
-        "schemas": ["urn:ietf:params:scim:schemas:core:2.0:Schema"],
-        "id": REPORT_SCHEMA, "name": "MembershipReport",
-        "description": "On the answer to a Group write only: the member values that change did not apply",
-        "attributes": [
-            read_only("pending", true, "Member values not yet users of this connection: applied when such a user is provisioned, until they expire"),
-            refused,
-        ],
-        "meta": { "resourceType": "Schema", "location": format!("{base}/Schemas/{REPORT_SCHEMA}") }
-    });
-    vec![user, enterprise, group, report]
+    vec![user, enterprise, group]
 }
 
 #[cfg(test)]

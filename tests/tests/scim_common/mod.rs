@@ -498,3 +498,12 @@ pub async fn group_names_flow(scim: &Scim, shapes: &GroupShapes) {
         ]
     );
 }
+
+/// The membership report of a group write (header `Gatehouse-Scim-Membership-Report`,
+/// JSON), or null when the answer has none.
+pub fn report(headers: &HeaderMap) -> Value {
+    headers
+        .get("gatehouse-scim-membership-report")
+        .map(|v| serde_json::from_str(v.to_str().unwrap()).unwrap())
+        .unwrap_or(Value::Null)
+}
