@@ -557,13 +557,13 @@ pub fn resource_types(base: &str) -> Vec<Value> {
     ]
 }
 
-#[allow(clippy::too_many_arguments)] // one row of the schema table
 /// `attribute` with one more characteristic (`referenceTypes`, `canonicalValues`).
 fn with(mut attribute: Value, key: &str, value: Value) -> Value {
     attribute[key] = value;
     attribute
 }
 
+#[allow(clippy::too_many_arguments)] // one row of the schema table
 fn attr(
     name: &str,
     kind: &str,
