@@ -360,21 +360,30 @@ pub fn team(api: &Api, command: TeamCommand) -> Result<()> {
                 &format!("/api/v1/tenants/{tenant}/teams"),
                 None,
             )?;
-            api.show(&teams, &["ID", "NAME", "ROLE", "MEMBERS"], |v| {
-                v["teams"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|t| {
-                        vec![
-                            text(t, "id"),
-                            text(t, "name"),
-                            text(t, "role"),
-                            t["members"].as_array().map_or(0, Vec::len).to_string(),
-                        ]
-                    })
-                    .collect()
-            });
+            // NAME is what headers, claims and mappings use; DISPLAY NAME is the SCIM
+            // group's name as the identity provider sent it (the name, for other teams).
+            api.show(
+                &teams,
+                &["ID", "NAME", "DISPLAY NAME", "ROLE", "MEMBERS"],
+                |v| {
+                    v["teams"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|t| {
+                            vec![
+                                text(t, "id"),
+                                text(t, "name"),
+                                t["display_name"]
+                                    .as_str()
+                                    .map_or_else(|| text(t, "name"), str::to_owned),
+                                text(t, "role"),
+                                t["members"].as_array().map_or(0, Vec::len).to_string(),
+                            ]
+                        })
+                        .collect()
+                },
+            );
         }
         TeamCommand::Create { tenant, name, role } => {
             let team = api.call(

@@ -72,6 +72,22 @@ impl TeamName {
     }
 }
 
+/// Checks a group display name as an identity provider sends it: 1-256 characters, no
+/// control characters (spaces, accents and punctuation are kept exactly).
+pub fn check_display_name(text: &str) -> Result<(), String> {
+    let count = text.chars().count();
+    if count == 0 || count > 256 {
+        return Err(format!("displayName must be 1-256 characters, not {count}"));
+    }
+    if text.chars().any(char::is_control) {
+        return Err("displayName must not contain control characters".into());
+    }
+    if text.trim().is_empty() {
+        return Err("displayName must not be only spaces".into());
+    }
+    Ok(())
+}
+
 /// The name of the built-in team every tenant has.
 pub const EVERYONE: &str = "everyone";
 
@@ -105,6 +121,11 @@ impl Mapping {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct User {
     pub id: String,
+    /// Unique per tenant, case-insensitively. Empty (and left out of the record and every
+    /// answer) for a SCIM user whose `userName` is not an email and who has no `emails`
+    /// (SPEC §7): such a user is matched at the edge by its `userName` and cannot log in by
+    /// password or SSO until an email arrives.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub email: String,
     pub display_name: Option<String>,
     pub given_name: Option<String>,
@@ -191,7 +212,15 @@ pub fn parse_role_part(part: &[u8]) -> Result<(Role, RoleSource, Option<Role>), 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Team {
     pub id: String,
+    /// The rule-following name (`^[A-Za-z0-9_-]{1,36}$`): what headers, claims and
+    /// mappings use.
     pub name: String,
+    /// The name people see: for a SCIM-managed team, the group's `displayName` exactly as
+    /// the identity provider sent it (the team name is derived from it by the tenant's
+    /// policy). `None` for teams made by an admin or a migration, and for SCIM teams stored
+    /// before display names were kept: their display name is their name.
+    #[serde(default)]
+    pub display_name: Option<String>,
     /// The tenant role every member inherits, if any.
     pub role: Option<Role>,
     #[serde(default)]
@@ -210,6 +239,13 @@ pub struct Team {
 
 impl Record for Team {
     const SPACE: Space = Space::Teams;
+}
+
+impl Team {
+    /// The name people see: the display name when it has one, else the team name.
+    pub fn shown_name(&self) -> &str {
+        self.display_name.as_deref().unwrap_or(&self.name)
+    }
 }
 
 /// Which SCIM connection manages a team.

@@ -427,8 +427,8 @@ fn now() -> i64 {
 }
 
 /// The engine loads the 0.1.0 component (wasmtime finds its `decide@0.1.0` for the host's
-/// `decide@0.1.1`), it says it is 0.1.0, it decides, and it has no role trace; the current
-/// default policy (0.1.1) has one.
+/// `decide@0.1.2`), it says it is 0.1.0, it decides, and it has no role trace and no
+/// `naming`; the current default policy (0.1.2) has both.
 #[test]
 fn a_component_of_the_previous_minor_loads_and_decides_without_explain() {
     use gatehouse::policy::{Limits, PolicyEngine, CONTRACT, DEFAULT_POLICY};
@@ -450,14 +450,27 @@ fn a_component_of_the_previous_minor_loads_and_decides_without_explain() {
         (Role::Admin, RoleSource::Group)
     );
     assert_eq!(engine.explain_role(&old, &input, "{}").unwrap(), None);
+    assert!(!old.has_naming());
+    assert_eq!(
+        engine.team_name(&old, "Engineering (EU)", "{}").unwrap(),
+        None
+    );
 
     let current = engine.compile(DEFAULT_POLICY).unwrap();
     assert_eq!(current.info.contract, CONTRACT);
-    assert_eq!(CONTRACT, "0.1.1");
+    assert_eq!(CONTRACT, "0.1.2");
+    assert!(current.has_naming());
+    assert_eq!(
+        engine
+            .team_name(&current, "Engineering (EU)", "{}")
+            .unwrap()
+            .as_deref(),
+        Some("Engineering-EU")
+    );
     let trace = engine
         .explain_role(&current, &input, "{}")
         .unwrap()
-        .expect("a 0.1.1 component explains roles");
+        .expect("a 0.1.2 component explains roles");
     assert!(
         trace
             .iter()
@@ -468,7 +481,9 @@ fn a_component_of_the_previous_minor_loads_and_decides_without_explain() {
 
 /// Pushed to a running tenant, the 0.1.0 component serves the edge (a PAT and a JWT
 /// resolve, the JWT through its `claim-mapping` and `resolve`), and explain works and says
-/// why there is no role trace. Back on the built-in 0.1.1 default, the role trace is there.
+/// why there is no role trace; a SCIM group gets its team name by the host's default rule
+/// (the component has no `naming`). Back on the built-in 0.1.2 default, the role trace is
+/// there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_previous_contract_serves_the_edge_and_explain_says_what_it_lacks() {
     let w = world().await;
@@ -522,6 +537,66 @@ async fn the_previous_contract_serves_the_edge_and_explain_says_what_it_lacks() 
         "{body}"
     );
 
+    // SCIM groups are named by the default rule when the policy has no `naming`.
+    let (status, body) = w
+        .server
+        .call(
+            Method::POST,
+            "/api/v1/tenants/acme/sso",
+            OP,
+            Some(&json!({
+                "id": "dir", "issuer": "https://dir.example.com", "client_id": "gatehouse",
+                "jwks_uri": "https://203.0.113.10/jwks"
+            })),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = w
+        .server
+        .call(
+            Method::POST,
+            "/api/v1/tenants/acme/sso/dir/scim-token",
+            OP,
+            Some(&json!({})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let scim_token = body["token"].as_str().unwrap().to_owned();
+    let (status, body) = w
+        .server
+        .call(
+            Method::PUT,
+            "/api/v1/tenants/acme/provisioning",
+            OP,
+            Some(&json!({ "mode": "scim" })),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, group) = w
+        .server
+        .call(
+            Method::POST,
+            "/scim/v2/acme/dir/Groups",
+            Some(&scim_token),
+            Some(&json!({ "schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"], "displayName": "Engineering (EU)" })),
+        )
+        .await;
+    assert_eq!(status, 201, "{group}");
+    assert_eq!(group["displayName"], "Engineering (EU)", "{group}");
+    let (_, team) = w
+        .server
+        .call(
+            Method::GET,
+            &format!(
+                "/api/v1/tenants/acme/teams/{}",
+                group["id"].as_str().unwrap()
+            ),
+            OP,
+            None,
+        )
+        .await;
+    assert_eq!(team["name"], "Engineering-EU", "{team}");
+
     let (status, body) = w
         .server
         .send_json(
@@ -532,7 +607,7 @@ async fn the_previous_contract_serves_the_edge_and_explain_says_what_it_lacks() 
         .await;
     assert_eq!(status, 200, "{body}");
     let (_, body) = w.explain(json!({ "claims": user_claims() })).await;
-    assert_eq!(body["policy"]["contract"], "0.1.1", "{body}");
+    assert_eq!(body["policy"]["contract"], "0.1.2", "{body}");
     assert!(body["role"]["note"].is_null(), "{body}");
     let role_trace: Vec<&str> = body["role"]["trace"]
         .as_array()
@@ -568,7 +643,7 @@ async fn a_component_of_an_incompatible_contract_is_refused_at_push() {
         let detail = body["detail"].as_str().unwrap_or_default();
         assert!(
             detail.contains(&format!("gatehouse:policy@{version}"))
-                && detail.contains("this host implements gatehouse:policy@0.1.1")
+                && detail.contains("this host implements gatehouse:policy@0.1.2")
                 && detail.contains("compatible: 0.1.x"),
             "{version}: {body}"
         );

@@ -9,8 +9,6 @@ use scim_common::*;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 
-const REPORT: &str = "urn:gatehouse:params:scim:schemas:extension:2.0:MembershipReport";
-
 fn user(email: &str) -> Value {
     json!({ "schemas": [USER], "userName": email, "externalId": format!("x-{email}"), "active": true })
 }
@@ -109,11 +107,7 @@ async fn discovery_tells_the_truth() {
         (status, body["endpoint"].clone(), body["schema"].clone()),
         (200, json!("/Groups"), json!(GROUP))
     );
-    assert_eq!(
-        body["schemaExtensions"],
-        json!([{ "schema": REPORT, "required": false }]),
-        "{body}"
-    );
+    assert_eq!(body["schemaExtensions"], json!([]), "{body}");
     let (status, body) = scim.call(Method::GET, "/Schemas", None).await;
     assert_eq!(status, 200);
     let ids: Vec<&str> = body["Resources"]
@@ -122,7 +116,7 @@ async fn discovery_tells_the_truth() {
         .iter()
         .map(|s| s["id"].as_str().unwrap())
         .collect();
-    assert_eq!(ids, [USER, ENTERPRISE, GROUP, REPORT]);
+    assert_eq!(ids, [USER, ENTERPRISE, GROUP]);
     let (status, body) = scim
         .call(Method::GET, &format!("/Schemas/{USER}"), None)
         .await;
@@ -216,10 +210,21 @@ async fn errors_are_scim_errors() {
         .call(
             Method::POST,
             "/Users",
-            Some(json!({ "userName": "no-email" })),
+            Some(json!({ "userName": "no-email", "emails": [{ "value": "not an address" }] })),
         )
         .await;
-    assert_eq!((status, body), (400, error(400, Some("invalidValue"), "user \"no-email\" has no email: userName is not an email address and emails is empty")));
+    // (No email at all is accepted: see a_user_without_an_email_is_matched_by_user_name.)
+    assert_eq!(
+        (status, body),
+        (
+            400,
+            error(
+                400,
+                Some("invalidValue"),
+                "email \"not an address\" is invalid: use an address like name@example.com"
+            )
+        )
+    );
     let (status, body) = scim
         .call(Method::POST, "/Users", Some(json!({ "emails": [] })))
         .await;
@@ -674,8 +679,8 @@ async fn deactivation_revokes_access_at_once_and_keeps_memberships() {
 #[tokio::test]
 async fn pending_memberships_expire() {
     let scim = Scim::start_with(|c| c.scim.pending_ttl_hours = 0).await;
-    let (status, group) = scim
-        .call(
+    let (status, headers, group) = scim
+        .send(
             Method::POST,
             "/Groups",
             Some(json!({ "displayName": "Later", "members": [{ "value": "ext-late" }] })),
@@ -683,9 +688,10 @@ async fn pending_memberships_expire() {
         .await;
     assert_eq!(status, 201, "{group}");
     assert_eq!(
-        group["urn:gatehouse:params:scim:schemas:extension:2.0:MembershipReport"],
+        report(&headers),
         json!({ "pending": ["ext-late"], "refused": [] })
     );
+    assert!(!group.to_string().contains("MembershipReport"), "{group}");
     let (_, pending) = scim.admin(Method::GET, "/sso/idp/scim/pending", None).await;
     assert_eq!(pending, json!({ "pending": [] }), "expired at once");
     let (status, _) = scim
@@ -787,7 +793,7 @@ async fn records_an_admin_deleted_are_provisioned_again() {
             error(
                 409,
                 Some("uniqueness"),
-                "externalId \"g-1\" already belongs to group Temp"
+                "externalId \"g-1\" already belongs to group \"Temp\""
             )
         )
     );
@@ -977,15 +983,15 @@ async fn a_pending_value_removed_in_the_same_patch_is_not_kept() {
         .call(Method::POST, "/Groups", Some(json!({ "displayName": "P" })))
         .await;
     let gid = group["id"].as_str().unwrap().to_owned();
-    let (status, body) = scim
-        .call(Method::PATCH, &format!("/Groups/{gid}"), Some(patch(json!([
+    let (status, headers, body) = scim
+        .send(Method::PATCH, &format!("/Groups/{gid}"), Some(patch(json!([
             { "op": "add", "path": "members", "value": [{ "value": "ghost-1" }, { "value": "ghost-2" }] },
             { "op": "remove", "path": "members[value eq \"ghost-1\"]" }
         ]))))
         .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(
-        body["urn:gatehouse:params:scim:schemas:extension:2.0:MembershipReport"],
+        report(&headers),
         json!({ "pending": ["ghost-2"], "refused": [] })
     );
     let (_, pending) = scim.admin(Method::GET, "/sso/idp/scim/pending", None).await;
@@ -1026,4 +1032,163 @@ async fn patch_remove_of_active_and_of_the_enterprise_extension_removes_them() {
     let (status, record) = scim.admin(Method::GET, &format!("/users/{id}"), None).await;
     assert_eq!(status, 200, "{record}");
     assert_eq!(record["status"], "deactivated", "{record}");
+}
+
+/// A user whose `userName` is opaque and who has no `emails` is accepted (RFC 7643 needs
+/// only `userName`), stored without an email, never collides with another such user, is
+/// resolved at the edge by a JWT whose user claim is that userName, and is refused by
+/// password and SSO login until an email arrives (SPEC §7).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_without_an_email_is_matched_by_user_name_and_cannot_log_in() {
+    use gatehouse_tests::jwt::{jwk, sign, Jwks};
+    const ISSUER: &str = "https://login.corp.example";
+    let jwks = Jwks::serve(vec![jwk("rsa-a")], 300).await;
+    let scim = Scim::start_with(|config| config.allow_private_urls = true).await;
+    let op = Some(gatehouse_tests::OPERATOR_TOKEN);
+    for (path, body) in [
+        (
+            "/api/v1/tenants/acme/identity-providers",
+            json!({
+                "name": "corp", "issuer": ISSUER, "jwks_uri": jwks.url, "audiences": ["api"],
+                "algorithms": ["RS256"], "user_claim": "preferred_username"
+            }),
+        ),
+        (
+            "/api/v1/tenants/acme/sso",
+            json!({ "id": "corp-sso", "issuer": ISSUER, "client_id": "api", "jwks_uri": jwks.url }),
+        ),
+    ] {
+        let (status, body) = scim.server.call(Method::POST, path, op, Some(&body)).await;
+        assert_eq!(status, 201, "{path}: {body}");
+    }
+
+    // Two users with opaque userNames and no emails: both accepted, neither has an email.
+    let mut ids = Vec::new();
+    for name in ["U-7731", "U-7732"] {
+        let (status, body) = scim
+            .call(
+                Method::POST,
+                "/Users",
+                Some(json!({ "schemas": [USER], "userName": name, "active": true })),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        assert_eq!(body["userName"], name, "{body}");
+        assert!(body.get("emails").is_none(), "{body}");
+        let id = body["id"].as_str().unwrap().to_owned();
+        let (_, user) = scim.admin(Method::GET, &format!("/users/{id}"), None).await;
+        assert!(
+            user.get("email").is_none(),
+            "stored without an email: {user}"
+        );
+        assert_eq!(user["status"], "active", "{user}");
+        ids.push(id);
+    }
+    let (status, found) = scim
+        .call(
+            Method::GET,
+            "/Users?filter=userName%20eq%20%22u-7731%22",
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, &found["totalResults"]),
+        (200, &json!(1)),
+        "{found}"
+    );
+
+    // The edge resolves the user by the IdP's user claim against userName.
+    let jwt = |claims: Value| {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let mut all = json!({ "iss": ISSUER, "aud": "api", "iat": now, "exp": now + 300 });
+        for (k, v) in claims.as_object().unwrap() {
+            all[k] = v.clone();
+        }
+        sign("rsa-a", jsonwebtoken::Algorithm::RS256, &all)
+    };
+    let token = jwt(json!({ "preferred_username": "U-7731", "sub": "s-1" }));
+    let (status, body) = scim
+        .server
+        .call(Method::POST, "/v1/acme/resolve", Some(&token), None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["id"], ids[0].as_str(), "{body}");
+    assert!(body["email"].is_null(), "{body}");
+    let token = jwt(json!({ "preferred_username": "U-0000", "sub": "s-1" }));
+    let (status, body) = scim
+        .server
+        .call(Method::POST, "/v1/acme/resolve", Some(&token), None)
+        .await;
+    assert_eq!(
+        (status, body["reason"].as_str()),
+        (403, Some("not_provisioned")),
+        "{body}"
+    );
+
+    // No login without an email: SSO (the ID token's email claim is the userName), and
+    // password (no link can even be sent; the login answers as for anyone unknown).
+    let sso_login = |email: &str| {
+        let token = jwt(json!({ "email": email, "sub": "s-1" }));
+        let server = &scim.server;
+        async move {
+            server
+                .call(
+                    Method::POST,
+                    "/v1/acme/sso/corp-sso/token-login",
+                    None,
+                    Some(&json!({ "id_token": token })),
+                )
+                .await
+        }
+    };
+    let (status, body) = sso_login("U-7731").await;
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = scim
+        .admin(
+            Method::POST,
+            &format!("/users/{}/reset-password", ids[0]),
+            Some(&json!({})),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("has no email"), "{body}");
+    let password_login = |email: &str| {
+        let server = &scim.server;
+        let email = email.to_owned();
+        async move {
+            let response = server
+                .client
+                .post(format!("{}/v1/acme/password-login", server.base))
+                .header("accept", "application/json")
+                .json(&json!({ "email": email, "password": "anything-at-all" }))
+                .send()
+                .await
+                .unwrap();
+            (
+                response.status().as_u16(),
+                response.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    let (status, refused) = password_login("U-7731").await;
+    let unknown = password_login("nobody@acme.io").await;
+    assert_eq!((status, &refused), (unknown.0, &unknown.1), "{refused}");
+    assert!(status == 401 || status == 400, "{status} {refused}");
+
+    // An email arrives: the user now has it, and SSO login lets it in.
+    let (status, body) = scim
+        .call(
+            Method::PATCH,
+            &format!("/Users/{}", ids[0]),
+            Some(patch(json!([{ "op": "add", "path": "emails", "value": [{ "value": "uma@acme.io", "primary": true }] }]))),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, user) = scim
+        .admin(Method::GET, &format!("/users/{}", ids[0]), None)
+        .await;
+    assert_eq!(user["email"], "uma@acme.io", "{user}");
+    let (status, body) = sso_login("uma@acme.io").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["user"]["id"], ids[0].as_str(), "{body}");
 }

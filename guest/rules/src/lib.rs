@@ -17,12 +17,12 @@ mod rules;
 pub mod cases;
 
 pub use rules::{
-    check_claim_path, claim_mapping, effective_role, explain_role, login, resolve,
-    validate_settings, Settings,
+    check_claim_path, claim_mapping, effective_role, explain_role, is_team_name, login, resolve,
+    team_name, validate_settings, Settings, TEAM_NAME_MAX,
 };
 
 /// The contract version (`wit/policy.wit`) these types implement.
-pub const CONTRACT_VERSION: &str = "0.1.1";
+pub const CONTRACT_VERSION: &str = "0.1.2";
 
 #[cfg(feature = "serde")]
 use serde::{Deserialize, Serialize};

@@ -388,6 +388,42 @@ fn role_name(role: Role) -> &'static str {
     }
 }
 
+/// The longest team name (`^[A-Za-z0-9_-]{1,36}$`).
+pub const TEAM_NAME_MAX: usize = 36;
+
+/// Whether `name` follows the team-name rule, `^[A-Za-z0-9_-]{1,36}$`.
+pub fn is_team_name(name: &str) -> bool {
+    (1..=TEAM_NAME_MAX).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+/// The default rule for the team name of a directory group (SPEC §7): runs of characters
+/// outside `A-Z a-z 0-9 _ -` become one `-`, leading and trailing `-` are trimmed, the
+/// result is cut to 36 characters and trimmed again; nothing left gives `team`.
+/// `Engineering (EU)` → `Engineering-EU`, `Ingeniería` → `Ingenier-a`.
+pub fn team_name(display_name: &str) -> String {
+    let mut name = String::with_capacity(display_name.len().min(64));
+    let mut in_run = false;
+    for c in display_name.chars() {
+        if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+            name.push(c);
+            in_run = false;
+        } else if !in_run {
+            name.push('-');
+            in_run = true;
+        }
+    }
+    let cut: String = name.trim_matches('-').chars().take(TEAM_NAME_MAX).collect();
+    let cut = cut.trim_end_matches('-');
+    if cut.is_empty() {
+        "team".to_owned()
+    } else {
+        cut.to_owned()
+    }
+}
+
 /// Which claims carry user, VA name and teams: the identity provider's overrides, else the
 /// tenant's default settings, else `email` for the user and nothing for the others.
 pub fn claim_mapping(idp: &IdpClaims, settings: &str) -> ClaimMap {
@@ -408,6 +444,30 @@ pub fn claim_mapping(idp: &IdpClaims, settings: &str) -> ClaimMap {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn team_names_follow_the_default_rule() {
+        for (display, name) in [
+            ("Data Science", "Data-Science"),
+            ("Engineering (EU)", "Engineering-EU"),
+            ("Ingeniería", "Ingenier-a"),
+            ("Data/Science", "Data-Science"),
+            ("  spaced  out  ", "spaced-out"),
+            ("already_fine-1", "already_fine-1"),
+            ("--dashes--", "dashes"),
+            ("日本語", "team"),
+            ("", "team"),
+        ] {
+            assert_eq!(team_name(display), name, "{display:?}");
+            assert!(is_team_name(&team_name(display)));
+        }
+        let long = "A very long directory group name that goes on (and on)";
+        let name = team_name(long);
+        assert_eq!(name, "A-very-long-directory-group-name-tha");
+        assert_eq!(name.len(), 36);
+        // A cut that lands on a separator is trimmed again.
+        assert_eq!(team_name(&format!("{} x", "a".repeat(35))), "a".repeat(35));
+    }
     use crate::{ExistingUser, LoginClaims, TeamCandidate, UserSource, VaCandidate};
     use rstest::rstest;
 

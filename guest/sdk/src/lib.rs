@@ -72,6 +72,7 @@ pub mod bindings {
 
 use bindings::exports::gatehouse::policy::decide as wit;
 use bindings::exports::gatehouse::policy::explain as wit_explain;
+use bindings::exports::gatehouse::policy::naming as wit_naming;
 use convert::Wire;
 
 /// A Gatehouse policy: the decisions of `wit/policy.wit`, on the types of
@@ -133,6 +134,15 @@ pub trait Policy {
             None => vec!["the policy's effective-role gave no decision".to_owned()],
         }
     }
+
+    /// The rule-following team name (`^[A-Za-z0-9_-]{1,36}$`) of a SCIM group whose
+    /// `displayName` is `display_name` (contract 0.1.2, interface `naming`). The default is
+    /// [`rules::team_name`]; the host makes the name unique, so a policy only says what the
+    /// name should look like.
+    fn team_name(display_name: &str, settings: &str) -> String {
+        let _ = settings; // the default rule has no naming settings
+        rules::team_name(display_name)
+    }
 }
 
 /// The [`PolicyInfo`] of a policy named `name` at `version`, for the contract version of
@@ -180,7 +190,14 @@ impl<P: Policy> wit_explain::Guest for P {
     }
 }
 
-/// Exports a [`Policy`] type (by name) as the component's `decide` and `explain` interfaces:
+/// Any [`Policy`] is the component's implementation of the `naming` interface (0.1.2).
+impl<P: Policy> wit_naming::Guest for P {
+    fn team_name(display_name: String, settings: String) -> String {
+        P::team_name(&display_name, &settings)
+    }
+}
+
+/// Exports a [`Policy`] type (by name) as the component's `decide`, `explain` and `naming` interfaces:
 /// `export_policy!(MyPolicy);` once, at the root of the policy's `cdylib` crate.
 ///
 /// Only a wasm build exports anything; natively the policy stays an ordinary type that

@@ -386,6 +386,7 @@ impl App {
         let everyone = Team {
             id: new_id("team_"),
             name: EVERYONE.to_owned(),
+            display_name: None,
             role: None,
             mappings: Vec::new(),
             scim: None,
@@ -865,6 +866,12 @@ impl App {
         purpose: LinkPurpose,
         now: OffsetDateTime,
     ) -> Result<(), AppError> {
+        if user.email.is_empty() {
+            return Err(AppError::BadRequest(format!(
+                "user {} has no email, so no password link can be sent; its SCIM connection must provide one first",
+                user.id
+            )));
+        }
         let secret = super::new_secret("");
         let sha256 = hex::encode(policy::sha256(secret.as_bytes()));
         // A new link replaces every earlier one of the user; expired links of anyone go too.
@@ -980,6 +987,7 @@ impl App {
             let team = Team {
                 id: new_id("team_"),
                 name: name.as_str().to_owned(),
+                display_name: None,
                 role: new.role,
                 mappings: new.mappings.clone(),
                 scim: None,
@@ -1804,9 +1812,14 @@ pub(super) fn status_change(
 }
 
 pub(super) fn new_user(email: &Email, source: UserSource, now: OffsetDateTime) -> User {
+    new_user_with(email.as_str(), source, now)
+}
+
+/// A new user record with `email` as given (empty: a SCIM user without an email).
+pub(super) fn new_user_with(email: &str, source: UserSource, now: OffsetDateTime) -> User {
     User {
         id: new_id("usr_"),
-        email: email.as_str().to_owned(),
+        email: email.to_owned(),
         display_name: None,
         given_name: None,
         family_name: None,
@@ -1833,6 +1846,15 @@ pub(super) fn add_user_records(batch: &mut Batch, user: &User, email: &Email, ev
         )
         .put(&[&user.id], user)
         .put_raw(Space::UserEmails, &[&email.key()], user.id.as_bytes())
+        .put_raw(Space::Members, &[everyone, &user.id], b"")
+        .put_raw(Space::UserTeams, &[&user.id, everyone], b"");
+}
+
+/// The records of a new user without an email (a SCIM user whose `userName` is not an
+/// address and who has no `emails`): itself and its `everyone` membership, no email index.
+pub(super) fn add_user_records_without_email(batch: &mut Batch, user: &User, everyone: &str) {
+    batch
+        .put(&[&user.id], user)
         .put_raw(Space::Members, &[everyone, &user.id], b"")
         .put_raw(Space::UserTeams, &[&user.id, everyone], b"");
 }

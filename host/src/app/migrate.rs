@@ -477,6 +477,7 @@ impl App {
                     let team = Team {
                         id: new_id("team_"),
                         name: name.as_str().to_owned(),
+                        display_name: None,
                         role: None,
                         mappings: step.mappings.clone(),
                         scim: None,

@@ -8,11 +8,14 @@
 //! email; the adoption is audited.
 
 use super::identity::{
-    add_user_records, new_user, stage_new_team, status_change, RoleState, RoleView,
+    add_user_records, add_user_records_without_email, new_user_with, stage_new_team, status_change,
+    RoleState, RoleView,
 };
 use super::{now, App, AppError};
 use crate::config::ScimConfig;
-use crate::identity::{new_id, Email, ScimLink, SsoConfig, Team, TeamName, User};
+use crate::identity::{
+    check_display_name, new_id, Email, ScimLink, SsoConfig, Team, TeamName, User,
+};
 use crate::policy;
 use crate::scim::filter::{self, AttrPath, Filter};
 use crate::scim::patch::{self, GroupChange};
@@ -125,6 +128,43 @@ const NAME: &str = "u.name";
 const EXT: &str = "u.ext";
 const MAIL: &str = "u.mail";
 const GROUP_EXT: &str = "g.ext";
+/// A connection's groups by `displayName`, lowercased (SCIM compares it case-insensitively).
+const GROUP_NAME: &str = "g.name";
+
+/// The index key of a group display name (lowercased); `None` for what no stored display
+/// name can be (a 0 byte, more than 256 characters of up to 4 bytes, lowercased).
+fn display_index_key(display: &str) -> Option<String> {
+    let key = display_key(display);
+    (!key.contains('\0') && key.len() <= 2048).then_some(key)
+}
+
+/// A display name as SCIM compares it: case-insensitively.
+fn display_key(display: &str) -> String {
+    display.to_lowercase()
+}
+
+/// How many suffixed names are tried before a derived team name is given up as taken.
+const SUFFIX_TRIES: u32 = 16;
+
+/// The `n`th suffixed form of a team name: `base` cut to leave room, `-`, and six hex
+/// digits of SHA-256 over the display name (and `n` after the first try), so the same
+/// group gets the same name on every server.
+fn suffixed_name(base: &str, display: &str, n: u32) -> String {
+    let seed = if n == 0 {
+        display.to_owned()
+    } else {
+        format!("{display}\0{n}")
+    };
+    let digest = hex::encode(&policy::sha256(seed.as_bytes())[..3]);
+    let room = gatehouse_rules::TEAM_NAME_MAX - 1 - digest.len();
+    let head: String = base.chars().take(room).collect();
+    let head = head.trim_end_matches('-');
+    if head.is_empty() {
+        format!("team-{digest}")
+    } else {
+        format!("{head}-{digest}")
+    }
+}
 const OWNER: &str = "@owner";
 
 /// Compares a client's `If-Match` with the current version (weakly, `*` matches all).
@@ -305,9 +345,12 @@ impl App {
                 )));
             }
             let now = now();
-            let existing: Option<User> = match self
-                .store
-                .get_raw(Space::UserEmails, slug, &[&email.key()])?
+            // A user without an email adopts no one: it is always a new user.
+            let existing: Option<User> = match email
+                .as_ref()
+                .map(|email| self.store.get_raw(Space::UserEmails, slug, &[&email.key()]))
+                .transpose()?
+                .flatten()
             {
                 Some(id) => self.store.get(slug, &[&String::from_utf8_lossy(&id)])?,
                 None => None,
@@ -323,7 +366,7 @@ impl App {
                     if owner.is_none() && before.manual_role == Some(gatehouse_rules::Role::Admin) {
                         return Err(ScimError::Uniqueness(format!(
                             "a user with email {} already exists and is a tenant admin; SCIM does not take over tenant admins",
-                            email.as_str()
+                            before.email
                         )));
                     }
                     let adoptable = owner.is_none()
@@ -331,12 +374,12 @@ impl App {
                     if !adoptable {
                         return Err(ScimError::Uniqueness(format!(
                             "a user with email {} already exists and is not this connection's to take over (created by {}{})",
-                            email.as_str(),
+                            before.email,
                             source_name(before.source),
                             owner.map(|o| format!(", managed by SCIM connection {o}")).unwrap_or_default()
                         )));
                     }
-                    let mut after = apply_fields(&before, &input, &email, now);
+                    let mut after = apply_fields(&before, &input, email.as_ref(), now);
                     if let Some((changed, _)) = status_change(&after, input.active, now) {
                         after = changed;
                     }
@@ -346,16 +389,20 @@ impl App {
                 }
                 None => {
                     let everyone = self.everyone(slug)?;
-                    let mut user = User {
-                        status: if input.active {
-                            UserStatus::Active
-                        } else {
-                            UserStatus::Deactivated
-                        },
-                        ..new_user(&email, UserSource::Scim, now)
+                    let status = if input.active {
+                        UserStatus::Active
+                    } else {
+                        UserStatus::Deactivated
                     };
-                    user = apply_fields(&user, &input, &email, now);
-                    add_user_records(&mut batch, &user, &email, &everyone.id);
+                    let mut user = User {
+                        status,
+                        ..new_user_with(email.as_ref().map_or("", Email::as_str), UserSource::Scim, now)
+                    };
+                    user = apply_fields(&user, &input, email.as_ref(), now);
+                    match &email {
+                        Some(email) => add_user_records(&mut batch, &user, email, &everyone.id),
+                        None => add_user_records_without_email(&mut batch, &user, &everyone.id),
+                    }
                     let mut view = RoleView::empty();
                     view.user_teams.insert(&user.id, vec![everyone.id.clone()]);
                     audit.record(&mut batch, &actor, "scim.user.create", &user.id, None, Some(&user));
@@ -433,7 +480,7 @@ impl App {
     ) -> Result<Value, ScimError> {
         let email = input.email()?;
         let now = now();
-        let mut after = apply_fields(&before, &input, &email, now);
+        let mut after = apply_fields(&before, &input, email.as_ref(), now);
         let mut status_action = None;
         if let Some((changed, what)) = status_change(&after, input.active, now) {
             after = changed;
@@ -489,15 +536,21 @@ impl App {
                     .put_raw(Space::ScimIndex, &[&conn.sso, EXT, new], id.as_bytes());
             }
         }
-        if before.email.to_lowercase() != email.key() {
-            batch
-                .require_absent(
-                    Space::UserEmails,
-                    &[&email.key()],
-                    format!("a user with email {} already exists", email.as_str()),
-                )
-                .remove(Space::UserEmails, &[&before.email.to_lowercase()])
-                .put_raw(Space::UserEmails, &[&email.key()], id.as_bytes());
+        let new_key = email.as_ref().map(Email::key).unwrap_or_default();
+        if before.email.to_lowercase() != new_key {
+            // No email is never indexed, so users without one never collide.
+            if !before.email.is_empty() {
+                batch.remove(Space::UserEmails, &[&before.email.to_lowercase()]);
+            }
+            if let Some(email) = &email {
+                batch
+                    .require_absent(
+                        Space::UserEmails,
+                        &[&email.key()],
+                        format!("a user with email {} already exists", email.as_str()),
+                    )
+                    .put_raw(Space::UserEmails, &[&email.key()], id.as_bytes());
+            }
         }
         for old in &before_scim.emails {
             if let Some(v) = key_value(&old.value.to_lowercase()) {
@@ -699,6 +752,71 @@ impl App {
 
     // ----------------------------------------------------------------- groups
 
+    /// The team name for a group displayed as `display`: the tenant policy's name for it
+    /// (`naming`, or the default rule for a component built before 0.1.2), made unique
+    /// among the tenant's teams by a short deterministic suffix. `own` is the team being
+    /// renamed: the name it already has is not a collision.
+    fn derive_team_name(
+        &self,
+        slug: &str,
+        display: &str,
+        own: Option<&Team>,
+    ) -> Result<TeamName, ScimError> {
+        let policy = self.current_policy(slug)?;
+        let base = policy.team_name(&self.engine, display).map_err(|e| {
+            tracing::warn!(tenant = slug, error = %e, "policy error while naming a team; nothing changed");
+            ScimError::Internal(format!(
+                "the tenant's policy could not name the team, so nothing changed: {e}"
+            ))
+        })?;
+        let free = |name: &str| -> Result<bool, ScimError> {
+            let taken =
+                self.store
+                    .get_raw(Space::TeamNames, slug, &[&name.to_ascii_lowercase()])?;
+            Ok(match taken {
+                None => true,
+                Some(id) => own.is_some_and(|t| t.id.as_bytes() == id.as_slice()),
+            })
+        };
+        if free(&base)? {
+            return TeamName::parse(&base).map_err(ScimError::Internal);
+        }
+        for n in 0..SUFFIX_TRIES {
+            let candidate = suffixed_name(&base, display, n);
+            if free(&candidate)? {
+                return TeamName::parse(&candidate).map_err(ScimError::Internal);
+            }
+        }
+        Err(ScimError::Uniqueness(format!(
+            "no free team name for displayName {display:?}: {base} and its suffixed forms are taken"
+        )))
+    }
+
+    /// The connection's group with this display name (case-insensitively), if any. Teams
+    /// stored before display names were kept are found by their team name.
+    fn group_by_display(
+        &self,
+        slug: &str,
+        conn: &Connection,
+        display: &str,
+    ) -> Result<Option<Team>, AppError> {
+        let Some(key) = display_index_key(display) else {
+            return Ok(None);
+        };
+        if let Some(id) = self.index_get(slug, &[&conn.sso, GROUP_NAME, &key])? {
+            return self.scim_team(slug, conn, &id);
+        }
+        match self
+            .store
+            .get_raw(Space::TeamNames, slug, &[&key.to_ascii_lowercase()])?
+        {
+            Some(id) => Ok(self
+                .scim_team(slug, conn, &String::from_utf8_lossy(&id))?
+                .filter(|t| t.display_name.is_none())),
+            None => Ok(None),
+        }
+    }
+
     fn scim_team(&self, slug: &str, conn: &Connection, id: &str) -> Result<Option<Team>, AppError> {
         if !valid_id(id) {
             return Ok(None);
@@ -801,7 +919,7 @@ impl App {
         body: &Value,
     ) -> Result<(Value, bool, MemberReport), ScimError> {
         let input = GroupInput::from_json(body)?;
-        let name = TeamName::parse(&input.display_name).map_err(ScimError::InvalidValue)?;
+        check_display_name(&input.display_name).map_err(ScimError::InvalidValue)?;
         if let Some(ext) = &input.external_id {
             if key_value(ext).is_none() {
                 return Err(ScimError::InvalidValue("externalId is too long".into()));
@@ -812,7 +930,7 @@ impl App {
                 if let Some(id) = self.index_get(slug, &[&conn.sso, GROUP_EXT, ext])? {
                     // A stale entry (the team was deleted by an admin) is overwritten.
                     if let Some(team) = self.scim_team(slug, conn, &id)? {
-                        if team.name.eq_ignore_ascii_case(name.as_str()) {
+                        if display_key(team.shown_name()) == display_key(&input.display_name) {
                             return Ok((
                                 self.group_view(slug, conn, &team, true)?,
                                 false,
@@ -820,16 +938,25 @@ impl App {
                             ));
                         }
                         return Err(ScimError::Uniqueness(format!(
-                            "externalId {ext:?} already belongs to group {}",
-                            team.name
+                            "externalId {ext:?} already belongs to group {:?}",
+                            team.shown_name()
                         )));
                     }
                 }
             }
+            if let Some(team) = self.group_by_display(slug, conn, &input.display_name)? {
+                return Err(ScimError::Uniqueness(format!(
+                    "a group with displayName {:?} already exists ({})",
+                    team.shown_name(),
+                    team.id
+                )));
+            }
+            let name = self.derive_team_name(slug, &input.display_name, None)?;
             let now = now();
             let team = Team {
                 id: new_id("team_"),
                 name: name.as_str().to_owned(),
+                display_name: Some(input.display_name.clone()),
                 role: None,
                 mappings: Vec::new(),
                 scim: Some(ScimLink {
@@ -849,6 +976,7 @@ impl App {
             )?;
             let mut batch = Batch::new(slug);
             stage_new_team(&mut batch, &team, &name);
+            stage_display_name(&mut batch, conn, &team.id, None, &input.display_name)?;
             if let Some(ext) = &input.external_id {
                 batch.put_raw(
                     Space::ScimIndex,
@@ -921,12 +1049,9 @@ impl App {
         with_members: bool,
         action: &str,
     ) -> Result<(Value, MemberReport), ScimError> {
-        let name = change
-            .display_name
-            .as_deref()
-            .map(TeamName::parse)
-            .transpose()
-            .map_err(ScimError::InvalidValue)?;
+        if let Some(display) = &change.display_name {
+            check_display_name(display).map_err(ScimError::InvalidValue)?;
+        }
         self.scim_write(conn, |slug| {
             let before = self.existing_scim_team(slug, conn, id)?;
             check_if_match(if_match, &version(before.updated_at))?;
@@ -934,9 +1059,34 @@ impl App {
             let mut after = before.clone();
             let mut batch = Batch::new(slug);
             let mut audit = self.audit_log(slug)?;
-            if let Some(name) = &name {
-                super::identity::rename_team(&mut batch, id, &before.name, name);
+            // A rename from the IdP renames both: the display name as sent, the team name
+            // derived from it again (kept when the policy gives the name it has).
+            if let Some(display) = change
+                .display_name
+                .as_ref()
+                .filter(|d| before.display_name.as_ref() != Some(*d))
+            {
+                if let Some(other) = self
+                    .group_by_display(slug, conn, display)?
+                    .filter(|t| t.id != before.id)
+                {
+                    return Err(ScimError::Uniqueness(format!(
+                        "a group with displayName {:?} already exists ({})",
+                        other.shown_name(),
+                        other.id
+                    )));
+                }
+                let name = self.derive_team_name(slug, display, Some(&before))?;
+                super::identity::rename_team(&mut batch, id, &before.name, &name);
+                stage_display_name(
+                    &mut batch,
+                    conn,
+                    id,
+                    before.display_name.as_deref(),
+                    display,
+                )?;
                 after.name = name.as_str().to_owned();
+                after.display_name = Some(display.clone());
             }
             if let Some(ext) = &change.external_id {
                 let old = before.scim.as_ref().and_then(|s| s.external_id.clone());
@@ -1069,6 +1219,9 @@ impl App {
             batch
                 .remove(Space::Teams, &[id])
                 .remove(Space::TeamNames, &[&team.name.to_ascii_lowercase()]);
+            if let Some(key) = team.display_name.as_deref().and_then(display_index_key) {
+                batch.remove(Space::ScimIndex, &[&conn.sso, GROUP_NAME, &key]);
+            }
             if let Some(ext) = team.scim.as_ref().and_then(|s| s.external_id.as_deref()) {
                 batch.remove(Space::ScimIndex, &[&conn.sso, GROUP_EXT, ext]);
             }
@@ -1103,23 +1256,10 @@ impl App {
                 .scim_team(slug, conn, f.indexed_eq("id").unwrap_or_default())?
                 .into_iter()
                 .collect(),
-            Some(f) if f.indexed_eq("displayName").is_some() => {
-                let name = f
-                    .indexed_eq("displayName")
-                    .unwrap_or_default()
-                    .to_ascii_lowercase();
-                match key_value(&name)
-                    .map(|n| self.store.get_raw(Space::TeamNames, slug, &[n]))
-                    .transpose()?
-                    .flatten()
-                {
-                    Some(id) => self
-                        .scim_team(slug, conn, &String::from_utf8_lossy(&id))?
-                        .into_iter()
-                        .collect(),
-                    None => Vec::new(),
-                }
-            }
+            Some(f) if f.indexed_eq("displayName").is_some() => self
+                .group_by_display(slug, conn, f.indexed_eq("displayName").unwrap_or_default())?
+                .into_iter()
+                .collect(),
             Some(f) if f.indexed_eq("externalId").is_some() => {
                 let ext = f.indexed_eq("externalId").unwrap_or_default();
                 match key_value(ext)
@@ -1209,6 +1349,31 @@ impl GroupChange {
     }
 }
 
+/// Moves a group's display-name index entry (per connection, case-insensitive) from `old`
+/// to `new`. Callers check first, under the tenant lock, that no live group of the
+/// connection has `new` ([`App::group_by_display`]); an entry left by a team an admin
+/// deleted is stale and overwritten.
+fn stage_display_name(
+    batch: &mut Batch,
+    conn: &Connection,
+    id: &str,
+    old: Option<&str>,
+    new: &str,
+) -> Result<(), ScimError> {
+    let new_key = display_index_key(new)
+        .ok_or_else(|| ScimError::InvalidValue("displayName is not a valid name".into()))?;
+    let old_key = old.and_then(display_index_key);
+    if let Some(old_key) = &old_key {
+        batch.remove(Space::ScimIndex, &[&conn.sso, GROUP_NAME, old_key]);
+    }
+    batch.put_raw(
+        Space::ScimIndex,
+        &[&conn.sso, GROUP_NAME, &new_key],
+        id.as_bytes(),
+    );
+    Ok(())
+}
+
 fn record_report(
     audit: &mut super::identity::AuditLog,
     batch: &mut Batch,
@@ -1244,9 +1409,14 @@ fn source_name(source: UserSource) -> &'static str {
 }
 
 /// The user with the fields a SCIM client controls set from `input`.
-fn apply_fields(before: &User, input: &UserInput, email: &Email, now: OffsetDateTime) -> User {
+fn apply_fields(
+    before: &User,
+    input: &UserInput,
+    email: Option<&Email>,
+    now: OffsetDateTime,
+) -> User {
     User {
-        email: email.as_str().to_owned(),
+        email: email.map(|e| e.as_str().to_owned()).unwrap_or_default(),
         display_name: input.display_name.clone(),
         given_name: input.given_name.clone(),
         family_name: input.family_name.clone(),

@@ -50,6 +50,10 @@ pub struct Directory {
     pub generation: u64,
     pub users: HashMap<String, DirUser>,
     by_email: HashMap<String, String>,
+    /// SCIM `userName` (lowercased) → user id, for users without an email (SPEC §7): the
+    /// userName stands in for the email. A userName two connections gave different users
+    /// maps to `None`: ambiguous, so it matches no one.
+    by_user_name: HashMap<String, Option<String>>,
     /// `idp\0value` → user id.
     user_mappings: HashMap<String, String>,
     pub vas: HashMap<String, DirVa>,
@@ -94,6 +98,7 @@ impl Directory {
             generation,
             users: HashMap::new(),
             by_email: HashMap::new(),
+            by_user_name: HashMap::new(),
             user_mappings: HashMap::new(),
             vas: HashMap::new(),
             va_mappings: HashMap::new(),
@@ -122,8 +127,10 @@ impl Directory {
             }
         }
         for user in store.list::<User>(tenant, &[]).map_err(e)? {
-            dir.by_email
-                .insert(user.email.to_lowercase(), user.id.clone());
+            if !user.email.is_empty() {
+                dir.by_email
+                    .insert(user.email.to_lowercase(), user.id.clone());
+            }
             for m in &user.mappings {
                 dir.user_mappings
                     .insert(mapping_key(&m.idp, &m.value), user.id.clone());
@@ -138,6 +145,25 @@ impl Directory {
                     teams,
                 },
             );
+        }
+        for scim in store
+            .list::<crate::scim::resource::ScimUser>(tenant, &[])
+            .map_err(e)?
+        {
+            let without_email = dir
+                .users
+                .get(&scim.user)
+                .is_some_and(|u| u.email.is_empty());
+            if without_email && scim.deleted_at.is_none() {
+                dir.by_user_name
+                    .entry(scim.user_name.to_lowercase())
+                    .and_modify(|id| {
+                        if id.as_deref() != Some(scim.user.as_str()) {
+                            *id = None;
+                        }
+                    })
+                    .or_insert_with(|| Some(scim.user.clone()));
+            }
         }
         for team in store.list::<Team>(tenant, &[]).map_err(e)? {
             for m in &team.mappings {
@@ -260,7 +286,11 @@ impl Directory {
         let mut users = Vec::new();
         if let Some(claim) = user_claim.as_deref() {
             let by_mapping = self.user_mappings.get(&mapping_key(idp, claim));
-            let by_email = self.by_email.get(&claim.to_lowercase());
+            let lowered = claim.to_lowercase();
+            let by_email = self
+                .by_email
+                .get(&lowered)
+                .or_else(|| self.by_user_name.get(&lowered).and_then(Option::as_ref));
             for (id, matched_by) in [
                 (by_mapping, rules::UserMatch::Mapping),
                 (by_email, rules::UserMatch::Email),

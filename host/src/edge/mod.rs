@@ -821,7 +821,7 @@ fn user_identity(dir: &Directory, id: &str, user: &DirUser, teams: &[String]) ->
     Identity {
         kind: "user",
         id: id.to_owned(),
-        email: Some(user.email.clone()),
+        email: (!user.email.is_empty()).then(|| user.email.clone()),
         name: None,
         teams,
         team_ids,

@@ -549,10 +549,9 @@ impl Request<'_> {
         } else {
             StatusCode::OK
         };
-        Ok(resource_response(
-            status,
-            with_report(group, &report),
-            &projection,
+        Ok(with_report(
+            resource_response(status, group, &projection),
+            &report,
         ))
     }
 
@@ -568,10 +567,9 @@ impl Request<'_> {
             self.app
                 .scim_replace_group(self.conn, id, &body, if_match)?
         };
-        Ok(resource_response(
-            StatusCode::OK,
-            with_report(group, &report),
-            &projection,
+        Ok(with_report(
+            resource_response(StatusCode::OK, group, &projection),
+            &report,
         ))
     }
 
@@ -629,19 +627,46 @@ impl Request<'_> {
     }
 }
 
-/// Adds what was not applied of a membership change (pending and refused member values,
-/// each refusal with its reason) to a group answer.
-fn with_report(mut group: Value, report: &crate::app::MemberReport) -> Value {
-    if !report.pending.is_empty() || !report.refused.is_empty() {
-        if let Some(Value::Array(schemas)) = group.get_mut("schemas") {
-            schemas.push(json!(crate::scim::REPORT_SCHEMA));
-        }
-        group[crate::scim::REPORT_SCHEMA] = json!({
-            "pending": report.pending,
-            "refused": report.refused.iter().map(|(v, why)| json!({"value": v, "reason": why})).collect::<Vec<_>>(),
-        });
+/// The header that carries what was not applied of a membership change: JSON
+/// `{"pending": [value…], "refused": [{"value", "reason"}…]}`, non-ASCII escaped, at most
+/// [`REPORT_ENTRIES`] entries of each (`"truncated": true` when cut; the admin API's
+/// pending view has every pending one). Kept out of the resource: strict clients validate
+/// a Group against its schema, and a report is not part of the group (decision 59).
+pub const MEMBERSHIP_REPORT_HEADER: &str = "gatehouse-scim-membership-report";
+
+/// How many pending and refused entries the report header carries at most.
+const REPORT_ENTRIES: usize = 50;
+
+/// Adds the membership report header to a group answer when something was not applied.
+fn with_report(mut response: Response, report: &crate::app::MemberReport) -> Response {
+    if report.pending.is_empty() && report.refused.is_empty() {
+        return response;
     }
-    group
+    let truncated = report.pending.len() > REPORT_ENTRIES || report.refused.len() > REPORT_ENTRIES;
+    let mut body = json!({
+        "pending": report.pending.iter().take(REPORT_ENTRIES).collect::<Vec<_>>(),
+        "refused": report.refused.iter().take(REPORT_ENTRIES).map(|(v, why)| json!({"value": v, "reason": why})).collect::<Vec<_>>(),
+    });
+    if truncated {
+        body["truncated"] = json!(true);
+    }
+    let mut text = String::new();
+    for c in body.to_string().chars() {
+        if c.is_ascii() && !c.is_ascii_control() {
+            text.push(c);
+        } else {
+            let mut units = [0u16; 2];
+            for unit in c.encode_utf16(&mut units) {
+                text.push_str(&format!("\\u{unit:04x}"));
+            }
+        }
+    }
+    if let Ok(value) = HeaderValue::from_str(&text) {
+        response
+            .headers_mut()
+            .insert(MEMBERSHIP_REPORT_HEADER, value);
+    }
+    response
 }
 
 fn not_allowed(allowed: &str) -> ScimError {

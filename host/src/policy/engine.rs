@@ -223,10 +223,25 @@ impl PolicyEngine {
                 ))
             })?;
         }
+        let team_name = component
+            .get_export_index(None, super::NAMING_INTERFACE)
+            .and_then(|naming| component.get_export_index(Some(&naming), "team-name"));
+        if let Some(index) = &team_name {
+            self.call_instance(&pre, |store, instance| {
+                team_name_func(store, instance, index).map(|_| ())
+            })
+            .map_err(|e| {
+                PolicyError::Invalid(format!(
+                    "{}: team-name has the wrong type: {e}",
+                    super::NAMING_INTERFACE
+                ))
+            })?;
+        }
         Ok(Arc::new(Compiled {
             component,
             pre,
             explain_role,
+            team_name,
             sha256,
             info: bindings::policy_info(info),
         }))
@@ -396,6 +411,32 @@ impl PolicyEngine {
         Ok(Some(super::answer::trimmed_trace(trace)))
     }
 
+    /// The team name the policy derives from a group's display name, from the optional
+    /// `naming` interface of contract 0.1.2, checked against the team-name rule; `None`
+    /// when the component does not export it (built against 0.1.0 or 0.1.1).
+    pub fn team_name(
+        &self,
+        compiled: &Compiled,
+        display_name: &str,
+        settings: &str,
+    ) -> Result<Option<String>, PolicyError> {
+        let Some(index) = &compiled.team_name else {
+            return Ok(None);
+        };
+        let name = self.call_instance(&compiled.pre, |store, instance| {
+            let func = team_name_func(store, instance, index)?;
+            let (name,) = func.call(&mut *store, (display_name, settings))?;
+            Ok(name)
+        })?;
+        if !rules::is_team_name(&name) {
+            let shown: String = name.chars().take(80).collect();
+            return Err(PolicyError::Malformed(format!(
+                "team-name answered {shown:?}, which is not 1-36 of A-Z a-z 0-9 _ -"
+            )));
+        }
+        Ok(Some(name))
+    }
+
     /// Which claims carry user, VA name and teams.
     pub fn claim_mapping(
         &self,
@@ -421,6 +462,16 @@ fn explain_role_func<'a>(
     instance: &Instance,
     index: &ComponentExportIndex,
 ) -> wasmtime::Result<ExplainRole<'a>> {
+    instance.get_typed_func(store, index)
+}
+
+type TeamNameFunc<'a> = TypedFunc<(&'a str, &'a str), (String,)>;
+
+fn team_name_func<'a>(
+    store: &mut Store<Sandbox>,
+    instance: &Instance,
+    index: &ComponentExportIndex,
+) -> wasmtime::Result<TeamNameFunc<'a>> {
     instance.get_typed_func(store, index)
 }
 

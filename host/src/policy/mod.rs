@@ -18,12 +18,16 @@ pub use registry::{AutoRollback, Registry, RoleExplanation, TenantPolicy, Trip, 
 use gatehouse_rules as rules;
 
 /// The contract version this host implements (`wit/policy.wit`). It serves every 0.1.x
-/// component: `decide` is required, `explain` (since 0.1.1) is used when present.
-pub const CONTRACT: &str = "0.1.1";
+/// component: `decide` is required, `explain` (since 0.1.1) and `naming` (since 0.1.2) are
+/// used when present.
+pub const CONTRACT: &str = "0.1.2";
 
 /// The optional interface of 0.1.1, by its full name (wasmtime's export lookup also finds
 /// a semver-compatible 0.1.x version of it).
 const EXPLAIN_INTERFACE: &str = "gatehouse:policy/explain@0.1.1";
+
+/// The optional interface of 0.1.2, by its full name.
+const NAMING_INTERFACE: &str = "gatehouse:policy/naming@0.1.2";
 
 /// The built-in default policy (`guest/`), built into a component by `host/build.rs`.
 pub static DEFAULT_POLICY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/default-policy.wasm"));
@@ -34,6 +38,8 @@ pub struct Compiled {
     pre: bindings::PolicyPre<engine::Sandbox>,
     /// `explain-role` of the optional `explain` interface (contract 0.1.1), if exported.
     explain_role: Option<wasmtime::component::ComponentExportIndex>,
+    /// `team-name` of the optional `naming` interface (contract 0.1.2), if exported.
+    team_name: Option<wasmtime::component::ComponentExportIndex>,
     /// SHA-256 of the component's bytes.
     pub sha256: [u8; 32],
     /// What the component says about itself.
@@ -45,6 +51,7 @@ impl std::fmt::Debug for Compiled {
         f.debug_struct("Compiled")
             .field("sha256", &hex::encode(self.sha256))
             .field("info", &self.info)
+            .field("naming", &self.team_name.is_some())
             .finish()
     }
 }
@@ -95,6 +102,19 @@ impl PolicyError {
             PolicyError::Unavailable(_) => "unavailable",
             PolicyError::Engine(_) => "engine",
         }
+    }
+}
+
+impl Compiled {
+    /// Whether the component exports the optional `naming` interface (contract 0.1.2);
+    /// without it the host derives team names by the default rule.
+    pub fn has_naming(&self) -> bool {
+        self.team_name.is_some()
+    }
+
+    /// Whether the component exports the optional `explain` interface (contract 0.1.1).
+    pub fn has_explain(&self) -> bool {
+        self.explain_role.is_some()
     }
 }
 

@@ -207,6 +207,18 @@ impl TenantPolicy {
         self.note(engine.effective_role(self.compiled()?, inputs, &self.settings))
     }
 
+    /// The team name for a group's display name: the policy's `naming` answer (contract
+    /// 0.1.2), or the default rule when the component predates it. Not made unique: that is
+    /// the caller's part.
+    pub fn team_name(
+        &self,
+        engine: &PolicyEngine,
+        display_name: &str,
+    ) -> Result<String, PolicyError> {
+        let answer = self.note(engine.team_name(self.compiled()?, display_name, &self.settings))?;
+        Ok(answer.unwrap_or_else(|| rules::team_name(display_name)))
+    }
+
     /// Counts a failed decision of a stored version toward automatic rollback, and trips it
     /// (once) when the tenant's threshold is reached within the window.
     fn note<T>(&self, result: Result<T, PolicyError>) -> Result<T, PolicyError> {

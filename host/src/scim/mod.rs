@@ -15,10 +15,6 @@ pub const ERROR_SCHEMA: &str = "urn:ietf:params:scim:api:messages:2.0:Error";
 pub const LIST_SCHEMA: &str = "urn:ietf:params:scim:api:messages:2.0:ListResponse";
 /// The PATCH request schema.
 pub const PATCH_SCHEMA: &str = "urn:ietf:params:scim:api:messages:2.0:PatchOp";
-/// Gatehouse's declared (read-only) extension schema on group answers: member values a
-/// change did not apply (kept pending, or refused with a reason). Listed in the answer's
-/// `schemas` when present, described in `/Schemas` and `/ResourceTypes` (decision 55).
-pub const REPORT_SCHEMA: &str = "urn:gatehouse:params:scim:schemas:extension:2.0:MembershipReport";
 /// The response header of `GET /ServiceProviderConfig` that carries the largest request
 /// body accepted, in bytes (decision 55: not a key of the resource).
 pub const MAX_REQUEST_BYTES_HEADER: &str = "gatehouse-scim-max-request-bytes";

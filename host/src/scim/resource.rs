@@ -6,7 +6,7 @@
 use super::filter::{
     get_ci, parse_attr_path, AttrPath, ENTERPRISE_SCHEMA, GROUP_SCHEMA, USER_SCHEMA,
 };
-use super::{ScimError, REPORT_SCHEMA};
+use super::ScimError;
 use crate::identity::{Email, Team, User};
 use crate::store::{Record, Space};
 use gatehouse_rules::UserStatus;
@@ -188,23 +188,19 @@ impl UserInput {
     }
 
     /// The user's email (SPEC §7): `userName` when it is an address, else the primary (or
-    /// first) of `emails`; none at all is refused.
-    pub fn email(&self) -> Result<Email, ScimError> {
+    /// first) of `emails`; `None` when there is neither (RFC 7643 requires only `userName`).
+    pub fn email(&self) -> Result<Option<Email>, ScimError> {
         if let Ok(email) = Email::parse(&self.user_name) {
-            return Ok(email);
+            return Ok(Some(email));
         }
         let chosen = self
             .emails
             .iter()
             .find(|e| e.primary)
             .or_else(|| self.emails.first());
-        match chosen {
-            Some(e) => Email::parse(&e.value).map_err(ScimError::InvalidValue),
-            None => Err(ScimError::InvalidValue(format!(
-                "user {:?} has no email: userName is not an email address and emails is empty",
-                self.user_name
-            ))),
-        }
+        chosen
+            .map(|e| Email::parse(&e.value).map_err(ScimError::InvalidValue))
+            .transpose()
     }
 }
 
@@ -301,7 +297,7 @@ pub fn group_json(team: &Team, members: Option<&[String]>, base: &str) -> Value 
     if let Some(ext) = team.scim.as_ref().and_then(|s| s.external_id.clone()) {
         out.insert("externalId".into(), json!(ext));
     }
-    out.insert("displayName".into(), json!(team.name));
+    out.insert("displayName".into(), json!(team.shown_name()));
     if let Some(members) = members {
         let list: Vec<Value> = members
             .iter()
@@ -555,10 +551,16 @@ pub fn resource_types(base: &str) -> Vec<Value> {
             "id": "Group", "name": "Group", "endpoint": "/Groups",
             "description": "A Gatehouse team",
             "schema": GROUP_SCHEMA,
-            "schemaExtensions": [{ "schema": REPORT_SCHEMA, "required": false }],
+            "schemaExtensions": [],
             "meta": { "resourceType": "ResourceType", "location": format!("{base}/ResourceTypes/Group") }
         }),
     ]
+}
+
+/// `attribute` with one more characteristic (`referenceTypes`, `canonicalValues`).
+fn with(mut attribute: Value, key: &str, value: Value) -> Value {
+    attribute[key] = value;
+    attribute
 }
 
 #[allow(clippy::too_many_arguments)] // one row of the schema table
@@ -623,41 +625,16 @@ pub fn schemas(base: &str) -> Vec<Value> {
         "schemas": ["urn:ietf:params:scim:schemas:core:2.0:Schema"],
         "id": GROUP_SCHEMA, "name": "Group", "description": "A Gatehouse team",
         "attributes": [
-            attr("displayName", "string", false, true, "readWrite", "server", false, "Team name: 1-36 of A-Z a-z 0-9 _ -, unique per tenant (case-insensitive)"),
+            attr("displayName", "string", false, true, "readWrite", "server", false, "The group's name exactly as sent (1-256 characters, no control characters), unique per connection (case-insensitive); Gatehouse derives the team name from it"),
             complex("members", true, "Members: users only (nested groups are refused)", vec![
                 attr("value", "string", false, false, "immutable", "none", true, "User id"),
-                attr("$ref", "reference", false, false, "immutable", "none", true, "User URI"),
-                attr("type", "string", false, false, "immutable", "none", false, "User"),
+                with(attr("$ref", "reference", false, false, "immutable", "none", true, "User URI"), "referenceTypes", json!(["User"])),
+                with(attr("type", "string", false, false, "immutable", "none", false, "User"), "canonicalValues", json!(["User"])),
             ]),
         ],
         "meta": { "resourceType": "Schema", "location": format!("{base}/Schemas/{GROUP_SCHEMA}") }
     });
-    let read_only = |name: &str, multi: bool, d: &str| {
-        let mut a = attr(name, "string", multi, false, "readOnly", "none", true, d);
-        a["returned"] = json!("default");
-        a
-    };
-    let mut refused = complex(
-        "refused",
-        true,
-        "Member values refused, each with its reason (nested groups, another connection's users)",
-        vec![
-            read_only("value", false, "The member value as sent"),
-            read_only("reason", false, "Why it was refused"),
-        ],
-    );
-    refused["mutability"] = json!("readOnly");
-    let report = json!({
-        "schemas": ["urn:ietf:params:scim:schemas:core:2.0:Schema"],
-        "id": REPORT_SCHEMA, "name": "MembershipReport",
-        "description": "On the answer to a Group write only: the member values that change did not apply",
-        "attributes": [
-            read_only("pending", true, "Member values not yet users of this connection: applied when such a user is provisioned, until they expire"),
-            refused,
-        ],
-        "meta": { "resourceType": "Schema", "location": format!("{base}/Schemas/{REPORT_SCHEMA}") }
-    });
-    vec![user, enterprise, group, report]
+    vec![user, enterprise, group]
 }
 
 #[cfg(test)]
@@ -674,7 +651,7 @@ mod tests {
             "password": "secret", "active": true
         });
         let input = UserInput::from_json(&okta).unwrap();
-        assert_eq!(input.email().unwrap().as_str(), "ann@acme.io");
+        assert_eq!(input.email().unwrap().unwrap().as_str(), "ann@acme.io");
         assert!(input.active);
         let entra = json!({
             "UserName": "AnnL", "Active": "False",
@@ -683,13 +660,13 @@ mod tests {
         });
         let input = UserInput::from_json(&entra).unwrap();
         assert!(!input.active);
-        assert_eq!(input.email().unwrap().as_str(), "Ann@Acme.io");
+        assert_eq!(input.email().unwrap().unwrap().as_str(), "Ann@Acme.io");
         assert_eq!(input.department.as_deref(), Some("R&D"));
-        let err = UserInput::from_json(&json!({"userName": "nobody"}))
+        let none = UserInput::from_json(&json!({"userName": "nobody"}))
             .unwrap()
             .email()
-            .unwrap_err();
-        assert!(err.to_string().contains("has no email"), "{err}");
+            .unwrap();
+        assert_eq!(none, None, "a userName alone is a user without an email");
         let err =
             UserInput::from_json(&json!({"userName": "a@b.io", "active": "maybe"})).unwrap_err();
         assert!(
