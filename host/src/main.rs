@@ -59,6 +59,10 @@ struct ServeArgs {
     /// TOML configuration file.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// PostgreSQL URL: run as one of any number of equal replicas on that database instead
+    /// of the embedded store. Overrides config and environment.
+    #[arg(long)]
+    database_url: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -158,6 +162,9 @@ fn serve(args: ServeArgs) -> Result<()> {
     }
     if let Some(data) = args.data {
         config.data = data;
+    }
+    if let Some(url) = args.database_url {
+        config.database_url = Some(url);
     }
     let _log_guard = gatehouse::logging::init(config.log_format, config.log_queue_lines);
     let (app, generated_token) = App::open(&config).context("starting gatehouse")?;

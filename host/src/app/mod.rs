@@ -95,6 +95,9 @@ pub enum AppError {
     LinkInvalid(String),
     #[error("{0}")]
     Internal(String),
+    /// The store cannot be reached now (503 with `Retry-After`).
+    #[error("the store is unavailable, try again shortly: {0}")]
+    Unavailable(String),
 }
 
 impl From<StoreError> for AppError {
@@ -105,6 +108,7 @@ impl From<StoreError> for AppError {
             e @ (StoreError::Corrupt { .. } | StoreError::Io(_)) => {
                 AppError::Internal(e.to_string())
             }
+            StoreError::Unavailable(why) => AppError::Unavailable(why),
         }
     }
 }
@@ -207,7 +211,6 @@ pub struct App {
     /// Woken each time a message is queued in an outbox, so the relay sends it at once.
     outbox_queued: Arc<tokio::sync::Notify>,
     /// One write lock per tenant for identity changes (see `identity`).
-    tenant_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
     pub engine: Arc<PolicyEngine>,
     pub policies: Registry,
     /// Niceness of shadow workers (`policy.shadow_nice`).
@@ -240,7 +243,13 @@ impl App {
         let public_url = config
             .public_url()
             .map_err(|e| AppError::BadRequest(e.to_string()))?;
-        let store = Store::open_with(&config.data, &config.store)?;
+        let store = match config
+            .database_url()
+            .map_err(|e| AppError::BadRequest(e.to_string()))?
+        {
+            Some(url) => Store::open_postgres(&url, &config.data, &config.store)?,
+            None => Store::open_with(&config.data, &config.store)?,
+        };
         let engine = Arc::new(
             PolicyEngine::new(config.policy.limits())
                 .map_err(|e| AppError::Internal(e.to_string()))?,
@@ -256,7 +265,6 @@ impl App {
             compiled: Mutex::default(),
             operator_token_sha256,
             policy_changes: tokio::sync::Mutex::new(()),
-            tenant_locks: Mutex::default(),
             allow_private_urls: config.allow_private_urls,
             edge: Edge::new(config.edge.settings(config.allow_private_urls))
                 .map_err(AppError::Internal)?,
