@@ -13,6 +13,7 @@
 //! map them instead of copying them (a restart with 1,000 tenants reads no artifact bytes
 //! through sled). They are a cache: each is derivable from component bytes kept in sled.
 
+mod change_log;
 mod pg_backend;
 // The tests crate's PostgreSQL harness (one cluster per test binary).
 #[cfg(test)]
@@ -23,6 +24,7 @@ mod side;
 mod sled_backend;
 mod tenant_lock;
 
+pub use change_log::{Change, ChangeEntry, ChangePage};
 pub use records::{Batch, Record};
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
@@ -107,11 +109,16 @@ pub enum Space {
     SsoSubjects,
     /// Sessions logged out before they expire: session id → record (with its expiry).
     RevokedSessions,
+    /// The change log's head per tenant: slug → the last sequence number (u64, big-endian).
+    LogHeads,
+    /// The per-tenant change log: tenant, sequence number (big-endian) → the keys one
+    /// committed batch put and removed ([`ChangeEntry`]).
+    ChangeLog,
 }
 
 impl Space {
     /// Every space, for backends that create them up front.
-    pub const ALL: [Space; 35] = [
+    pub const ALL: [Space; 37] = [
         Space::System,
         Space::Tenants,
         Space::PolicyState,
@@ -147,6 +154,8 @@ impl Space {
         Space::Passwords,
         Space::SsoSubjects,
         Space::RevokedSessions,
+        Space::LogHeads,
+        Space::ChangeLog,
     ];
 
     /// The side table of this space's records, if they keep a part apart (see [`side`]).
@@ -195,6 +204,8 @@ impl Space {
             Space::Passwords => "passwords",
             Space::SsoSubjects => "sso_subjects",
             Space::RevokedSessions => "revoked_sessions",
+            Space::LogHeads => "log_heads",
+            Space::ChangeLog => "change_log",
         }
     }
 }
@@ -289,6 +300,10 @@ pub trait Backend: Send + Sync + 'static {
     /// Takes the lock of tenant `slug` for other processes sharing this backend, held until
     /// the returned guard drops (`None`: no other process can write, so the store's
     /// in-process lock is enough). The store takes its in-process lock first.
+    /// Other processes may write through the same data (a database, not a directory).
+    fn shared(&self) -> bool {
+        false
+    }
     fn lock_tenant(&self, _slug: &str) -> Result<Option<Box<dyn HeldLock + '_>>, StoreError> {
         Ok(None)
     }
@@ -424,6 +439,11 @@ impl Store {
         }
     }
 
+    /// The backend is PostgreSQL (other processes may write the same data).
+    pub fn is_shared(&self) -> bool {
+        self.kv.shared()
+    }
+
     /// Takes tenant `slug`'s write lock, for this process and (on a shared database) for
     /// every other replica, until the guard drops. Writes made meanwhile still commit
     /// and are acknowledged one by one.
@@ -438,8 +458,10 @@ impl Store {
         self.kv.flush()
     }
 
+    /// Runs `body` in one transaction that also appends, per tenant it touched, the next
+    /// entry of that tenant's change log; durable when it returns.
     fn transact_durably(&self, body: &TxBody<'_>) -> Result<(), StoreError> {
-        self.kv.transact(body)?;
+        self.kv.transact(&|tx| change_log::logged(tx, body))?;
         self.kv.flush()
     }
 
@@ -988,5 +1010,96 @@ mod tests {
             .err()
             .expect("no database there");
         assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
+    }
+
+    #[test]
+    fn each_committed_batch_gets_the_tenants_next_sequence_number_gap_free() {
+        for place in places() {
+            let store = place.open();
+            store.create_tenant(&tenant("acme")).unwrap();
+            store.create_tenant(&tenant("globex")).unwrap();
+            let workers: Vec<_> = (0..4)
+                .map(|w| {
+                    let store = store.clone();
+                    std::thread::spawn(move || {
+                        for i in 0..25 {
+                            let mut batch = Batch::new("acme");
+                            batch.put_raw(Space::TeamNames, &[&format!("t{w}-{i}")], b"x");
+                            store.apply(&batch).unwrap();
+                        }
+                    })
+                })
+                .collect();
+            for worker in workers {
+                worker.join().unwrap();
+            }
+            let page = store.changes_since("acme", 0, 1000).unwrap();
+            assert_eq!(page.head, 101, "the tenant's creation, then 100 batches");
+            assert!(!page.gap);
+            let seqs: Vec<u64> = page.entries.iter().map(|e| e.seq).collect();
+            assert_eq!(seqs, (1..=101).collect::<Vec<_>>());
+            assert!(page.entries[0]
+                .changes
+                .iter()
+                .any(|c| c.space == "tenants" && c.key == hex::encode("acme")));
+            assert_eq!(page.entries[5].changes.len(), 1);
+            assert_eq!(page.entries[5].changes[0].space, "team_names");
+            // Another tenant's log is its own.
+            assert_eq!(store.changes_since("globex", 0, 10).unwrap().head, 1);
+            let heads = store.change_log_heads().unwrap();
+            assert_eq!(
+                heads,
+                vec![("acme".to_owned(), 101), ("globex".to_owned(), 1)]
+            );
+
+            // A cursor, a limit; a cursor at the head has nothing to read.
+            let page = store.changes_since("acme", 99, 1).unwrap();
+            assert_eq!(
+                page.entries.iter().map(|e| e.seq).collect::<Vec<_>>(),
+                [100]
+            );
+            assert!(store
+                .changes_since("acme", 101, 10)
+                .unwrap()
+                .entries
+                .is_empty());
+
+            // Pruning keeps the newest entries; a cursor behind them sees the gap.
+            assert_eq!(store.prune_change_log(10).unwrap(), 91);
+            let behind = store.changes_since("acme", 5, 10).unwrap();
+            assert!(behind.gap);
+            let recent = store.changes_since("acme", 91, 100).unwrap();
+            assert!(!recent.gap);
+            assert_eq!(recent.entries.len(), 10);
+            assert_eq!(store.prune_change_log(10).unwrap(), 0);
+
+            // The epoch is made once and kept.
+            let epoch = store.change_log_epoch().unwrap();
+            assert_eq!(epoch.len(), 32);
+            drop(store);
+            assert_eq!(place.open().change_log_epoch().unwrap(), epoch);
+        }
+    }
+
+    #[test]
+    fn a_removed_key_is_logged_as_removed() {
+        on_both(|store| {
+            store.create_tenant(&tenant("acme")).unwrap();
+            let mut batch = Batch::new("acme");
+            batch.put_raw(Space::TeamNames, &["a"], b"x");
+            store.apply(&batch).unwrap();
+            let mut batch = Batch::new("acme");
+            batch.remove(Space::TeamNames, &["a"]);
+            store.apply(&batch).unwrap();
+            let page = store.changes_since("acme", 2, 10).unwrap();
+            assert_eq!(
+                page.entries[0].changes,
+                vec![Change {
+                    space: "team_names".into(),
+                    key: hex::encode(tkey("acme", &[b"a"])),
+                    removed: true,
+                }]
+            );
+        });
     }
 }

@@ -642,6 +642,10 @@ impl Backend for PgBackend {
         Ok(())
     }
 
+    fn shared(&self) -> bool {
+        true
+    }
+
     fn lock_tenant(&self, slug: &str) -> Result<Option<Box<dyn HeldLock + '_>>, StoreError> {
         Ok(Some(Box::new(PgBackend::lock_tenant(self, slug)?)))
     }
