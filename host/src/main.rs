@@ -175,6 +175,9 @@ fn serve(args: ServeArgs) -> Result<()> {
         );
     }
     let app = Arc::new(app);
+    // On a shared database: follows the other replicas' writes; on both: prunes the log.
+    let tailer =
+        gatehouse::app::replica::Tailer::start(app.clone(), config.store.change_log_retention);
     let relay = gatehouse::outbox::Relay::new(app.clone(), &config)
         .context("configuring the outbox relay")?;
     if relay.is_none() {
@@ -202,6 +205,7 @@ fn serve(args: ServeArgs) -> Result<()> {
         }
         anyhow::Ok(())
     })?;
+    drop(tailer);
     app.store.flush().context("flushing the store")?;
     tracing::info!("stopped");
     Ok(())

@@ -21,6 +21,7 @@ mod identity;
 mod migrate;
 mod outbox;
 mod password;
+pub mod replica;
 mod scim;
 mod session;
 mod sso;
