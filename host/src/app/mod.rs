@@ -290,6 +290,9 @@ impl App {
     /// Who the bearer token of a request for `tenant` is (SPEC §4): the `Authorization`
     /// header values as received.
     pub async fn resolve_token(&self, tenant: &str, authorization: &[&[u8]]) -> Evaluation {
+        if self.store.is_shared() && self.policies.get(tenant).is_none() {
+            self.adopt_tenant(tenant);
+        }
         let ctx = EdgeContext {
             store: &self.store,
             policies: &self.policies,
@@ -714,8 +717,7 @@ impl App {
 
     /// The tenant's current policy.
     pub fn current_policy(&self, tenant: &str) -> Result<Arc<TenantPolicy>, AppError> {
-        self.policies
-            .get(tenant)
+        self.adopt_tenant(tenant)
             .ok_or_else(|| AppError::NotFound(format!("tenant {tenant}")))
     }
 

@@ -85,6 +85,26 @@ impl App {
     }
 }
 
+impl App {
+    /// On a shared database, a tenant another replica created moments ago may not be in
+    /// this replica's registry yet: load it now rather than answer "no such tenant", so
+    /// the admin API reads its own writes on any replica. `None`: no such tenant.
+    pub(super) fn adopt_tenant(&self, tenant: &str) -> Option<Arc<crate::policy::TenantPolicy>> {
+        if let Some(policy) = self.policies.get(tenant) {
+            return Some(policy);
+        }
+        if !self.store.is_shared() || !matches!(self.store.tenant(tenant), Ok(Some(_))) {
+            return None;
+        }
+        let policy = self.load_tenant_policy(tenant).ok()?;
+        // The tailer may have set it meanwhile; either is the stored state.
+        if self.policies.get(tenant).is_none() {
+            self.policies.set(tenant, policy);
+        }
+        self.policies.get(tenant)
+    }
+}
+
 /// The follower and pruner thread of a serving replica; stops when dropped.
 pub struct Tailer {
     stop: Arc<AtomicBool>,

@@ -50,9 +50,14 @@ impl PgFail {
 }
 
 fn is_retryable(e: &tokio_postgres::Error) -> bool {
+    // A unique violation on `kv` can only be two transactions inserting one new key at
+    // once (every put is an upsert); PostgreSQL may report that race as 23505 rather
+    // than 40001, and a new run of the body sees the other's row.
     matches!(
         e.code(),
-        Some(&SqlState::T_R_SERIALIZATION_FAILURE) | Some(&SqlState::T_R_DEADLOCK_DETECTED)
+        Some(&SqlState::T_R_SERIALIZATION_FAILURE)
+            | Some(&SqlState::T_R_DEADLOCK_DETECTED)
+            | Some(&SqlState::UNIQUE_VIOLATION)
     )
 }
 
