@@ -463,3 +463,120 @@ async fn a_policy_activated_on_a_decides_on_b_and_a_rollback_follows() {
         "activation {activated:?}, rollback {rolled_back:?}"
     );
 }
+
+/// A TCP proxy to the cluster that the test can cut (every connection closed, new ones
+/// closed on accept) and restore.
+struct Proxy {
+    port: u16,
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    open: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Proxy {
+    fn start(target: u16) -> Proxy {
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let proxy = Proxy {
+            port,
+            up: Default::default(),
+            open: Default::default(),
+        };
+        proxy.up.store(true, Ordering::SeqCst);
+        let (up, open) = (proxy.up.clone(), proxy.open.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                if !up.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", target)) else {
+                    continue;
+                };
+                let mut open = open.lock().unwrap();
+                open.push(client.try_clone().unwrap());
+                open.push(server.try_clone().unwrap());
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        proxy
+    }
+
+    fn cut(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        for stream in self.open.lock().unwrap().drain(..) {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    fn restore(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_database_away_writes_answer_503_with_retry_after_and_service_resumes() {
+    let _serial = SERIAL.lock().await;
+    let url = pg::database_url();
+    let name = url.rsplit('/').next().unwrap().to_owned();
+    let proxy = Proxy::start(pg::cluster().port);
+    let proxied = format!("postgres://postgres@127.0.0.1:{}/{name}", proxy.port);
+    let server = gatehouse_tests::TestServer::start_with(|c| c.database_url = Some(proxied)).await;
+    server.create_tenant("acme").await;
+
+    proxy.cut();
+    let response = server
+        .op(Method::POST, "/api/v1/tenants")
+        .json(&json!({ "slug": "globex" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 503);
+    assert_eq!(response.headers()["retry-after"], "1");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["reason"], "store_unavailable", "{body}");
+    let ready = server
+        .client
+        .get(format!("{}/readyz", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status().as_u16(), 503);
+
+    // Back: the next requests reconnect, without a restart.
+    proxy.restore();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = server
+            .send_json(
+                Method::POST,
+                "/api/v1/tenants",
+                &json!({ "slug": "globex" }),
+            )
+            .await;
+        if status == 201 {
+            break;
+        }
+        assert_eq!(status, 503, "{body}");
+        assert!(
+            Instant::now() < deadline,
+            "the store never came back: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ready = server
+        .client
+        .get(format!("{}/readyz", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status().as_u16(), 200);
+}
