@@ -864,4 +864,43 @@ mod tests {
         .unwrap();
         assert_eq!(config.operator_token().unwrap().as_deref(), Some("s3cret"));
     }
+
+    #[test]
+    fn the_database_url_comes_from_toml_env_or_a_file() {
+        assert_eq!(Config::default().database_url().unwrap(), None);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("gatehouse.toml");
+        std::fs::write(
+            &file,
+            "database_url = \"postgres://a@h1,h2/db?target_session_attrs=read-write\"\n[store]\nmax_connections = 4\n",
+        )
+        .unwrap();
+        let config = Config::load(Some(&file), env(&[])).unwrap();
+        assert_eq!(
+            config.database_url().unwrap().as_deref(),
+            Some("postgres://a@h1,h2/db?target_session_attrs=read-write")
+        );
+        assert_eq!(config.store.max_connections, 4);
+        let secret = dir.path().join("url");
+        std::fs::write(&secret, "postgres://b@h/db\n").unwrap();
+        let config = Config::load(
+            None,
+            env(&[
+                ("GATEHOUSE_DATABASE_URL_FILE", secret.to_str().unwrap()),
+                ("GATEHOUSE_STORE_CHANGE_LOG_RETENTION", "500"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            config.database_url().unwrap().as_deref(),
+            Some("postgres://b@h/db")
+        );
+        assert_eq!(config.store.change_log_retention, 500);
+        let config = Config::load(None, env(&[("GATEHOUSE_DATABASE_URL", " ")])).unwrap();
+        assert_eq!(
+            config.database_url().unwrap(),
+            None,
+            "empty: the embedded store"
+        );
+    }
 }
