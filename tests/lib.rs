@@ -10,6 +10,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 pub mod openid;
+pub mod pg;
 
 /// The operator token every test server uses.
 pub const OPERATOR_TOKEN: &str = "test-operator-token-0123456789";
@@ -65,6 +66,8 @@ impl TestServer {
         let mut config = gatehouse::config::Config {
             data: data.path().to_owned(),
             operator_token: Some(OPERATOR_TOKEN.into()),
+            // GATEHOUSE_TEST_BACKEND=pg: the same suite on a fresh PostgreSQL database.
+            database_url: pg::selected().then(pg::database_url),
             ..Default::default()
         };
         tweak(&mut config);

@@ -1,7 +1,7 @@
 //! Configuration: defaults, then a TOML file, then `GATEHOUSE_*` environment variables,
 //! then command-line flags. Unknown keys are refused with the key named; secrets may come
 //! from a file (`operator_token_file`, `GATEHOUSE_OPERATOR_TOKEN_FILE`; `smtp.url_file`,
-//! `GATEHOUSE_SMTP_URL_FILE`).
+//! `GATEHOUSE_SMTP_URL_FILE`; `database_url_file`, `GATEHOUSE_DATABASE_URL_FILE`).
 
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -14,8 +14,14 @@ use std::time::Duration;
 pub struct Config {
     /// Address to listen on; port 0 picks a free port.
     pub listen: SocketAddr,
-    /// Directory of the embedded store.
+    /// Directory of the embedded store (with a database URL: only the local artifact
+    /// cache).
     pub data: PathBuf,
+    /// PostgreSQL instead of the embedded store: `postgres://user:pass@host1,host2/db?
+    /// target_session_attrs=read-write`. Every replica given the same URL is equal.
+    pub database_url: Option<String>,
+    /// File holding the database URL (it carries a password).
+    pub database_url_file: Option<PathBuf>,
     /// The operator token; when absent one is generated on first start and printed once.
     pub operator_token: Option<String>,
     /// File holding the operator token.
@@ -48,11 +54,20 @@ pub struct StoreConfig {
     /// Concurrent writers share one flush to disk; each is still acknowledged only once
     /// its write is durable (decision 60). `false`: one flush per write.
     pub group_commit: bool,
+    /// Most database connections one replica opens for data (PostgreSQL only; tenant
+    /// locks use as many again at most).
+    pub max_connections: usize,
+    /// Entries of each tenant's change log kept (decision 53); older ones are pruned.
+    pub change_log_retention: u64,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        StoreConfig { group_commit: true }
+        StoreConfig {
+            group_commit: true,
+            max_connections: 16,
+            change_log_retention: 100_000,
+        }
     }
 }
 
@@ -325,6 +340,8 @@ impl Default for Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             data: PathBuf::from("gatehouse-data"),
+            database_url: None,
+            database_url_file: None,
             operator_token: None,
             operator_token_file: None,
             log_format: LogFormat::Text,
@@ -430,6 +447,10 @@ const ENV_KEYS: &[&str] = &[
     "GATEHOUSE_SSO_MAX_PENDING_LOGINS",
     "GATEHOUSE_SSO_PENDING_LOGIN_TTL_SECS",
     "GATEHOUSE_STORE_GROUP_COMMIT",
+    "GATEHOUSE_STORE_MAX_CONNECTIONS",
+    "GATEHOUSE_STORE_CHANGE_LOG_RETENTION",
+    "GATEHOUSE_DATABASE_URL",
+    "GATEHOUSE_DATABASE_URL_FILE",
     // Read by the CLI's client commands, not by the server.
     "GATEHOUSE_URL",
     "GATEHOUSE_TOKEN",
@@ -571,6 +592,12 @@ impl Config {
                 self.sso.pending_login_ttl_secs = parse(key, value)?
             }
             "GATEHOUSE_STORE_GROUP_COMMIT" => self.store.group_commit = parse(key, value)?,
+            "GATEHOUSE_STORE_MAX_CONNECTIONS" => self.store.max_connections = parse(key, value)?,
+            "GATEHOUSE_STORE_CHANGE_LOG_RETENTION" => {
+                self.store.change_log_retention = parse(key, value)?
+            }
+            "GATEHOUSE_DATABASE_URL" => self.database_url = Some(value.to_owned()),
+            "GATEHOUSE_DATABASE_URL_FILE" => self.database_url_file = Some(PathBuf::from(value)),
             "GATEHOUSE_URL" | "GATEHOUSE_TOKEN" | "GATEHOUSE_LOG" => {}
             _ => {
                 return Err(ConfigError::UnknownEnv {
@@ -609,6 +636,21 @@ impl Config {
             )));
         }
         Ok(Some(url.as_str().trim_end_matches('/').to_owned()))
+    }
+
+    /// The database URL, read from its file when one is named; `None` (also for an empty
+    /// value): the embedded store.
+    pub fn database_url(&self) -> Result<Option<String>, ConfigError> {
+        let url = match (&self.database_url, &self.database_url_file) {
+            (Some(url), _) => url.clone(),
+            (None, Some(path)) => std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?,
+            (None, None) => return Ok(None),
+        };
+        let url = url.trim();
+        Ok((!url.is_empty()).then(|| url.to_owned()))
     }
 
     /// The configured operator token, read from its file when one is named.
@@ -821,5 +863,44 @@ mod tests {
         )
         .unwrap();
         assert_eq!(config.operator_token().unwrap().as_deref(), Some("s3cret"));
+    }
+
+    #[test]
+    fn the_database_url_comes_from_toml_env_or_a_file() {
+        assert_eq!(Config::default().database_url().unwrap(), None);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("gatehouse.toml");
+        std::fs::write(
+            &file,
+            "database_url = \"postgres://a@h1,h2/db?target_session_attrs=read-write\"\n[store]\nmax_connections = 4\n",
+        )
+        .unwrap();
+        let config = Config::load(Some(&file), env(&[])).unwrap();
+        assert_eq!(
+            config.database_url().unwrap().as_deref(),
+            Some("postgres://a@h1,h2/db?target_session_attrs=read-write")
+        );
+        assert_eq!(config.store.max_connections, 4);
+        let secret = dir.path().join("url");
+        std::fs::write(&secret, "postgres://b@h/db\n").unwrap();
+        let config = Config::load(
+            None,
+            env(&[
+                ("GATEHOUSE_DATABASE_URL_FILE", secret.to_str().unwrap()),
+                ("GATEHOUSE_STORE_CHANGE_LOG_RETENTION", "500"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            config.database_url().unwrap().as_deref(),
+            Some("postgres://b@h/db")
+        );
+        assert_eq!(config.store.change_log_retention, 500);
+        let config = Config::load(None, env(&[("GATEHOUSE_DATABASE_URL", " ")])).unwrap();
+        assert_eq!(
+            config.database_url().unwrap(),
+            None,
+            "empty: the embedded store"
+        );
     }
 }

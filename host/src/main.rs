@@ -59,6 +59,10 @@ struct ServeArgs {
     /// TOML configuration file.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// PostgreSQL URL: run as one of any number of equal replicas on that database instead
+    /// of the embedded store. Overrides config and environment.
+    #[arg(long)]
+    database_url: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -159,6 +163,9 @@ fn serve(args: ServeArgs) -> Result<()> {
     if let Some(data) = args.data {
         config.data = data;
     }
+    if let Some(url) = args.database_url {
+        config.database_url = Some(url);
+    }
     let _log_guard = gatehouse::logging::init(config.log_format, config.log_queue_lines);
     let (app, generated_token) = App::open(&config).context("starting gatehouse")?;
     if let Some(token) = generated_token {
@@ -168,6 +175,9 @@ fn serve(args: ServeArgs) -> Result<()> {
         );
     }
     let app = Arc::new(app);
+    // On a shared database: follows the other replicas' writes; on both: prunes the log.
+    let tailer =
+        gatehouse::app::replica::Tailer::start(app.clone(), config.store.change_log_retention);
     let relay = gatehouse::outbox::Relay::new(app.clone(), &config)
         .context("configuring the outbox relay")?;
     if relay.is_none() {
@@ -195,6 +205,7 @@ fn serve(args: ServeArgs) -> Result<()> {
         }
         anyhow::Ok(())
     })?;
+    drop(tailer);
     app.store.flush().context("flushing the store")?;
     tracing::info!("stopped");
     Ok(())

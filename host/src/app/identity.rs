@@ -15,7 +15,7 @@ use gatehouse_rules::{self as rules, Role, RoleSource, UserSource, UserStatus};
 use serde::Serialize;
 use serde_json::value::RawValue;
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
+
 use time::{Duration, OffsetDateTime};
 
 /// Who is making a request.
@@ -343,11 +343,6 @@ impl App {
         })
     }
 
-    fn tenant_lock(&self, tenant: &str) -> Arc<std::sync::Mutex<()>> {
-        let mut locks = self.tenant_locks.lock().unwrap_or_else(|p| p.into_inner());
-        locks.entry(tenant.to_owned()).or_default().clone()
-    }
-
     /// Runs `change` under the tenant's write lock (after checking the tenant exists).
     pub(super) fn with_tenant<R>(
         &self,
@@ -355,8 +350,7 @@ impl App {
         change: impl FnOnce(&str) -> Result<R, AppError>,
     ) -> Result<R, AppError> {
         let slug = self.tenant(tenant)?.slug;
-        let lock = self.tenant_lock(&slug);
-        let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _guard = self.store.lock_tenant(&slug)?;
         let result = change(&slug);
         // After the change is durable: the edge's next decision for this tenant rebuilds
         // its view (a view built meanwhile carries the older generation and is dropped).
@@ -380,8 +374,7 @@ impl App {
             .map_err(AppError::BadRequest)?;
         let tenant_id = crate::model::TenantId::parse(slug).map_err(AppError::BadRequest)?;
         let slug = tenant_id.to_string();
-        let lock = self.tenant_lock(&slug);
-        let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _guard = self.store.lock_tenant(&slug)?;
         let now = now();
         let everyone = Team {
             id: new_id("team_"),

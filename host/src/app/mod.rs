@@ -21,6 +21,7 @@ mod identity;
 mod migrate;
 mod outbox;
 mod password;
+pub mod replica;
 mod scim;
 mod session;
 mod sso;
@@ -95,6 +96,9 @@ pub enum AppError {
     LinkInvalid(String),
     #[error("{0}")]
     Internal(String),
+    /// The store cannot be reached now (503 with `Retry-After`).
+    #[error("the store is unavailable, try again shortly: {0}")]
+    Unavailable(String),
 }
 
 impl From<StoreError> for AppError {
@@ -105,6 +109,7 @@ impl From<StoreError> for AppError {
             e @ (StoreError::Corrupt { .. } | StoreError::Io(_)) => {
                 AppError::Internal(e.to_string())
             }
+            StoreError::Unavailable(why) => AppError::Unavailable(why),
         }
     }
 }
@@ -207,7 +212,6 @@ pub struct App {
     /// Woken each time a message is queued in an outbox, so the relay sends it at once.
     outbox_queued: Arc<tokio::sync::Notify>,
     /// One write lock per tenant for identity changes (see `identity`).
-    tenant_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
     pub engine: Arc<PolicyEngine>,
     pub policies: Registry,
     /// Niceness of shadow workers (`policy.shadow_nice`).
@@ -240,7 +244,13 @@ impl App {
         let public_url = config
             .public_url()
             .map_err(|e| AppError::BadRequest(e.to_string()))?;
-        let store = Store::open_with(&config.data, &config.store)?;
+        let store = match config
+            .database_url()
+            .map_err(|e| AppError::BadRequest(e.to_string()))?
+        {
+            Some(url) => Store::open_postgres(&url, &config.data, &config.store)?,
+            None => Store::open_with(&config.data, &config.store)?,
+        };
         let engine = Arc::new(
             PolicyEngine::new(config.policy.limits())
                 .map_err(|e| AppError::Internal(e.to_string()))?,
@@ -256,7 +266,6 @@ impl App {
             compiled: Mutex::default(),
             operator_token_sha256,
             policy_changes: tokio::sync::Mutex::new(()),
-            tenant_locks: Mutex::default(),
             allow_private_urls: config.allow_private_urls,
             edge: Edge::new(config.edge.settings(config.allow_private_urls))
                 .map_err(AppError::Internal)?,
@@ -281,6 +290,9 @@ impl App {
     /// Who the bearer token of a request for `tenant` is (SPEC §4): the `Authorization`
     /// header values as received.
     pub async fn resolve_token(&self, tenant: &str, authorization: &[&[u8]]) -> Evaluation {
+        if self.store.is_shared() && self.policies.get(tenant).is_none() {
+            self.adopt_tenant(tenant);
+        }
         let ctx = EdgeContext {
             store: &self.store,
             policies: &self.policies,
@@ -705,8 +717,7 @@ impl App {
 
     /// The tenant's current policy.
     pub fn current_policy(&self, tenant: &str) -> Result<Arc<TenantPolicy>, AppError> {
-        self.policies
-            .get(tenant)
+        self.adopt_tenant(tenant)
             .ok_or_else(|| AppError::NotFound(format!("tenant {tenant}")))
     }
 

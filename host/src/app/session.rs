@@ -248,6 +248,14 @@ pub struct Sessions {
 }
 
 impl Sessions {
+    /// Drops the tenant's cached signer (another replica changed its keys).
+    pub(super) fn forget_signer(&self, tenant: &str) {
+        self.signers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(tenant);
+    }
+
     pub fn new(config: &SessionConfig) -> Sessions {
         Sessions {
             ttl: config.ttl_secs.clamp(1, i64::MAX as u64 / 4) as i64,

@@ -31,6 +31,7 @@ impl AppError {
             AppError::TooManyRequests {
                 retry_after_secs, ..
             } => Some(*retry_after_secs),
+            AppError::Unavailable(_) => Some(1),
             _ => None,
         }
     }
@@ -129,6 +130,15 @@ impl IntoResponse for AppError {
                 self.to_string(),
                 None,
             ),
+            AppError::Unavailable(ref detail) => {
+                tracing::warn!(detail, "store unavailable");
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable".into(),
+                    self.to_string(),
+                    None,
+                )
+            }
             AppError::Internal(detail) => {
                 let id = REQUEST_ID.try_with(Clone::clone).unwrap_or_default();
                 tracing::error!(request_id = %id, detail, "internal error");

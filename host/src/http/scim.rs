@@ -201,6 +201,7 @@ fn error_response(e: ScimError, request_id: &str) -> Response {
         ScimError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, None),
         ScimError::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, None),
         ScimError::NotImplemented(_) => (StatusCode::NOT_IMPLEMENTED, None),
+        ScimError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, None),
         ScimError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, None),
         ScimError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, None),
     };
@@ -228,6 +229,9 @@ fn error_response(e: ScimError, request_id: &str) -> Response {
             if let Ok(v) = HeaderValue::from_str(&wait.to_string()) {
                 headers.insert(header::RETRY_AFTER, v);
             }
+        }
+        ScimError::Unavailable(_) => {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         _ => {}
     }

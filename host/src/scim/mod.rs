@@ -67,6 +67,9 @@ pub enum ScimError {
     /// 429.
     #[error("too many requests for this SCIM connection: retry after {0} s")]
     RateLimited(u64),
+    /// 503 with `Retry-After`: the store cannot be reached now.
+    #[error("the store is unavailable, try again shortly: {0}")]
+    Unavailable(String),
     /// 501.
     #[error("{0} is not implemented")]
     NotImplemented(&'static str),
@@ -98,6 +101,7 @@ impl From<AppError> for ScimError {
                 retry_after_secs, ..
             } => ScimError::RateLimited(retry_after_secs),
             AppError::Internal(why) => ScimError::Internal(why),
+            AppError::Unavailable(why) => ScimError::Unavailable(why),
         }
     }
 }

@@ -1,9 +1,9 @@
-//! Durable state: the only module that names sled.
+//! Durable state: the only module that names sled or PostgreSQL.
 //!
 //! Two layers:
 //! - [`Backend`]: a narrow key-value interface (get, prefix scan, a serializable
-//!   transaction, flush) over named spaces. `sled` implements it today; a distributed
-//!   backend implements the same five methods.
+//!   transaction, flush, tenant lock) over named spaces. `sled` (embedded, one process)
+//!   and PostgreSQL (any number of replicas on one database) implement it.
 //! - [`Store`]: the typed API the rest of the host uses. Every key starts with the tenant
 //!   slug and a 0 byte, so a scan or a page can never cross tenants. Every write that the
 //!   caller acknowledges is flushed to disk before the method returns.
@@ -13,10 +13,18 @@
 //! map them instead of copying them (a restart with 1,000 tenants reads no artifact bytes
 //! through sled). They are a cache: each is derivable from component bytes kept in sled.
 
+mod change_log;
+mod pg_backend;
+// The tests crate's PostgreSQL harness (one cluster per test binary).
+#[cfg(test)]
+#[path = "../../../tests/pg.rs"]
+pub(crate) mod pg_cluster;
 mod records;
 mod side;
 mod sled_backend;
+mod tenant_lock;
 
+pub use change_log::{Change, ChangeEntry, ChangePage};
 pub use records::{Batch, Record};
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
@@ -24,7 +32,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub use pg_backend::{PgBackend, PgOptions, SCHEMA_VERSION};
 pub use sled_backend::SledBackend;
+pub use tenant_lock::{HeldLock, TenantGuard};
 
 /// The named key spaces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -99,11 +109,16 @@ pub enum Space {
     SsoSubjects,
     /// Sessions logged out before they expire: session id → record (with its expiry).
     RevokedSessions,
+    /// The change log's head per tenant: slug → the last sequence number (u64, big-endian).
+    LogHeads,
+    /// The per-tenant change log: tenant, sequence number (big-endian) → the keys one
+    /// committed batch put and removed ([`ChangeEntry`]).
+    ChangeLog,
 }
 
 impl Space {
     /// Every space, for backends that create them up front.
-    pub const ALL: [Space; 35] = [
+    pub const ALL: [Space; 37] = [
         Space::System,
         Space::Tenants,
         Space::PolicyState,
@@ -139,6 +154,8 @@ impl Space {
         Space::Passwords,
         Space::SsoSubjects,
         Space::RevokedSessions,
+        Space::LogHeads,
+        Space::ChangeLog,
     ];
 
     /// The side table of this space's records, if they keep a part apart (see [`side`]).
@@ -187,6 +204,8 @@ impl Space {
             Space::Passwords => "passwords",
             Space::SsoSubjects => "sso_subjects",
             Space::RevokedSessions => "revoked_sessions",
+            Space::LogHeads => "log_heads",
+            Space::ChangeLog => "change_log",
         }
     }
 }
@@ -202,6 +221,10 @@ pub enum StoreError {
     Corrupt { key: String, reason: String },
     #[error("storage failure: {0}")]
     Io(String),
+    /// The database cannot be reached (or answers that it cannot serve now); nothing was
+    /// written, or for a lost COMMIT answer the outcome is unknown. Worth trying again.
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// Why a transaction body stopped.
@@ -209,7 +232,25 @@ pub enum TxFail {
     /// The body decided to abort; nothing is written and the error is returned.
     Abort(StoreError),
     /// The backend needs the body to stop (conflict, I/O); it may run the body again.
-    Backend(sled_backend::BackendFail),
+    Backend(BackendFail),
+}
+
+/// A backend's reason to stop a transaction body, opaque to the body.
+pub enum BackendFail {
+    Sled(sled_backend::SledFail),
+    Pg(pg_backend::PgFail),
+    /// The backend could not be reached at all.
+    Unavailable(StoreError),
+}
+
+impl BackendFail {
+    fn into_store_error(self) -> StoreError {
+        match self {
+            BackendFail::Sled(_) => StoreError::Io("a sled transaction failed".into()),
+            BackendFail::Pg(fail) => fail.into_store_error(),
+            BackendFail::Unavailable(e) => e,
+        }
+    }
 }
 
 impl From<StoreError> for TxFail {
@@ -256,6 +297,16 @@ pub trait Backend: Send + Sync + 'static {
     fn transact(&self, body: &TxBody<'_>) -> Result<(), StoreError>;
     /// Makes every write so far durable.
     fn flush(&self) -> Result<(), StoreError>;
+    /// Takes the lock of tenant `slug` for other processes sharing this backend, held until
+    /// the returned guard drops (`None`: no other process can write, so the store's
+    /// in-process lock is enough). The store takes its in-process lock first.
+    /// Other processes may write through the same data (a database, not a directory).
+    fn shared(&self) -> bool {
+        false
+    }
+    fn lock_tenant(&self, _slug: &str) -> Result<Option<Box<dyn HeldLock + '_>>, StoreError> {
+        Ok(None)
+    }
 }
 
 /// A tenant as stored.
@@ -310,6 +361,7 @@ pub struct NewPolicyVersion<'a> {
 pub struct Store {
     kv: Arc<dyn Backend>,
     artifacts: PathBuf,
+    locks: Arc<tenant_lock::LocalLocks>,
 }
 
 /// `tenant \0 rest...`: every tenant-owned key starts like this.
@@ -352,15 +404,53 @@ impl Store {
         let artifacts = dir.join("artifacts");
         std::fs::create_dir_all(&artifacts)
             .map_err(|e| StoreError::Io(format!("cannot create {}: {e}", artifacts.display())))?;
-        Ok(Store {
-            kv: Arc::new(SledBackend::open(&dir.join("sled"), settings.group_commit)?),
+        Ok(Store::with_backend(
+            Arc::new(SledBackend::open(&dir.join("sled"), settings.group_commit)?),
             artifacts,
-        })
+        ))
+    }
+
+    /// Opens the store on the PostgreSQL database at `url` (migrating its schema); `dir`
+    /// keeps only the local artifact cache.
+    pub fn open_postgres(
+        url: &str,
+        dir: &Path,
+        settings: &crate::config::StoreConfig,
+    ) -> Result<Store, StoreError> {
+        let artifacts = dir.join("artifacts");
+        std::fs::create_dir_all(&artifacts)
+            .map_err(|e| StoreError::Io(format!("cannot create {}: {e}", artifacts.display())))?;
+        let options = PgOptions {
+            max_connections: settings.max_connections,
+            ..PgOptions::default()
+        };
+        Ok(Store::with_backend(
+            Arc::new(PgBackend::open(url, &options)?),
+            artifacts,
+        ))
     }
 
     /// A store over any backend, with artifacts in `artifacts`.
     pub fn with_backend(kv: Arc<dyn Backend>, artifacts: PathBuf) -> Store {
-        Store { kv, artifacts }
+        Store {
+            kv,
+            artifacts,
+            locks: Arc::default(),
+        }
+    }
+
+    /// The backend is PostgreSQL (other processes may write the same data).
+    pub fn is_shared(&self) -> bool {
+        self.kv.shared()
+    }
+
+    /// Takes tenant `slug`'s write lock, for this process and (on a shared database) for
+    /// every other replica, until the guard drops. Writes made meanwhile still commit
+    /// and are acknowledged one by one.
+    pub fn lock_tenant(&self, slug: &str) -> Result<TenantGuard<'_>, StoreError> {
+        let local = self.locks.lock(slug);
+        let remote = self.kv.lock_tenant(slug)?;
+        Ok(TenantGuard::new(remote, local))
     }
 
     /// Makes every write so far durable (also done by each write method).
@@ -368,8 +458,10 @@ impl Store {
         self.kv.flush()
     }
 
+    /// Runs `body` in one transaction that also appends, per tenant it touched, the next
+    /// entry of that tenant's change log; durable when it returns.
     fn transact_durably(&self, body: &TxBody<'_>) -> Result<(), StoreError> {
-        self.kv.transact(body)?;
+        self.kv.transact(&|tx| change_log::logged(tx, body))?;
         self.kv.flush()
     }
 
@@ -636,10 +728,44 @@ impl Store {
 mod tests {
     use super::*;
 
-    fn store() -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        (dir, store)
+    /// Where a test store lives: its artifact directory, and the database when on
+    /// PostgreSQL (to reopen it).
+    struct Place {
+        dir: tempfile::TempDir,
+        url: Option<String>,
+    }
+
+    impl Place {
+        fn open(&self) -> Store {
+            match &self.url {
+                Some(url) => {
+                    Store::open_postgres(url, self.dir.path(), &Default::default()).unwrap()
+                }
+                None => Store::open(self.dir.path()).unwrap(),
+            }
+        }
+    }
+
+    /// One empty store on each backend: sled, then PostgreSQL.
+    fn places() -> Vec<Place> {
+        vec![
+            Place {
+                dir: tempfile::tempdir().unwrap(),
+                url: None,
+            },
+            Place {
+                dir: tempfile::tempdir().unwrap(),
+                url: Some(pg_cluster::database_url()),
+            },
+        ]
+    }
+
+    /// Runs `test` on an empty store on each backend.
+    fn on_both(test: impl Fn(&Store)) {
+        for place in places() {
+            let store = place.open();
+            test(&store);
+        }
     }
 
     fn tenant(slug: &str) -> TenantRecord {
@@ -676,81 +802,304 @@ mod tests {
 
     #[test]
     fn a_tenant_slug_is_taken_once() {
-        let (_dir, store) = store();
-        store.create_tenant(&tenant("acme")).unwrap();
-        let err = store.create_tenant(&tenant("acme")).unwrap_err();
-        assert!(matches!(err, StoreError::Conflict(_)), "{err}");
-        assert_eq!(store.tenants().unwrap().len(), 1);
+        on_both(|store| {
+            store.create_tenant(&tenant("acme")).unwrap();
+            let err = store.create_tenant(&tenant("acme")).unwrap_err();
+            assert!(matches!(err, StoreError::Conflict(_)), "{err}");
+            assert_eq!(store.tenants().unwrap().len(), 1);
+        });
     }
 
     #[test]
     fn versions_activate_and_roll_back_in_order() {
-        let (_dir, store) = store();
-        store.create_tenant(&tenant("acme")).unwrap();
-        assert_eq!(add(&store, "acme", "aa", true).version, 1);
-        assert_eq!(add(&store, "acme", "bb", false).version, 2);
-        assert_eq!(store.policy_state("acme").unwrap().active, Some(1));
-        assert_eq!(
-            store.activate_policy("acme", Some(2)).unwrap().active,
-            Some(2)
-        );
-        assert_eq!(store.rollback_policy("acme").unwrap().active, Some(1));
-        assert_eq!(store.rollback_policy("acme").unwrap().active, None);
-        assert!(matches!(
-            store.rollback_policy("acme"),
-            Err(StoreError::Conflict(_))
-        ));
-        assert!(matches!(
-            store.activate_policy("acme", Some(9)),
-            Err(StoreError::NotFound(_))
-        ));
+        on_both(|store| {
+            store.create_tenant(&tenant("acme")).unwrap();
+            assert_eq!(add(store, "acme", "aa", true).version, 1);
+            assert_eq!(add(store, "acme", "bb", false).version, 2);
+            assert_eq!(store.policy_state("acme").unwrap().active, Some(1));
+            assert_eq!(
+                store.activate_policy("acme", Some(2)).unwrap().active,
+                Some(2)
+            );
+            assert_eq!(store.rollback_policy("acme").unwrap().active, Some(1));
+            assert_eq!(store.rollback_policy("acme").unwrap().active, None);
+            assert!(matches!(
+                store.rollback_policy("acme"),
+                Err(StoreError::Conflict(_))
+            ));
+            assert!(matches!(
+                store.activate_policy("acme", Some(9)),
+                Err(StoreError::NotFound(_))
+            ));
+        });
     }
 
     #[test]
     fn one_tenant_never_sees_another_tenants_policies() {
-        let (_dir, store) = store();
-        // "acme" is a prefix of "acme-labs": the 0 byte after the slug keeps them apart.
-        store.create_tenant(&tenant("acme")).unwrap();
-        store.create_tenant(&tenant("acme-labs")).unwrap();
-        add(&store, "acme-labs", "cc", true);
-        assert!(store.policy_versions("acme").unwrap().is_empty());
-        assert_eq!(store.policy_state("acme").unwrap().active, None);
-        assert!(store.policy_component("acme", "cc").unwrap().is_none());
-        assert_eq!(store.policy_versions("acme-labs").unwrap().len(), 1);
+        on_both(|store| {
+            // "acme" is a prefix of "acme-labs": the 0 byte after the slug keeps them apart.
+            store.create_tenant(&tenant("acme")).unwrap();
+            store.create_tenant(&tenant("acme-labs")).unwrap();
+            add(store, "acme-labs", "cc", true);
+            assert!(store.policy_versions("acme").unwrap().is_empty());
+            assert_eq!(store.policy_state("acme").unwrap().active, None);
+            assert!(store.policy_component("acme", "cc").unwrap().is_none());
+            assert_eq!(store.policy_versions("acme-labs").unwrap().len(), 1);
+        });
     }
 
     #[test]
     fn writes_survive_reopening() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let store = Store::open(dir.path()).unwrap();
-            store.create_tenant(&tenant("acme")).unwrap();
-            add(&store, "acme", "aa", true);
-            store.put_artifact("aa", "k", b"art").unwrap();
+        for place in places() {
+            {
+                let store = place.open();
+                store.create_tenant(&tenant("acme")).unwrap();
+                add(&store, "acme", "aa", true);
+                store.put_artifact("aa", "k", b"art").unwrap();
+            }
+            let store = place.open();
+            assert_eq!(store.policy_state("acme").unwrap().active, Some(1));
+            assert_eq!(
+                store.policy_component("acme", "aa").unwrap().as_deref(),
+                Some(&b"abc"[..])
+            );
+            assert_eq!(
+                std::fs::read(store.artifact_path("aa", "k")).unwrap(),
+                b"art"
+            );
         }
-        let store = Store::open(dir.path()).unwrap();
-        assert_eq!(store.policy_state("acme").unwrap().active, Some(1));
-        assert_eq!(
-            store.policy_component("acme", "aa").unwrap().as_deref(),
-            Some(&b"abc"[..])
-        );
-        assert_eq!(
-            std::fs::read(store.artifact_path("aa", "k")).unwrap(),
-            b"art"
-        );
     }
 
     #[test]
     fn a_version_for_an_unknown_tenant_is_refused() {
-        let (_dir, store) = store();
-        let new = NewPolicyVersion {
-            record: version("aa"),
-            component: b"abc",
-            activate: true,
+        on_both(|store| {
+            let new = NewPolicyVersion {
+                record: version("aa"),
+                component: b"abc",
+                activate: true,
+            };
+            assert!(matches!(
+                store.add_policy_version("ghost", new),
+                Err(StoreError::NotFound(_))
+            ));
+        });
+    }
+
+    #[test]
+    fn scans_page_in_key_order_within_the_prefix_and_after_a_key() {
+        on_both(|store| {
+            // More entries than one PostgreSQL page, plus neighbours outside the prefix.
+            let n = 1200u32;
+            store
+                .kv
+                .transact(&|tx| {
+                    for i in 0..n {
+                        tx.put(Space::Members, &tkey("t", &[&i.to_be_bytes()]), b"v")?;
+                    }
+                    tx.put(Space::Members, b"s\xff", b"before")?;
+                    tx.put(Space::Members, b"t\x01", b"after")?;
+                    tx.put(Space::Members, b"", b"empty key")?;
+                    Ok(())
+                })
+                .unwrap();
+            let all = store.kv.scan(Space::Members, &tkey("t", &[])).unwrap();
+            assert_eq!(all.len(), n as usize);
+            assert!(all.windows(2).all(|w| w[0].0 < w[1].0));
+            let after = tkey("t", &[&999u32.to_be_bytes()]);
+            let mut rest = Vec::new();
+            store
+                .kv
+                .scan_each(
+                    Space::Members,
+                    &tkey("t", &[]),
+                    Some(&after),
+                    &mut |k, _| {
+                        rest.push(k.to_vec());
+                        rest.len() < 50
+                    },
+                )
+                .unwrap();
+            assert_eq!(rest.len(), 50);
+            assert_eq!(rest[0], tkey("t", &[&1000u32.to_be_bytes()]));
+            assert_eq!(
+                store.kv.scan(Space::Members, b"").unwrap().len(),
+                n as usize + 3
+            );
+            assert!(store.kv.scan(Space::Teams, b"").unwrap().is_empty());
+        });
+    }
+
+    #[test]
+    fn concurrent_read_modify_write_transactions_lose_no_update() {
+        on_both(|store| {
+            let workers: Vec<_> = (0..4)
+                .map(|_| {
+                    let store = store.clone();
+                    std::thread::spawn(move || {
+                        for _ in 0..25 {
+                            store
+                                .transact_durably(&|tx| {
+                                    let n = tx
+                                        .get(Space::Counters, b"t\0n")?
+                                        .map(|v| u64::from_be_bytes(v.try_into().unwrap()))
+                                        .unwrap_or(0);
+                                    tx.put(Space::Counters, b"t\0n", &(n + 1).to_be_bytes())
+                                })
+                                .unwrap();
+                        }
+                    })
+                })
+                .collect();
+            for worker in workers {
+                worker.join().unwrap();
+            }
+            let n = store.kv.get(Space::Counters, b"t\0n").unwrap().unwrap();
+            assert_eq!(u64::from_be_bytes(n.try_into().unwrap()), 100);
+        });
+    }
+
+    #[test]
+    fn a_tenant_lock_excludes_other_stores_on_the_same_database() {
+        let place = &places()[1];
+        let (a, b) = (place.open(), place.open());
+        let held = a.lock_tenant("acme").unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter = {
+            let b = b.clone();
+            std::thread::spawn(move || {
+                let _other_tenant = b.lock_tenant("globex").unwrap();
+                tx.send("globex").unwrap();
+                let _guard = b.lock_tenant("acme").unwrap();
+                tx.send("acme").unwrap();
+            })
         };
-        assert!(matches!(
-            store.add_policy_version("ghost", new),
-            Err(StoreError::NotFound(_))
-        ));
+        let timeout = std::time::Duration::from_secs(10);
+        assert_eq!(rx.recv_timeout(timeout).unwrap(), "globex");
+        // While `a` holds acme, `b` waits; the wait is what is asserted, briefly.
+        assert!(rx
+            .recv_timeout(std::time::Duration::from_millis(300))
+            .is_err());
+        drop(held);
+        assert_eq!(rx.recv_timeout(timeout).unwrap(), "acme");
+        waiter.join().unwrap();
+    }
+
+    #[test]
+    fn a_database_with_a_newer_schema_is_refused() {
+        let place = &places()[1];
+        drop(place.open());
+        let url = place.url.as_deref().unwrap();
+        let name = url.rsplit('/').next().unwrap();
+        pg_cluster::cluster().psql_in(name, "UPDATE gatehouse_schema SET version = version + 1");
+        let err = Store::open_postgres(url, place.dir.path(), &Default::default())
+            .err()
+            .expect("a newer schema is refused");
+        assert!(err.to_string().contains("newer than this binary"), "{err}");
+    }
+
+    #[test]
+    fn an_unreachable_database_is_unavailable() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("postgres://postgres@127.0.0.1:{port}/none?connect_timeout=2");
+        let err = Store::open_postgres(&url, dir.path(), &Default::default())
+            .err()
+            .expect("no database there");
+        assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
+    }
+
+    #[test]
+    fn each_committed_batch_gets_the_tenants_next_sequence_number_gap_free() {
+        for place in places() {
+            let store = place.open();
+            store.create_tenant(&tenant("acme")).unwrap();
+            store.create_tenant(&tenant("globex")).unwrap();
+            let workers: Vec<_> = (0..4)
+                .map(|w| {
+                    let store = store.clone();
+                    std::thread::spawn(move || {
+                        for i in 0..25 {
+                            let mut batch = Batch::new("acme");
+                            batch.put_raw(Space::TeamNames, &[&format!("t{w}-{i}")], b"x");
+                            store.apply(&batch).unwrap();
+                        }
+                    })
+                })
+                .collect();
+            for worker in workers {
+                worker.join().unwrap();
+            }
+            let page = store.changes_since("acme", 0, 1000).unwrap();
+            assert_eq!(page.head, 101, "the tenant's creation, then 100 batches");
+            assert!(!page.gap);
+            let seqs: Vec<u64> = page.entries.iter().map(|e| e.seq).collect();
+            assert_eq!(seqs, (1..=101).collect::<Vec<_>>());
+            assert!(page.entries[0]
+                .changes
+                .iter()
+                .any(|c| c.space == "tenants" && c.key == hex::encode("acme")));
+            assert_eq!(page.entries[5].changes.len(), 1);
+            assert_eq!(page.entries[5].changes[0].space, "team_names");
+            // Another tenant's log is its own.
+            assert_eq!(store.changes_since("globex", 0, 10).unwrap().head, 1);
+            let heads = store.change_log_heads().unwrap();
+            assert_eq!(
+                heads,
+                vec![("acme".to_owned(), 101), ("globex".to_owned(), 1)]
+            );
+
+            // A cursor, a limit; a cursor at the head has nothing to read.
+            let page = store.changes_since("acme", 99, 1).unwrap();
+            assert_eq!(
+                page.entries.iter().map(|e| e.seq).collect::<Vec<_>>(),
+                [100]
+            );
+            assert!(store
+                .changes_since("acme", 101, 10)
+                .unwrap()
+                .entries
+                .is_empty());
+
+            // Pruning keeps the newest entries; a cursor behind them sees the gap.
+            assert_eq!(store.prune_change_log(10).unwrap(), 91);
+            let behind = store.changes_since("acme", 5, 10).unwrap();
+            assert!(behind.gap);
+            let recent = store.changes_since("acme", 91, 100).unwrap();
+            assert!(!recent.gap);
+            assert_eq!(recent.entries.len(), 10);
+            assert_eq!(store.prune_change_log(10).unwrap(), 0);
+
+            // The epoch is made once and kept.
+            let epoch = store.change_log_epoch().unwrap();
+            assert_eq!(epoch.len(), 32);
+            drop(store);
+            assert_eq!(place.open().change_log_epoch().unwrap(), epoch);
+        }
+    }
+
+    #[test]
+    fn a_removed_key_is_logged_as_removed() {
+        on_both(|store| {
+            store.create_tenant(&tenant("acme")).unwrap();
+            let mut batch = Batch::new("acme");
+            batch.put_raw(Space::TeamNames, &["a"], b"x");
+            store.apply(&batch).unwrap();
+            let mut batch = Batch::new("acme");
+            batch.remove(Space::TeamNames, &["a"]);
+            store.apply(&batch).unwrap();
+            let page = store.changes_since("acme", 2, 10).unwrap();
+            assert_eq!(
+                page.entries[0].changes,
+                vec![Change {
+                    space: "team_names".into(),
+                    key: hex::encode(tkey("acme", &[b"a"])),
+                    removed: true,
+                }]
+            );
+        });
     }
 }

@@ -1,6 +1,6 @@
 //! [`Backend`] on an embedded sled database: one tree per [`Space`].
 
-use super::{Backend, Space, StoreError, TxBody, TxFail, Txn};
+use super::{Backend, BackendFail, Space, StoreError, TxBody, TxFail, Txn};
 use sled::transaction::{
     ConflictableTransactionError, TransactionError, TransactionalTree, UnabortableTransactionError,
 };
@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 
 /// A conflict or I/O failure inside a sled transaction; sled retries or reports it.
-pub struct BackendFail(UnabortableTransactionError);
+pub struct SledFail(UnabortableTransactionError);
 
 /// The embedded store.
 pub struct SledBackend {
@@ -64,19 +64,19 @@ impl Txn for SledTxn<'_> {
         self.0[space_index(space)]
             .get(key)
             .map(|v| v.map(|v| v.to_vec()))
-            .map_err(|e| TxFail::Backend(BackendFail(e)))
+            .map_err(|e| TxFail::Backend(BackendFail::Sled(SledFail(e))))
     }
     fn put(&self, space: Space, key: &[u8], value: &[u8]) -> Result<(), TxFail> {
         self.0[space_index(space)]
             .insert(key, value)
             .map(drop)
-            .map_err(|e| TxFail::Backend(BackendFail(e)))
+            .map_err(|e| TxFail::Backend(BackendFail::Sled(SledFail(e))))
     }
     fn remove(&self, space: Space, key: &[u8]) -> Result<(), TxFail> {
         self.0[space_index(space)]
             .remove(key)
             .map(drop)
-            .map_err(|e| TxFail::Backend(BackendFail(e)))
+            .map_err(|e| TxFail::Backend(BackendFail::Sled(SledFail(e))))
     }
 }
 
@@ -118,7 +118,10 @@ impl Backend for SledBackend {
             self.trees.as_slice().transaction(|trees| {
                 body(&SledTxn(trees)).map_err(|fail| match fail {
                     TxFail::Abort(e) => ConflictableTransactionError::Abort(e),
-                    TxFail::Backend(BackendFail(e)) => e.into(),
+                    TxFail::Backend(BackendFail::Sled(SledFail(e))) => e.into(),
+                    TxFail::Backend(other) => {
+                        ConflictableTransactionError::Abort(other.into_store_error())
+                    }
                 })
             });
         result.map_err(|e| match e {

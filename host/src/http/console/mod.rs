@@ -262,6 +262,7 @@ pub(super) fn status_of(error: &AppError) -> StatusCode {
         AppError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
         AppError::LinkInvalid(_) => StatusCode::GONE,
         AppError::IdpUnavailable(_) => StatusCode::BAD_GATEWAY,
+        AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
