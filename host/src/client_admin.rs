@@ -1,4 +1,4 @@
-//! Admin-API commands beyond tenants, users and teams: virtual accounts (and their
+//! Admin-API commands beyond tenants, users and teams: identity providers, virtual accounts (and their
 //! tokens, rotation with grace) and the audit log. Same conventions as `client.rs`:
 //! readable output by default, `--json` prints the API's answer, API refusals exit non-zero.
 
@@ -7,6 +7,153 @@ use anyhow::Result;
 use clap::Subcommand;
 use reqwest::Method;
 use serde_json::{json, Value};
+
+/// An identity provider's settings, as flags (the API checks them).
+#[derive(clap::Args)]
+pub struct IdpSettings {
+    #[arg(long)]
+    tenant: String,
+    /// The provider's name.
+    name: String,
+    #[arg(long)]
+    issuer: String,
+    /// The JWKS URL (https; or give --discovery-url).
+    #[arg(long)]
+    jwks_uri: Option<String>,
+    /// The OpenID discovery URL (instead of --jwks-uri).
+    #[arg(long)]
+    discovery_url: Option<String>,
+    /// An accepted audience (repeat for more).
+    #[arg(long = "audience")]
+    audiences: Vec<String>,
+    /// An accepted signing algorithm (repeat for more; default the API's).
+    #[arg(long = "algorithm")]
+    algorithms: Vec<String>,
+    #[arg(long)]
+    leeway_seconds: Option<u32>,
+    #[arg(long)]
+    user_claim: Option<String>,
+    #[arg(long)]
+    va_name_claim: Option<String>,
+    #[arg(long)]
+    team_claim: Option<String>,
+}
+
+impl IdpSettings {
+    fn body(&self) -> Value {
+        let mut body = json!({
+            "name": self.name,
+            "issuer": self.issuer,
+            "jwks_uri": self.jwks_uri,
+            "discovery_url": self.discovery_url,
+            "audiences": self.audiences,
+            "user_claim": self.user_claim,
+            "va_name_claim": self.va_name_claim,
+            "team_claim": self.team_claim,
+        });
+        if !self.algorithms.is_empty() {
+            body["algorithms"] = json!(self.algorithms);
+        }
+        if let Some(leeway) = self.leeway_seconds {
+            body["leeway_seconds"] = leeway.into();
+        }
+        body
+    }
+}
+
+/// `gatehouse idp ...`
+#[derive(Subcommand)]
+pub enum IdpCommand {
+    /// List identity providers.
+    List {
+        #[arg(long)]
+        tenant: String,
+    },
+    /// Add an identity provider (unsafe settings are refused by the API).
+    Create(IdpSettings),
+    /// Replace an identity provider's settings (every setting: absent ones take defaults).
+    Replace(IdpSettings),
+    /// Delete an identity provider (refused while something maps it).
+    Delete {
+        #[arg(long)]
+        tenant: String,
+        name: String,
+    },
+}
+
+/// Runs an `idp` command.
+pub fn idp(api: &Api, command: IdpCommand) -> Result<()> {
+    match command {
+        IdpCommand::List { tenant } => {
+            let idps = api.call(
+                Method::GET,
+                &format!("/api/v1/tenants/{tenant}/identity-providers"),
+                None,
+            )?;
+            api.show(&idps, &["NAME", "ISSUER", "AUDIENCES", "KEYS FROM"], |v| {
+                v["identity_providers"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|i| {
+                        vec![
+                            text(i, "name"),
+                            text(i, "issuer"),
+                            text(i, "audiences"),
+                            if i["jwks_uri"].is_string() {
+                                text(i, "jwks_uri")
+                            } else {
+                                text(i, "discovery_url")
+                            },
+                        ]
+                    })
+                    .collect()
+            });
+        }
+        IdpCommand::Create(settings) => {
+            let idp = api.call(
+                Method::POST,
+                &format!("/api/v1/tenants/{}/identity-providers", settings.tenant),
+                Some(settings.body()),
+            )?;
+            api.done(
+                &idp,
+                format!(
+                    "added identity provider {} ({})",
+                    text(&idp, "name"),
+                    text(&idp, "issuer")
+                ),
+            );
+        }
+        IdpCommand::Replace(settings) => {
+            let idp = api.call(
+                Method::PUT,
+                &format!(
+                    "/api/v1/tenants/{}/identity-providers/{}",
+                    settings.tenant, settings.name
+                ),
+                Some(settings.body()),
+            )?;
+            api.done(
+                &idp,
+                format!(
+                    "replaced identity provider {} ({})",
+                    text(&idp, "name"),
+                    text(&idp, "issuer")
+                ),
+            );
+        }
+        IdpCommand::Delete { tenant, name } => {
+            let answer = api.call(
+                Method::DELETE,
+                &format!("/api/v1/tenants/{tenant}/identity-providers/{name}"),
+                None,
+            )?;
+            api.done(&answer, format!("deleted identity provider {name}"));
+        }
+    }
+    Ok(())
+}
 
 /// `gatehouse va ...`
 #[derive(Subcommand)]

@@ -47,6 +47,9 @@ enum Command {
     /// Migrate a tenant from a legacy export (docs/migration.md) on a running server.
     #[command(subcommand)]
     Migrate(client::MigrateCommand),
+    /// Manage a tenant's identity providers (JWT issuers) on a running server.
+    #[command(subcommand)]
+    Idp(client_admin::IdpCommand),
     /// Manage a tenant's virtual accounts and their tokens on a running server.
     #[command(subcommand)]
     Va(client_admin::VaCommand),
@@ -155,6 +158,7 @@ fn main() -> Result<()> {
         Command::User(command) => client::user(&client::Api::from_env(cli.json)?, command),
         Command::Team(command) => client::team(&client::Api::from_env(cli.json)?, command),
         Command::Migrate(command) => client::migrate(&client::Api::from_env(cli.json)?, command),
+        Command::Idp(command) => client_admin::idp(&client::Api::from_env(cli.json)?, command),
         Command::Va(command) => client_admin::va(&client::Api::from_env(cli.json)?, command),
         Command::Audit(command) => client_admin::audit(&client::Api::from_env(cli.json)?, command),
     }

@@ -212,6 +212,125 @@ fn resolve(base: &str, token: &str) -> Value {
 }
 
 #[test]
+fn the_cli_manages_identity_providers() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Process::start(&data.path().join("db")).unwrap();
+    let base = server.base.as_str();
+    let (ok, out, err) = cli(base, &["tenant", "create", "acme"]);
+    assert!(ok, "{out}{err}");
+    let (ok, _, err) = cli(
+        base,
+        &[
+            "idp",
+            "create",
+            "--tenant",
+            "acme",
+            "corp",
+            "--issuer",
+            "https://idp.example.test",
+            "--jwks-uri",
+            "https://idp.example.test/jwks",
+            "--audience",
+            "api",
+            "--algorithm",
+            "HS256",
+        ],
+    );
+    assert!(
+        !ok && err.contains("400"),
+        "HMAC is the API's refusal: {err}"
+    );
+    let listed = cli_json(base, &["idp", "list", "--tenant", "acme"]);
+    assert_eq!(
+        listed["identity_providers"],
+        json!([]),
+        "nothing stored after a refusal"
+    );
+    let (ok, out, err) = cli(
+        base,
+        &[
+            "idp",
+            "create",
+            "--tenant",
+            "acme",
+            "corp",
+            "--issuer",
+            "https://idp.example.test",
+            "--jwks-uri",
+            "https://idp.example.test/jwks",
+            "--audience",
+            "api",
+            "--user-claim",
+            "email",
+        ],
+    );
+    assert!(
+        ok && out.contains("added identity provider corp"),
+        "{out}{err}"
+    );
+    let (ok, out, _) = cli(base, &["idp", "list", "--tenant", "acme"]);
+    assert!(
+        ok && out.lines().next().unwrap().starts_with("NAME")
+            && out.contains("https://idp.example.test/jwks"),
+        "{out}"
+    );
+    let replaced = cli_json(
+        base,
+        &[
+            "idp",
+            "replace",
+            "--tenant",
+            "acme",
+            "corp",
+            "--issuer",
+            "https://idp.example.test",
+            "--jwks-uri",
+            "https://idp.example.test/jwks",
+            "--audience",
+            "api",
+            "--audience",
+            "web",
+        ],
+    );
+    assert_eq!(replaced["audiences"], json!(["api", "web"]));
+    let stored = get(base, "/api/v1/tenants/acme/identity-providers")
+        .json::<Value>()
+        .unwrap();
+    assert_eq!(
+        stored["identity_providers"][0]["audiences"],
+        json!(["api", "web"]),
+        "{stored}"
+    );
+    let (ok, _, err) = cli(
+        base,
+        &[
+            "idp",
+            "replace",
+            "--tenant",
+            "acme",
+            "nope",
+            "--issuer",
+            "https://other.example.test",
+            "--jwks-uri",
+            "https://other.example.test/jwks",
+            "--audience",
+            "api",
+        ],
+    );
+    assert!(!ok && err.contains("404"), "{err}");
+    let (ok, out, err) = cli(base, &["idp", "delete", "--tenant", "acme", "corp"]);
+    assert!(
+        ok && out.contains("deleted identity provider corp"),
+        "{out}{err}"
+    );
+    let stored = get(base, "/api/v1/tenants/acme/identity-providers")
+        .json::<Value>()
+        .unwrap();
+    assert_eq!(stored["identity_providers"], json!([]));
+    server.kill9();
+}
+
+#[test]
 fn the_cli_manages_virtual_accounts_and_rotates_their_tokens_with_grace() {
     let data = tempfile::tempdir().unwrap();
     let server = Process::start(&data.path().join("db")).unwrap();
