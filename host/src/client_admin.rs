@@ -1,4 +1,4 @@
-//! Admin-API commands beyond tenants, users and teams: identity providers, virtual accounts (and their
+//! Admin-API commands beyond tenants, users and teams: identity providers, resources, virtual accounts (and their
 //! tokens, rotation with grace) and the audit log. Same conventions as `client.rs`:
 //! readable output by default, `--json` prints the API's answer, API refusals exit non-zero.
 
@@ -150,6 +150,142 @@ pub fn idp(api: &Api, command: IdpCommand) -> Result<()> {
                 None,
             )?;
             api.done(&answer, format!("deleted identity provider {name}"));
+        }
+    }
+    Ok(())
+}
+
+/// `gatehouse resource ...`
+#[derive(Subcommand)]
+pub enum ResourceCommand {
+    /// List resources.
+    List {
+        #[arg(long)]
+        tenant: String,
+    },
+    /// Create a resource.
+    Create {
+        #[arg(long)]
+        tenant: String,
+        /// What it is (model, workspace, mcp_server, ...).
+        #[arg(long)]
+        kind: String,
+        name: String,
+        /// A collaborator as KIND:ID:ROLE (KIND user, team or va; repeat for more).
+        #[arg(long = "collaborator")]
+        collaborators: Vec<String>,
+    },
+    /// Replace a resource's collaborators (none given: no collaborators).
+    Collaborators {
+        #[arg(long)]
+        tenant: String,
+        resource: String,
+        /// A collaborator as KIND:ID:ROLE (KIND user, team or va; repeat for more).
+        #[arg(long = "collaborator")]
+        collaborators: Vec<String>,
+    },
+    /// Delete a resource.
+    Delete {
+        #[arg(long)]
+        tenant: String,
+        resource: String,
+    },
+}
+
+/// `KIND:ID:ROLE` as the API's collaborator.
+fn collaborator(spec: &str) -> Result<Value> {
+    let mut parts = spec.splitn(3, ':');
+    let (kind, id, role) = match (parts.next(), parts.next(), parts.next()) {
+        (Some(k), Some(i), Some(r)) if !i.is_empty() && !r.is_empty() => (k, i, r),
+        _ => anyhow::bail!(
+            "collaborator {spec:?} is invalid: use KIND:ID:ROLE (e.g. user:u_1:editor)"
+        ),
+    };
+    let kind = match kind {
+        "user" | "team" | "virtual_account" | "external_identity" => kind,
+        "va" => "virtual_account",
+        other => anyhow::bail!("collaborator kind {other:?} is invalid: use user, team or va"),
+    };
+    Ok(json!({ "subject": { kind: id }, "role": role }))
+}
+
+fn collaborators(specs: &[String]) -> Result<Vec<Value>> {
+    specs.iter().map(|s| collaborator(s)).collect()
+}
+
+fn resource_line(r: &Value) -> String {
+    format!(
+        "resource {} ({} {}) has {} collaborator(s)",
+        text(r, "id"),
+        text(r, "kind"),
+        text(r, "name"),
+        r["collaborators"].as_array().map_or(0, Vec::len)
+    )
+}
+
+/// Runs a `resource` command.
+pub fn resource(api: &Api, command: ResourceCommand) -> Result<()> {
+    match command {
+        ResourceCommand::List { tenant } => {
+            let resources = api.call(
+                Method::GET,
+                &format!("/api/v1/tenants/{tenant}/resources"),
+                None,
+            )?;
+            api.show(&resources, &["ID", "KIND", "NAME", "COLLABORATORS"], |v| {
+                v["resources"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|r| {
+                        vec![
+                            text(r, "id"),
+                            text(r, "kind"),
+                            text(r, "name"),
+                            r["collaborators"]
+                                .as_array()
+                                .map_or(0, Vec::len)
+                                .to_string(),
+                        ]
+                    })
+                    .collect()
+            });
+        }
+        ResourceCommand::Create {
+            tenant,
+            kind,
+            name,
+            collaborators: specs,
+        } => {
+            let body =
+                json!({ "kind": kind, "name": name, "collaborators": collaborators(&specs)? });
+            let created = api.call(
+                Method::POST,
+                &format!("/api/v1/tenants/{tenant}/resources"),
+                Some(body),
+            )?;
+            api.done(&created, format!("created {}", resource_line(&created)));
+        }
+        ResourceCommand::Collaborators {
+            tenant,
+            resource,
+            collaborators: specs,
+        } => {
+            let body = json!({ "collaborators": collaborators(&specs)? });
+            let changed = api.call(
+                Method::PUT,
+                &format!("/api/v1/tenants/{tenant}/resources/{resource}/collaborators"),
+                Some(body),
+            )?;
+            api.done(&changed, resource_line(&changed));
+        }
+        ResourceCommand::Delete { tenant, resource } => {
+            let answer = api.call(
+                Method::DELETE,
+                &format!("/api/v1/tenants/{tenant}/resources/{resource}"),
+                None,
+            )?;
+            api.done(&answer, format!("deleted resource {resource}"));
         }
     }
     Ok(())

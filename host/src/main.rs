@@ -50,6 +50,9 @@ enum Command {
     /// Manage a tenant's identity providers (JWT issuers) on a running server.
     #[command(subcommand)]
     Idp(client_admin::IdpCommand),
+    /// Manage a tenant's resources and their collaborators on a running server.
+    #[command(subcommand)]
+    Resource(client_admin::ResourceCommand),
     /// Manage a tenant's virtual accounts and their tokens on a running server.
     #[command(subcommand)]
     Va(client_admin::VaCommand),
@@ -159,6 +162,9 @@ fn main() -> Result<()> {
         Command::Team(command) => client::team(&client::Api::from_env(cli.json)?, command),
         Command::Migrate(command) => client::migrate(&client::Api::from_env(cli.json)?, command),
         Command::Idp(command) => client_admin::idp(&client::Api::from_env(cli.json)?, command),
+        Command::Resource(command) => {
+            client_admin::resource(&client::Api::from_env(cli.json)?, command)
+        }
         Command::Va(command) => client_admin::va(&client::Api::from_env(cli.json)?, command),
         Command::Audit(command) => client_admin::audit(&client::Api::from_env(cli.json)?, command),
     }

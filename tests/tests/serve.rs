@@ -331,6 +331,112 @@ fn the_cli_manages_identity_providers() {
 }
 
 #[test]
+fn the_cli_manages_resources_and_their_collaborators() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Process::start(&data.path().join("db")).unwrap();
+    let base = server.base.as_str();
+    let (ok, out, err) = cli(base, &["tenant", "create", "acme"]);
+    assert!(ok, "{out}{err}");
+    let user = cli_json(base, &["user", "invite", "--tenant", "acme", "bob@acme.io"]);
+    let bob = user["id"].as_str().unwrap().to_owned();
+    let va = cli_json(base, &["va", "create", "--tenant", "acme", "bot"]);
+    let va = va["id"].as_str().unwrap().to_owned();
+
+    let (ok, _, err) = cli(
+        base,
+        &[
+            "resource",
+            "create",
+            "--tenant",
+            "acme",
+            "--kind",
+            "model",
+            "m1",
+            "--collaborator",
+            "user:nobody:editor",
+        ],
+    );
+    assert!(
+        !ok && err.contains("400"),
+        "an unknown subject is the API's refusal: {err}"
+    );
+    let (ok, _, err) = cli(
+        base,
+        &[
+            "resource",
+            "create",
+            "--tenant",
+            "acme",
+            "--kind",
+            "model",
+            "m1",
+            "--collaborator",
+            "bob",
+        ],
+    );
+    assert!(!ok && err.contains("KIND:ID:ROLE"), "{err}");
+    let created = cli_json(
+        base,
+        &[
+            "resource",
+            "create",
+            "--tenant",
+            "acme",
+            "--kind",
+            "model",
+            "m1",
+            "--collaborator",
+            &format!("user:{bob}:editor"),
+        ],
+    );
+    let id = created["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        created["collaborators"],
+        json!([{ "subject": { "user": bob }, "role": "editor" }])
+    );
+    let (ok, out, _) = cli(base, &["resource", "list", "--tenant", "acme"]);
+    assert!(
+        ok && out.lines().next().unwrap().starts_with("ID") && out.contains("m1"),
+        "{out}"
+    );
+
+    let (ok, out, err) = cli(
+        base,
+        &[
+            "resource",
+            "collaborators",
+            "--tenant",
+            "acme",
+            &id,
+            "--collaborator",
+            &format!("va:{va}:viewer"),
+        ],
+    );
+    assert!(ok && out.contains("1 collaborator(s)"), "{out}{err}");
+    let stored = get(base, "/api/v1/tenants/acme/resources")
+        .json::<Value>()
+        .unwrap();
+    assert_eq!(
+        stored["resources"][0]["collaborators"],
+        json!([{ "subject": { "virtual_account": va }, "role": "viewer" }]),
+        "{stored}"
+    );
+    let (ok, _, err) = cli(base, &["va", "delete", "--tenant", "acme", &va]);
+    assert!(
+        !ok && err.contains("409"),
+        "the API refuses while it collaborates: {err}"
+    );
+
+    let (ok, out, err) = cli(base, &["resource", "delete", "--tenant", "acme", &id]);
+    assert!(ok && out.contains("deleted resource"), "{out}{err}");
+    let stored = get(base, "/api/v1/tenants/acme/resources")
+        .json::<Value>()
+        .unwrap();
+    assert_eq!(stored["resources"], json!([]));
+    server.kill9();
+}
+
+#[test]
 fn the_cli_manages_virtual_accounts_and_rotates_their_tokens_with_grace() {
     let data = tempfile::tempdir().unwrap();
     let server = Process::start(&data.path().join("db")).unwrap();
