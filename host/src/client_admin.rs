@@ -1,4 +1,4 @@
-//! Admin-API commands beyond tenants, users and teams: identity providers, resources, virtual accounts (and their
+//! Admin-API commands beyond tenants, users and teams: identity providers, SSO configurations and SCIM tokens, resources, virtual accounts (and their
 //! tokens, rotation with grace) and the audit log. Same conventions as `client.rs`:
 //! readable output by default, `--json` prints the API's answer, API refusals exit non-zero.
 
@@ -150,6 +150,144 @@ pub fn idp(api: &Api, command: IdpCommand) -> Result<()> {
                 None,
             )?;
             api.done(&answer, format!("deleted identity provider {name}"));
+        }
+    }
+    Ok(())
+}
+
+/// `gatehouse sso ...`
+#[derive(Subcommand)]
+pub enum SsoCommand {
+    /// List SSO configurations (never their secrets).
+    List {
+        #[arg(long)]
+        tenant: String,
+    },
+    /// Add an SSO configuration (OIDC); the API checks the settings.
+    Create {
+        #[arg(long)]
+        tenant: String,
+        /// The configuration's id.
+        id: String,
+        #[arg(long)]
+        issuer: String,
+        #[arg(long)]
+        client_id: String,
+        /// The client secret (or set GATEHOUSE_SSO_CLIENT_SECRET to keep it out of the shell
+        /// history).
+        #[arg(long, env = "GATEHOUSE_SSO_CLIENT_SECRET", hide_env_values = true)]
+        client_secret: Option<String>,
+        #[arg(long)]
+        discovery_url: Option<String>,
+        #[arg(long)]
+        jwks_uri: Option<String>,
+        #[arg(long)]
+        email_claim: Option<String>,
+        #[arg(long)]
+        unique_id_claim: Option<String>,
+    },
+    /// Delete an SSO configuration.
+    Delete {
+        #[arg(long)]
+        tenant: String,
+        id: String,
+    },
+    /// Generate the configuration's SCIM token (shown once; replaces any previous one).
+    ScimToken {
+        #[arg(long)]
+        tenant: String,
+        id: String,
+    },
+}
+
+/// Runs an `sso` command.
+pub fn sso(api: &Api, command: SsoCommand) -> Result<()> {
+    match command {
+        SsoCommand::List { tenant } => {
+            let list = api.call(Method::GET, &format!("/api/v1/tenants/{tenant}/sso"), None)?;
+            api.show(
+                &list,
+                &["ID", "ISSUER", "CLIENT", "SCIM TOKEN", "SCIM BASE URL"],
+                |v| {
+                    v["sso"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|c| {
+                            vec![
+                                text(c, "id"),
+                                text(c, "issuer"),
+                                text(c, "client_id"),
+                                if c["scim_token_set"] == true {
+                                    "set"
+                                } else {
+                                    "-"
+                                }
+                                .to_owned(),
+                                text(c, "scim_base_url"),
+                            ]
+                        })
+                        .collect()
+                },
+            );
+        }
+        SsoCommand::Create {
+            tenant,
+            id,
+            issuer,
+            client_id,
+            client_secret,
+            discovery_url,
+            jwks_uri,
+            email_claim,
+            unique_id_claim,
+        } => {
+            let body = json!({
+                "id": id,
+                "issuer": issuer,
+                "client_id": client_id,
+                "client_secret": client_secret,
+                "discovery_url": discovery_url,
+                "jwks_uri": jwks_uri,
+                "email_claim": email_claim,
+                "unique_id_claim": unique_id_claim,
+            });
+            let view = api.call(
+                Method::POST,
+                &format!("/api/v1/tenants/{tenant}/sso"),
+                Some(body),
+            )?;
+            api.done(
+                &view,
+                format!(
+                    "added SSO configuration {} ({})",
+                    text(&view, "id"),
+                    text(&view, "issuer")
+                ),
+            );
+        }
+        SsoCommand::Delete { tenant, id } => {
+            let answer = api.call(
+                Method::DELETE,
+                &format!("/api/v1/tenants/{tenant}/sso/{id}"),
+                None,
+            )?;
+            api.done(&answer, format!("deleted SSO configuration {id}"));
+        }
+        SsoCommand::ScimToken { tenant, id } => {
+            let token = api.call(
+                Method::POST,
+                &format!("/api/v1/tenants/{tenant}/sso/{id}/scim-token"),
+                None,
+            )?;
+            api.done(
+                &token,
+                format!(
+                    "SCIM base URL: {}\nSCIM token (shown once): {}",
+                    text(&token, "scim_base_url"),
+                    text(&token, "token")
+                ),
+            );
         }
     }
     Ok(())

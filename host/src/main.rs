@@ -50,6 +50,9 @@ enum Command {
     /// Manage a tenant's identity providers (JWT issuers) on a running server.
     #[command(subcommand)]
     Idp(client_admin::IdpCommand),
+    /// Manage a tenant's SSO configurations and their SCIM tokens on a running server.
+    #[command(subcommand)]
+    Sso(client_admin::SsoCommand),
     /// Manage a tenant's resources and their collaborators on a running server.
     #[command(subcommand)]
     Resource(client_admin::ResourceCommand),
@@ -162,6 +165,7 @@ fn main() -> Result<()> {
         Command::Team(command) => client::team(&client::Api::from_env(cli.json)?, command),
         Command::Migrate(command) => client::migrate(&client::Api::from_env(cli.json)?, command),
         Command::Idp(command) => client_admin::idp(&client::Api::from_env(cli.json)?, command),
+        Command::Sso(command) => client_admin::sso(&client::Api::from_env(cli.json)?, command),
         Command::Resource(command) => {
             client_admin::resource(&client::Api::from_env(cli.json)?, command)
         }

@@ -331,6 +331,102 @@ fn the_cli_manages_identity_providers() {
 }
 
 #[test]
+fn the_cli_manages_sso_configurations_and_their_scim_token() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Process::start(&data.path().join("db")).unwrap();
+    let base = server.base.as_str();
+    let (ok, out, err) = cli(base, &["tenant", "create", "acme"]);
+    assert!(ok, "{out}{err}");
+    let (ok, _, err) = cli(
+        base,
+        &[
+            "sso",
+            "create",
+            "--tenant",
+            "acme",
+            "okta",
+            "--issuer",
+            "https://idp.example.test",
+            "--client-id",
+            "gh",
+            "--jwks-uri",
+            "http://idp.example.test/jwks",
+        ],
+    );
+    assert!(
+        !ok && err.contains("400"),
+        "a non-https JWKS URL is the API's refusal: {err}"
+    );
+    let (ok, out, err) = cli(
+        base,
+        &[
+            "sso",
+            "create",
+            "--tenant",
+            "acme",
+            "okta",
+            "--issuer",
+            "https://idp.example.test",
+            "--client-id",
+            "gh",
+            "--jwks-uri",
+            "https://idp.example.test/jwks",
+        ],
+    );
+    assert!(
+        ok && out.contains("added SSO configuration okta"),
+        "{out}{err}"
+    );
+    let listed = cli_json(base, &["sso", "list", "--tenant", "acme"]);
+    assert_eq!(listed["sso"][0]["id"], "okta", "{listed}");
+    assert_eq!(listed["sso"][0]["scim_token_set"], false);
+
+    let (ok, out, err) = cli(base, &["sso", "scim-token", "--tenant", "acme", "okta"]);
+    assert!(
+        ok && out.contains("SCIM token (shown once): "),
+        "{out}{err}"
+    );
+    let token = out.trim().rsplit(' ').next().unwrap().to_owned();
+    let scim_url = out
+        .lines()
+        .find_map(|l| l.strip_prefix("SCIM base URL: "))
+        .unwrap()
+        .to_owned();
+    let path = scim_url
+        .find("/scim/")
+        .map(|i| &scim_url[i..])
+        .expect("a /scim/ URL");
+    let users = reqwest::blocking::Client::new()
+        .get(format!("{base}{path}/Users"))
+        .bearer_auth(&token)
+        .send()
+        .unwrap();
+    assert_eq!(
+        users.status().as_u16(),
+        200,
+        "the printed SCIM token opens SCIM"
+    );
+    let (ok, out, _) = cli(base, &["sso", "list", "--tenant", "acme"]);
+    assert!(
+        ok && out.lines().next().unwrap().starts_with("ID") && out.contains("set"),
+        "{out}"
+    );
+
+    let (ok, out, err) = cli(base, &["sso", "delete", "--tenant", "acme", "okta"]);
+    assert!(
+        ok && out.contains("deleted SSO configuration okta"),
+        "{out}{err}"
+    );
+    let stored = get(base, "/api/v1/tenants/acme/sso")
+        .json::<Value>()
+        .unwrap();
+    assert_eq!(stored["sso"], json!([]));
+    let (ok, _, err) = cli(base, &["sso", "scim-token", "--tenant", "acme", "okta"]);
+    assert!(!ok && err.contains("404"), "{err}");
+    server.kill9();
+}
+
+#[test]
 fn the_cli_manages_resources_and_their_collaborators() {
     let data = tempfile::tempdir().unwrap();
     let server = Process::start(&data.path().join("db")).unwrap();
