@@ -59,7 +59,12 @@ impl Api {
     }
 
     /// Prints `value` as JSON, or `table` rows (tab-separated, header first).
-    fn show(&self, value: &Value, header: &[&str], rows: impl Fn(&Value) -> Vec<Vec<String>>) {
+    pub(crate) fn show(
+        &self,
+        value: &Value,
+        header: &[&str],
+        rows: impl Fn(&Value) -> Vec<Vec<String>>,
+    ) {
         if self.json {
             println!(
                 "{}",
@@ -90,7 +95,7 @@ impl Api {
         }
     }
 
-    fn done(&self, value: &Value, message: String) {
+    pub(crate) fn done(&self, value: &Value, message: String) {
         if self.json {
             println!(
                 "{}",
@@ -102,7 +107,7 @@ impl Api {
     }
 }
 
-fn text(value: &Value, key: &str) -> String {
+pub(crate) fn text(value: &Value, key: &str) -> String {
     match &value[key] {
         Value::String(s) => s.clone(),
         Value::Null => "-".into(),

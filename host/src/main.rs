@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 mod client;
+mod client_admin;
 
 #[derive(Parser)]
 #[command(
@@ -46,6 +47,21 @@ enum Command {
     /// Migrate a tenant from a legacy export (docs/migration.md) on a running server.
     #[command(subcommand)]
     Migrate(client::MigrateCommand),
+    /// Manage a tenant's identity providers (JWT issuers) on a running server.
+    #[command(subcommand)]
+    Idp(client_admin::IdpCommand),
+    /// Manage a tenant's SSO configurations and their SCIM tokens on a running server.
+    #[command(subcommand)]
+    Sso(client_admin::SsoCommand),
+    /// Manage a tenant's resources and their collaborators on a running server.
+    #[command(subcommand)]
+    Resource(client_admin::ResourceCommand),
+    /// Manage a tenant's virtual accounts and their tokens on a running server.
+    #[command(subcommand)]
+    Va(client_admin::VaCommand),
+    /// Read a tenant's audit log on a running server.
+    #[command(subcommand)]
+    Audit(client_admin::AuditCommand),
 }
 
 #[derive(Args)]
@@ -152,6 +168,13 @@ fn main() -> Result<()> {
         Command::User(command) => client::user(&client::Api::from_env(cli.json)?, command),
         Command::Team(command) => client::team(&client::Api::from_env(cli.json)?, command),
         Command::Migrate(command) => client::migrate(&client::Api::from_env(cli.json)?, command),
+        Command::Idp(command) => client_admin::idp(&client::Api::from_env(cli.json)?, command),
+        Command::Sso(command) => client_admin::sso(&client::Api::from_env(cli.json)?, command),
+        Command::Resource(command) => {
+            client_admin::resource(&client::Api::from_env(cli.json)?, command)
+        }
+        Command::Va(command) => client_admin::va(&client::Api::from_env(cli.json)?, command),
+        Command::Audit(command) => client_admin::audit(&client::Api::from_env(cli.json)?, command),
     }
 }
 
