@@ -237,6 +237,6 @@ mod tests {
         drop(blocked);
         drop(guard);
         let written = sink.written.lock().unwrap().len() / 2;
-        assert!(written >= 1 && written <= 16, "{written} lines written");
+        assert!((1..=16).contains(&written), "{written} lines written");
     }
 }
