@@ -16,8 +16,9 @@
 # has no fixed-rate mode: PACED_DELAY_MS per connection between requests, with connections
 # enough for half the rate; the achieved rate is printed beside).
 #
-# Settings (environment): ROUNDS (3), DURATION (4), CONNECTIONS (16), TOKENS (per unique
-# round: DURATION × 15,000), PACED_DELAY_MS (10), and any GATEHOUSE_* for the server (for
+# Settings (environment): ROUNDS (3), DURATION (4), CONNECTIONS (16), TOKENS_PER_ROUND
+# (distinct tokens per unique round: DURATION × 15,000; past that they repeat, and the
+# summary says how many requests shared how many tokens), PACED_DELAY_MS (10), and any GATEHOUSE_* for the server (for
 # example GATEHOUSE_EDGE_DECISION_LOG=false). Installs wrk with apt-get when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,7 +27,7 @@ ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-4}
 CONNECTIONS=${CONNECTIONS:-16}
 PACED_DELAY_MS=${PACED_DELAY_MS:-10}
-PER_ROUND=${TOKENS:-$((DURATION * 15000))}
+PER_ROUND=${TOKENS_PER_ROUND:-$((DURATION * 15000))}
 ISSUER="https://idp.bench/corp"
 EMAIL="admin@acme.io"
 OPERATOR="bench-operator-token-000"
