@@ -95,9 +95,9 @@ results="$work/results"
 run() { # NAME ROUND wrk-args...
     local name=$1 round=$2 out
     shift 2
-    out=$(wrk --latency -t1 "$@")
-    if grep -q "Non-2xx" <<<"$out"; then
-        echo "$name: refusals in the answers:" >&2
+    out=$(wrk --latency -t1 "$@" 2>&1)
+    if grep -qE "Non-2xx|\.lua:" <<<"$out"; then
+        echo "$name: refusals in the answers, or the script failed:" >&2
         echo "$out" >&2
         exit 1
     fi

@@ -67,8 +67,8 @@ for round in $(seq "$ROUNDS"); do
     for name in on off; do
         base_var="base_$name" token_var="token_$name"
         out=$(SCIM_TOKEN=${!token_var} PREFIX="r$round" wrk --latency -t1 -c"$CONNECTIONS" \
-            -d"${DURATION}s" -s bench/wrk/scim-create.lua "${!base_var}/scim/v2/acme/idp/Users")
-        if grep -q "Non-2xx" <<<"$out"; then echo "$out" >&2; exit 1; fi
+            -d"${DURATION}s" -s bench/wrk/scim-create.lua "${!base_var}/scim/v2/acme/idp/Users" 2>&1)
+        if grep -qE "Non-2xx|\.lua:" <<<"$out"; then echo "$out" >&2; exit 1; fi
         rps=$(awk '/^Requests\/sec:/ { print $2 }' <<<"$out")
         p99=$(awk '$1 == "99%" { print $2 }' <<<"$out")
         echo "$name $round $rps $p99" >>"$results"
