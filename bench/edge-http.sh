@@ -84,7 +84,8 @@ pat=$(api POST /api/v1/tenants "{\"slug\":\"acme\",\"admin_email\":\"$EMAIL\"}" 
 api POST /api/v1/tenants/acme/identity-providers "{\"name\":\"corp\",\"issuer\":\"$ISSUER\",
     \"jwks_uri\":\"http://127.0.0.1:$jwks_port/keys.json\",\"audiences\":[\"api\"],
     \"algorithms\":[\"RS256\"],\"user_claim\":\"email\",\"team_claim\":\"groups\"}" >/dev/null
-jwt=$(target/release/examples/edge_tokens 1 "$ISSUER" "$EMAIL" /dev/stdout "$work/keys.json" | head -1)
+target/release/examples/edge_tokens 1 "$ISSUER" "$EMAIL" "$work/one.txt" "$work/keys.json" >/dev/null
+jwt=$(head -1 "$work/one.txt")
 for token in "$pat" "$jwt"; do
     curl -sS --fail-with-body -X POST "$base/v1/acme/resolve" -H "authorization: Bearer $token" \
         | grep -q '"decision":"allow"'
