@@ -445,12 +445,13 @@ impl Store {
     }
 
     /// Takes tenant `slug`'s write lock, for this process and (on a shared database) for
-    /// every other replica, until the guard drops. Writes made meanwhile still commit
-    /// and are acknowledged one by one.
+    /// every other replica, until the guard is released. Writes this thread makes
+    /// meanwhile commit at once; [`TenantGuard::release`] makes them durable after the
+    /// lock is let go.
     pub fn lock_tenant(&self, slug: &str) -> Result<TenantGuard<'_>, StoreError> {
         let local = self.locks.lock(slug);
         let remote = self.kv.lock_tenant(slug)?;
-        Ok(TenantGuard::new(remote, local))
+        Ok(TenantGuard::new(&*self.kv, remote, local))
     }
 
     /// Makes every write so far durable (also done by each write method).
@@ -459,9 +460,13 @@ impl Store {
     }
 
     /// Runs `body` in one transaction that also appends, per tenant it touched, the next
-    /// entry of that tenant's change log; durable when it returns.
+    /// entry of that tenant's change log; durable when it returns, or, when this thread
+    /// holds a tenant lock of this store, when that lock is released.
     fn transact_durably(&self, body: &TxBody<'_>) -> Result<(), StoreError> {
         self.kv.transact(&|tx| change_log::logged(tx, body))?;
+        if tenant_lock::defer_flush(tenant_lock::backend_id(&*self.kv)) {
+            return Ok(());
+        }
         self.kv.flush()
     }
 
@@ -982,6 +987,111 @@ mod tests {
         drop(held);
         assert_eq!(rx.recv_timeout(timeout).unwrap(), "acme");
         waiter.join().unwrap();
+    }
+
+    /// A sled backend whose flushes are counted and wait at a gate the test opens.
+    struct GatedFlush {
+        inner: SledBackend,
+        flushes: std::sync::atomic::AtomicUsize,
+        gate: std::sync::Mutex<()>,
+    }
+
+    impl Backend for GatedFlush {
+        fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+            self.inner.get(space, key)
+        }
+        fn scan_each(
+            &self,
+            space: Space,
+            prefix: &[u8],
+            after: Option<&[u8]>,
+            visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+        ) -> Result<(), StoreError> {
+            self.inner.scan_each(space, prefix, after, visit)
+        }
+        fn transact(&self, body: &TxBody<'_>) -> Result<(), StoreError> {
+            self.inner.transact(body)
+        }
+        fn flush(&self) -> Result<(), StoreError> {
+            self.flushes
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let _open = self.gate.lock().unwrap();
+            self.inner.flush()
+        }
+    }
+
+    #[test]
+    fn writes_under_a_tenant_lock_are_flushed_once_after_the_lock_is_released() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let dir = tempfile::tempdir().unwrap();
+        let backend = Arc::new(GatedFlush {
+            inner: SledBackend::open(&dir.path().join("sled"), true).unwrap(),
+            flushes: Default::default(),
+            gate: Default::default(),
+        });
+        let store = Store::with_backend(backend.clone(), dir.path().join("artifacts"));
+        let put = |name: &str| {
+            let mut batch = Batch::new("acme");
+            batch.put_raw(Space::TeamNames, &[name], b"x");
+            store.apply(&batch).unwrap();
+        };
+        // Outside a lock each write waits for its own flush.
+        put("outside");
+        assert_eq!(backend.flushes.load(SeqCst), 1);
+
+        let closed = backend.gate.lock().unwrap();
+        std::thread::scope(|s| {
+            let writer = s.spawn(|| {
+                let guard = store.lock_tenant("acme").unwrap();
+                put("a");
+                put("b");
+                // Committed, visible, and not yet flushed.
+                assert_eq!(backend.flushes.load(SeqCst), 1);
+                guard.release()
+            });
+            // The writer's flush has started and waits at the gate: the lock is free.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while backend.flushes.load(SeqCst) < 2 {
+                assert!(std::time::Instant::now() < deadline, "no flush started");
+                std::thread::yield_now();
+            }
+            let next = store.lock_tenant("acme").unwrap();
+            assert!(!writer.is_finished(), "released before its flush finished");
+            drop(next);
+            drop(closed);
+            writer.join().unwrap().unwrap();
+        });
+        // One flush for both writes under the lock.
+        assert_eq!(backend.flushes.load(SeqCst), 2);
+        assert!(store
+            .kv
+            .get(Space::TeamNames, &tkey("acme", &[b"b"]))
+            .unwrap()
+            .is_some());
+    }
+
+    #[test]
+    fn replicas_starting_together_on_a_new_database_all_migrate_it() {
+        // Eight stores opened at once, on each of several fresh databases: every one starts
+        // (the losers of the catalog race retry rather than fail).
+        for _ in 0..4 {
+            let url = pg_cluster::database_url();
+            let dirs: Vec<_> = (0..8).map(|_| tempfile::tempdir().unwrap()).collect();
+            std::thread::scope(|s| {
+                let opened: Vec<_> = dirs
+                    .iter()
+                    .map(|dir| {
+                        let url = &url;
+                        s.spawn(move || Store::open_postgres(url, dir.path(), &Default::default()))
+                    })
+                    .collect();
+                for store in opened {
+                    if let Err(e) = store.join().unwrap() {
+                        panic!("a replica starting beside seven others failed: {e}");
+                    }
+                }
+            });
+        }
     }
 
     #[test]

@@ -340,7 +340,8 @@ impl PgBackend {
             // Its own connection: the pool's prepare statements on tables made here.
             let client = connect(&config, &handle).await?;
             // The lock row's table; two replicas creating it at once may collide on the
-            // catalog's unique index, and the loser finds it there on the next try.
+            // catalog's unique index (23505) or on its row type ("type … already exists",
+            // 42710), and the loser finds the table there on the next try.
             for attempt in 0.. {
                 let created = client
                     .batch_execute(
@@ -360,6 +361,7 @@ impl PgBackend {
                                 e.code(),
                                 Some(&SqlState::UNIQUE_VIOLATION)
                                     | Some(&SqlState::DUPLICATE_TABLE)
+                                    | Some(&SqlState::DUPLICATE_OBJECT)
                             ) => {}
                     Err(e) => return Err(e),
                 }
