@@ -350,11 +350,14 @@ impl App {
         change: impl FnOnce(&str) -> Result<R, AppError>,
     ) -> Result<R, AppError> {
         let slug = self.tenant(tenant)?.slug;
-        let _guard = self.store.lock_tenant(&slug)?;
+        let guard = self.store.lock_tenant(&slug)?;
         let result = change(&slug);
-        // After the change is durable: the edge's next decision for this tenant rebuilds
-        // its view (a view built meanwhile carries the older generation and is dropped).
+        // The lock goes first, then one flush covers the change's writes (decision 62).
+        let durable = guard.release();
+        // The edge's next decision for this tenant rebuilds its view (a view built
+        // meanwhile carries the older generation and is dropped).
         self.edge.touch(&slug);
+        durable?;
         result
     }
 
@@ -374,7 +377,7 @@ impl App {
             .map_err(AppError::BadRequest)?;
         let tenant_id = crate::model::TenantId::parse(slug).map_err(AppError::BadRequest)?;
         let slug = tenant_id.to_string();
-        let _guard = self.store.lock_tenant(&slug)?;
+        let guard = self.store.lock_tenant(&slug)?;
         let now = now();
         let everyone = Team {
             id: new_id("team_"),
@@ -435,6 +438,7 @@ impl App {
             None => (None, None),
         };
         let tenant = self.insert_tenant(&tenant_id, actor, &mut batch)?;
+        guard.release()?;
         Ok(TenantCreated {
             tenant,
             admin,
