@@ -7,11 +7,6 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-tokio::task_local! {
-    /// The id of the request being answered, for 5xx bodies.
-    pub(super) static REQUEST_ID: String;
-}
-
 /// A problem body.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Problem {
@@ -37,113 +32,61 @@ impl AppError {
     }
 }
 
+impl AppError {
+    /// The HTTP status of this error: the one mapping the API and the console share.
+    pub(super) fn status(&self) -> StatusCode {
+        match self {
+            AppError::Unauthorized | AppError::LoginInvalid { .. } => StatusCode::UNAUTHORIZED,
+            AppError::Forbidden(_) | AppError::LoginRefused { .. } => StatusCode::FORBIDDEN,
+            AppError::NotFound(_) => StatusCode::NOT_FOUND,
+            AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            AppError::Conflict(_) => StatusCode::CONFLICT,
+            AppError::PolicyRefused(PolicyError::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
+            AppError::PolicyRefused(PolicyError::Busy) => StatusCode::SERVICE_UNAVAILABLE,
+            AppError::PolicyFailed(_)
+            | AppError::PolicyRefused(_)
+            | AppError::CasesFailed { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            AppError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            AppError::IdpUnavailable(_) => StatusCode::BAD_GATEWAY,
+            AppError::LinkInvalid(_) => StatusCode::GONE,
+            AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let retry_after = self.retry_after();
-        let (status, reason, detail, failed_cases) = match self {
-            AppError::Unauthorized => (
-                StatusCode::UNAUTHORIZED,
-                "unauthorized".into(),
-                self.to_string(),
-                None,
-            ),
-            AppError::Forbidden(_) => (
-                StatusCode::FORBIDDEN,
-                "forbidden".into(),
-                self.to_string(),
-                None,
-            ),
-            AppError::PolicyFailed(_) => (
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "policy_error".into(),
-                self.to_string(),
-                None,
-            ),
-            AppError::NotFound(_) => (
-                StatusCode::NOT_FOUND,
-                "not_found".into(),
-                self.to_string(),
-                None,
-            ),
-            AppError::BadRequest(_) => (
-                StatusCode::BAD_REQUEST,
-                "bad_request".into(),
-                self.to_string(),
-                None,
-            ),
-            AppError::Conflict(_) => (
-                StatusCode::CONFLICT,
-                "conflict".into(),
-                self.to_string(),
-                None,
-            ),
-            AppError::PolicyRefused(ref e) => {
-                let status = match e {
-                    PolicyError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-                    PolicyError::Busy => StatusCode::SERVICE_UNAVAILABLE,
-                    PolicyError::Invalid(_)
-                    | PolicyError::Imports(_)
-                    | PolicyError::Contract { .. }
-                    | PolicyError::Settings(_)
-                    | PolicyError::Timeout(_)
-                    | PolicyError::OutOfMemory(_)
-                    | PolicyError::Trap(_)
-                    | PolicyError::Malformed(_)
-                    | PolicyError::Unavailable(_)
-                    | PolicyError::Engine(_) => StatusCode::UNPROCESSABLE_ENTITY,
-                };
-                (status, policy_reason(e).into(), self.to_string(), None)
-            }
+        let status = self.status();
+        let (reason, detail, failed_cases): (std::borrow::Cow<'static, str>, _, _) = match self {
+            AppError::Unauthorized => ("unauthorized".into(), self.to_string(), None),
+            AppError::Forbidden(_) => ("forbidden".into(), self.to_string(), None),
+            AppError::PolicyFailed(_) => ("policy_error".into(), self.to_string(), None),
+            AppError::NotFound(_) => ("not_found".into(), self.to_string(), None),
+            AppError::BadRequest(_) => ("bad_request".into(), self.to_string(), None),
+            AppError::Conflict(_) => ("conflict".into(), self.to_string(), None),
+            AppError::PolicyRefused(ref e) => (policy_reason(e).into(), self.to_string(), None),
             AppError::CasesFailed { ref failed, .. } => (
-                StatusCode::UNPROCESSABLE_ENTITY,
                 "policy_cases_failed".into(),
                 self.to_string(),
                 Some(failed.clone()),
             ),
-            AppError::LoginRefused { ref reason, .. } => (
-                StatusCode::FORBIDDEN,
-                std::borrow::Cow::Owned(reason.clone()),
-                self.to_string(),
-                None,
-            ),
-            AppError::LoginInvalid { reason, .. } => (
-                StatusCode::UNAUTHORIZED,
-                reason.into(),
-                self.to_string(),
-                None,
-            ),
-            AppError::TooManyRequests { reason, .. } => (
-                StatusCode::TOO_MANY_REQUESTS,
-                reason.into(),
-                self.to_string(),
-                None,
-            ),
-            AppError::IdpUnavailable(_) => (
-                StatusCode::BAD_GATEWAY,
-                "idp_unavailable".into(),
-                self.to_string(),
-                None,
-            ),
-            AppError::LinkInvalid(_) => (
-                StatusCode::GONE,
-                "invalid_link".into(),
-                self.to_string(),
-                None,
-            ),
+            AppError::LoginRefused { ref reason, .. } => {
+                (reason.clone().into(), self.to_string(), None)
+            }
+            AppError::LoginInvalid { reason, .. } => (reason.into(), self.to_string(), None),
+            AppError::TooManyRequests { reason, .. } => (reason.into(), self.to_string(), None),
+            AppError::IdpUnavailable(_) => ("idp_unavailable".into(), self.to_string(), None),
+            AppError::LinkInvalid(_) => ("invalid_link".into(), self.to_string(), None),
             AppError::Unavailable(ref detail) => {
                 tracing::warn!(detail, "store unavailable");
-                (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "store_unavailable".into(),
-                    self.to_string(),
-                    None,
-                )
+                ("store_unavailable".into(), self.to_string(), None)
             }
             AppError::Internal(detail) => {
-                let id = REQUEST_ID.try_with(Clone::clone).unwrap_or_default();
+                let id = crate::logging::request_id();
                 tracing::error!(request_id = %id, detail, "internal error");
                 (
-                    StatusCode::INTERNAL_SERVER_ERROR,
                     "internal".into(),
                     format!("internal error; request id {id}"),
                     None,

@@ -116,23 +116,9 @@ text-decoration:none;cursor:pointer}a.sso{background:#333}\
 .error{color:#a40000;background:#fdecec;padding:.5rem;border-radius:4px}\
 .or{text-align:center;color:#777;margin:1.2rem 0 0}";
 
-fn status_of(error: &AppError) -> StatusCode {
-    match error {
-        AppError::LinkInvalid(_) => StatusCode::GONE,
-        AppError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
-        AppError::LoginInvalid { .. } => StatusCode::UNAUTHORIZED,
-        AppError::LoginRefused { .. } | AppError::Forbidden(_) => StatusCode::FORBIDDEN,
-        AppError::NotFound(_) => StatusCode::NOT_FOUND,
-        AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
-        AppError::Conflict(_) => StatusCode::CONFLICT,
-        AppError::PolicyFailed(_) => StatusCode::UNPROCESSABLE_ENTITY,
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
-    }
-}
-
 /// An error as a page (browser) or a problem body. A 5xx page says no more than a problem.
 fn error_page(error: AppError, browser: bool, title: &str) -> Response {
-    let status = status_of(&error);
+    let status = error.status();
     if !browser || status.is_server_error() {
         return error.into_response();
     }
@@ -476,11 +462,9 @@ async fn password_login(
     match result {
         Ok(login) => logged_in(&app, login, browser),
         Err(e)
-            if browser
-                && !status_of(&e).is_server_error()
-                && !matches!(e, AppError::NotFound(_)) =>
+            if browser && !e.status().is_server_error() && !matches!(e, AppError::NotFound(_)) =>
         {
-            let status = status_of(&e);
+            let status = e.status();
             let retry = e.retry_after();
             let message = match &e {
                 AppError::LoginRefused { reason, message } => format!("{message} ({reason})"),

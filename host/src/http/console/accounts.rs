@@ -115,7 +115,7 @@ pub(super) async fn create(
             seg(&ctx.tenant),
             seg(&va.id)
         )),
-        Err(e) => list_page(&app, &ctx, super::status_of(&e), Some(words(&e))),
+        Err(e) => list_page(&app, &ctx, e.status(), Some(words(&e))),
     }
 }
 
@@ -264,7 +264,7 @@ pub(super) async fn token(
             Some((created.token.name, created.secret)),
             None,
         ),
-        Err(e) => detail_page(&app, &ctx, &id, super::status_of(&e), None, Some(words(&e))),
+        Err(e) => detail_page(&app, &ctx, &id, e.status(), None, Some(words(&e))),
     }
 }
 
@@ -292,7 +292,7 @@ pub(super) async fn revoke(
             seg(&ctx.tenant),
             seg(&id)
         )),
-        Err(e) => detail_page(&app, &ctx, &id, super::status_of(&e), None, Some(words(&e))),
+        Err(e) => detail_page(&app, &ctx, &id, e.status(), None, Some(words(&e))),
     }
 }
 
@@ -384,7 +384,7 @@ pub(super) async fn set_collaborators(
     };
     match app.set_collaborators(&ctx.tenant, &id, list, &ctx.caller) {
         Ok(_) => redirect(&format!("/console/{}/resources", seg(&ctx.tenant))),
-        Err(e) => resources_page(&app, &ctx, super::status_of(&e), Some((id, words(&e)))),
+        Err(e) => resources_page(&app, &ctx, e.status(), Some((id, words(&e)))),
     }
 }
 
@@ -471,11 +471,6 @@ pub(super) async fn create_resource(
     };
     match app.create_resource(&ctx.tenant, new, &ctx.caller) {
         Ok(_) => redirect(&format!("/console/{}/resources", seg(&ctx.tenant))),
-        Err(e) => resources_page(
-            &app,
-            &ctx,
-            super::status_of(&e),
-            Some((String::new(), words(&e))),
-        ),
+        Err(e) => resources_page(&app, &ctx, e.status(), Some((String::new(), words(&e)))),
     }
 }

@@ -147,12 +147,7 @@ pub(super) async fn create_team(
     let (t, caller) = (ctx.tenant.clone(), ctx.caller.clone());
     match super::blocking(move || worker.create_team(&t, new, &caller)).await {
         Ok(_) => redirect(&format!("/console/{}/teams", seg(&ctx.tenant))),
-        Err(e) => teams_page(
-            &app,
-            &ctx,
-            super::status_of(&e),
-            Some(("name".into(), words(&e))),
-        ),
+        Err(e) => teams_page(&app, &ctx, e.status(), Some(("name".into(), words(&e)))),
     }
 }
 
@@ -234,7 +229,7 @@ pub(super) async fn team_action(
     };
     match result {
         Ok(()) => redirect(&format!("/console/{}/teams", seg(&ctx.tenant))),
-        Err(e) => teams_page(&app, &ctx, super::status_of(&e), Some((team, words(&e)))),
+        Err(e) => teams_page(&app, &ctx, e.status(), Some((team, words(&e)))),
     }
 }
 

@@ -175,6 +175,6 @@ pub(super) async fn plan_or_apply(
     .await;
     match result {
         Ok(shown) => migration_page(&ctx, StatusCode::OK, None, Some(shown)),
-        Err(e) => migration_page(&ctx, super::status_of(&e), Some(words(&e)), None),
+        Err(e) => migration_page(&ctx, e.status(), Some(words(&e)), None),
     }
 }

@@ -218,16 +218,14 @@ pub(super) enum Refusal {
 
 impl From<AppError> for Refusal {
     fn from(error: AppError) -> Refusal {
-        let status = status_of(&error);
+        let status = error.status();
         if status.is_server_error() {
             tracing::error!(error = %error, "console page failed");
             return Refusal::Page(
                 status,
                 format!(
                     "something went wrong on the server (request {})",
-                    super::error::REQUEST_ID
-                        .try_with(Clone::clone)
-                        .unwrap_or_default()
+                    crate::logging::request_id()
                 ),
             );
         }
@@ -249,34 +247,14 @@ impl IntoResponse for Refusal {
     }
 }
 
-pub(super) fn status_of(error: &AppError) -> StatusCode {
-    match error {
-        AppError::Unauthorized => StatusCode::UNAUTHORIZED,
-        AppError::Forbidden(_) | AppError::LoginRefused { .. } => StatusCode::FORBIDDEN,
-        AppError::NotFound(_) => StatusCode::NOT_FOUND,
-        AppError::BadRequest(_) | AppError::LoginInvalid { .. } => StatusCode::BAD_REQUEST,
-        AppError::Conflict(_) => StatusCode::CONFLICT,
-        AppError::PolicyFailed(_) | AppError::PolicyRefused(_) | AppError::CasesFailed { .. } => {
-            StatusCode::UNPROCESSABLE_ENTITY
-        }
-        AppError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
-        AppError::LinkInvalid(_) => StatusCode::GONE,
-        AppError::IdpUnavailable(_) => StatusCode::BAD_GATEWAY,
-        AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-        AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-    }
-}
-
 /// An error in words, for next to the field it is about. A 5xx says no more than its
 /// request id; the detail goes to the log.
 pub(super) fn words(error: &AppError) -> String {
-    if status_of(error).is_server_error() {
+    if error.status().is_server_error() {
         tracing::error!(error = %error, "console operation failed");
         return format!(
             "something went wrong on the server (request {})",
-            super::error::REQUEST_ID
-                .try_with(Clone::clone)
-                .unwrap_or_default()
+            crate::logging::request_id()
         );
     }
     match error {

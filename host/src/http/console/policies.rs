@@ -259,7 +259,7 @@ pub(super) async fn upload(
             "/console/{}/policies?done=uploaded",
             seg(&ctx.tenant)
         )),
-        Err(e) => fail(super::status_of(&e), words(&e)),
+        Err(e) => fail(e.status(), words(&e)),
     }
 }
 
@@ -289,7 +289,7 @@ pub(super) async fn dry_run(
         Ok((component, settings)) => app
             .dry_run_policy(&ctx.tenant, component, settings)
             .await
-            .map_err(|e| (super::status_of(&e), words(&e))),
+            .map_err(|e| (e.status(), words(&e))),
         Err(why) => Err((StatusCode::BAD_REQUEST, why)),
     };
     match result {
@@ -340,7 +340,7 @@ pub(super) async fn shadow(
         Ok((component, settings)) => app
             .start_shadow(&ctx.tenant, component, settings)
             .await
-            .map_err(|e| (super::status_of(&e), words(&e))),
+            .map_err(|e| (e.status(), words(&e))),
         Err(why) => Err((StatusCode::BAD_REQUEST, why)),
     };
     match result {
@@ -425,7 +425,7 @@ pub(super) async fn act(
         Err(e) => policy_page(
             &app,
             &ctx,
-            super::status_of(&e),
+            e.status(),
             Extra {
                 error: Some((field, words(&e))),
                 ..Extra::default()

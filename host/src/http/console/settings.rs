@@ -173,7 +173,7 @@ pub(super) async fn switch_mode(
             "/console/{}/provisioning?done=1",
             seg(&ctx.tenant)
         )),
-        Err(e) => provisioning_page(&app, &ctx, super::status_of(&e), false, Some(words(&e))),
+        Err(e) => provisioning_page(&app, &ctx, e.status(), false, Some(words(&e))),
     }
 }
 
@@ -364,7 +364,7 @@ pub(super) async fn add_sso(
             sso_page(
                 &app,
                 &ctx,
-                super::status_of(&e),
+                e.status(),
                 Some(&form),
                 Some((field, message)),
                 None,
@@ -405,7 +405,7 @@ pub(super) async fn scim_token(
             sso_page(
                 &app,
                 &ctx,
-                super::status_of(&e),
+                e.status(),
                 None,
                 Some((&field, words(&e))),
                 None,
@@ -665,7 +665,7 @@ pub(super) async fn add_idp(
             idp_page(
                 &app,
                 &ctx,
-                super::status_of(&e),
+                e.status(),
                 false,
                 Some(&form),
                 Some((field, message)),

@@ -167,7 +167,7 @@ pub(super) async fn create_own_token(
             Some((created.token.name, created.secret)),
             None,
         ),
-        Err(e) => profile(&app, &ctx, super::status_of(&e), None, Some(words(&e))),
+        Err(e) => profile(&app, &ctx, e.status(), None, Some(words(&e))),
     }
 }
 
@@ -345,7 +345,7 @@ pub(super) async fn invite(
             &app,
             &ctx,
             &HashMap::new(),
-            super::status_of(&e),
+            e.status(),
             Some(words(&e)),
             Some(&invite),
         ),
@@ -552,7 +552,7 @@ pub(super) async fn act(
             &app,
             &ctx,
             &user,
-            super::status_of(&e),
+            e.status(),
             None,
             Some((action.as_str(), words(&e))),
         ),
