@@ -153,23 +153,244 @@ fn start(queue: Arc<Queue>, mut out: impl Write + Send + 'static) -> LogGuard {
     }
 }
 
+/// The subscriber of [`init`]: `fmt` in `format`, filtered by `filter`, into `writer`.
+fn subscriber<W>(
+    format: LogFormat,
+    filter: tracing_subscriber::EnvFilter,
+    ansi: bool,
+    writer: W,
+) -> Box<dyn tracing::Subscriber + Send + Sync>
+where
+    W: for<'a> tracing_subscriber::fmt::MakeWriter<'a> + Send + Sync + 'static,
+{
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(writer);
+    match format {
+        LogFormat::Text => Box::new(builder.finish()),
+        LogFormat::Json => Box::new(builder.json().finish()),
+    }
+}
+
 /// Installs the global subscriber (filter from `GATEHOUSE_LOG`, default `info`) writing
 /// to stderr through the queue. Keep the guard alive until exit.
 pub fn init(format: LogFormat, queue_lines: usize) -> LogGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_env("GATEHOUSE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let queue = Arc::new(Queue::new(queue_lines));
-    // A second init in one process (tests) keeps the first counter; harmless.
+    // A second init in one process (tests) keeps the first queue and format; harmless.
     let _ = QUEUE.set(queue.clone());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(MakeQueueWriter(queue.clone()));
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    let _ = FORMAT.set(format);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let installed = subscriber(format, filter, ansi, MakeQueueWriter(queue.clone()));
+    // As `fmt().init()` does: also the `log` crate's records (dependencies) into it.
+    tracing_subscriber::util::SubscriberInitExt::init(installed);
     start(queue, std::io::stderr())
+}
+
+/// The format [`init`] installed; decision lines are written in it by hand.
+static FORMAT: OnceLock<LogFormat> = OnceLock::new();
+
+/// What the request span (`request{id=… method=… path=…}`) of the request being
+/// answered says, for lines formatted by hand and for 5xx bodies (its id).
+pub struct RequestInfo {
+    pub id: String,
+    pub method: String,
+    pub path: String,
+}
+
+tokio::task_local! {
+    static REQUEST: RequestInfo;
+}
+
+/// Runs `answer` as request `info`'s (the HTTP layer, around its request span).
+pub async fn in_request<F: std::future::Future>(info: RequestInfo, answer: F) -> F::Output {
+    REQUEST.scope(info, answer).await
+}
+
+/// The id of the request being answered (empty outside one).
+pub fn request_id() -> String {
+    REQUEST.try_with(|r| r.id.clone()).unwrap_or_default()
+}
+
+/// One edge decision, as its log line names it (docs/edge.md, "Decision log").
+pub struct Decision<'a> {
+    pub tenant: &'a str,
+    pub idp: &'a str,
+    pub kid: &'a str,
+    pub subject_kind: &'a str,
+    pub subject_id: &'a str,
+    pub decision: &'a str,
+    pub reason: &'a str,
+    pub latency_us: u64,
+    pub cache_hit: bool,
+}
+
+const DECISION_TARGET: &str = "gatehouse::decision";
+
+thread_local! {
+    /// The line being formatted, and the timestamp's date and time up to the second
+    /// (`2026-12-03T16:01:15.`) for the second it was made in.
+    static LINE: std::cell::RefCell<(Vec<u8>, u64, String)> =
+        const { std::cell::RefCell::new((Vec::new(), u64::MAX, String::new())) };
+}
+
+/// Logs one decision (target `gatehouse::decision`, INFO; `GATEHOUSE_LOG` filters it like
+/// any line). Once [`init`] ran, the line is formatted here, byte for byte as `fmt` would
+/// in the installed format and request span, into a reused buffer, and queued: `fmt`'s
+/// field visitors and span lookups were the largest cost of an allowed decision
+/// (decision 61). ANSI colours, used only on a terminal, are left out of these lines.
+pub fn decision(d: &Decision<'_>) {
+    let (Some(queue), Some(format)) = (QUEUE.get(), FORMAT.get()) else {
+        // No queue of ours (a test's own subscriber): the ordinary event.
+        decision_event(d);
+        return;
+    };
+    if !tracing::enabled!(target: DECISION_TARGET, tracing::Level::INFO) {
+        return;
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let _ = REQUEST
+        .try_with(|request| emit(queue, *format, now, Some(request), d))
+        .map_err(|_| emit(queue, *format, now, None, d));
+}
+
+/// The decision as a `tracing` event: the line [`format_decision`] reproduces.
+fn decision_event(d: &Decision<'_>) {
+    tracing::info!(
+        target: DECISION_TARGET,
+        tenant = d.tenant,
+        idp = d.idp,
+        kid = d.kid,
+        subject_kind = d.subject_kind,
+        subject_id = d.subject_id,
+        decision = d.decision,
+        reason = d.reason,
+        latency_us = d.latency_us,
+        cache_hit = d.cache_hit,
+    );
+}
+
+fn emit(
+    queue: &Queue,
+    format: LogFormat,
+    now: Duration,
+    request: Option<&RequestInfo>,
+    d: &Decision<'_>,
+) {
+    LINE.with(|line| {
+        let mut line = line.borrow_mut();
+        let (buf, second, stamp) = &mut *line;
+        if *second != now.as_secs() {
+            *second = now.as_secs();
+            *stamp = date_time(now.as_secs());
+        }
+        buf.clear();
+        format_decision(buf, format, stamp, now.subsec_micros(), request, d);
+        queue.push(buf);
+    });
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.` of a Unix time (UTC; the civil-from-days algorithm).
+fn date_time(unix: u64) -> String {
+    let days = (unix / 86_400) as i64;
+    let secs = unix % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.",
+        secs / 3_600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+/// The bytes `fmt` writes for the decision event: `Full` text or JSON.
+fn format_decision(
+    out: &mut Vec<u8>,
+    format: LogFormat,
+    stamp: &str,
+    micros: u32,
+    request: Option<&RequestInfo>,
+    d: &Decision<'_>,
+) {
+    use std::io::Write as _;
+    let strings = [
+        ("tenant", d.tenant),
+        ("idp", d.idp),
+        ("kid", d.kid),
+        ("subject_kind", d.subject_kind),
+        ("subject_id", d.subject_id),
+        ("decision", d.decision),
+        ("reason", d.reason),
+    ];
+    // Writing into a Vec cannot fail.
+    match format {
+        LogFormat::Text => {
+            let _ = write!(out, "{stamp}{micros:06}Z  INFO ");
+            if let Some(r) = request {
+                let _ = write!(
+                    out,
+                    "request{{id={} method={} path={}}}: ",
+                    r.id, r.method, r.path
+                );
+            }
+            out.extend_from_slice(DECISION_TARGET.as_bytes());
+            out.push(b':');
+            for (name, value) in strings {
+                let _ = write!(out, " {name}={value:?}");
+            }
+            let _ = writeln!(
+                out,
+                " latency_us={} cache_hit={}",
+                d.latency_us, d.cache_hit
+            );
+        }
+        LogFormat::Json => {
+            let _ = write!(
+                out,
+                r#"{{"timestamp":"{stamp}{micros:06}Z","level":"INFO","fields":{{"#
+            );
+            for (i, (name, value)) in strings.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                let _ = write!(out, r#""{name}":"#);
+                let _ = serde_json::to_writer(&mut *out, value);
+            }
+            let _ = write!(
+                out,
+                r#","latency_us":{},"cache_hit":{}}},"target":"{DECISION_TARGET}""#,
+                d.latency_us, d.cache_hit
+            );
+            if let Some(r) = request {
+                let mut span = Vec::with_capacity(128);
+                span.extend_from_slice(b"{\"id\":");
+                let _ = serde_json::to_writer(&mut span, &r.id);
+                span.extend_from_slice(b",\"method\":");
+                let _ = serde_json::to_writer(&mut span, &r.method);
+                span.extend_from_slice(b",\"path\":");
+                let _ = serde_json::to_writer(&mut span, &r.path);
+                span.extend_from_slice(b",\"name\":\"request\"}");
+                out.extend_from_slice(b",\"span\":");
+                out.extend_from_slice(&span);
+                out.extend_from_slice(b",\"spans\":[");
+                out.extend_from_slice(&span);
+                out.push(b']');
+            }
+            out.extend_from_slice(b"}\n");
+        }
+    }
 }
 
 /// Publishes the lines dropped since start (0 before [`init`]) to the metrics registry;
@@ -200,6 +421,112 @@ mod tests {
         }
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
+        }
+    }
+
+    /// A writer the test reads back.
+    #[derive(Clone, Default)]
+    struct Capture(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Capture {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
+        type Writer = Capture;
+        fn make_writer(&'a self) -> Capture {
+            self.clone()
+        }
+    }
+
+    /// What `fmt`, configured as [`init`] configures it, writes for the decision event.
+    fn through_fmt(format: LogFormat, request: Option<&RequestInfo>, d: &Decision<'_>) -> String {
+        let capture = Capture::default();
+        let filter = tracing_subscriber::EnvFilter::new("info");
+        let installed = subscriber(format, filter, false, capture.clone());
+        tracing::subscriber::with_default(installed, || match request {
+            Some(r) => {
+                let span =
+                    tracing::info_span!("request", id = %r.id, method = %r.method, path = %r.path);
+                span.in_scope(|| decision_event(d));
+            }
+            None => decision_event(d),
+        });
+        let line = capture.0.lock().unwrap().clone();
+        String::from_utf8(line).unwrap()
+    }
+
+    #[test]
+    fn a_decision_line_is_byte_for_byte_what_fmt_writes_in_both_formats() {
+        let request = RequestInfo {
+            id: "1f2e-17".into(),
+            method: "POST".into(),
+            path: "/v1/acme/resolve".into(),
+        };
+        let allow = Decision {
+            tenant: "acme",
+            idp: "corp",
+            kid: "k-1",
+            subject_kind: "user",
+            subject_id: "usr_01",
+            decision: "allow",
+            reason: "ok",
+            latency_us: 17,
+            cache_hit: true,
+        };
+        let odd = Decision {
+            tenant: "acme",
+            idp: "",
+            kid: "a\"quote\\back\nline\u{1}",
+            subject_kind: "",
+            subject_id: "Ingeniería ✓",
+            decision: "deny",
+            reason: "unknown_token",
+            latency_us: 123_456,
+            cache_hit: false,
+        };
+        let now = Duration::new(1_796_313_675, 123_456_789);
+        let stamp = date_time(now.as_secs());
+        for format in [LogFormat::Text, LogFormat::Json] {
+            for request in [Some(&request), None] {
+                for d in [&allow, &odd] {
+                    let expected = through_fmt(format, request, d);
+                    let mut line = Vec::new();
+                    format_decision(&mut line, format, &stamp, now.subsec_micros(), request, d);
+                    let line = String::from_utf8(line).unwrap();
+                    // The timestamps differ (fmt reads the clock): compare around them.
+                    let at = match format {
+                        LogFormat::Text => 0,
+                        LogFormat::Json => r#"{"timestamp":""#.len(),
+                    };
+                    let stamp_len = "2026-12-03T16:01:15.123456Z".len();
+                    assert_eq!(line[..at], expected[..at], "{format:?}");
+                    assert_eq!(
+                        line[at + stamp_len..],
+                        expected[at + stamp_len..],
+                        "{format:?} {line}"
+                    );
+                    assert_eq!(&line[at..at + stamp_len], "2026-12-03T16:01:15.123456Z");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_timestamp_is_the_utc_date_and_time_of_the_second() {
+        let rfc3339 = time::format_description::well_known::Rfc3339;
+        for unix in [0, 951_782_400, 1_709_164_799, 1_796_313_675, 4_102_444_800] {
+            let expected = time::OffsetDateTime::from_unix_timestamp(unix as i64)
+                .unwrap()
+                .format(&rfc3339)
+                .unwrap();
+            assert_eq!(date_time(unix), expected.replace('Z', "."), "{unix}");
         }
     }
 

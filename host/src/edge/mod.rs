@@ -350,18 +350,17 @@ impl Edge {
                 Ok(identity) => (identity.kind, identity.id.as_str()),
                 Err(_) => ("", ""),
             };
-            tracing::info!(
-                target: "gatehouse::decision",
+            crate::logging::decision(&crate::logging::Decision {
                 tenant,
-                idp = evaluation.idp.as_deref().unwrap_or(""),
-                kid = evaluation.kid.as_deref().unwrap_or(""),
-                subject_kind = kind,
-                subject_id = id,
-                decision = result,
-                reason = reason.as_ref(),
-                latency_us = elapsed.as_micros() as u64,
-                cache_hit = evaluation.cache_hit,
-            );
+                idp: evaluation.idp.as_deref().unwrap_or(""),
+                kid: evaluation.kid.as_deref().unwrap_or(""),
+                subject_kind: kind,
+                subject_id: id,
+                decision: result,
+                reason: reason.as_ref(),
+                latency_us: elapsed.as_micros() as u64,
+                cache_hit: evaluation.cache_hit,
+            });
         }
         evaluation
     }

@@ -136,12 +136,17 @@ async fn request_span(request: Request, next: Next) -> Response {
         REQUEST_IDS.fetch_add(1, Ordering::Relaxed)
     );
     let span = tracing::info_span!("request", id = %id, method = %request.method(), path = %request.uri().path());
-    let mut response = error::REQUEST_ID
-        .scope(id.clone(), next.run(request))
+    let header = HeaderValue::from_str(&id);
+    let info = crate::logging::RequestInfo {
+        id,
+        method: request.method().as_str().to_owned(),
+        path: request.uri().path().to_owned(),
+    };
+    let mut response = crate::logging::in_request(info, next.run(request))
         .instrument(span.clone())
         .await;
     span.in_scope(|| tracing::debug!(status = response.status().as_u16(), "answered"));
-    if let Ok(value) = HeaderValue::from_str(&id) {
+    if let Ok(value) = header {
         response.headers_mut().insert("x-request-id", value);
     }
     response

@@ -8,7 +8,6 @@
 //! never the token or a body). Operations run on a blocking thread: each write is a
 //! durable batch under the tenant's lock.
 
-use super::error::REQUEST_ID;
 use super::{admin, bearer, Shared};
 use crate::app::{App, Connection, ListPage, ListQuery};
 use crate::scim::filter::{parse_attr_path, parse_filter};
@@ -113,7 +112,7 @@ async fn serve(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let started = Instant::now();
-    let request_id = REQUEST_ID.try_with(Clone::clone).unwrap_or_default();
+    let request_id = crate::logging::request_id();
     let max_body = app.scim.config.max_body_kib as usize * 1024;
     let (log_tenant, log_sso) = (tenant.clone(), sso.clone());
     let outcome = tokio::task::spawn_blocking(move || {
