@@ -4,7 +4,7 @@
 //! deadline.
 
 use gatehouse_tests::jwt::{jwk, sign, Jwks};
-use gatehouse_tests::{Process, OPERATOR_TOKEN};
+use gatehouse_tests::{pg, Process, OPERATOR_TOKEN};
 use jsonwebtoken::Algorithm;
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -34,6 +34,10 @@ struct Fleet {
     cp_port: u16,
     cp_env: Vec<(&'static str, String)>,
     edges: Vec<Option<Process>>,
+    /// Where edges connect (default: the control plane).
+    upstream: Option<String>,
+    /// Other processes (a second replica).
+    others: Vec<Process>,
     client: reqwest::Client,
 }
 
@@ -44,6 +48,10 @@ impl Drop for Fleet {
                 let _ = p.child.kill();
                 let _ = p.child.wait();
             }
+        }
+        for p in &mut self.others {
+            let _ = p.child.kill();
+            let _ = p.child.wait();
         }
     }
 }
@@ -62,6 +70,8 @@ impl Fleet {
             cp_port: 0,
             cp_env,
             edges: Vec::new(),
+            upstream: None,
+            others: Vec::new(),
             client: reqwest::Client::new(),
         };
         fleet.start_cp();
@@ -114,7 +124,10 @@ impl Fleet {
     /// Starts edge `i` (a new one, or again on its data directory) with credential `token`.
     fn start_edge(&mut self, i: usize, token: &str, env: &[(&'static str, &str)]) {
         let data = self.edge_data(i);
-        let upstream = format!("http://127.0.0.1:{}", self.cp_port);
+        let upstream = self
+            .upstream
+            .clone()
+            .unwrap_or_else(|| format!("http://127.0.0.1:{}", self.cp_port));
         let mut all = vec![
             ("GATEHOUSE_EDGE_TOKEN", token),
             ("GATEHOUSE_ALLOW_PRIVATE_URLS", "true"),
@@ -874,5 +887,61 @@ async fn an_edge_scoped_to_a_tenant_never_receives_another() {
     assert!(!found_in(&dir, "ann@acme.io").is_empty());
     for needle in ["globex", "gus-marker", "gia-marker"] {
         assert!(found_in(&dir, needle).is_empty(), "{needle} on the edge");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn on_postgresql_edges_follow_a_replica_that_takes_no_writes() {
+    let _serial = SERIAL.lock().await;
+    let url = pg::database_url();
+    let mut f = Fleet::start(&[("GATEHOUSE_DATABASE_URL", &url)]);
+    // Replica B on the same database: the edges' upstream; every write goes to A.
+    let b = Process::start_args(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data",
+            f.dir.path().join("cp-b").to_str().unwrap(),
+        ],
+        &[
+            ("GATEHOUSE_OPERATOR_TOKEN", OPERATOR_TOKEN),
+            ("GATEHOUSE_DATABASE_URL", &url),
+        ],
+        &f.dir.path().join("cp-b.log"),
+    )
+    .expect("replica B starts");
+    f.upstream = Some(b.base.clone());
+    f.others.push(b);
+    let jwks = Jwks::serve(vec![jwk("rsa-a")], 300).await;
+    let scim = scim_tenant(&f, "acme", &jwks.url).await;
+    let ann = scim_user(&f, "acme", &scim, "ann@acme.io").await;
+    let bob = scim_user(&f, "acme", &scim, "bob@acme.io").await;
+    let (_, ann_pat) = pat(&f, "acme", &ann).await;
+    let (bob_pat_id, bob_pat) = pat(&f, "acme", &bob).await;
+    let token = f.credential("fleet", None).await;
+    for i in 0..3 {
+        f.start_edge(i, &token, &[]);
+    }
+    f.until_all("acme", &ann_pat, "ann allowed", allowed).await;
+    f.until_all("acme", &bob_pat, "bob allowed", allowed).await;
+    let acked = Instant::now();
+    scim_deactivate(&f, "acme", &scim, &ann).await;
+    f.until_all("acme", &ann_pat, "ann refused", refused("deactivated"))
+        .await;
+    eprintln!(
+        "deactivation on A reached 3 edges of B in {:?}",
+        acked.elapsed()
+    );
+    f.op(
+        Method::DELETE,
+        &format!("/api/v1/tenants/acme/users/{bob}/tokens/{bob_pat_id}"),
+        Value::Null,
+    )
+    .await;
+    f.until_all("acme", &bob_pat, "bob's PAT refused", refused("revoked"))
+        .await;
+    for i in 0..3 {
+        assert_eq!(f.metric(i, "gatehouse_edge_snapshots_total").await, 1.0);
     }
 }
