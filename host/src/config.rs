@@ -678,35 +678,29 @@ impl Config {
 
     /// The configured operator token, read from its file when one is named.
     pub fn operator_token(&self) -> Result<Option<String>, ConfigError> {
-        if let Some(token) = &self.operator_token {
-            return Ok(Some(token.clone()));
-        }
-        match &self.operator_token_file {
-            Some(path) => std::fs::read_to_string(path)
-                .map(|t| Some(t.trim().to_owned()))
-                .map_err(|e| ConfigError::Read {
-                    path: path.clone(),
-                    reason: e.to_string(),
-                }),
-            None => Ok(None),
-        }
+        secret(&self.operator_token, &self.operator_token_file)
     }
 
     /// The edge credential: `edge_token` (`GATEHOUSE_EDGE_TOKEN`), else read from
     /// `edge_token_file`.
     pub fn edge_token(&self) -> Result<Option<String>, ConfigError> {
-        if let Some(token) = &self.edge_token {
-            return Ok(Some(token.clone()));
-        }
-        match &self.edge_token_file {
-            Some(path) => std::fs::read_to_string(path)
-                .map(|t| Some(t.trim().to_owned()))
-                .map_err(|e| ConfigError::Read {
-                    path: path.clone(),
-                    reason: e.to_string(),
-                }),
-            None => Ok(None),
-        }
+        secret(&self.edge_token, &self.edge_token_file)
+    }
+}
+
+/// A secret given as a value, else read (trimmed) from a file.
+fn secret(value: &Option<String>, file: &Option<PathBuf>) -> Result<Option<String>, ConfigError> {
+    if let Some(value) = value {
+        return Ok(Some(value.clone()));
+    }
+    match file {
+        Some(path) => std::fs::read_to_string(path)
+            .map(|t| Some(t.trim().to_owned()))
+            .map_err(|e| ConfigError::Read {
+                path: path.clone(),
+                reason: e.to_string(),
+            }),
+        None => Ok(None),
     }
 }
 

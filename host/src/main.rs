@@ -205,14 +205,36 @@ fn main() -> Result<()> {
     }
 }
 
-fn serve(args: ServeArgs) -> Result<()> {
-    let mut config = Config::load(args.config.as_deref(), std::env::vars())?;
-    if let Some(listen) = args.listen {
+/// The configuration (file, then environment), with `--listen` and `--data` on top.
+fn load_config(
+    file: Option<&Path>,
+    listen: Option<SocketAddr>,
+    data: Option<PathBuf>,
+) -> Result<Config> {
+    let mut config = Config::load(file, std::env::vars())?;
+    if let Some(listen) = listen {
         config.listen = listen;
     }
-    if let Some(data) = args.data {
+    if let Some(data) = data {
         config.data = data;
     }
+    Ok(config)
+}
+
+/// Binds `addr` and prints the `listening on` line, stdout's first (tests wait for it).
+async fn listen(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr)> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    let addr = listener.local_addr()?;
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "listening on http://{addr}")?;
+    stdout.flush()?;
+    Ok((listener, addr))
+}
+
+fn serve(args: ServeArgs) -> Result<()> {
+    let mut config = load_config(args.config.as_deref(), args.listen, args.data)?;
     if let Some(url) = args.database_url {
         config.database_url = Some(url);
     }
@@ -240,14 +262,7 @@ fn serve(args: ServeArgs) -> Result<()> {
         .build()?;
     runtime.block_on(async {
         let relay = relay.map(gatehouse::outbox::Relay::spawn);
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", config.listen))?;
-        let addr = listener.local_addr()?;
-        let mut stdout = std::io::stdout().lock();
-        writeln!(stdout, "listening on http://{addr}")?;
-        stdout.flush()?;
-        drop(stdout);
+        let (listener, addr) = listen(config.listen).await?;
         tracing::info!(%addr, data = %config.data.display(), tenants = app.policies.len(), "gatehouse serving");
         gatehouse::http::serve(app.clone(), listener, shutdown_signal()).await?;
         if let Some(relay) = relay {
@@ -262,13 +277,7 @@ fn serve(args: ServeArgs) -> Result<()> {
 }
 
 fn edge(args: EdgeArgs) -> Result<()> {
-    let mut config = Config::load(args.config.as_deref(), std::env::vars())?;
-    if let Some(listen) = args.listen {
-        config.listen = listen;
-    }
-    if let Some(data) = args.data {
-        config.data = data;
-    }
+    let mut config = load_config(args.config.as_deref(), args.listen, args.data)?;
     if let Some(upstream) = args.upstream {
         config.upstream = Some(upstream);
     }
@@ -284,14 +293,7 @@ fn edge(args: EdgeArgs) -> Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", config.listen))?;
-        let addr = listener.local_addr()?;
-        let mut stdout = std::io::stdout().lock();
-        writeln!(stdout, "listening on http://{addr}")?;
-        stdout.flush()?;
-        drop(stdout);
+        let (listener, addr) = listen(config.listen).await?;
         tracing::info!(%addr, data = %config.data.display(), upstream, tenants = app.policies.len(), "gatehouse edge serving");
         let follower = tokio::spawn(gatehouse::app::edge_sync::follow_upstream(
             app.clone(),

@@ -195,6 +195,15 @@ impl Fleet {
         answer
     }
 
+    /// [`Fleet::op`], then the string `field` of its answer.
+    async fn op_field(&self, method: Method, path: &str, body: Value, field: &str) -> String {
+        let answer = self.op(method, path, body).await;
+        answer[field]
+            .as_str()
+            .unwrap_or_else(|| panic!("{path}: no {field} in {answer}"))
+            .to_owned()
+    }
+
     async fn resolve(&self, base: &str, tenant: &str, token: &str) -> (u16, Value) {
         self.call(
             base,
@@ -313,15 +322,13 @@ async fn scim_tenant(f: &Fleet, slug: &str, jwks: &str) -> String {
     )
     .await;
     let token = f
-        .op(
+        .op_field(
             Method::POST,
             &format!("/api/v1/tenants/{slug}/sso/idp/scim-token"),
             json!({}),
+            "token",
         )
-        .await["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+        .await;
     f.op(
         Method::PUT,
         &format!("/api/v1/tenants/{slug}/provisioning"),
@@ -458,35 +465,29 @@ async fn changes_reach_every_edge_and_secrets_never_leave_the_control_plane() {
     let (_, ann_pat) = pat(&f, "acme", &ann).await;
     let (bob_pat_id, bob_pat) = pat(&f, "acme", &bob).await;
     let va = f
-        .op(
+        .op_field(
             Method::POST,
             "/api/v1/tenants/acme/virtual-accounts",
             json!({ "name": "deployer" }),
+            "id",
         )
-        .await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+        .await;
     let va_token = f
-        .op(
+        .op_field(
             Method::POST,
             &format!("/api/v1/tenants/acme/virtual-accounts/{va}/tokens"),
             json!({ "name": "ci" }),
+            "secret",
         )
-        .await["secret"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+        .await;
     let ops = f
-        .op(
+        .op_field(
             Method::POST,
             "/api/v1/tenants/acme/teams",
             json!({ "name": "ops" }),
+            "id",
         )
-        .await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+        .await;
     // A password user with a session: a password hash, an outbox message, a used link and
     // a session signing key now exist on the control plane.
     f.op(

@@ -132,9 +132,6 @@ impl Store {
         }
         let cursor_key = format!("{CURSOR}{tenant}");
         let cursor = super::encode(cursor);
-        let synced_at = time::OffsetDateTime::now_utc()
-            .unix_timestamp()
-            .to_be_bytes();
         self.kv.transact(&|tx| {
             for (space, key) in &doomed {
                 tx.remove(*space, key)?;
@@ -145,8 +142,7 @@ impl Store {
                     None => tx.remove(*space, key)?,
                 }
             }
-            tx.put(Space::System, cursor_key.as_bytes(), &cursor)?;
-            tx.put(Space::System, SYNCED_AT.as_bytes(), &synced_at)
+            tx.put(Space::System, cursor_key.as_bytes(), &cursor)
         })?;
         self.kv.flush()
     }
@@ -180,5 +176,140 @@ impl Store {
             .into_iter()
             .map(|(k, v)| (String::from_utf8_lossy(&k).into_owned(), v))
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Batch, TenantRecord};
+    use super::*;
+
+    fn tenant(slug: &str) -> TenantRecord {
+        TenantRecord {
+            slug: slug.into(),
+            created_at: "2026-01-01T00:00:00Z".into(),
+            created_by: "operator".into(),
+            mode: "invite_only".into(),
+        }
+    }
+
+    fn put(store: &Store, tenant: &str, space: Space, key: &str, value: &[u8]) {
+        let mut batch = Batch::new(tenant);
+        batch.put_raw(space, &[key], value);
+        store.apply(&batch).unwrap();
+    }
+
+    /// The control plane's reads on both backends: a snapshot is one tenant's, at its head;
+    /// keys are read only at the head they are asked for.
+    #[test]
+    fn snapshots_and_key_reads_are_one_tenants_state_at_one_sequence_number() {
+        let sled_dir = tempfile::tempdir().unwrap();
+        let pg_dir = tempfile::tempdir().unwrap();
+        let stores = [
+            Store::open(sled_dir.path()).unwrap(),
+            Store::open_postgres(
+                &super::super::pg_cluster::database_url(),
+                pg_dir.path(),
+                &Default::default(),
+            )
+            .unwrap(),
+        ];
+        for store in stores {
+            store.create_tenant(&tenant("acme")).unwrap();
+            store.create_tenant(&tenant("acme-two")).unwrap();
+            put(&store, "acme", Space::Teams, "t1", b"one");
+            put(&store, "acme", Space::Passwords, "u1", b"secret");
+            put(&store, "acme-two", Space::Teams, "t9", b"other");
+            let head = store.change_log_head("acme").unwrap();
+            assert_eq!(head, 3);
+            let (seq, records) = store
+                .snapshot_tenant("acme", &[Space::Tenants, Space::Teams], 1)
+                .unwrap()
+                .unwrap();
+            assert_eq!(seq, head);
+            let keys: Vec<_> = records.iter().map(|(s, k, _)| (*s, k.clone())).collect();
+            assert_eq!(
+                keys,
+                vec![
+                    (Space::Tenants, b"acme".to_vec()),
+                    (Space::Teams, b"acme\0t1".to_vec())
+                ],
+                "only acme (not acme-two), only the spaces asked for"
+            );
+            let asked = vec![(Space::Teams, b"acme\0t1".to_vec())];
+            let read = store.read_keys_at("acme", head, &asked).unwrap().unwrap();
+            assert_eq!(read[0].2.as_deref(), Some(&b"one"[..]));
+            assert!(store
+                .read_keys_at("acme", head - 1, &asked)
+                .unwrap()
+                .is_none());
+        }
+    }
+
+    /// An edge's writes: records and cursor together; a snapshot replaces what was there.
+    #[test]
+    fn an_edge_applies_records_with_its_cursor_and_a_snapshot_replaces_the_tenant() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let cursor = |seq| ReplicaCursor {
+            epoch: "e1".into(),
+            seq,
+        };
+        let rec = |k: &str, v: Option<&[u8]>| {
+            (Space::Teams, k.as_bytes().to_vec(), v.map(<[u8]>::to_vec))
+        };
+        store
+            .apply_replica(
+                "acme",
+                &cursor(5),
+                Some(&[Space::Teams]),
+                &[rec("acme\0a", Some(b"1")), rec("acme\0b", Some(b"2"))],
+            )
+            .unwrap();
+        store
+            .apply_replica(
+                "acme",
+                &cursor(7),
+                None,
+                &[rec("acme\0b", None), rec("acme\0c", Some(b"3"))],
+            )
+            .unwrap();
+        let teams = |store: &Store| -> Vec<Vec<u8>> {
+            store
+                .kv
+                .scan(Space::Teams, b"acme\0")
+                .unwrap()
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect()
+        };
+        assert_eq!(
+            teams(&store),
+            vec![b"acme\0a".to_vec(), b"acme\0c".to_vec()]
+        );
+        assert_eq!(
+            store.replica_cursors().unwrap(),
+            vec![("acme".into(), cursor(7))]
+        );
+        // Reopened (as after a crash): records and cursor agree.
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.replica_cursors().unwrap()[0].1.seq, 7);
+        store
+            .apply_replica(
+                "acme",
+                &cursor(9),
+                Some(&[Space::Teams]),
+                &[rec("acme\0z", Some(b"9"))],
+            )
+            .unwrap();
+        assert_eq!(
+            teams(&store),
+            vec![b"acme\0z".to_vec()],
+            "a snapshot replaces"
+        );
+        assert!(store.replica_synced_at().unwrap().is_none());
+        store.set_replica_synced_at(1_800_000_000).unwrap();
+        assert_eq!(store.replica_synced_at().unwrap(), Some(1_800_000_000));
     }
 }
