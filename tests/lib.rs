@@ -287,10 +287,34 @@ impl Process {
         stderr: Stdio,
         stderr_log: PathBuf,
     ) -> Result<Process> {
+        let data = data.to_str().context("the data directory is UTF-8")?;
+        Self::spawn(
+            &["serve", "--listen", "127.0.0.1:0", "--data", data],
+            env,
+            stderr,
+            stderr_log,
+        )
+    }
+
+    /// Starts the binary with `args` (any subcommand that prints `listening on`) and
+    /// exactly these `GATEHOUSE_*` variables, stderr to the file `stderr_log`.
+    pub fn start_args(args: &[&str], env: &[(&str, &str)], stderr_log: &Path) -> Result<Process> {
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(stderr_log)?;
+        Self::spawn(args, env, stderr.into(), stderr_log.to_owned())
+    }
+
+    fn spawn(
+        args: &[&str],
+        env: &[(&str, &str)],
+        stderr: Stdio,
+        stderr_log: PathBuf,
+    ) -> Result<Process> {
         let mut command = Command::new(gatehouse_bin());
         command
-            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
-            .arg(data)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(stderr);

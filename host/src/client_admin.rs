@@ -780,3 +780,76 @@ pub fn audit(api: &Api, command: AuditCommand) -> Result<()> {
     }
     Ok(())
 }
+
+/// Edge credentials (operator token): what a `gatehouse edge` authenticates with.
+#[derive(Subcommand)]
+pub enum EdgeCredentialCommand {
+    /// Issue a credential; its token is printed this once.
+    Issue {
+        /// A name for people (`eu-west-gw-1`).
+        name: String,
+        /// A tenant the edge receives (repeat for more; default: every tenant).
+        #[arg(long = "tenant")]
+        tenants: Vec<String>,
+    },
+    /// List credentials, revoked ones too.
+    List,
+    /// Revoke a credential by id: its edge stops receiving changes within a second.
+    Revoke { id: String },
+}
+
+/// Runs an `edge-credential` command.
+pub fn edge_credential(api: &Api, command: EdgeCredentialCommand) -> Result<()> {
+    match command {
+        EdgeCredentialCommand::Issue { name, tenants } => {
+            let mut body = json!({ "name": name });
+            if !tenants.is_empty() {
+                body["tenants"] = json!(tenants);
+            }
+            let issued = api.call(Method::POST, "/api/v1/edges", Some(body))?;
+            api.done(
+                &issued,
+                format!(
+                    "issued edge credential {} ({}); its token, shown once: {}",
+                    text(&issued, "id"),
+                    text(&issued, "name"),
+                    text(&issued, "token")
+                ),
+            );
+        }
+        EdgeCredentialCommand::List => {
+            let list = api.call(Method::GET, "/api/v1/edges", None)?;
+            api.show(
+                &list,
+                &["ID", "NAME", "TENANTS", "CREATED", "REVOKED"],
+                |v| {
+                    v["edges"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|e| {
+                            let tenants = e["tenants"].as_array().map_or("all".to_owned(), |t| {
+                                t.iter()
+                                    .filter_map(Value::as_str)
+                                    .collect::<Vec<_>>()
+                                    .join(",")
+                            });
+                            vec![
+                                text(e, "id"),
+                                text(e, "name"),
+                                tenants,
+                                text(e, "created_at"),
+                                text(e, "revoked_at"),
+                            ]
+                        })
+                        .collect()
+                },
+            );
+        }
+        EdgeCredentialCommand::Revoke { id } => {
+            let revoked = api.call(Method::DELETE, &format!("/api/v1/edges/{id}"), None)?;
+            api.done(&revoked, format!("revoked edge credential {id}"));
+        }
+    }
+    Ok(())
+}

@@ -22,6 +22,12 @@ pub struct Config {
     pub database_url: Option<String>,
     /// File holding the database URL (it carries a password).
     pub database_url_file: Option<PathBuf>,
+    /// `gatehouse edge`: the control plane's base URL (`https://gatehouse.example.com`).
+    pub upstream: Option<String>,
+    /// `gatehouse edge`: the edge credential (`gae_…`, issued by the operator).
+    pub edge_token: Option<String>,
+    /// `gatehouse edge`: file holding the edge credential.
+    pub edge_token_file: Option<PathBuf>,
     /// The operator token; when absent one is generated on first start and printed once.
     pub operator_token: Option<String>,
     /// File holding the operator token.
@@ -98,6 +104,9 @@ pub struct EdgeConfig {
     pub jwks_max_stale_secs: u64,
     /// Timeout of one key or discovery fetch, in ms.
     pub jwks_fetch_timeout_ms: u64,
+    /// `gatehouse edge`: past this many seconds without hearing from the control plane,
+    /// every decision is refused with reason `stale` (fail closed).
+    pub max_staleness_secs: u64,
 }
 
 impl Default for EdgeConfig {
@@ -114,6 +123,7 @@ impl Default for EdgeConfig {
             jwks_refetch_cooldown_ms: 30_000,
             jwks_max_stale_secs: 3_600,
             jwks_fetch_timeout_ms: 5_000,
+            max_staleness_secs: 600,
         }
     }
 }
@@ -342,6 +352,9 @@ impl Default for Config {
             data: PathBuf::from("gatehouse-data"),
             database_url: None,
             database_url_file: None,
+            upstream: None,
+            edge_token: None,
+            edge_token_file: None,
             operator_token: None,
             operator_token_file: None,
             log_format: LogFormat::Text,
@@ -425,6 +438,10 @@ const ENV_KEYS: &[&str] = &[
     "GATEHOUSE_EDGE_HEADER_PREFIX",
     "GATEHOUSE_EDGE_STRIP_AUTHORIZATION",
     "GATEHOUSE_EDGE_DECISION_LOG",
+    "GATEHOUSE_EDGE_MAX_STALENESS_SECS",
+    "GATEHOUSE_UPSTREAM",
+    "GATEHOUSE_EDGE_TOKEN",
+    "GATEHOUSE_EDGE_TOKEN_FILE",
     "GATEHOUSE_PUBLIC_URL",
     "GATEHOUSE_SMTP_URL",
     "GATEHOUSE_SMTP_URL_FILE",
@@ -548,6 +565,12 @@ impl Config {
                 self.edge.strip_authorization = parse(key, value)?
             }
             "GATEHOUSE_EDGE_DECISION_LOG" => self.edge.decision_log = parse(key, value)?,
+            "GATEHOUSE_EDGE_MAX_STALENESS_SECS" => {
+                self.edge.max_staleness_secs = parse(key, value)?
+            }
+            "GATEHOUSE_UPSTREAM" => self.upstream = Some(value.to_owned()),
+            "GATEHOUSE_EDGE_TOKEN" => self.edge_token = Some(value.to_owned()),
+            "GATEHOUSE_EDGE_TOKEN_FILE" => self.edge_token_file = Some(PathBuf::from(value)),
             "GATEHOUSE_PUBLIC_URL" => self.public_url = Some(value.to_owned()),
             "GATEHOUSE_SMTP_URL" => self.smtp.url = Some(value.to_owned()),
             "GATEHOUSE_SMTP_URL_FILE" => self.smtp.url_file = Some(PathBuf::from(value)),
@@ -655,18 +678,29 @@ impl Config {
 
     /// The configured operator token, read from its file when one is named.
     pub fn operator_token(&self) -> Result<Option<String>, ConfigError> {
-        if let Some(token) = &self.operator_token {
-            return Ok(Some(token.clone()));
-        }
-        match &self.operator_token_file {
-            Some(path) => std::fs::read_to_string(path)
-                .map(|t| Some(t.trim().to_owned()))
-                .map_err(|e| ConfigError::Read {
-                    path: path.clone(),
-                    reason: e.to_string(),
-                }),
-            None => Ok(None),
-        }
+        secret(&self.operator_token, &self.operator_token_file)
+    }
+
+    /// The edge credential: `edge_token` (`GATEHOUSE_EDGE_TOKEN`), else read from
+    /// `edge_token_file`.
+    pub fn edge_token(&self) -> Result<Option<String>, ConfigError> {
+        secret(&self.edge_token, &self.edge_token_file)
+    }
+}
+
+/// A secret given as a value, else read (trimmed) from a file.
+fn secret(value: &Option<String>, file: &Option<PathBuf>) -> Result<Option<String>, ConfigError> {
+    if let Some(value) = value {
+        return Ok(Some(value.clone()));
+    }
+    match file {
+        Some(path) => std::fs::read_to_string(path)
+            .map(|t| Some(t.trim().to_owned()))
+            .map_err(|e| ConfigError::Read {
+                path: path.clone(),
+                reason: e.to_string(),
+            }),
+        None => Ok(None),
     }
 }
 

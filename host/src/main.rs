@@ -32,6 +32,12 @@ struct Cli {
 enum Command {
     /// Run the server (embedded store, built-in default policy; nothing else to set up).
     Serve(ServeArgs),
+    /// Run an edge: token evaluation next to the gateways, from a local replica fed by the
+    /// control plane's change log (docs/operating.md, "Edge fleet").
+    Edge(EdgeArgs),
+    /// Issue, list and revoke edge credentials on a running control plane (operator).
+    #[command(subcommand)]
+    EdgeCredential(client_admin::EdgeCredentialCommand),
     /// Build, test and push tenant policies.
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -79,6 +85,23 @@ struct ServeArgs {
     /// of the embedded store. Overrides config and environment.
     #[arg(long)]
     database_url: Option<String>,
+}
+
+#[derive(Args)]
+struct EdgeArgs {
+    /// The control plane's base URL (any `serve` replica). Overrides config and
+    /// environment (`upstream`, `GATEHOUSE_UPSTREAM`).
+    #[arg(long)]
+    upstream: Option<String>,
+    /// Directory of the edge's local replica (sled). Overrides config and environment.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Address to listen on (port 0 picks a free one). Overrides config and environment.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// TOML configuration file.
+    #[arg(long)]
+    config: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -163,6 +186,10 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Edge(args) => edge(args),
+        Command::EdgeCredential(command) => {
+            client_admin::edge_credential(&client::Api::from_env(cli.json)?, command)
+        }
         Command::Policy(command) => policy(command, cli.json),
         Command::Tenant(command) => client::tenant(&client::Api::from_env(cli.json)?, command),
         Command::User(command) => client::user(&client::Api::from_env(cli.json)?, command),
@@ -178,14 +205,36 @@ fn main() -> Result<()> {
     }
 }
 
-fn serve(args: ServeArgs) -> Result<()> {
-    let mut config = Config::load(args.config.as_deref(), std::env::vars())?;
-    if let Some(listen) = args.listen {
+/// The configuration (file, then environment), with `--listen` and `--data` on top.
+fn load_config(
+    file: Option<&Path>,
+    listen: Option<SocketAddr>,
+    data: Option<PathBuf>,
+) -> Result<Config> {
+    let mut config = Config::load(file, std::env::vars())?;
+    if let Some(listen) = listen {
         config.listen = listen;
     }
-    if let Some(data) = args.data {
+    if let Some(data) = data {
         config.data = data;
     }
+    Ok(config)
+}
+
+/// Binds `addr` and prints the `listening on` line, stdout's first (tests wait for it).
+async fn listen(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr)> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    let addr = listener.local_addr()?;
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "listening on http://{addr}")?;
+    stdout.flush()?;
+    Ok((listener, addr))
+}
+
+fn serve(args: ServeArgs) -> Result<()> {
+    let mut config = load_config(args.config.as_deref(), args.listen, args.data)?;
     if let Some(url) = args.database_url {
         config.database_url = Some(url);
     }
@@ -213,14 +262,7 @@ fn serve(args: ServeArgs) -> Result<()> {
         .build()?;
     runtime.block_on(async {
         let relay = relay.map(gatehouse::outbox::Relay::spawn);
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", config.listen))?;
-        let addr = listener.local_addr()?;
-        let mut stdout = std::io::stdout().lock();
-        writeln!(stdout, "listening on http://{addr}")?;
-        stdout.flush()?;
-        drop(stdout);
+        let (listener, addr) = listen(config.listen).await?;
         tracing::info!(%addr, data = %config.data.display(), tenants = app.policies.len(), "gatehouse serving");
         gatehouse::http::serve(app.clone(), listener, shutdown_signal()).await?;
         if let Some(relay) = relay {
@@ -229,6 +271,39 @@ fn serve(args: ServeArgs) -> Result<()> {
         anyhow::Ok(())
     })?;
     drop(tailer);
+    app.store.flush().context("flushing the store")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn edge(args: EdgeArgs) -> Result<()> {
+    let mut config = load_config(args.config.as_deref(), args.listen, args.data)?;
+    if let Some(upstream) = args.upstream {
+        config.upstream = Some(upstream);
+    }
+    let Some(upstream) = config.upstream.clone() else {
+        bail!("an edge needs the control plane's URL: --upstream URL (or GATEHOUSE_UPSTREAM)");
+    };
+    let Some(token) = config.edge_token()? else {
+        bail!("an edge needs its credential: GATEHOUSE_EDGE_TOKEN or edge_token_file (issued with `gatehouse edge-credential issue`)");
+    };
+    let _log_guard = gatehouse::logging::init(config.log_format, config.log_queue_lines);
+    let app = Arc::new(App::open_edge(&config).context("starting the edge")?);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let (listener, addr) = listen(config.listen).await?;
+        tracing::info!(%addr, data = %config.data.display(), upstream, tenants = app.policies.len(), "gatehouse edge serving");
+        let follower = tokio::spawn(gatehouse::app::edge_sync::follow_upstream(
+            app.clone(),
+            upstream,
+            token,
+        ));
+        gatehouse::http::serve_edge(app.clone(), listener, shutdown_signal()).await?;
+        follower.abort();
+        anyhow::Ok(())
+    })?;
     app.store.flush().context("flushing the store")?;
     tracing::info!("stopped");
     Ok(())

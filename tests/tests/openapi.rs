@@ -13,6 +13,7 @@ const METHODS: [&str; 5] = ["get", "post", "put", "patch", "delete"];
 /// Tags an operation may carry.
 const TAGS: &[&str] = &[
     "health",
+    "edges",
     "tenants",
     "policies",
     "users",
@@ -168,6 +169,15 @@ fn routes_in_source() -> BTreeSet<(String, String)> {
     routes.extend(routes_in(&read("sso.rs"), ""));
     assert!(outer_after.contains(".merge(password::routes())"));
     routes.extend(routes_in(&read("password.rs"), ""));
+    // fleet.rs: the operator's `/api/v1/edges`, then the stream and the edge's own router.
+    assert!(api.contains(".merge(fleet::admin_routes())"));
+    assert!(outer_after.contains(".merge(fleet::stream_routes())"));
+    let fleet = read("fleet.rs");
+    let (fleet_admin, fleet_root) = fleet
+        .split_once("pub(super) fn stream_routes")
+        .expect("fleet.rs has the admin routes first");
+    routes.extend(routes_in(fleet_admin, "/api/v1"));
+    routes.extend(routes_in(fleet_root, ""));
     routes
 }
 
@@ -282,8 +292,9 @@ fn the_document_is_consistent() {
         }
         for (status, response) in responses {
             // The edge answers its refusals as `{decision, reason, message}` (gateways read
-            // them); everything else, and any 5xx, is a Problem.
-            if path.starts_with("/v1/") && status.starts_with('4') {
+            // them); everything else (the edge fleet's stream too), and any 5xx, is a Problem.
+            let edge_answer = path.starts_with("/v1/") && !path.starts_with("/v1/edge/");
+            if edge_answer && status.starts_with('4') {
                 assert_eq!(
                     response["content"]["application/json"]["schema"]["$ref"],
                     "#/components/schemas/EdgeDeny",

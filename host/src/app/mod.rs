@@ -16,7 +16,9 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
 
 mod directory;
+pub mod edge_sync;
 mod explain;
+pub mod fleet;
 mod identity;
 mod migrate;
 mod outbox;
@@ -232,6 +234,10 @@ pub struct App {
     passwords: Passwords,
     /// Bounds on SSO logins in progress.
     sso_pending: sso::PendingLogins,
+    /// On an edge (`gatehouse edge`): how up to date its replica is; `None` on `serve`.
+    freshness: Option<Arc<edge_sync::Freshness>>,
+    /// Set when the server stops: edge streams end, so graceful shutdown is not held up.
+    edge_streams_stop: std::sync::atomic::AtomicBool,
 }
 
 const OPERATOR_TOKEN_HASH: &str = "operator-token-sha256";
@@ -241,7 +247,8 @@ impl App {
     /// precompiled artifacts), and sets up the operator token. Returns the app and, on a
     /// first start without a configured token, the generated token to show once.
     pub fn open(config: &Config) -> Result<(App, Option<String>), AppError> {
-        let public_url = config
+        // Checked before the store opens, so a bad URL changes nothing.
+        config
             .public_url()
             .map_err(|e| AppError::BadRequest(e.to_string()))?;
         let store = match config
@@ -251,16 +258,37 @@ impl App {
             Some(url) => Store::open_postgres(&url, &config.data, &config.store)?,
             None => Store::open_with(&config.data, &config.store)?,
         };
+        let (operator_token_sha256, generated) = operator_token(&store, config)?;
+        Ok((
+            App::assemble(config, store, operator_token_sha256, None)?,
+            generated,
+        ))
+    }
+
+    /// The app over an opened store: `serve` (`freshness: None`) or an edge.
+    fn assemble(
+        config: &Config,
+        store: Store,
+        operator_token_sha256: [u8; 32],
+        freshness: Option<Arc<edge_sync::Freshness>>,
+    ) -> Result<App, AppError> {
+        let public_url = config
+            .public_url()
+            .map_err(|e| AppError::BadRequest(e.to_string()))?;
         let engine = Arc::new(
             PolicyEngine::new(config.policy.limits())
                 .map_err(|e| AppError::Internal(e.to_string()))?,
         );
-        let (operator_token_sha256, generated) = operator_token(&store, config)?;
         let default_policy = load_default_policy(&store, &engine)?;
+        // An edge never writes a policy change, so it never rolls back on its own.
+        let auto_rollback = match freshness {
+            Some(_) => None,
+            None => config.policy.auto_rollback(),
+        };
         let app = App {
             store,
             engine,
-            policies: Registry::with_auto_rollback(config.policy.auto_rollback()),
+            policies: Registry::with_auto_rollback(auto_rollback),
             shadow_nice: config.policy.shadow_nice,
             default_policy,
             compiled: Mutex::default(),
@@ -275,9 +303,17 @@ impl App {
             sessions: Sessions::new(&config.session),
             passwords: Passwords::new(&config.password)?,
             sso_pending: sso::PendingLogins::new(&config.sso),
+            freshness,
+            edge_streams_stop: std::sync::atomic::AtomicBool::new(false),
         };
         app.load_all_tenants()?;
-        Ok((app, generated))
+        Ok(app)
+    }
+
+    /// Ends every edge stream this process serves (the server is stopping).
+    pub fn stop_edge_streams(&self) {
+        self.edge_streams_stop
+            .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Makes `policy` the tenant's current one; the edge forgets what the previous one
@@ -290,6 +326,23 @@ impl App {
     /// Who the bearer token of a request for `tenant` is (SPEC §4): the `Authorization`
     /// header values as received.
     pub async fn resolve_token(&self, tenant: &str, authorization: &[&[u8]]) -> Evaluation {
+        if let Some(freshness) = &self.freshness {
+            if freshness.is_stale() {
+                metrics::counter!("gatehouse_edge_stale_refusals_total").increment(1);
+                return Evaluation {
+                    result: Err(crate::edge::Deny {
+                        kind: crate::edge::DenyKind::Forbidden,
+                        reason: std::borrow::Cow::Borrowed("stale"),
+                        message: "this edge has not heard from the control plane for longer \
+                                  than edge.max_staleness_secs; try another edge"
+                            .into(),
+                    }),
+                    cache_hit: false,
+                    idp: None,
+                    kid: None,
+                };
+            }
+        }
         if self.store.is_shared() && self.policies.get(tenant).is_none() {
             self.adopt_tenant(tenant);
         }

@@ -70,18 +70,34 @@ impl App {
                         .iter()
                         .any(|e| e.changes.iter().any(|c| c.space == space.name()))
             };
-            if touched(Space::PolicyState) || touched(Space::Tenants) {
-                let policy = self.load_tenant_policy(&tenant)?;
-                self.policies.set(&tenant, policy);
-            }
-            if touched(Space::SessionKeys) {
-                self.sessions.forget_signer(&tenant);
-            }
-            self.edge.touch(&tenant);
+            self.refresh_tenant(&tenant, &touched)?;
             follower.seen.insert(tenant, head);
             refreshed += 1;
         }
         Ok(refreshed)
+    }
+}
+
+impl App {
+    /// Refreshes what this process holds in memory of `tenant` after its stored records
+    /// changed, `touched` telling which spaces did: the policy (from the registry's
+    /// compiled cache) when its state or the tenant changed, the cached session signer when
+    /// the session keys did, and always the edge's directory and result cache. A replica
+    /// following the log and an edge applying its stream both call it.
+    pub(crate) fn refresh_tenant(
+        &self,
+        tenant: &str,
+        touched: &dyn Fn(Space) -> bool,
+    ) -> Result<(), AppError> {
+        if touched(Space::PolicyState) || touched(Space::Tenants) {
+            let policy = self.load_tenant_policy(tenant)?;
+            self.policies.set(tenant, policy);
+        }
+        if touched(Space::SessionKeys) {
+            self.sessions.forget_signer(tenant);
+        }
+        self.edge.touch(tenant);
+        Ok(())
     }
 }
 
@@ -142,7 +158,10 @@ impl Drop for Tailer {
 fn run(app: &App, retention: u64, stop: &AtomicBool) {
     let follow = app.store.is_shared();
     let mut follower = Follower::default();
-    let mut last_prune = std::time::Instant::now();
+    // The first round prunes: a replica started with a smaller retention applies it now.
+    let mut last_prune = std::time::Instant::now()
+        .checked_sub(PRUNE)
+        .unwrap_or_else(std::time::Instant::now);
     let mut failing = false;
     while !stop.load(Ordering::SeqCst) {
         if follow {

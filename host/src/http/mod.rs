@@ -5,6 +5,7 @@ mod console;
 mod directory;
 mod edge;
 mod error;
+mod fleet;
 mod identity;
 mod migration;
 mod openapi;
@@ -32,6 +33,7 @@ use std::sync::{Arc, OnceLock};
 use tracing::Instrument;
 
 pub use error::Problem;
+pub use fleet::edge_router;
 pub use openapi::{openapi_json, ApiDoc};
 
 type Shared = State<Arc<App>>;
@@ -94,6 +96,7 @@ pub fn router(app: Arc<App>) -> Router {
         .merge(directory::routes())
         .merge(migration::routes())
         .merge(scim::admin_routes())
+        .merge(fleet::admin_routes())
         .layer(middleware::from_fn(error::bare_errors_as_problems));
     Router::new()
         .route("/healthz", get(healthz))
@@ -101,6 +104,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/metrics", get(metrics_text))
         .nest("/api/v1", api)
         .merge(edge::routes())
+        .merge(fleet::stream_routes())
         .merge(sso::routes())
         .merge(password::routes())
         .merge(console::routes(max_upload))
@@ -118,12 +122,29 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     // The peer address is kept for the per-address password attempt limit.
+    let router = router(app.clone());
+    // Edge streams never end by themselves: stop them, or shutdown would wait forever.
+    let shutdown = async move {
+        shutdown.await;
+        app.stop_edge_streams();
+    };
     axum::serve(
         listener,
-        router(app).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
     )
     .with_graceful_shutdown(shutdown)
     .await
+}
+
+/// Serves an edge (`gatehouse edge`) on `listener` until `shutdown` resolves.
+pub async fn serve_edge(
+    app: Arc<App>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, edge_router(app))
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 static REQUEST_IDS: AtomicU64 = AtomicU64::new(1);

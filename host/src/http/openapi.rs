@@ -3,7 +3,7 @@
 //! `GET /api/v1/openapi.json`. A handler added to the router must be listed in
 //! [`ApiDoc`]'s `paths(...)`; `tests/tests/openapi.rs` fails when the two disagree.
 
-use super::{directory, edge, identity, migration, password, sso};
+use super::{directory, edge, fleet, identity, migration, password, sso};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use std::sync::LazyLock;
@@ -53,6 +53,10 @@ every answer).";
         super::rollback_policy,
         super::evaluate,
         super::explain_policy,
+        fleet::issue,
+        fleet::list,
+        fleet::revoke,
+        fleet::stream,
         identity::list_users,
         identity::invite_user,
         identity::me,
@@ -130,6 +134,7 @@ every answer).";
         (name = "audit", description = "The audit log and the outbox"),
         (name = "login", description = "SSO login (the OIDC code flow and the direct ID-token form), password login, set-password links and the login page; logins answer a Gatehouse session token"),
         (name = "edge", description = "Token evaluation for gateways: the bearer token of a request for a tenant → who that is (docs/edge.md)"),
+        (name = "edges", description = "The edge fleet: edge credentials (operator) and the stream each `gatehouse edge` follows (docs/operating.md)"),
     ),
 )]
 pub struct ApiDoc;

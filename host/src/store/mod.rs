@@ -20,12 +20,14 @@ mod pg_backend;
 #[path = "../../../tests/pg.rs"]
 pub(crate) mod pg_cluster;
 mod records;
+mod replica;
 mod side;
 mod sled_backend;
 mod tenant_lock;
 
 pub use change_log::{Change, ChangeEntry, ChangePage};
 pub use records::{Batch, Record};
+pub use replica::{RawRecord, ReplicaCursor};
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::io::Write;
