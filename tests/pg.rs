@@ -65,6 +65,13 @@ impl Cluster {
     }
 
     fn start() -> Cluster {
+        Cluster::start_with("-c fsync=off -c full_page_writes=off", None)
+    }
+
+    /// A new cluster (not this binary's shared one) started with the server `options`;
+    /// with `standby_of`, a streaming standby of that cluster (`pg_basebackup -R`) instead
+    /// of a fresh `initdb`.
+    fn start_with(options: &str, standby_of: Option<&Cluster>) -> Cluster {
         let bin = bin_dir();
         let as_postgres = is_root();
         let dir = tempfile::Builder::new()
@@ -82,13 +89,31 @@ impl Cluster {
             run(Command::new("chown").arg("postgres:").arg(&cluster.dir));
         }
         let data = cluster.dir.join("data");
-        run(cluster
-            .command("initdb")
-            .arg("-D")
-            .arg(&data)
-            .args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--locale=C"])
-            .arg("--no-sync")
-            .arg("--no-instructions"));
+        match standby_of {
+            None => run(cluster
+                .command("initdb")
+                .arg("-D")
+                .arg(&data)
+                .args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--locale=C"])
+                .arg("--no-sync")
+                .arg("--no-instructions")),
+            Some(primary) => run(cluster
+                .command("pg_basebackup")
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-U",
+                    "postgres",
+                    "-X",
+                    "stream",
+                    "-R",
+                    "-c",
+                    "fast",
+                ])
+                .args(["-p", &primary.port.to_string()])
+                .arg("-D")
+                .arg(&data)),
+        }
         cluster.watchdog();
         // A free port can be taken between the probe and the start: try a few.
         for attempt in 0.. {
@@ -97,8 +122,8 @@ impl Cluster {
                 .expect("a free port")
                 .port();
             let options = format!(
-                "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off \
-                 -c full_page_writes=off -c max_connections=400 -c shared_buffers=32MB",
+                "-p {port} -k {} -c listen_addresses=127.0.0.1 {options} \
+                 -c max_connections=400 -c shared_buffers=32MB",
                 cluster.dir.display()
             );
             let status = cluster
@@ -178,6 +203,69 @@ impl Cluster {
 
     pub fn data_dir(&self) -> PathBuf {
         self.dir.join("data")
+    }
+
+    /// Stops the server at once, as a crash would (`pg_ctl stop -m immediate`: no
+    /// shutdown checkpoint, every backend gone).
+    pub fn crash(&self) {
+        run(self.command("pg_ctl").arg("-D").arg(self.data_dir()).args([
+            "-m",
+            "immediate",
+            "-w",
+            "stop",
+        ]));
+    }
+
+    /// Promotes this standby to a primary, waiting until it accepts writes.
+    pub fn promote(&self) {
+        run(self
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(self.data_dir())
+            .args(["-w", "-t", "60", "promote"]));
+    }
+}
+
+/// A primary and its synchronous streaming standby, both new (stopped when this process
+/// ends, like the shared cluster), with database `name` made on the primary before the
+/// standby was copied from it. A commit is acknowledged only once the standby has flushed
+/// it (`synchronous_standby_names = '*'`, `synchronous_commit = on`), and both run with
+/// `fsync` on.
+pub fn primary_with_standby(name: &str) -> (Cluster, Cluster) {
+    let primary = Cluster::start_with(
+        "-c wal_level=replica -c max_wal_senders=4 -c synchronous_commit=on",
+        None,
+    );
+    primary.psql(&format!("CREATE DATABASE {name}"));
+    let standby = Cluster::start_with("-c hot_standby=on", Some(&primary));
+    // Synchronous only once the standby exists: a commit would wait for it before.
+    primary.psql("ALTER SYSTEM SET synchronous_standby_names = '*'");
+    primary.psql("SELECT pg_reload_conf()");
+    // The standby streams synchronously before anything is measured.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !primary
+        .query("SELECT count(*) FROM pg_stat_replication WHERE sync_state = 'sync'")
+        .starts_with('1')
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the standby never became synchronous; its log:\n{}",
+            std::fs::read_to_string(standby.dir.join("log")).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    (primary, standby)
+}
+
+impl Cluster {
+    /// The first column of the first row `sql` answers on the `postgres` database.
+    pub fn query(&self, sql: &str) -> String {
+        let output = Command::new(self.bin.join("psql"))
+            .args(["-X", "-q", "-t", "-A", "-h", "127.0.0.1", "-U", "postgres"])
+            .args(["-p", &self.port.to_string(), "-d", "postgres", "-c", sql])
+            .output()
+            .expect("psql runs");
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
     }
 }
 

@@ -45,7 +45,11 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Two replicas started together on one new database (their migrations race).
 fn start() -> Replicas {
-    let url = pg::database_url();
+    start_on(pg::database_url())
+}
+
+/// Two replicas started together on database `url`.
+fn start_on(url: String) -> Replicas {
     let dirs = tempfile::tempdir().unwrap();
     let (a, b) = std::thread::scope(|s| {
         let a = s.spawn(|| replica(&dirs, "a", &url));
@@ -455,13 +459,322 @@ async fn a_policy_activated_on_a_decides_on_b_and_a_rollback_follows() {
         .await;
     assert_eq!(status, 200, "{body}");
     let rolled_back = wait_for(Value::Null).await;
+    // The activation came before B had compiled the version: B kept answering with the
+    // default until its compiler was done (decision 73); the rollback is only a swap.
     eprintln!("policy on B after A's activation: {activated:?}, after rollback: {rolled_back:?}");
-    // A rollback to a version B already runs needs no compile: the 100 ms bound holds.
-    // (The activation includes B compiling the new component for itself: decision 54.)
     assert!(
         rolled_back < Duration::from_millis(100),
         "activation {activated:?}, rollback {rolled_back:?}"
     );
+}
+
+/// Polls `path` on `base` until `done` says the body is what is waited for.
+async fn poll_until(
+    client: &reqwest::Client,
+    base: &str,
+    path: &str,
+    what: &str,
+    done: impl Fn(u16, &Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let (status, body) = call(client, base, Method::GET, path, OP, None).await;
+        if done(status, &body) {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "never {what}: {status} {body}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Requests on B from two clients until stopped: (answered, failed, last failure).
+fn hammer(
+    client: &reqwest::Client,
+    base: &str,
+    request: &Value,
+    stop: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<(u64, u64, String)>> {
+    (0..2)
+        .map(|_| {
+            let (client, base, request, stop) = (
+                client.clone(),
+                base.to_owned(),
+                request.clone(),
+                stop.clone(),
+            );
+            tokio::spawn(async move {
+                let (mut answered, mut failed, mut last) = (0, 0, String::new());
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let (status, body) = call(
+                        &client,
+                        &base,
+                        Method::POST,
+                        "/api/v1/tenants/acme/policy/evaluate",
+                        OP,
+                        Some(&request),
+                    )
+                    .await;
+                    if status == 200 && body["decision"].is_object() {
+                        answered += 1;
+                    } else {
+                        failed += 1;
+                        last = format!("{status} {body}");
+                    }
+                }
+                (answered, failed, last)
+            })
+        })
+        .collect()
+}
+
+async fn stop_hammer(
+    stop: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+    clients: Vec<tokio::task::JoinHandle<(u64, u64, String)>>,
+) -> u64 {
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut total = 0;
+    for client in clients {
+        let (answered, failed, last) = client.await.unwrap();
+        assert_eq!(failed, 0, "failed requests on B, the last: {last}");
+        total += answered;
+    }
+    total
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_uploaded_on_a_is_compiled_on_b_so_activation_and_rollback_follow_within_100_ms()
+{
+    use base64::Engine;
+    let _serial = SERIAL.lock().await;
+    let r = start();
+    let (status, body) = r
+        .a(
+            Method::POST,
+            "/api/v1/tenants",
+            OP,
+            Some(&json!({ "slug": "acme" })),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let upload = json!({
+        "component_base64": base64::engine::general_purpose::STANDARD
+            .encode(gatehouse_tests::fixtures::NESTED_CLAIMS),
+        "settings": {},
+        "activate": false,
+    });
+    let (status, body) = r
+        .a(
+            Method::POST,
+            "/api/v1/tenants/acme/policy/versions",
+            OP,
+            Some(&upload),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    // B compiles it in the background, without anyone activating it.
+    let compiled_since = Instant::now();
+    let overview = poll_until(
+        &r.client,
+        &r.b.base,
+        "/api/v1/tenants/acme/policy",
+        "compiled on B",
+        |status, body| status == 200 && body["compiled"] == json!([1]),
+    )
+    .await;
+    assert_eq!(overview["active"], Value::Null, "{overview}");
+    eprintln!(
+        "version 1 compiled on B after {:?}",
+        compiled_since.elapsed()
+    );
+
+    let login = gatehouse_tests::jit_login("ann@acme.io");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients = hammer(&r.client, &r.b.base, &login, &stop);
+    let evaluate = "/api/v1/tenants/acme/policy/evaluate";
+    let wait_for = |version: Value| {
+        let r = &r;
+        let login = &login;
+        async move {
+            let since = Instant::now();
+            loop {
+                let (status, body) = r.b(Method::POST, evaluate, OP, Some(login)).await;
+                assert_eq!(status, 200, "{body}");
+                if body["policy_version"] == version {
+                    return (since.elapsed(), body);
+                }
+                assert!(
+                    since.elapsed() < Duration::from_secs(10),
+                    "B never ran version {version}: {body}"
+                );
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+    };
+    let mut activations = Vec::new();
+    let mut rollbacks = Vec::new();
+    for _ in 0..5 {
+        let (status, body) = r
+            .a(
+                Method::POST,
+                "/api/v1/tenants/acme/policy/activate",
+                OP,
+                Some(&json!({ "version": 1 })),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let (lag, body) = wait_for(json!(1)).await;
+        assert_eq!(body["policy"], "nested-claims", "{body}");
+        activations.push(lag);
+        let (status, body) = r
+            .a(
+                Method::POST,
+                "/api/v1/tenants/acme/policy/rollback",
+                OP,
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let (lag, _) = wait_for(Value::Null).await;
+        rollbacks.push(lag);
+    }
+    let answered = stop_hammer(&stop, clients).await;
+    activations.sort();
+    rollbacks.sort();
+    eprintln!(
+        "on B after A's acknowledgement: activation p50 {:?} max {:?}, rollback p50 {:?} \
+         max {:?}; {answered} requests answered on B meanwhile, none failed",
+        activations[2], activations[4], rollbacks[2], rollbacks[4]
+    );
+    assert!(answered > 0);
+    assert!(
+        activations[4] < Duration::from_millis(100) && rollbacks[4] < Duration::from_millis(100),
+        "activations {activations:?}, rollbacks {rollbacks:?}; B's log: {}",
+        r.b.stderr()
+    );
+}
+
+/// A shadow started on A runs on B too (B counts its own decisions), a promotion on A is
+/// in force on B within the bound and stops B's shadow, and a discard on A stops it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shadow_set_on_a_is_evaluated_on_b_and_its_promotion_follows() {
+    use base64::Engine;
+    let _serial = SERIAL.lock().await;
+    let r = start();
+    let (status, body) = r
+        .a(
+            Method::POST,
+            "/api/v1/tenants",
+            OP,
+            Some(&json!({ "slug": "acme" })),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let shadow = "/api/v1/tenants/acme/policy/shadow";
+    let department = json!({
+        "component_base64": base64::engine::general_purpose::STANDARD
+            .encode(gatehouse_tests::fixtures::DEPARTMENT_TEAMS),
+        "settings": { "allowed_departments": ["Engineering"] },
+    });
+    let (status, body) = r.a(Method::POST, shadow, OP, Some(&department)).await;
+    assert_eq!(status, 201, "{body}");
+    let body = poll_until(&r.client, &r.b.base, shadow, "a shadow on B", |s, _| {
+        s == 200
+    })
+    .await;
+    assert_eq!(body["candidate"]["name"], "department-teams", "{body}");
+    assert_eq!(body["stats"]["evaluated"], 0, "{body}");
+
+    // Decisions made on B: the active (default) policy answers, B's shadow compares.
+    let finance = json!({
+        "decision": "resolve",
+        "input": {
+            "idp": "okta", "user_claim": "bob@acme.io", "team_values": ["Finance"],
+            "users": [{ "id": "u-1", "email": "bob@acme.io", "status": "active",
+                        "matched_by": "email", "teams": [] }],
+            "teams": [{ "id": "t-fin", "name": "t-fin", "matched": "Finance" }]
+        }
+    });
+    let evaluate = "/api/v1/tenants/acme/policy/evaluate";
+    for _ in 0..3 {
+        let (status, body) = r.b(Method::POST, evaluate, OP, Some(&finance)).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["policy_version"], Value::Null, "{body}");
+        assert_eq!(
+            body["decision"]["outcome"]["user"]["teams"],
+            json!(["t-fin"]),
+            "the active policy answers: {body}"
+        );
+    }
+    let stats = poll_until(&r.client, &r.b.base, shadow, "3 evaluated on B", |s, b| {
+        s == 200 && b["stats"]["evaluated"] == 3
+    })
+    .await;
+    assert_eq!(
+        stats["stats"],
+        json!({ "evaluated": 3, "differed": 3, "failed": 0, "dropped": 0 }),
+        "{stats}"
+    );
+    // A counts only its own decisions.
+    let (status, body) = r.a(Method::GET, shadow, OP, None).await;
+    assert_eq!(
+        (status, &body["stats"]["evaluated"]),
+        (200, &json!(0)),
+        "{body}"
+    );
+
+    // Promoted on A: B runs it within the bound (it compiled the shadow already) and its
+    // shadow stops.
+    let (status, record) = r
+        .a(Method::POST, &format!("{shadow}/promote"), OP, None)
+        .await;
+    assert_eq!(status, 201, "{record}");
+    let promoted = Instant::now();
+    loop {
+        let (status, body) = r.b(Method::POST, evaluate, OP, Some(&finance)).await;
+        assert_eq!(status, 200, "{body}");
+        if body["policy_version"] == 1 {
+            assert_eq!(
+                body["decision"]["outcome"]["user"]["teams"],
+                json!([]),
+                "{body}"
+            );
+            break;
+        }
+        assert!(
+            promoted.elapsed() < Duration::from_secs(10),
+            "B never ran the promoted version: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let lag = promoted.elapsed();
+    poll_until(
+        &r.client,
+        &r.b.base,
+        shadow,
+        "the shadow gone on B",
+        |s, _| s == 404,
+    )
+    .await;
+    eprintln!("promotion on A in force on B after {lag:?}");
+    assert!(lag < Duration::from_millis(100), "{lag:?}");
+
+    // Started again and discarded on A: gone on B too.
+    let (status, body) = r.a(Method::POST, shadow, OP, Some(&department)).await;
+    assert_eq!(status, 201, "{body}");
+    poll_until(
+        &r.client,
+        &r.b.base,
+        shadow,
+        "the shadow back on B",
+        |s, _| s == 200,
+    )
+    .await;
+    let (status, body) = r.a(Method::DELETE, shadow, OP, None).await;
+    assert_eq!(status, 200, "{body}");
+    poll_until(&r.client, &r.b.base, shadow, "the discard on B", |s, _| {
+        s == 404
+    })
+    .await;
 }
 
 /// A TCP proxy to the cluster that the test can cut (every connection closed, new ones
@@ -579,4 +892,103 @@ async fn with_the_database_away_writes_answer_503_with_retry_after_and_service_r
         .await
         .unwrap();
     assert_eq!(ready.status().as_u16(), 200);
+}
+
+/// A primary with a synchronous streaming standby; both replicas have both hosts in their
+/// URL with `target_session_attrs=read-write`. The primary crashes under SCIM load on both
+/// replicas and the standby is promoted: every acknowledged create is there, and both
+/// replicas take writes again without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_primary_killed_and_its_standby_promoted_under_load_loses_no_acknowledged_write() {
+    let _serial = SERIAL.lock().await;
+    let (primary, standby) = pg::primary_with_standby("gatehouse");
+    let url = format!(
+        "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/gatehouse?target_session_attrs=read-write",
+        primary.port, standby.port
+    );
+    let r = start_on(url);
+    let token = r.scim_tenant().await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let since_promotion = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let promoted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let base = if w % 2 == 0 { &r.a.base } else { &r.b.base };
+            let (client, base, token) = (r.client.clone(), base.clone(), token.clone());
+            let (stop, since_promotion, promoted) =
+                (stop.clone(), since_promotion.clone(), promoted.clone());
+            tokio::spawn(async move {
+                use std::sync::atomic::Ordering;
+                let (mut acknowledged, mut refused) = (Vec::new(), 0u64);
+                for i in 0.. {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let ext = format!("w{w}-{i}");
+                    let user = json!({
+                        "schemas": [USER], "userName": format!("{ext}@acme.io"),
+                        "externalId": ext, "active": true
+                    });
+                    match scim_create(&client, &base, &token, &user).await {
+                        (201, _) => {
+                            acknowledged.push(ext);
+                            if promoted.load(Ordering::SeqCst) {
+                                since_promotion.fetch_add(1, Ordering::SeqCst);
+                            }
+                        }
+                        // The database away: refused, not acknowledged; try the next one.
+                        (503, _) => {
+                            refused += 1;
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                        (status, body) => panic!("{status} {body}"),
+                    }
+                }
+                (acknowledged, refused)
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while scim_count(&r.client, &r.b.base, &token, "").await < 40 {
+        assert!(Instant::now() < deadline, "the load never got going");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    primary.crash();
+    standby.promote();
+    let failed_over = Instant::now();
+    promoted.store(true, std::sync::atomic::Ordering::SeqCst);
+    // Service resumes on both replicas, without a restart.
+    while since_promotion.load(std::sync::atomic::Ordering::SeqCst) < 20 {
+        assert!(
+            failed_over.elapsed() < Duration::from_secs(60),
+            "writes never resumed after the promotion; A's log: {}\nB's log: {}",
+            r.a.stderr(),
+            r.b.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let resumed = failed_over.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (mut acknowledged, mut refused) = (Vec::new(), 0);
+    for writer in writers {
+        let (a, n) = writer.await.unwrap();
+        acknowledged.extend(a);
+        refused += n;
+    }
+    eprintln!(
+        "failover: {} creates acknowledged, {refused} refused with 503 meanwhile, writes resumed \
+         {resumed:?} after the promotion",
+        acknowledged.len()
+    );
+    for (i, ext) in acknowledged.iter().enumerate() {
+        let base = if i % 2 == 0 { &r.a.base } else { &r.b.base };
+        let filter = format!("externalId eq \"{ext}\"");
+        assert_eq!(
+            scim_count(&r.client, base, &token, &filter).await,
+            1,
+            "acknowledged user {ext} is missing after the failover"
+        );
+    }
+    // And the promoted standby is what answered.
+    assert_eq!(standby.query("SELECT pg_is_in_recovery()::text"), "false");
 }

@@ -137,7 +137,7 @@ impl App {
                 session.cursors.insert(tenant.clone(), seq);
                 metrics::counter!("gatehouse_edge_snapshots_total").increment(1);
                 tracing::info!(tenant, seq, records = raw.len(), "snapshot applied");
-                self.refresh_tenant(&tenant, &|_| true).map_err(e)?;
+                self.refresh_tenant(&tenant, &|_| true, None).map_err(e)?;
                 let _ = self.edge.snapshot(&self.store, &tenant);
             }
             Frame::Batch {
@@ -161,7 +161,7 @@ impl App {
                 metrics::counter!("gatehouse_edge_batches_total").increment(1);
                 if !raw.is_empty() {
                     let spaces: HashSet<Space> = raw.iter().map(|(s, _, _)| *s).collect();
-                    self.refresh_tenant(&tenant, &|s| spaces.contains(&s))
+                    self.refresh_tenant(&tenant, &|s| spaces.contains(&s), None)
                         .map_err(e)?;
                     let _ = self.edge.snapshot(&self.store, &tenant);
                 }

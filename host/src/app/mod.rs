@@ -137,6 +137,10 @@ pub struct PolicyOverview {
     /// Versions that `rollback` would return to, most recent last.
     pub history: Vec<Option<u64>>,
     pub versions: Vec<PolicyVersionRecord>,
+    /// Versions whose compiled code this replica holds (in memory or in its artifact
+    /// cache): activating one of them is only a swap here. Every replica compiles each
+    /// uploaded version in the background (decision 73).
+    pub compiled: Vec<u64>,
 }
 
 /// What a candidate policy would change on the tenant's recent decisions.
@@ -221,9 +225,15 @@ pub struct App {
     default_policy: Arc<Compiled>,
     /// Compiled components by hash, so tenants running the same bytes share machine code.
     compiled: Mutex<HashMap<[u8; 32], Weak<Compiled>>>,
+    /// Per tenant, the compiled code of its newest versions, kept loaded so that an
+    /// activation or rollback to one of them is only a swap (decision 73).
+    warm: Mutex<HashMap<String, Vec<Arc<Compiled>>>>,
     operator_token_sha256: [u8; 32],
     /// Serializes policy changes so the store and the registry agree.
     policy_changes: tokio::sync::Mutex<()>,
+    /// Serializes bringing a tenant's running policy in line with the store (the
+    /// tailer and the background compiler), so a slower sync never undoes a newer one.
+    policy_sync: Mutex<()>,
     /// The edge token evaluator (its directories are rebuilt after identity changes).
     pub edge: Edge,
     /// SCIM limits and per-connection rate buckets.
@@ -292,8 +302,10 @@ impl App {
             shadow_nice: config.policy.shadow_nice,
             default_policy,
             compiled: Mutex::default(),
+            warm: Mutex::default(),
             operator_token_sha256,
             policy_changes: tokio::sync::Mutex::new(()),
+            policy_sync: Mutex::new(()),
             allow_private_urls: config.allow_private_urls,
             edge: Edge::new(config.edge.settings(config.allow_private_urls))
                 .map_err(AppError::Internal)?,
@@ -425,11 +437,18 @@ impl App {
                 contract: String::new(),
             },
         };
+        let versions = self.store.policy_versions(&tenant.slug)?;
+        let compiled = versions
+            .iter()
+            .filter(|v| self.compiled_here(&v.sha256))
+            .map(|v| v.version)
+            .collect();
         Ok(PolicyOverview {
             active: state.active,
             active_policy,
             history: state.history,
-            versions: self.store.policy_versions(&tenant.slug)?,
+            versions,
+            compiled,
         })
     }
 
@@ -570,8 +589,9 @@ impl App {
     }
 
     /// Starts `component` (with `settings`, validated as at upload) in shadow for the tenant,
-    /// replacing any shadow it had. Nothing is stored; the shadow lasts until promoted,
-    /// discarded, or the process stops.
+    /// replacing any shadow it had. The candidate is stored (bytes and settings, not as a
+    /// version), so every replica runs it and a restart resumes it, until it is promoted or
+    /// discarded; each replica counts the decisions it made (decision 74).
     pub async fn start_shadow(
         self: &Arc<Self>,
         tenant: &str,
@@ -588,6 +608,23 @@ impl App {
         .map_err(|e| AppError::Internal(format!("shadow start stopped: {e}")))?
         .map(|(compiled, settings, component)| ((compiled, component), settings))?;
         let (compiled, component) = compiled;
+        // Stored (bytes and settings) so every replica runs it, and a restart too; the
+        // artifact first, as for an upload, so other replicas' loads are cheap.
+        let artifact = self
+            .engine
+            .serialize(&compiled)
+            .map_err(|e| AppError::Internal(e.to_string()))?;
+        let sha256 = hex::encode(compiled.sha256);
+        self.store
+            .put_artifact(&sha256, &self.engine.artifact_key(), &artifact)?;
+        let record = crate::store::ShadowRecord {
+            sha256,
+            settings: settings.clone(),
+            started_by: OPERATOR.to_owned(),
+            started_at: now_rfc3339(),
+        };
+        self.store
+            .set_policy_shadow(&tenant, Some((&record, &component)))?;
         let info = compiled.info.clone();
         let shadow = policy::shadow::Shadow::start(
             self.engine.clone(),
@@ -618,9 +655,10 @@ impl App {
         })
     }
 
-    /// Stops the tenant's shadow; returns its final counters.
+    /// Stops the tenant's shadow (on every replica); returns its final counters here.
     pub fn discard_shadow(&self, tenant: &str) -> Result<ShadowState, AppError> {
         let state = self.shadow_state(tenant)?;
+        self.store.set_policy_shadow(tenant, None)?;
         self.policies.set_shadow(tenant, None);
         tracing::info!(tenant, stats = ?state.stats, "shadow policy discarded");
         Ok(state)
@@ -650,6 +688,7 @@ impl App {
                 actor,
             )
             .await?;
+        self.store.set_policy_shadow(&tenant, None)?;
         self.policies.set_shadow(&tenant, None);
         tracing::info!(tenant, version = record.version, stats = ?shadow.stats(), "shadow policy promoted");
         Ok(record)
@@ -937,6 +976,22 @@ impl App {
         let compiled = self.engine.compile(bytes)?;
         self.remember(&compiled);
         Ok(compiled)
+    }
+
+    /// Whether this replica holds compiled code for the component with hex hash `sha256`
+    /// (in memory, or as an artifact file for this engine).
+    fn compiled_here(&self, sha256: &str) -> bool {
+        let Some(sha) = hex::decode(sha256)
+            .ok()
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+        else {
+            return false;
+        };
+        self.cached(&sha).is_some()
+            || self
+                .store
+                .artifact_path(sha256, &self.engine.artifact_key())
+                .exists()
     }
 
     fn cached(&self, sha: &[u8; 32]) -> Option<Arc<Compiled>> {

@@ -201,14 +201,19 @@ impl App {
     ) -> Result<Connection, ScimError> {
         use subtle::ConstantTimeEq;
         let given = policy::sha256(bearer.unwrap_or_default().as_bytes());
-        let stored: Option<[u8; 32]> = (|| {
-            let slug = crate::model::TenantId::parse(tenant).ok()?;
-            if crate::model::TenantId::parse(sso).is_err() {
-                return None;
-            }
-            let config: SsoConfig = self.store.get(slug.as_str(), &[sso]).ok()??;
-            hex::decode(config.scim_token_sha256?).ok()?.try_into().ok()
-        })();
+        let valid = crate::model::TenantId::parse(tenant).is_ok()
+            && crate::model::TenantId::parse(sso).is_ok();
+        // A store that cannot answer is a 503, not a 401: the token may well be good.
+        let config: Option<SsoConfig> = if valid {
+            self.store
+                .get(tenant, &[sso])
+                .map_err(|e| ScimError::from(AppError::from(e)))?
+        } else {
+            None
+        };
+        let stored: Option<[u8; 32]> = config
+            .and_then(|c| hex::decode(c.scim_token_sha256?).ok())
+            .and_then(|b| b.try_into().ok());
         // Compare even when nothing is stored, so timing does not tell the cases apart.
         let expected = stored.unwrap_or([0u8; 32]);
         let equal: bool = given.ct_eq(&expected).into();

@@ -577,7 +577,8 @@ async fn dry_run_policy(
 
 /// Start a candidate in shadow: evaluated beside the active policy on live decisions (off
 /// the answer's path), differences counted and logged; the active policy keeps answering.
-/// Replaces any earlier shadow. Nothing is stored until it is promoted.
+/// Replaces any earlier shadow. The candidate is stored (not as a version) so every replica
+/// runs it, each counting its own decisions, until it is promoted or discarded.
 #[utoipa::path(
     post,
     path = "/api/v1/tenants/{tenant}/policy/shadow",

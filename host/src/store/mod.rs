@@ -47,6 +47,9 @@ pub enum Space {
     PolicyState,
     PolicyVersions,
     PolicyBlobs,
+    /// The tenant's shadow candidate, if one runs: tenant → [`ShadowRecord`] (its bytes
+    /// are in `PolicyBlobs`), so every replica runs it (decision 74).
+    PolicyShadows,
     /// Users by id.
     Users,
     /// The side table of users (their effective role, its source and the manual role),
@@ -120,12 +123,13 @@ pub enum Space {
 
 impl Space {
     /// Every space, for backends that create them up front.
-    pub const ALL: [Space; 37] = [
+    pub const ALL: [Space; 38] = [
         Space::System,
         Space::Tenants,
         Space::PolicyState,
         Space::PolicyVersions,
         Space::PolicyBlobs,
+        Space::PolicyShadows,
         Space::Users,
         Space::UserSides,
         Space::UserEmails,
@@ -176,6 +180,7 @@ impl Space {
             Space::PolicyState => "policy_state",
             Space::PolicyVersions => "policy_versions",
             Space::PolicyBlobs => "policy_blobs",
+            Space::PolicyShadows => "policy_shadows",
             Space::Users => "users",
             Space::UserSides => "user_sides",
             Space::UserEmails => "user_emails",
@@ -349,6 +354,17 @@ pub struct PolicyState {
     pub active: Option<u64>,
     pub history: Vec<Option<u64>>,
     pub next_version: u64,
+}
+
+/// The shadow candidate a tenant runs beside its active policy (its component bytes are
+/// stored by hash with the versions').
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShadowRecord {
+    /// Hex SHA-256 of the component bytes.
+    pub sha256: String,
+    pub settings: String,
+    pub started_by: String,
+    pub started_at: String,
 }
 
 /// A new policy version to store.
@@ -696,6 +712,41 @@ impl Store {
     ) -> Result<Option<Vec<u8>>, StoreError> {
         self.kv
             .get(Space::PolicyBlobs, &tkey(tenant, &[sha256.as_bytes()]))
+    }
+
+    /// The tenant's stored shadow candidate, if any.
+    pub fn policy_shadow(&self, tenant: &str) -> Result<Option<ShadowRecord>, StoreError> {
+        let key = tkey(tenant, &[]);
+        self.kv
+            .get(Space::PolicyShadows, &key)?
+            .map(|v| decode(&key, &v))
+            .transpose()
+    }
+
+    /// Stores the tenant's shadow candidate (`Some`, with its component bytes) or removes
+    /// it (`None`), in one transaction.
+    pub fn set_policy_shadow(
+        &self,
+        tenant: &str,
+        shadow: Option<(&ShadowRecord, &[u8])>,
+    ) -> Result<(), StoreError> {
+        let key = tkey(tenant, &[]);
+        self.transact_durably(&|tx| {
+            if tx.get(Space::Tenants, tenant.as_bytes())?.is_none() {
+                return Err(StoreError::NotFound(format!("tenant {tenant}")).into());
+            }
+            match shadow {
+                Some((record, component)) => {
+                    tx.put(
+                        Space::PolicyBlobs,
+                        &tkey(tenant, &[record.sha256.as_bytes()]),
+                        component,
+                    )?;
+                    tx.put(Space::PolicyShadows, &key, &encode(record))
+                }
+                None => tx.remove(Space::PolicyShadows, &key),
+            }
+        })
     }
 
     /// Where the precompiled artifact of component `sha256` for an engine with
