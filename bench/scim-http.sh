@@ -8,7 +8,10 @@
 # every request creates a new user. Prints each server's median creates/s and the ratio.
 # The SCIM rate limit is raised for the run (it would otherwise be what is measured).
 #
-# Settings (environment): ROUNDS (3), DURATION (4), CONNECTIONS (8). Installs wrk with
+# With BASELINE_BIN (another build of gatehouse, e.g. the previous commit's), the second
+# server is that binary with its defaults instead, and the ratio is this build's / its.
+#
+# Settings (environment): ROUNDS (3), DURATION (4), CONNECTIONS (8), BASELINE_BIN. Installs wrk with
 # apt-get when missing. Durability under this load is tested by
 # tests/tests/serve.rs::every_acknowledged_scim_create_survives_kill_9_under_load.
 set -euo pipefail
@@ -34,11 +37,11 @@ cleanup() {
 }
 trap cleanup EXIT
 
-start() { # NAME GROUP_COMMIT -> sets base_NAME and token_NAME
+start() { # NAME GROUP_COMMIT [BINARY] -> sets base_NAME and token_NAME
     local name=$1
     GATEHOUSE_OPERATOR_TOKEN=$OPERATOR GATEHOUSE_STORE_GROUP_COMMIT=$2 \
         GATEHOUSE_SCIM_RATE_PER_SECOND=1000000 GATEHOUSE_SCIM_BURST=1000000 \
-        target/release/gatehouse serve --listen 127.0.0.1:0 --data "$work/$name" \
+        "${3:-target/release/gatehouse}" serve --listen 127.0.0.1:0 --data "$work/$name" \
         >"$work/$name.out" 2>"$work/$name.log" &
     pids+=($!)
     for _ in $(seq 600); do grep -q "^listening on" "$work/$name.out" 2>/dev/null && break; sleep 0.05; done
@@ -60,7 +63,13 @@ start() { # NAME GROUP_COMMIT -> sets base_NAME and token_NAME
     printf -v "token_$name" '%s' "$token"
 }
 start on true
-start off false
+if [ -n "${BASELINE_BIN:-}" ]; then
+    start off true "$BASELINE_BIN"
+    label_on="this build" label_off="baseline $BASELINE_BIN"
+else
+    start off false
+    label_on="group commit on" label_off="group commit off"
+fi
 
 results="$work/results"
 for round in $(seq "$ROUNDS"); do
@@ -72,7 +81,8 @@ for round in $(seq "$ROUNDS"); do
         rps=$(awk '/^Requests\/sec:/ { print $2 }' <<<"$out")
         p99=$(awk '$1 == "99%" { print $2 }' <<<"$out")
         echo "$name $round $rps $p99" >>"$results"
-        echo "group commit $name"$'\t'"round $round"$'\t'"$rps/s"$'\t'"p99 $p99" >&2
+        label_var="label_$name"
+        echo "${!label_var}"$'\t'"round $round"$'\t'"$rps/s"$'\t'"p99 $p99" >&2
     done
 done
 
@@ -85,9 +95,9 @@ off=$(median off)
 echo
 echo "SCIM POST /Users over HTTP, wrk -t1 -c$CONNECTIONS, ${DURATION} s rounds × $ROUNDS, alternating; $(nproc) cores"
 echo
-echo "| store.group_commit | median creates/s | p99 (last round) |"
+echo "| server | median creates/s | p99 (last round) |"
 echo "|---|---|---|"
-echo "| true (default) | $(printf '%.0f' "$on")/s | $(awk '$1 == "on" { p = $4 } END { print p }' "$results") |"
-echo "| false | $(printf '%.0f' "$off")/s | $(awk '$1 == "off" { p = $4 } END { print p }' "$results") |"
+echo "| $label_on | $(printf '%.0f' "$on")/s | $(awk '$1 == "on" { p = $4 } END { print p }' "$results") |"
+echo "| $label_off | $(printf '%.0f' "$off")/s | $(awk '$1 == "off" { p = $4 } END { print p }' "$results") |"
 echo
-echo "group commit on / off: $(awk -v a="$on" -v b="$off" 'BEGIN { printf "%.1f×", a / b }')"
+echo "$label_on / $label_off: $(awk -v a="$on" -v b="$off" 'BEGIN { printf "%.1f×", a / b }')"

@@ -189,6 +189,8 @@ async fn forward_auth_answer(app: &App, tenant: String, headers: &HeaderMap) -> 
             let names = forward_names(prefix);
             let mut response = StatusCode::OK.into_response();
             let out = response.headers_mut();
+            // Room for every identity header at once, rather than growing the map twice.
+            out.reserve(13);
             let mut put = |name: &Option<HeaderName>, value: &str| {
                 if let (Some(name), Ok(value)) = (name, HeaderValue::from_str(value)) {
                     out.insert(name.clone(), value);
@@ -216,8 +218,8 @@ async fn forward_auth_answer(app: &App, tenant: String, headers: &HeaderMap) -> 
                 put(&names.idp, idp);
             }
             put(&names.token_kind, identity.token);
-            if let Some(at) = identity.expires_at {
-                put(&names.expires_at, &at.to_string());
+            if let (Some(name), Some(at)) = (&names.expires_at, identity.expires_at) {
+                out.insert(name.clone(), HeaderValue::from(at));
             }
             if settings.strip_authorization {
                 out.insert(
