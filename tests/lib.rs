@@ -48,6 +48,7 @@ pub struct TestServer {
     pub base: String,
     pub client: reqwest::Client,
     pub data: Arc<tempfile::TempDir>,
+    config: gatehouse::config::Config,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
     relay: Option<gatehouse::outbox::RelayHandle>,
@@ -72,6 +73,7 @@ impl TestServer {
         };
         tweak(&mut config);
         let (app, _) = gatehouse::app::App::open(&config).expect("app opens");
+        let opened = config.clone();
         let app = Arc::new(app);
         let relay = gatehouse::outbox::start(app.clone(), &config).expect("the relay starts");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -91,6 +93,7 @@ impl TestServer {
             base,
             client: reqwest::Client::new(),
             data,
+            config: opened,
             stop: Some(stop),
             task: Some(task),
             relay,
@@ -108,6 +111,16 @@ impl TestServer {
         if let Some(relay) = self.relay.take() {
             relay.stop().await;
         }
+    }
+
+    /// Stops the server, then opens its store again with the same configuration (the same
+    /// data directory, or the same PostgreSQL database), to look at what was kept.
+    pub async fn stop_and_reopen(self) -> gatehouse::app::App {
+        let config = self.config.clone();
+        self.stop().await;
+        gatehouse::app::App::open(&config)
+            .expect("the store opens again")
+            .0
     }
 
     /// A request with the operator token.

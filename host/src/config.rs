@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Everything `gatehouse serve` can be told.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Address to listen on; port 0 picks a free port.
@@ -299,6 +299,60 @@ pub struct SmtpConfig {
     pub max_attempts: u32,
     /// Wait after the first failed try; doubled after each further failure, at most an hour.
     pub backoff_ms: u64,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The tokens and the database URL (it may carry a password) are shown as set or not.
+        // Destructured, so a new field cannot be forgotten here.
+        let Config {
+            listen,
+            data,
+            database_url,
+            database_url_file,
+            upstream,
+            edge_token,
+            edge_token_file,
+            operator_token,
+            operator_token_file,
+            log_format,
+            log_queue_lines,
+            allow_private_urls,
+            public_url,
+            policy,
+            edge,
+            smtp,
+            scim,
+            session,
+            password,
+            sso,
+            store,
+        } = self;
+        let set = |secret: &Option<String>| secret.as_ref().map(|_| "<set>");
+        f.debug_struct("Config")
+            .field("listen", listen)
+            .field("data", data)
+            .field("database_url", &set(database_url))
+            .field("database_url_file", database_url_file)
+            .field("upstream", upstream)
+            .field("edge_token", &set(edge_token))
+            .field("edge_token_file", edge_token_file)
+            .field("operator_token", &set(operator_token))
+            .field("operator_token_file", operator_token_file)
+            .field("log_format", log_format)
+            .field("log_queue_lines", log_queue_lines)
+            .field("allow_private_urls", allow_private_urls)
+            .field("public_url", public_url)
+            .field("policy", policy)
+            .field("edge", edge)
+            .field("smtp", smtp)
+            .field("scim", scim)
+            .field("session", session)
+            .field("password", password)
+            .field("sso", sso)
+            .field("store", store)
+            .finish()
+    }
 }
 
 impl std::fmt::Debug for SmtpConfig {
@@ -847,6 +901,17 @@ mod tests {
             !format!("{config:?}").contains("u:p@"),
             "Debug hides the SMTP URL"
         );
+        let with_secrets = Config {
+            database_url: Some("postgres://gh:db-secret@db/gatehouse".into()),
+            edge_token: Some("edge-secret".into()),
+            operator_token: Some("operator-secret".into()),
+            ..Config::default()
+        };
+        let shown = format!("{with_secrets:?}");
+        for secret in ["db-secret", "edge-secret", "operator-secret"] {
+            assert!(!shown.contains(secret), "Debug hides {secret}: {shown}");
+        }
+        assert!(shown.contains("operator_token: Some(\"<set>\")"), "{shown}");
 
         let config = Config::load(None, env(&[])).unwrap();
         assert_eq!(

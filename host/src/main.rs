@@ -239,6 +239,7 @@ fn serve(args: ServeArgs) -> Result<()> {
         config.database_url = Some(url);
     }
     let _log_guard = gatehouse::logging::init(config.log_format, config.log_queue_lines);
+    gatehouse::http::install_metrics_recorder();
     let (app, generated_token) = App::open(&config).context("starting gatehouse")?;
     if let Some(token) = generated_token {
         // stderr: stdout's first line is reserved for `listening on`.
@@ -288,6 +289,7 @@ fn edge(args: EdgeArgs) -> Result<()> {
         bail!("an edge needs its credential: GATEHOUSE_EDGE_TOKEN or edge_token_file (issued with `gatehouse edge-credential issue`)");
     };
     let _log_guard = gatehouse::logging::init(config.log_format, config.log_queue_lines);
+    gatehouse::http::install_metrics_recorder();
     let app = Arc::new(App::open_edge(&config).context("starting the edge")?);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

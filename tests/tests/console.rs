@@ -4,16 +4,15 @@
 //! cross-site form post, a member opening an admin page, an admin of one tenant opening
 //! another tenant's pages.
 
+mod browser_common;
 mod mail_common;
 
-use fantoccini::{Client, ClientBuilder, Locator};
+use browser_common::*;
+use fantoccini::{Client, Locator};
 use gatehouse_tests::TestServer;
 use mail_common::*;
 use reqwest::Method;
 use serde_json::{json, Value};
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 const PASSWORD: &str = "correct horse battery";
 
@@ -87,107 +86,6 @@ async fn get(server: &TestServer, path: &str) -> Value {
     let (status, body) = server.call(Method::GET, path, OP, None).await;
     assert_eq!(status, 200, "{path}: {body}");
     body
-}
-
-// ------------------------------------------------------------------ headless Chromium
-
-/// chromedriver on a free loopback port, killed when dropped.
-struct Driver {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn chromedriver() -> Driver {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new("chromedriver")
-        .arg(format!("--port={port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("chromedriver runs (Debian's chromium-driver; .ci/run installs it)");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "chromedriver did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Driver { child, port }
-}
-
-async fn chromium(driver: &Driver, profile: &std::path::Path) -> Client {
-    let mut caps = serde_json::Map::new();
-    caps.insert(
-        "goog:chromeOptions".into(),
-        json!({
-            "binary": "/usr/bin/chromium",
-            "args": [
-                "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                "--no-first-run", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync",
-                "--window-size=360,800",
-                format!("--user-data-dir={}", profile.display()),
-            ],
-        }),
-    );
-    let connector = hyper_util::client::legacy::connect::HttpConnector::new();
-    ClientBuilder::new(connector)
-        .capabilities(caps)
-        .connect(&format!("http://127.0.0.1:{}", driver.port))
-        .await
-        .expect("a Chromium session")
-}
-
-type Step<T> = Result<T, fantoccini::error::CmdError>;
-
-async fn fill(b: &Client, css: &str, text: &str) -> Step<()> {
-    let field = b.find(Locator::Css(css)).await?;
-    field.clear().await?;
-    field.send_keys(text).await
-}
-
-/// Clicks a control that submits a form, and waits until the next page replaced this one.
-async fn click(b: &Client, css: &str) -> Step<()> {
-    let old = b.find(Locator::Css("html")).await?;
-    b.find(Locator::Css(css)).await?.click().await?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while old.tag_name().await.is_ok() {
-        assert!(Instant::now() < deadline, "{css} did not load a page");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    Ok(())
-}
-
-/// Clicks a control that does not leave the page (a radio button).
-async fn pick(b: &Client, css: &str) -> Step<()> {
-    b.find(Locator::Css(css)).await?.click().await
-}
-
-async fn text(b: &Client, css: &str) -> Step<String> {
-    b.find(Locator::Css(css)).await?.text().await
-}
-
-/// Waits until the browser is on `path` (a page load after a form post or redirect).
-async fn on(b: &Client, path: &str) -> Step<()> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while b.current_url().await?.path() != path {
-        assert!(
-            Instant::now() < deadline,
-            "not on {path}: {}",
-            b.current_url().await?
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Ok(())
 }
 
 #[tokio::test]

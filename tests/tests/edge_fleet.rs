@@ -776,6 +776,9 @@ async fn a_stale_edge_refuses_and_a_cursor_out_of_retention_takes_a_snapshot() {
         "{ready}"
     );
     assert!(f.metric(0, "gatehouse_edge_staleness_seconds").await > 2.0);
+    // Counted (and logged) like every other decision.
+    let stale = r#"gatehouse_edge_decisions_total{result="deny",reason="stale"}"#;
+    assert!(f.metric(0, stale).await >= 1.0);
 
     // The edge away while more changes than the log keeps are made.
     f.start_cp();
@@ -943,6 +946,7 @@ async fn on_postgresql_edges_follow_a_replica_that_takes_no_writes() {
     f.until_all("acme", &bob_pat, "bob's PAT refused", refused("revoked"))
         .await;
     for i in 0..3 {
-        assert_eq!(f.metric(i, "gatehouse_edge_snapshots_total").await, 1.0);
+        let snapshots = f.metric(i, "gatehouse_edge_snapshots_total").await;
+        assert_eq!(snapshots, 1.0, "edge {i} took one snapshot, then batches");
     }
 }

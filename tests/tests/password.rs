@@ -6,16 +6,16 @@
 //! headless Chromium (Debian's `chromium` + `chromium-driver`) through WebDriver, logging in
 //! with a password and then through an IdP button at a certified OpenID provider.
 
+mod browser_common;
 mod mail_common;
 
-use fantoccini::{ClientBuilder, Locator};
+use browser_common::*;
+use fantoccini::Locator;
 use gatehouse_tests::openid::OpenIdProvider;
 use gatehouse_tests::TestServer;
 use mail_common::*;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const PASSWORD: &str = "correct horse battery";
@@ -484,39 +484,6 @@ fn url_encode(text: &str) -> String {
 
 // ------------------------------------------------------------------ headless Chromium
 
-/// chromedriver on a free loopback port, killed when dropped.
-struct Driver {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn chromedriver() -> Driver {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new("chromedriver")
-        .arg(format!("--port={port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("chromedriver runs (Debian's chromium-driver; .ci/run installs it)");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "chromedriver did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Driver { child, port }
-}
-
 #[tokio::test]
 async fn the_login_page_in_headless_chromium_shows_the_idp_buttons_and_logs_in() {
     let server = TestServer::start_with(|config| config.allow_private_urls = true).await;
@@ -549,48 +516,17 @@ async fn the_login_page_in_headless_chromium_shows_the_idp_buttons_and_logs_in()
 
     let driver = chromedriver();
     let profile = tempfile::tempdir().unwrap();
-    let mut caps = serde_json::Map::new();
-    caps.insert(
-        "goog:chromeOptions".into(),
-        json!({
-            "binary": "/usr/bin/chromium",
-            "args": [
-                "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                "--no-first-run", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync",
-                format!("--user-data-dir={}", profile.path().display()),
-            ],
-        }),
-    );
-    let connector = hyper_util::client::legacy::connect::HttpConnector::new();
-    let browser = ClientBuilder::new(connector)
-        .capabilities(caps)
-        .connect(&format!("http://127.0.0.1:{}", driver.port))
-        .await
-        .expect("a Chromium session");
+    let browser = chromium(&driver, profile.path()).await;
 
     let result = async {
         // The person sets a password on the mailed link's page.
         browser
             .goto(&format!("{}/v1/acme/password?token={token}", server.base))
             .await?;
-        browser
-            .find(Locator::Id("password"))
-            .await?
-            .send_keys(PASSWORD)
-            .await?;
-        browser
-            .find(Locator::Id("confirm"))
-            .await?
-            .send_keys(PASSWORD)
-            .await?;
-        browser
-            .find(Locator::Css("button[type=submit]"))
-            .await?
-            .click()
-            .await?;
-        let done = browser.find(Locator::Css("h1")).await?.text().await?;
-        assert_eq!(done, "Your password is set");
+        fill(&browser, "#password", PASSWORD).await?;
+        fill(&browser, "#confirm", PASSWORD).await?;
+        click(&browser, "button[type=submit]").await?;
+        assert_eq!(text(&browser, "h1").await?, "Your password is set");
 
         // The login page shows one button per SSO configuration, passing return_to on.
         browser
@@ -618,45 +554,17 @@ async fn the_login_page_in_headless_chromium_shows_the_idp_buttons_and_logs_in()
         );
 
         // A wrong password shows the page again with the reason.
-        browser
-            .find(Locator::Id("email"))
-            .await?
-            .send_keys("dan@acme.io")
-            .await?;
-        browser
-            .find(Locator::Id("password"))
-            .await?
-            .send_keys("not the password")
-            .await?;
-        browser
-            .find(Locator::Css("form button[type=submit]"))
-            .await?
-            .click()
-            .await?;
-        let error = browser.find(Locator::Css("p.error")).await?.text().await?;
+        fill(&browser, "#email", "dan@acme.io").await?;
+        fill(&browser, "#password", "not the password").await?;
+        click(&browser, "form button[type=submit]").await?;
+        let error = text(&browser, "p.error").await?;
         assert!(error.contains("not right"), "{error}");
 
         // The right one lands on return_to with the session cookie set.
-        browser
-            .find(Locator::Id("email"))
-            .await?
-            .send_keys("dan@acme.io")
-            .await?;
-        browser
-            .find(Locator::Id("password"))
-            .await?
-            .send_keys(PASSWORD)
-            .await?;
-        browser
-            .find(Locator::Css("form button[type=submit]"))
-            .await?
-            .click()
-            .await?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while browser.current_url().await?.path() != "/healthz" {
-            assert!(Instant::now() < deadline, "did not land on return_to");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        fill(&browser, "#email", "dan@acme.io").await?;
+        fill(&browser, "#password", PASSWORD).await?;
+        click(&browser, "form button[type=submit]").await?;
+        on(&browser, "/healthz").await?;
         let by_password = browser.get_named_cookie("gatehouse_session").await?;
 
         // "Login with corp": the provider's sign-in page, then back on return_to with a new
@@ -664,21 +572,13 @@ async fn the_login_page_in_headless_chromium_shows_the_idp_buttons_and_logs_in()
         browser
             .goto(&format!("{}/v1/acme/login?return_to=/healthz", server.base))
             .await?;
-        browser
-            .find(Locator::LinkText("Login with corp"))
-            .await?
-            .click()
-            .await?;
+        click(&browser, "a.sso[href^='/v1/acme/sso/corp/']").await?;
         for (field, value) in [
             ("sub", "dan-at-corp"),
             ("email", "dan@acme.io"),
             ("name", "Dan"),
         ] {
-            browser
-                .find(Locator::Css(&format!("input[name={field}]")))
-                .await?
-                .send_keys(value)
-                .await?;
+            fill(&browser, &format!("input[name={field}]"), value).await?;
         }
         assert!(browser
             .current_url()
@@ -690,6 +590,7 @@ async fn the_login_page_in_headless_chromium_shows_the_idp_buttons_and_logs_in()
             .await?
             .click()
             .await?;
+        // Back through the callback's redirect to return_to, on Gatehouse's origin.
         let deadline = Instant::now() + Duration::from_secs(10);
         while browser.current_url().await?.path() != "/healthz"
             || !browser

@@ -340,8 +340,9 @@ impl App {
     pub async fn resolve_token(&self, tenant: &str, authorization: &[&[u8]]) -> Evaluation {
         if let Some(freshness) = &self.freshness {
             if freshness.is_stale() {
+                let started = std::time::Instant::now();
                 metrics::counter!("gatehouse_edge_stale_refusals_total").increment(1);
-                return Evaluation {
+                let evaluation = Evaluation {
                     result: Err(crate::edge::Deny {
                         kind: crate::edge::DenyKind::Forbidden,
                         reason: std::borrow::Cow::Borrowed("stale"),
@@ -353,6 +354,8 @@ impl App {
                     idp: None,
                     kid: None,
                 };
+                self.edge.record(tenant, &evaluation, started.elapsed());
+                return evaluation;
             }
         }
         if self.store.is_shared() && self.policies.get(tenant).is_none() {

@@ -334,7 +334,14 @@ impl Edge {
     ) -> Evaluation {
         let started = Instant::now();
         let evaluation = self.decide(ctx, tenant, authorization).await;
-        let elapsed = started.elapsed();
+        self.record(tenant, &evaluation, started.elapsed());
+        evaluation
+    }
+
+    /// Counts and logs a decision made for `tenant` in `elapsed` (never the token): every
+    /// answer the edge gives goes through here, including ones made before evaluation (an
+    /// edge too stale to answer).
+    pub fn record(&self, tenant: &str, evaluation: &Evaluation, elapsed: std::time::Duration) {
         let (result, reason) = match &evaluation.result {
             Ok(_) => ("allow", Cow::Borrowed("ok")),
             Err(deny) => ("deny", deny.reason.clone()),
@@ -362,7 +369,6 @@ impl Edge {
                 cache_hit: evaluation.cache_hit,
             });
         }
-        evaluation
     }
 
     /// Evaluates the `Authorization` header values of one request for `tenant`.

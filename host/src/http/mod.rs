@@ -57,6 +57,13 @@ fn metrics_handle() -> &'static metrics_exporter_prometheus::PrometheusHandle {
     })
 }
 
+/// Installs the process's Prometheus recorder. `serve` and `edge` call it first thing, before
+/// the store opens or an edge applies its first frame: a metric recorded before the recorder
+/// exists is lost (the `metrics` facade drops it). The routers install it too, for tests.
+pub fn install_metrics_recorder() {
+    let _ = metrics_handle();
+}
+
 /// The whole router.
 pub fn router(app: Arc<App>) -> Router {
     let max_upload = app.engine.limits().max_component_bytes * 2 + (1 << 20);
