@@ -114,13 +114,16 @@ impl TestServer {
     }
 
     /// Stops the server, then opens its store again with the same configuration (the same
-    /// data directory, or the same PostgreSQL database), to look at what was kept.
-    pub async fn stop_and_reopen(self) -> gatehouse::app::App {
-        let config = self.config.clone();
+    /// data directory, or the same PostgreSQL database), to look at what was kept. The data
+    /// directory comes back too: it is removed when the last handle to it is dropped, so
+    /// keep it as long as the app.
+    pub async fn stop_and_reopen(self) -> (gatehouse::app::App, Arc<tempfile::TempDir>) {
+        let (config, data) = (self.config.clone(), self.data.clone());
         self.stop().await;
-        gatehouse::app::App::open(&config)
+        let app = gatehouse::app::App::open(&config)
             .expect("the store opens again")
-            .0
+            .0;
+        (app, data)
     }
 
     /// A request with the operator token.

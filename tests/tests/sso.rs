@@ -1356,7 +1356,7 @@ async fn pending_logins_are_capped_per_tenant_and_expired_ones_swept() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(begin("acme", "corp").await.unwrap().status(), 302);
     // ...and the expired ones are gone from the store, not merely ignored.
-    let app = w.server.stop_and_reopen().await;
+    let (app, _data) = w.server.stop_and_reopen().await;
     assert_eq!(app.sso_pending_stored("acme").unwrap(), 3);
     assert_eq!(app.sso_pending_stored("other").unwrap(), 1);
 }
@@ -1495,7 +1495,7 @@ async fn deleting_a_user_or_an_sso_configuration_forgets_its_bindings() {
         "{body}"
     );
     // In the store: only Kim's new binding (two entries).
-    let app = w.server.stop_and_reopen().await;
+    let (app, _data) = w.server.stop_and_reopen().await;
     assert_eq!(app.sso_bindings_stored("acme").unwrap(), 2);
 }
 
