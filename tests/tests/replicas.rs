@@ -2,6 +2,7 @@
 //! with a data directory of its own for its artifact cache) on a fresh database of the
 //! test binary's cluster (tests/pg.rs).
 
+use base64::Engine as _;
 use gatehouse_tests::{pg, Process, OPERATOR_TOKEN};
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -108,6 +109,27 @@ impl Replicas {
         body: Option<&Value>,
     ) -> (u16, Value) {
         call(&self.client, &self.b.base, method, path, token, body).await
+    }
+
+    /// Uploads the nested-claims example policy to acme through A, activated or not; the
+    /// new version as A answered it.
+    async fn upload_nested_claims(&self, activate: bool) -> Value {
+        let upload = json!({
+            "component_base64": base64::engine::general_purpose::STANDARD
+                .encode(gatehouse_tests::fixtures::NESTED_CLAIMS),
+            "settings": {},
+            "activate": activate,
+        });
+        let (status, body) = self
+            .a(
+                Method::POST,
+                "/api/v1/tenants/acme/policy/versions",
+                OP,
+                Some(&upload),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        body
     }
 
     /// Tenant `acme` in SCIM mode with connection `idp`, made on A; its SCIM token.
@@ -389,7 +411,6 @@ async fn kill_9_of_a_replica_under_scim_load_loses_no_acknowledged_write() {
 
 #[tokio::test]
 async fn a_policy_activated_on_a_decides_on_b_and_a_rollback_follows() {
-    use base64::Engine;
     let _serial = SERIAL.lock().await;
     let r = start();
     let (status, body) = r
@@ -410,21 +431,7 @@ async fn a_policy_activated_on_a_decides_on_b_and_a_rollback_follows() {
         "{body}"
     );
 
-    let upload = json!({
-        "component_base64": base64::engine::general_purpose::STANDARD
-            .encode(gatehouse_tests::fixtures::NESTED_CLAIMS),
-        "settings": {},
-        "activate": true,
-    });
-    let (status, body) = r
-        .a(
-            Method::POST,
-            "/api/v1/tenants/acme/policy/versions",
-            OP,
-            Some(&upload),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
+    r.upload_nested_claims(true).await;
     let wait_for = |version: Value| {
         let r = &r;
         let login = &login;
@@ -544,7 +551,6 @@ async fn stop_hammer(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_version_uploaded_on_a_is_compiled_on_b_so_activation_and_rollback_follow_within_100_ms()
 {
-    use base64::Engine;
     let _serial = SERIAL.lock().await;
     let r = start();
     let (status, body) = r
@@ -556,21 +562,7 @@ async fn a_version_uploaded_on_a_is_compiled_on_b_so_activation_and_rollback_fol
         )
         .await;
     assert_eq!(status, 201, "{body}");
-    let upload = json!({
-        "component_base64": base64::engine::general_purpose::STANDARD
-            .encode(gatehouse_tests::fixtures::NESTED_CLAIMS),
-        "settings": {},
-        "activate": false,
-    });
-    let (status, body) = r
-        .a(
-            Method::POST,
-            "/api/v1/tenants/acme/policy/versions",
-            OP,
-            Some(&upload),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
+    r.upload_nested_claims(false).await;
     // B compiles it in the background, without anyone activating it.
     let compiled_since = Instant::now();
     let overview = poll_until(
@@ -657,7 +649,6 @@ async fn a_version_uploaded_on_a_is_compiled_on_b_so_activation_and_rollback_fol
 /// in force on B within the bound and stops B's shadow, and a discard on A stops it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shadow_set_on_a_is_evaluated_on_b_and_its_promotion_follows() {
-    use base64::Engine;
     let _serial = SERIAL.lock().await;
     let r = start();
     let (status, body) = r
