@@ -301,6 +301,16 @@ fn a_message_acknowledged_before_kill_9_is_sent_after_the_restart() {
         "a recorded failed try",
         Box::new(|| outbox(&first.base)["messages"][0]["attempts"].as_u64() >= Some(1)),
     );
+    // A try is visible as soon as it commits and durable once its flush ends; a write
+    // acknowledged after it was seen is flushed by a flush that started after that commit,
+    // so the try is on disk before the kill.
+    let (status, body) = call(
+        &first.base,
+        Method::POST,
+        "/api/v1/tenants",
+        Some(json!({ "slug": "umbrella" })),
+    );
+    assert_eq!(status, 201, "{body}");
     let stderr = first.stderr();
     assert!(!stderr.contains("token="), "no link in the logs: {stderr}");
     first.kill9();
