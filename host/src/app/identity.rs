@@ -1231,8 +1231,9 @@ impl App {
         let removed: BTreeSet<String> = before.difference(after).cloned().collect();
         let users = self.users_by_id(slug, &added.union(&removed).cloned().collect())?;
         let mut view = RoleView::empty();
-        for user in &users {
-            let mut teams = self.store.index(Space::UserTeams, slug, &[&user.id])?;
+        let ids: Vec<&str> = users.iter().map(|u| u.id.as_str()).collect();
+        let user_teams = self.store.index_many(Space::UserTeams, slug, &[], &ids)?;
+        for (user, mut teams) in users.iter().zip(user_teams) {
             if added.contains(&user.id) {
                 teams.push(id.to_owned());
                 batch.put_raw(Space::Members, &[id, &user.id], b"").put_raw(
@@ -1274,12 +1275,16 @@ impl App {
         tenant: &str,
         ids: &BTreeSet<String>,
     ) -> Result<Vec<User>, AppError> {
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
         let mut users = Vec::with_capacity(ids.len());
         let mut unknown = Vec::new();
-        for id in ids {
-            match self.store.get::<User>(tenant, &[id])? {
+        for (id, user) in ids
+            .iter()
+            .zip(self.store.get_many::<User>(tenant, &[], &ids)?)
+        {
+            match user {
                 Some(user) => users.push(user),
-                None => unknown.push(id.as_str()),
+                None => unknown.push(*id),
             }
         }
         if !unknown.is_empty() {

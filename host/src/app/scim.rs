@@ -877,21 +877,41 @@ impl App {
         refs: &[MemberRef],
         report: &mut MemberReport,
     ) -> Result<BTreeSet<String>, AppError> {
+        // Every lookup the refs need, read at once: a push of a thousand members is a few
+        // round trips to a database, not thousands.
+        let ids: Vec<&str> = refs
+            .iter()
+            .map(|r| r.value.as_str())
+            .filter(|v| valid_id(v))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let teams = self.store.get_many::<Team>(slug, &[], &ids)?;
+        let scims = self.store.get_many::<ScimUser>(slug, &[&conn.sso], &ids)?;
+        let accounts = self.store.get_many::<User>(slug, &[], &ids)?;
+        let mut known: HashMap<&str, (bool, bool, bool)> = HashMap::with_capacity(ids.len());
+        for (i, id) in ids.iter().enumerate() {
+            let provisioned = scims[i].as_ref().is_some_and(|s| s.deleted_at.is_none());
+            let user = accounts[i].is_some();
+            known.insert(id, (teams[i].is_some(), provisioned && user, user));
+        }
         let mut users = BTreeSet::new();
         for r in refs {
+            // (a team, a user of this connection, a user); all false for an invalid id.
+            let (team, ours, user) = known.get(r.value.as_str()).copied().unwrap_or_default();
             let is_group = r
                 .kind
                 .as_deref()
                 .is_some_and(|k| k.eq_ignore_ascii_case("group"))
-                || (valid_id(&r.value) && self.store.get::<Team>(slug, &[&r.value])?.is_some());
+                || team;
             if is_group {
                 report.refused.push((
                     r.value.clone(),
                     "nested groups are not supported: a group cannot be a member of a group; assign its users instead".into(),
                 ));
-            } else if self.scim_user(slug, conn, &r.value)?.is_some() {
+            } else if ours {
                 users.insert(r.value.clone());
-            } else if valid_id(&r.value) && self.store.get::<User>(slug, &[&r.value])?.is_some() {
+            } else if user {
                 report.refused.push((
                     r.value.clone(),
                     "this user was not provisioned by this SCIM connection".into(),

@@ -87,6 +87,9 @@ impl Txn for Recording<'_> {
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, TxFail> {
         self.inner.get(space, key)
     }
+    fn get_many(&self, space: Space, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, TxFail> {
+        self.inner.get_many(space, keys)
+    }
     fn put(&self, space: Space, key: &[u8], value: &[u8]) -> Result<(), TxFail> {
         self.inner.put(space, key, value)?;
         self.note(space, key, false);

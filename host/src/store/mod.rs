@@ -269,6 +269,10 @@ impl From<StoreError> for TxFail {
 /// Reads and writes inside one transaction.
 pub trait Txn {
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, TxFail>;
+    /// The values of `keys`, in order (a backend across a network reads them at once).
+    fn get_many(&self, space: Space, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, TxFail> {
+        keys.iter().map(|key| self.get(space, key)).collect()
+    }
     fn put(&self, space: Space, key: &[u8], value: &[u8]) -> Result<(), TxFail>;
     fn remove(&self, space: Space, key: &[u8]) -> Result<(), TxFail>;
 }
@@ -282,6 +286,11 @@ pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
 /// The narrow storage interface.
 pub trait Backend: Send + Sync + 'static {
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    /// The values of `keys`, in order. A backend across a network answers in one round
+    /// trip what a loop of [`Backend::get`] would take one per key for.
+    fn get_many(&self, space: Space, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        keys.iter().map(|key| self.get(space, key)).collect()
+    }
     /// Visits the entries under `prefix` in key order, starting after `after` (a full
     /// key), until `visit` returns false.
     fn scan_each(
@@ -299,6 +308,14 @@ pub trait Backend: Send + Sync + 'static {
             true
         })?;
         Ok(pairs)
+    }
+    /// Every entry under each of `prefixes`, in key order, one list per prefix (one round
+    /// trip on a backend across a network).
+    fn scan_many(&self, space: Space, prefixes: &[Vec<u8>]) -> Result<Vec<Pairs>, StoreError> {
+        prefixes
+            .iter()
+            .map(|prefix| self.scan(space, prefix))
+            .collect()
     }
     /// Runs `body` atomically and in isolation: all its writes happen, or none.
     fn transact(&self, body: &TxBody<'_>) -> Result<(), StoreError>;
@@ -984,6 +1001,82 @@ mod tests {
                 n as usize + 3
             );
             assert!(store.kv.scan(Space::Teams, b"").unwrap().is_empty());
+        });
+    }
+
+    #[test]
+    fn many_reads_at_once_answer_as_one_read_each() {
+        on_both(|store| {
+            let k = |t: &str, parts: &[&[u8]]| tkey(t, parts);
+            store
+                .kv
+                .transact(&|tx| {
+                    for (user, teams) in [("u1", &["a", "b"][..]), ("u2", &["c"]), ("u10", &["d"])]
+                    {
+                        for team in teams {
+                            tx.put(
+                                Space::UserTeams,
+                                &k("t", &[user.as_bytes(), team.as_bytes()]),
+                                b"",
+                            )?;
+                        }
+                        tx.put(Space::Users, &k("t", &[user.as_bytes()]), user.as_bytes())?;
+                    }
+                    // Another tenant's entries never answer for this one's keys.
+                    tx.put(Space::UserTeams, &k("u", &[b"u1", b"z"]), b"")?;
+                    tx.put(Space::Users, &k("u", &[b"u3"]), b"other")
+                })
+                .unwrap();
+            let keys: Vec<Vec<u8>> = ["u2", "u3", "u1", "u2", "nobody"]
+                .iter()
+                .map(|u| k("t", &[u.as_bytes()]))
+                .collect();
+            let one_by_one: Vec<Option<Vec<u8>>> = keys
+                .iter()
+                .map(|key| store.kv.get(Space::Users, key).unwrap())
+                .collect();
+            assert_eq!(store.kv.get_many(Space::Users, &keys).unwrap(), one_by_one);
+            assert_eq!(one_by_one[0].as_deref(), Some(&b"u2"[..]));
+            assert_eq!(one_by_one[1], None);
+            assert!(store.kv.get_many(Space::Users, &[]).unwrap().is_empty());
+
+            // `u1`'s prefix must not take `u10`'s entries: prefixes end in a 0 byte.
+            let prefixes: Vec<Vec<u8>> = ["u1", "u10", "nobody", "u2"]
+                .iter()
+                .map(|u| {
+                    let mut p = k("t", &[u.as_bytes()]);
+                    p.push(0);
+                    p
+                })
+                .collect();
+            let scans: Vec<Pairs> = prefixes
+                .iter()
+                .map(|p| store.kv.scan(Space::UserTeams, p).unwrap())
+                .collect();
+            assert_eq!(
+                store.kv.scan_many(Space::UserTeams, &prefixes).unwrap(),
+                scans
+            );
+            assert_eq!(scans.iter().map(Vec::len).collect::<Vec<_>>(), [2, 1, 0, 1]);
+
+            // Inside a transaction, its own writes (and removals) answer first.
+            store
+                .kv
+                .transact(&|tx| {
+                    tx.put(Space::Users, &k("t", &[b"u3"]), b"new")?;
+                    tx.remove(Space::Users, &k("t", &[b"u1"]))?;
+                    let seen = tx.get_many(Space::Users, &keys)?;
+                    let each: Vec<_> = keys
+                        .iter()
+                        .map(|key| tx.get(Space::Users, key))
+                        .collect::<Result<_, _>>()?;
+                    assert_eq!(seen, each);
+                    assert_eq!(seen[1].as_deref(), Some(&b"new"[..]));
+                    assert_eq!(seen[2], None);
+                    assert_eq!(seen[0].as_deref(), Some(&b"u2"[..]));
+                    Ok(())
+                })
+                .unwrap();
         });
     }
 

@@ -7,7 +7,9 @@
 //! own that drives `tokio-postgres` connections; a caller hands it one future at a time and
 //! waits on a plain channel, the way a sled caller waits on an fsync.
 
-use super::{Backend, BackendFail, HeldLock, Space, StoreError, TxBody, TxFail, Txn};
+use super::{Backend, BackendFail, HeldLock, Pairs, Space, StoreError, TxBody, TxFail, Txn};
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Duration;
@@ -102,8 +104,10 @@ impl Default for PgOptions {
 struct Conn {
     client: Client,
     get: Statement,
-    put: Statement,
-    del: Statement,
+    get_many: Statement,
+    scan_many: Statement,
+    put_many: Statement,
+    del_many: Statement,
     scan: Statement,
 }
 
@@ -116,14 +120,32 @@ impl Conn {
         let get = client
             .prepare("SELECT value FROM kv WHERE space = $1 AND key = $2")
             .await?;
-        let put = client
+        let get_many = client
+            .prepare("SELECT key, value FROM kv WHERE space = $1 AND key = ANY($2::bytea[])")
+            .await?;
+        // One index range per prefix ([lo, hi)), the lists in the order of the prefixes.
+        let scan_many = client
             .prepare(
-                "INSERT INTO kv (space, key, value) VALUES ($1, $2, $3)
+                "SELECT p.i, s.key, s.value
+                 FROM unnest($2::bytea[], $3::bytea[]) WITH ORDINALITY AS p(lo, hi, i)
+                 CROSS JOIN LATERAL (SELECT key, value FROM kv
+                     WHERE space = $1 AND key >= p.lo AND key < p.hi) s
+                 ORDER BY p.i, s.key",
+            )
+            .await?;
+        // Duplicate keys cannot occur: a transaction keeps one write per key.
+        let put_many = client
+            .prepare(
+                "INSERT INTO kv (space, key, value)
+                 SELECT * FROM unnest($1::text[], $2::bytea[], $3::bytea[])
                  ON CONFLICT (space, key) DO UPDATE SET value = EXCLUDED.value",
             )
             .await?;
-        let del = client
-            .prepare("DELETE FROM kv WHERE space = $1 AND key = $2")
+        let del_many = client
+            .prepare(
+                "DELETE FROM kv WHERE (space, key) IN
+                 (SELECT * FROM unnest($1::text[], $2::bytea[]))",
+            )
             .await?;
         let scan = client
             .prepare(
@@ -135,8 +157,10 @@ impl Conn {
         Ok(Conn {
             client,
             get,
-            put,
-            del,
+            get_many,
+            scan_many,
+            put_many,
+            del_many,
             scan,
         })
     }
@@ -483,54 +507,142 @@ fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
     None
 }
 
+/// The values of `keys` in `space`, in order, read in one statement.
+async fn query_many(
+    conn: &Conn,
+    space: Space,
+    keys: Vec<Vec<u8>>,
+) -> Result<Vec<Option<Vec<u8>>>, tokio_postgres::Error> {
+    let rows = conn
+        .client
+        .query(&conn.get_many, &[&space.name(), &keys])
+        .await?;
+    let found: HashMap<Vec<u8>, Vec<u8>> = rows
+        .into_iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    Ok(keys.iter().map(|key| found.get(key).cloned()).collect())
+}
+
+/// A transaction's reads go to the database as they come; its writes are kept here and
+/// sent at commit in two statements (one upsert, one delete), so a body that writes a
+/// thousand keys costs two round trips for them, not a thousand. A read of a key the body
+/// wrote answers from the buffer. At `SERIALIZABLE` the outcome is the same as writing
+/// each key at once: conflicts are judged at the writes and at `COMMIT`, and a transaction
+/// that loses a race runs again from the start.
 struct PgTxn<'a> {
     backend: &'a PgBackend,
     conn: &'a Arc<Conn>,
+    /// The last write of each key: `Some(value)` puts, `None` removes.
+    writes: RefCell<Writes>,
 }
 
-enum Op {
-    Get,
-    Put(Vec<u8>),
-    Remove,
+/// A transaction's buffered writes: (space, key) → `Some(value)` put, `None` removed.
+type Writes = HashMap<(Space, Vec<u8>), Option<Vec<u8>>>;
+
+/// Where the end of a transaction failed.
+enum EndFail {
+    /// Sending the buffered writes (the transaction is open and aborted).
+    Writes(tokio_postgres::Error),
+    /// `COMMIT` itself (the transaction has ended, one way or the other).
+    Commit(tokio_postgres::Error),
 }
 
 impl PgTxn<'_> {
-    fn exec(&self, op: Op, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, TxFail> {
-        let conn = self.conn.clone();
-        let key = key.to_vec();
-        let outcome = self
-            .backend
-            .run(async move {
-                let (client, name) = (&conn.client, space.name());
-                match op {
-                    Op::Get => client
-                        .query_opt(&conn.get, &[&name, &key])
-                        .await
-                        .map(|row| row.map(|row| row.get::<_, Vec<u8>>(0))),
-                    Op::Put(value) => client
-                        .execute(&conn.put, &[&name, &key, &value])
-                        .await
-                        .map(|_| None),
-                    Op::Remove => client
-                        .execute(&conn.del, &[&name, &key])
-                        .await
-                        .map(|_| None),
+    /// Sends the buffered writes and commits, in one hop to the database runtime.
+    fn commit(self) -> Result<Result<(), EndFail>, StoreError> {
+        let mut upsert = (Vec::new(), Vec::new(), Vec::new());
+        let mut delete = (Vec::new(), Vec::new());
+        for ((space, key), value) in self.writes.into_inner() {
+            match value {
+                Some(value) => {
+                    upsert.0.push(space.name());
+                    upsert.1.push(key);
+                    upsert.2.push(value);
                 }
-            })
-            .map_err(|e| TxFail::Backend(BackendFail::Unavailable(e)))?;
-        outcome.map_err(|e| TxFail::Backend(BackendFail::Pg(PgFail(e))))
+                None => {
+                    delete.0.push(space.name());
+                    delete.1.push(key);
+                }
+            }
+        }
+        let conn = self.conn.clone();
+        self.backend.run(async move {
+            let client = &conn.client;
+            if !upsert.0.is_empty() {
+                client
+                    .execute(&conn.put_many, &[&upsert.0, &upsert.1, &upsert.2])
+                    .await
+                    .map_err(EndFail::Writes)?;
+            }
+            if !delete.0.is_empty() {
+                client
+                    .execute(&conn.del_many, &[&delete.0, &delete.1])
+                    .await
+                    .map_err(EndFail::Writes)?;
+            }
+            client
+                .batch_execute("COMMIT")
+                .await
+                .map_err(EndFail::Commit)
+        })
     }
 }
 
 impl Txn for PgTxn<'_> {
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, TxFail> {
-        self.exec(Op::Get, space, key)
+        if let Some(value) = self.writes.borrow().get(&(space, key.to_vec())) {
+            return Ok(value.clone());
+        }
+        let conn = self.conn.clone();
+        let key = key.to_vec();
+        let outcome = self
+            .backend
+            .run(async move {
+                conn.client
+                    .query_opt(&conn.get, &[&space.name(), &key])
+                    .await
+                    .map(|row| row.map(|row| row.get::<_, Vec<u8>>(0)))
+            })
+            .map_err(|e| TxFail::Backend(BackendFail::Unavailable(e)))?;
+        outcome.map_err(|e| TxFail::Backend(BackendFail::Pg(PgFail(e))))
+    }
+    fn get_many(&self, space: Space, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, TxFail> {
+        let mut values: Vec<Option<Option<Vec<u8>>>> = {
+            let writes = self.writes.borrow();
+            keys.iter()
+                .map(|key| writes.get(&(space, key.clone())).cloned())
+                .collect()
+        };
+        let unwritten: Vec<Vec<u8>> = keys
+            .iter()
+            .zip(&values)
+            .filter(|(_, written)| written.is_none())
+            .map(|(key, _)| key.clone())
+            .collect();
+        if !unwritten.is_empty() {
+            let conn = self.conn.clone();
+            let read = self
+                .backend
+                .run(async move { query_many(&conn, space, unwritten).await })
+                .map_err(|e| TxFail::Backend(BackendFail::Unavailable(e)))?
+                .map_err(|e| TxFail::Backend(BackendFail::Pg(PgFail(e))))?;
+            let mut read = read.into_iter();
+            for value in values.iter_mut().filter(|v| v.is_none()) {
+                *value = Some(read.next().flatten());
+            }
+        }
+        Ok(values.into_iter().map(Option::flatten).collect())
     }
     fn put(&self, space: Space, key: &[u8], value: &[u8]) -> Result<(), TxFail> {
-        self.exec(Op::Put(value.to_vec()), space, key).map(drop)
+        self.writes
+            .borrow_mut()
+            .insert((space, key.to_vec()), Some(value.to_vec()));
+        Ok(())
     }
     fn remove(&self, space: Space, key: &[u8]) -> Result<(), TxFail> {
-        self.exec(Op::Remove, space, key).map(drop)
+        self.writes.borrow_mut().insert((space, key.to_vec()), None);
+        Ok(())
     }
 }
 
@@ -546,6 +658,47 @@ impl Backend for PgBackend {
                 .map(|row| row.map(|row| row.get::<_, Vec<u8>>(0)))
         })?
         .map_err(|e| store_error(&e))
+    }
+
+    fn get_many(&self, space: Space, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let lease = self.lease(&self.data)?;
+        let (conn, keys) = (lease.conn().clone(), keys.to_vec());
+        self.run(async move { query_many(&conn, space, keys).await })?
+            .map_err(|e| store_error(&e))
+    }
+
+    fn scan_many(&self, space: Space, prefixes: &[Vec<u8>]) -> Result<Vec<Pairs>, StoreError> {
+        // A prefix with no end (all 0xff bytes) is scanned on its own; none of the store's is.
+        let ends: Vec<Option<Vec<u8>>> = prefixes.iter().map(|p| prefix_end(p)).collect();
+        if prefixes.is_empty() || ends.iter().any(Option::is_none) {
+            return prefixes.iter().map(|p| self.scan(space, p)).collect();
+        }
+        let lease = self.lease(&self.data)?;
+        let (conn, starts) = (lease.conn().clone(), prefixes.to_vec());
+        let ends: Vec<Vec<u8>> = ends.into_iter().flatten().collect();
+        let rows = self
+            .run(async move {
+                conn.client
+                    .query(&conn.scan_many, &[&space.name(), &starts, &ends])
+                    .await
+            })?
+            .map_err(|e| store_error(&e))?;
+        let mut lists: Vec<Pairs> = vec![Vec::new(); prefixes.len()];
+        for row in rows {
+            let i: i64 = row.get(0);
+            let list = usize::try_from(i - 1)
+                .ok()
+                .and_then(|i| lists.get_mut(i))
+                .ok_or_else(|| StoreError::Corrupt {
+                    key: format!("scan {}", space.name()),
+                    reason: format!("the database answered for prefix {i} of {}", prefixes.len()),
+                })?;
+            list.push((row.get(1), row.get(2)));
+        }
+        Ok(lists)
     }
 
     fn scan_each(
@@ -602,24 +755,25 @@ impl Backend for PgBackend {
             let txn = PgTxn {
                 backend: self,
                 conn: lease.conn(),
+                writes: RefCell::default(),
             };
             match body(&txn) {
-                Ok(()) => {
-                    let conn = lease.conn().clone();
-                    let committed =
-                        self.run(async move { conn.client.batch_execute("COMMIT").await })?;
-                    match committed {
-                        Ok(()) => return Ok(()),
-                        // A failed COMMIT ends the transaction; a serialization failure
-                        // means nothing was written and the body may run again.
-                        Err(e) if is_retryable(&e) => drop(lease),
-                        // The outcome of a COMMIT whose answer was lost is unknown.
-                        Err(e) => {
-                            lease.discard();
-                            return Err(store_error(&e));
-                        }
+                Ok(()) => match txn.commit()? {
+                    Ok(()) => return Ok(()),
+                    // A serialization failure, at the writes or at COMMIT, means nothing
+                    // was written and the body may run again.
+                    Err(EndFail::Writes(e)) if is_retryable(&e) => self.rollback(lease),
+                    Err(EndFail::Commit(e)) if is_retryable(&e) => drop(lease),
+                    Err(EndFail::Writes(e)) => {
+                        self.rollback(lease);
+                        return Err(store_error(&e));
                     }
-                }
+                    // The outcome of a COMMIT whose answer was lost is unknown.
+                    Err(EndFail::Commit(e)) => {
+                        lease.discard();
+                        return Err(store_error(&e));
+                    }
+                },
                 Err(TxFail::Abort(e)) => {
                     self.rollback(lease);
                     return Err(e);

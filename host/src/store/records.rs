@@ -6,7 +6,7 @@
 use super::side::{self, Bucket};
 use super::{decode, encode, tkey, Space, Store, StoreError, TxFail};
 use serde::{de::DeserializeOwned, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// A record kind: the space it lives in and, when that space has a side table
 /// ([`Space::side`]), the part of the record kept there.
@@ -167,6 +167,52 @@ impl Store {
         Ok(Some(record))
     }
 
+    /// The records keyed `prefix` + each of `ids`, in order (`None` where there is none),
+    /// read at once: one round trip on a database, not one per id.
+    pub fn get_many<T: Record>(
+        &self,
+        tenant: &str,
+        prefix: &[&str],
+        ids: &[&str],
+    ) -> Result<Vec<Option<T>>, StoreError> {
+        let keyed = |id: &str| -> Vec<String> {
+            prefix
+                .iter()
+                .map(|p| (*p).to_owned())
+                .chain([id.to_owned()])
+                .collect()
+        };
+        let keys: Vec<Vec<u8>> = ids
+            .iter()
+            .map(|id| {
+                let parts = keyed(id);
+                key(
+                    tenant,
+                    &parts.iter().map(String::as_str).collect::<Vec<_>>(),
+                )
+            })
+            .collect();
+        let mut records = self
+            .kv
+            .get_many(T::SPACE, &keys)?
+            .into_iter()
+            .zip(&keys)
+            .map(|(value, key)| value.map(|v| decode::<T>(key, &v)).transpose())
+            .collect::<Result<Vec<Option<T>>, StoreError>>()?;
+        if let Some(side) = T::SPACE.side() {
+            let found: Vec<usize> = (0..ids.len()).filter(|&i| records[i].is_some()).collect();
+            let names: Vec<String> = found.iter().map(|&i| keyed(ids[i]).join("/")).collect();
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            let parts = self.sides(side, tenant, &names)?;
+            for (i, part) in found.into_iter().zip(parts) {
+                if let (Some(record), Some(part)) = (records[i].as_mut(), part) {
+                    put_back(&keys[i], record, &part)?;
+                }
+            }
+        }
+        Ok(records)
+    }
+
     /// The side parts of the records named `names` (each a record's key parts joined by
     /// `/`) in side table `space`, in order; `None` where a record has none. Each bucket
     /// is read once.
@@ -176,24 +222,31 @@ impl Store {
         tenant: &str,
         names: &[&str],
     ) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
-        let mut buckets: HashMap<Vec<u8>, Option<Vec<u8>>> = HashMap::new();
-        let mut parts = Vec::with_capacity(names.len());
-        for name in names {
-            let key = side::bucket_key(tenant, name);
-            let bytes = match buckets.get(&key) {
-                Some(bytes) => bytes,
-                None => {
-                    let bytes = self.kv.get(space, &key)?;
-                    buckets.entry(key.clone()).or_insert(bytes)
-                }
-            };
-            let part = match bytes {
-                Some(bytes) => Bucket::find(&key, bytes, name)?.map(<[u8]>::to_vec),
-                None => None,
-            };
-            parts.push(part);
-        }
-        Ok(parts)
+        let keys: Vec<Vec<u8>> = names
+            .iter()
+            .map(|name| side::bucket_key(tenant, name))
+            .collect();
+        let distinct: Vec<Vec<u8>> = keys
+            .iter()
+            .cloned()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let buckets: HashMap<Vec<u8>, Option<Vec<u8>>> = distinct
+            .iter()
+            .cloned()
+            .zip(self.kv.get_many(space, &distinct)?)
+            .collect();
+        names
+            .iter()
+            .zip(&keys)
+            .map(
+                |(name, key)| match buckets.get(key).and_then(Option::as_ref) {
+                    Some(bytes) => Ok(Bucket::find(key, bytes, name)?.map(<[u8]>::to_vec)),
+                    None => Ok(None),
+                },
+            )
+            .collect()
     }
 
     /// Every side part of the tenant in side table `space`, by record name.
@@ -308,11 +361,35 @@ impl Store {
         self.kv
             .scan(space, &prefix)?
             .into_iter()
-            .map(|(k, _)| {
-                String::from_utf8(k[prefix.len()..].to_vec()).map_err(|e| StoreError::Corrupt {
-                    key: String::from_utf8_lossy(&k).replace('\0', "/"),
-                    reason: e.to_string(),
-                })
+            .map(|(k, _)| index_entry(&prefix, &k))
+            .collect()
+    }
+
+    /// [`Store::index`] of `prefix` + each of `ids`, in order, read at once (e.g. the teams
+    /// of each of a thousand users in one round trip).
+    pub fn index_many(
+        &self,
+        space: Space,
+        tenant: &str,
+        prefix: &[&str],
+        ids: &[&str],
+    ) -> Result<Vec<Vec<String>>, StoreError> {
+        let prefixes: Vec<Vec<u8>> = ids
+            .iter()
+            .map(|id| {
+                let parts: Vec<&str> = prefix.iter().copied().chain([*id]).collect();
+                scan_prefix(tenant, &parts)
+            })
+            .collect();
+        self.kv
+            .scan_many(space, &prefixes)?
+            .into_iter()
+            .zip(&prefixes)
+            .map(|(pairs, prefix)| {
+                pairs
+                    .into_iter()
+                    .map(|(k, _)| index_entry(prefix, &k))
+                    .collect()
             })
             .collect()
     }
@@ -323,15 +400,29 @@ impl Store {
             return Ok(());
         }
         self.transact_durably(&|tx| {
+            // The checks' keys are read at once per space (one round trip on a database),
+            // then judged in batch order, so the first failing check is the one reported.
+            let mut checked: BTreeMap<Space, Vec<Vec<u8>>> = BTreeMap::new();
+            for op in &batch.ops {
+                if let Op::Absent(space, key, _) | Op::Present(space, key, _) = op {
+                    checked.entry(*space).or_default().push(key.clone());
+                }
+            }
+            let mut present: HashMap<(Space, &[u8]), bool> = HashMap::new();
+            for (space, keys) in &checked {
+                for (key, value) in keys.iter().zip(tx.get_many(*space, keys)?) {
+                    present.insert((*space, key.as_slice()), value.is_some());
+                }
+            }
             for op in &batch.ops {
                 match op {
                     Op::Absent(space, key, conflict) => {
-                        if tx.get(*space, key)?.is_some() {
+                        if present[&(*space, key.as_slice())] {
                             return Err(TxFail::Abort(StoreError::Conflict(conflict.clone())));
                         }
                     }
                     Op::Present(space, key, what) => {
-                        if tx.get(*space, key)?.is_none() {
+                        if !present[&(*space, key.as_slice())] {
                             return Err(TxFail::Abort(StoreError::NotFound(what.clone())));
                         }
                     }
@@ -351,8 +442,20 @@ impl Store {
                     Op::Absent(..) | Op::Present(..) => {}
                 }
             }
+            // The buckets a batch rewrites, read at once per side table.
+            let mut stored: HashMap<(Space, &[u8]), Option<Vec<u8>>> = HashMap::new();
+            let mut by_space: BTreeMap<Space, Vec<&[u8]>> = BTreeMap::new();
+            for (space, key) in buckets.keys() {
+                by_space.entry(*space).or_default().push(key);
+            }
+            for (space, keys) in by_space {
+                let owned: Vec<Vec<u8>> = keys.iter().map(|k| k.to_vec()).collect();
+                for (key, value) in keys.into_iter().zip(tx.get_many(space, &owned)?) {
+                    stored.insert((space, key), value);
+                }
+            }
             for ((space, key), changes) in buckets {
-                let mut bucket = match tx.get(space, key)? {
+                let mut bucket = match stored.remove(&(space, key)).flatten() {
                     Some(bytes) => Bucket::decode(key, &bytes).map_err(TxFail::Abort)?,
                     None => Bucket::default(),
                 };
@@ -371,6 +474,14 @@ impl Store {
             Ok(())
         })
     }
+}
+
+/// The last key part of index entry `key` under `prefix`.
+fn index_entry(prefix: &[u8], key: &[u8]) -> Result<String, StoreError> {
+    String::from_utf8(key[prefix.len()..].to_vec()).map_err(|e| StoreError::Corrupt {
+        key: String::from_utf8_lossy(key).replace('\0', "/"),
+        reason: e.to_string(),
+    })
 }
 
 /// A change to one side entry: its name, and its new part (`None`: removed).
