@@ -8,7 +8,7 @@
 //! waits on a plain channel, the way a sled caller waits on an fsync.
 
 use super::{Backend, BackendFail, HeldLock, Pairs, Space, StoreError, TxBody, TxFail, Txn};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
@@ -109,6 +109,8 @@ struct Conn {
     put_many: Statement,
     del_many: Statement,
     scan: Statement,
+    lock_row: Statement,
+    lock_take: Statement,
 }
 
 impl Conn {
@@ -154,9 +156,17 @@ impl Conn {
                  ORDER BY key LIMIT $5",
             )
             .await?;
+        let lock_row = client
+            .prepare("INSERT INTO tenant_locks (slug) VALUES ($1) ON CONFLICT (slug) DO NOTHING")
+            .await?;
+        let lock_take = client
+            .prepare("SELECT 1 FROM tenant_locks WHERE slug = $1 FOR UPDATE")
+            .await?;
         Ok(Conn {
             client,
             get,
+            lock_row,
+            lock_take,
             get_many,
             scan_many,
             put_many,
@@ -443,21 +453,18 @@ impl PgBackend {
         let conn = lease.conn().clone();
         let slug = slug.to_owned();
         let taken = self.run(async move {
+            // One round trip: the row is made if missing (autocommit), then locked in a
+            // transaction of its own, the three statements pipelined.
             let client = &conn.client;
-            client
-                .execute(
-                    "INSERT INTO tenant_locks (slug) VALUES ($1) ON CONFLICT (slug) DO NOTHING",
-                    &[&slug],
-                )
-                .await?;
-            client.batch_execute("BEGIN").await?;
-            client
-                .query_one(
-                    "SELECT 1 FROM tenant_locks WHERE slug = $1 FOR UPDATE",
-                    &[&slug],
-                )
-                .await?;
-            Ok::<_, tokio_postgres::Error>(())
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&slug];
+            let (made, begun, taken) = tokio::join!(
+                client.execute(&conn.lock_row, &params),
+                client.batch_execute("BEGIN"),
+                client.query_one(&conn.lock_take, &params),
+            );
+            made?;
+            begun?;
+            taken.map(drop)
         })?;
         match taken {
             Ok(()) => Ok(PgTenantLock {
@@ -533,6 +540,9 @@ async fn query_many(
 struct PgTxn<'a> {
     backend: &'a PgBackend,
     conn: &'a Arc<Conn>,
+    /// Whether `BEGIN` was sent: it goes with the first read, in the same round trip (the
+    /// snapshot is taken at that read either way).
+    begun: Cell<bool>,
     /// The last write of each key: `Some(value)` puts, `None` removes.
     writes: RefCell<Writes>,
 }
@@ -548,9 +558,33 @@ enum EndFail {
     Commit(tokio_postgres::Error),
 }
 
+/// Opens a transaction.
+const BEGIN: &str = "BEGIN ISOLATION LEVEL SERIALIZABLE";
+
+/// Runs `read` on `conn`, after `BEGIN` in the same round trip when `begin` (pipelined: a
+/// failed `BEGIN` fails the read too).
+async fn begun_then<T>(
+    conn: &Conn,
+    begin: bool,
+    read: impl Future<Output = Result<T, tokio_postgres::Error>>,
+) -> Result<T, tokio_postgres::Error> {
+    if !begin {
+        return read.await;
+    }
+    let (begun, read) = tokio::join!(conn.client.batch_execute(BEGIN), read);
+    begun?;
+    read
+}
+
 impl PgTxn<'_> {
+    /// Whether this read must send `BEGIN` first (true once).
+    fn begin(&self) -> bool {
+        !self.begun.replace(true)
+    }
+
     /// Sends the buffered writes and commits, in one hop to the database runtime.
     fn commit(self) -> Result<Result<(), EndFail>, StoreError> {
+        let (conn, begin) = (self.conn.clone(), self.begin());
         let mut upsert = (Vec::new(), Vec::new(), Vec::new());
         let mut delete = (Vec::new(), Vec::new());
         for ((space, key), value) in self.writes.into_inner() {
@@ -566,9 +600,16 @@ impl PgTxn<'_> {
                 }
             }
         }
-        let conn = self.conn.clone();
+        if begin && upsert.0.is_empty() && delete.0.is_empty() {
+            return Ok(Ok(()));
+        }
         self.backend.run(async move {
             let client = &conn.client;
+            // Writes are never pipelined behind a `BEGIN` whose answer is unknown: were it
+            // to fail, they would run outside a transaction.
+            if begin {
+                client.batch_execute(BEGIN).await.map_err(EndFail::Writes)?;
+            }
             if !upsert.0.is_empty() {
                 client
                     .execute(&conn.put_many, &[&upsert.0, &upsert.1, &upsert.2])
@@ -594,13 +635,15 @@ impl Txn for PgTxn<'_> {
         if let Some(value) = self.writes.borrow().get(&(space, key.to_vec())) {
             return Ok(value.clone());
         }
-        let conn = self.conn.clone();
+        let (conn, begin) = (self.conn.clone(), self.begin());
         let key = key.to_vec();
         let outcome = self
             .backend
             .run(async move {
-                conn.client
-                    .query_opt(&conn.get, &[&space.name(), &key])
+                let name = space.name();
+                let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&name, &key];
+                let read = conn.client.query_opt(&conn.get, &params);
+                begun_then(&conn, begin, read)
                     .await
                     .map(|row| row.map(|row| row.get::<_, Vec<u8>>(0)))
             })
@@ -621,12 +664,14 @@ impl Txn for PgTxn<'_> {
             .map(|(key, _)| key.clone())
             .collect();
         if !unwritten.is_empty() {
-            let conn = self.conn.clone();
-            let read = self
-                .backend
-                .run(async move { query_many(&conn, space, unwritten).await })
-                .map_err(|e| TxFail::Backend(BackendFail::Unavailable(e)))?
-                .map_err(|e| TxFail::Backend(BackendFail::Pg(PgFail(e))))?;
+            let (conn, begin) = (self.conn.clone(), self.begin());
+            let read =
+                self.backend
+                    .run(async move {
+                        begun_then(&conn, begin, query_many(&conn, space, unwritten)).await
+                    })
+                    .map_err(|e| TxFail::Backend(BackendFail::Unavailable(e)))?
+                    .map_err(|e| TxFail::Backend(BackendFail::Pg(PgFail(e))))?;
             let mut read = read.into_iter();
             for value in values.iter_mut().filter(|v| v.is_none()) {
                 *value = Some(read.next().flatten());
@@ -748,13 +793,10 @@ impl Backend for PgBackend {
         loop {
             attempt += 1;
             let lease = self.lease(&self.data)?;
-            if let Err(e) = self.batch(lease.conn(), "BEGIN ISOLATION LEVEL SERIALIZABLE") {
-                lease.discard();
-                return Err(e);
-            }
             let txn = PgTxn {
                 backend: self,
                 conn: lease.conn(),
+                begun: Cell::new(false),
                 writes: RefCell::default(),
             };
             match body(&txn) {
