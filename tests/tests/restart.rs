@@ -16,26 +16,6 @@ fn config(dir: &std::path::Path) -> Config {
     }
 }
 
-/// Opens what a dropped `App` or `Store` had open. sled releases its directory lock when
-/// its last internal handle drops, which its flusher thread may do a moment after the
-/// owner is gone (a new process never waits: the old one's exit released it); poll with a
-/// deadline rather than fail on that moment.
-fn reopen<T, E: std::fmt::Debug>(open: impl Fn() -> Result<T, E>) -> T {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        match open() {
-            Ok(opened) => return opened,
-            Err(e)
-                if format!("{e:?}").contains("could not acquire lock")
-                    && std::time::Instant::now() < deadline =>
-            {
-                std::thread::sleep(std::time::Duration::from_millis(10))
-            }
-            Err(e) => panic!("reopening: {e:?}"),
-        }
-    }
-}
-
 fn artifacts(dir: &std::path::Path) -> Vec<(String, u64, i64)> {
     let mut files: Vec<_> = std::fs::read_dir(dir.join("db/artifacts"))
         .unwrap()
@@ -78,7 +58,7 @@ async fn a_restart_maps_the_stored_artifacts_instead_of_recompiling() {
         2,
         "the default policy's artifact and the upload's: {before:?}"
     );
-    let (app, _) = reopen(|| App::open(&config(dir.path())));
+    let (app, _) = App::open(&config(dir.path())).unwrap();
     assert_eq!(
         artifacts(dir.path()),
         before,
@@ -113,7 +93,7 @@ async fn a_missing_artifact_is_rebuilt_from_the_stored_component() {
         )
         .unwrap();
     }
-    let (app, _) = reopen(|| App::open(&config(dir.path())));
+    let (app, _) = App::open(&config(dir.path())).unwrap();
     let evaluated = app.evaluate("acme", &login()).unwrap();
     assert!(evaluated.decision.is_some(), "{evaluated:?}");
     assert_eq!(evaluated.policy, "nested-claims");
@@ -129,7 +109,7 @@ async fn a_tenant_whose_policy_cannot_load_fails_closed_alone() {
     }
     {
         // A stored version whose bytes no longer compile (e.g. damaged on disk).
-        let store = reopen(|| Store::open(&dir.path().join("db")));
+        let store = Store::open(&dir.path().join("db")).unwrap();
         let record = PolicyVersionRecord {
             version: 0,
             sha256: "ab".repeat(32),
@@ -153,7 +133,7 @@ async fn a_tenant_whose_policy_cannot_load_fails_closed_alone() {
             .unwrap();
     }
     // One tenant's broken policy does not stop the server: it opens.
-    let (app, _) = reopen(|| App::open(&config(dir.path())));
+    let (app, _) = App::open(&config(dir.path())).unwrap();
     let broken = app.evaluate("broken", &login()).unwrap();
     assert!(broken.decision.is_none());
     let failure = broken.policy_error.expect("a policy_error deny");

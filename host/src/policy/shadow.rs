@@ -159,11 +159,16 @@ impl Shadow {
                             break;
                         }
                         let after = candidate.decide_outcome(&engine, &job.input);
-                        worker_counters.evaluated.fetch_add(1, Ordering::Relaxed);
                         metrics::counter!("gatehouse_policy_shadow_evaluations_total")
                             .increment(1);
+                        // `evaluated` counts a decision once its difference (or failure) is
+                        // counted, and is published last: whoever reads `evaluated == n`
+                        // sees the `differed` and `failed` of those n decisions.
                         let shadow = match after {
-                            Ok(after) if after == job.active => continue,
+                            Ok(after) if after == job.active => {
+                                worker_counters.evaluated.fetch_add(1, Ordering::Release);
+                                continue;
+                            }
                             Ok(after) => after.to_json().unwrap_or_default(),
                             Err(e) => {
                                 worker_counters.failed.fetch_add(1, Ordering::Relaxed);
@@ -171,6 +176,7 @@ impl Shadow {
                             }
                         };
                         worker_counters.differed.fetch_add(1, Ordering::Relaxed);
+                        worker_counters.evaluated.fetch_add(1, Ordering::Release);
                         metrics::counter!("gatehouse_policy_shadow_differences_total")
                             .increment(1);
                         let active = job.active.to_json().unwrap_or_default();
@@ -205,8 +211,10 @@ impl Shadow {
 
     /// The counters so far.
     pub fn stats(&self) -> ShadowStats {
+        // `evaluated` first (see the worker): the other counts are at least its decisions'.
+        let evaluated = self.counters.evaluated.load(Ordering::Acquire);
         ShadowStats {
-            evaluated: self.counters.evaluated.load(Ordering::Relaxed),
+            evaluated,
             differed: self.counters.differed.load(Ordering::Relaxed),
             failed: self.counters.failed.load(Ordering::Relaxed),
             dropped: self.counters.dropped.load(Ordering::Relaxed),

@@ -18,6 +18,9 @@ pub struct SledBackend {
     group: Option<FlushCombiner>,
 }
 
+/// How long [`SledBackend::open`] waits for a directory lock held by a handle that is going away.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 fn io(e: sled::Error) -> StoreError {
     StoreError::Io(e.to_string())
 }
@@ -25,14 +28,34 @@ fn io(e: sled::Error) -> StoreError {
 impl SledBackend {
     /// Opens (or creates) the database in `dir`; with `group_commit`, concurrent
     /// writers share one flush (see [`FlushCombiner`]).
+    ///
+    /// sled releases the directory's lock when its last internal handle drops, which its
+    /// flusher thread may do a moment after the owner dropped the database; a store
+    /// reopened in the same process right after closing it waits for that (up to
+    /// [`LOCK_WAIT`]). Another live process holding the directory is refused after the wait.
     pub fn open(dir: &Path, group_commit: bool) -> Result<SledBackend, StoreError> {
-        let db = sled::Config::new()
-            .path(dir)
-            .mode(sled::Mode::HighThroughput)
-            .open()
-            .map_err(|e| {
-                StoreError::Io(format!("cannot open the store in {}: {e}", dir.display()))
-            })?;
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        let db = loop {
+            match sled::Config::new()
+                .path(dir)
+                .mode(sled::Mode::HighThroughput)
+                .open()
+            {
+                Ok(db) => break db,
+                Err(sled::Error::Io(e))
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) => {
+                    return Err(StoreError::Io(format!(
+                        "cannot open the store in {}: {e}",
+                        dir.display()
+                    )))
+                }
+            }
+        };
         let trees = Space::ALL
             .iter()
             .map(|s| db.open_tree(s.name()))
