@@ -315,6 +315,34 @@ fn date_time(unix: u64) -> String {
     )
 }
 
+/// `micros` as `{:06}` writes it (it is below 1,000,000).
+fn push_micros(out: &mut Vec<u8>, micros: u32) {
+    let mut digits = [b'0'; 6];
+    let mut rest = micros.min(999_999);
+    for digit in digits.iter_mut().rev() {
+        *digit = b'0' + (rest % 10) as u8;
+        rest /= 10;
+    }
+    out.extend_from_slice(&digits);
+}
+
+/// `value` as `{:?}` writes it: quoted, and as is when nothing in it needs escaping
+/// (printable ASCII other than `"` and `\`), which is every reason code and id.
+fn push_debug_str(out: &mut Vec<u8>, value: &str) {
+    if value
+        .bytes()
+        .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+    {
+        out.push(b'"');
+        out.extend_from_slice(value.as_bytes());
+        out.push(b'"');
+    } else {
+        use std::io::Write as _;
+        // Writing into a Vec cannot fail.
+        let _ = write!(out, "{value:?}");
+    }
+}
+
 /// The bytes `fmt` writes for the decision event: `Full` text or JSON.
 fn format_decision(
     out: &mut Vec<u8>,
@@ -337,24 +365,37 @@ fn format_decision(
     // Writing into a Vec cannot fail.
     match format {
         LogFormat::Text => {
-            let _ = write!(out, "{stamp}{micros:06}Z  INFO ");
+            // The same bytes as `write!` with `{:06}`, `{}` and `{:?}`, without `fmt`'s
+            // machinery on the hot path.
+            out.extend_from_slice(stamp.as_bytes());
+            push_micros(out, micros);
+            out.extend_from_slice(b"Z  INFO ");
             if let Some(r) = request {
-                let _ = write!(
-                    out,
-                    "request{{id={} method={} path={}}}: ",
-                    r.id, r.method, r.path
-                );
+                for (part, value) in [
+                    ("request{id=", &r.id),
+                    (" method=", &r.method),
+                    (" path=", &r.path),
+                ] {
+                    out.extend_from_slice(part.as_bytes());
+                    out.extend_from_slice(value.as_bytes());
+                }
+                out.extend_from_slice(b"}: ");
             }
             out.extend_from_slice(DECISION_TARGET.as_bytes());
             out.push(b':');
             for (name, value) in strings {
-                let _ = write!(out, " {name}={value:?}");
+                out.push(b' ');
+                out.extend_from_slice(name.as_bytes());
+                out.push(b'=');
+                push_debug_str(out, value);
             }
-            let _ = writeln!(
-                out,
-                " latency_us={} cache_hit={}",
-                d.latency_us, d.cache_hit
-            );
+            out.extend_from_slice(b" latency_us=");
+            out.extend_from_slice(itoa::Buffer::new().format(d.latency_us).as_bytes());
+            out.extend_from_slice(if d.cache_hit {
+                b" cache_hit=true\n"
+            } else {
+                b" cache_hit=false\n"
+            });
         }
         LogFormat::Json => {
             let _ = write!(

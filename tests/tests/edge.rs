@@ -404,6 +404,46 @@ async fn virtual_account_tokens_and_other_tenants_tokens() {
     );
 }
 
+/// Opaque tokens' answers are cached like a JWT's: the cached answer of a VA token
+/// replaced with a grace period stops at the end of the grace, though nothing else changed.
+#[tokio::test]
+async fn a_cached_va_token_answer_ends_with_its_grace_period() {
+    let w = world(|_| {}).await;
+    let tokens = format!("/api/v1/tenants/acme/virtual-accounts/{}/tokens", w.va);
+    let (status, old) = w.post(&tokens, json!({ "name": "old" })).await;
+    assert_eq!(status, 201, "{old}");
+    let old_secret = old["secret"].as_str().unwrap().to_owned();
+    for _ in 0..3 {
+        let (status, body) = w.resolve(&old_secret).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let (status, new) = w
+        .post(
+            &tokens,
+            json!({ "name": "new", "replaces": old["id"], "grace_seconds": 2 }),
+        )
+        .await;
+    assert_eq!(status, 201, "{new}");
+    let (status, body) = w.resolve(&old_secret).await;
+    assert_eq!(status, 200, "within the grace period: {body}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let (status, body) = w.resolve(&old_secret).await;
+        if status == 401 {
+            assert_eq!(body["reason"], "revoked", "{body}");
+            break;
+        }
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the old token still passes long after its grace"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let (status, body) = w.resolve(new["secret"].as_str().unwrap()).await;
+    assert_eq!(status, 200, "{body}");
+}
+
 #[tokio::test]
 async fn forward_auth_answers_in_headers_for_any_method() {
     let w = world(|config| config.edge.strip_authorization = true).await;

@@ -84,6 +84,39 @@ pub struct Identity {
     pub token: &'static str,
     /// When the token stops being valid (seconds since the epoch), if it expires.
     pub expires_at: Option<i64>,
+    /// What the HTTP layer encoded from this identity on first use: a cached result
+    /// answers many requests with the same bytes.
+    #[serde(skip)]
+    pub encoded: Encoded,
+}
+
+/// A value derived once from the identity that holds it (the HTTP layer keeps its encoded
+/// answers here); invisible to comparison and `Debug`: two identities are equal whether
+/// or not either was encoded yet.
+#[derive(Default, Clone)]
+pub struct Encoded(std::sync::OnceLock<Arc<dyn std::any::Any + Send + Sync>>);
+
+impl Encoded {
+    /// The value, made by `encode` the first time; `None` if a value of another type was
+    /// made first.
+    pub fn get_or_init<T: std::any::Any + Send + Sync>(
+        &self,
+        encode: impl FnOnce() -> T,
+    ) -> Option<&T> {
+        self.0.get_or_init(|| Arc::new(encode())).downcast_ref()
+    }
+}
+
+impl PartialEq for Encoded {
+    fn eq(&self, _: &Encoded) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for Encoded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Encoded")
+    }
 }
 
 /// Whether a refusal means "who are you?" (401) or "not you" (403).
@@ -133,8 +166,9 @@ impl From<JwtError> for Deny {
 pub struct Evaluation {
     pub result: Result<Arc<Identity>, Deny>,
     pub cache_hit: bool,
-    pub idp: Option<String>,
-    pub kid: Option<String>,
+    /// Shared with the cached result, so a cache hit copies no string.
+    pub idp: Option<Arc<str>>,
+    pub kid: Option<Arc<str>>,
 }
 
 /// A verified result kept for reuse.
@@ -146,7 +180,8 @@ struct Cached {
     /// Unix seconds after which the entry is not used.
     valid_until: i64,
     key: Option<(Arc<Source>, [u8; 32])>,
-    kid: Option<String>,
+    idp: Option<Arc<str>>,
+    kid: Option<Arc<str>>,
 }
 
 /// What a `resolve` decision depends on.
@@ -408,7 +443,7 @@ impl Edge {
                 return Evaluation {
                     result: Ok(hit.identity.clone()),
                     cache_hit: true,
-                    idp: hit.identity.idp.clone(),
+                    idp: hit.idp.clone(),
                     kid: hit.kid.clone(),
                 };
             }
@@ -424,29 +459,44 @@ impl Edge {
                 ));
             }
         };
-        if let Some(rest) = token.strip_prefix(PAT_PREFIX) {
-            return deny_or(opaque(&dir, tenant, rest, token, now, false));
-        }
-        if let Some(rest) = token.strip_prefix(VA_PREFIX) {
-            return deny_or(opaque(&dir, tenant, rest, token, now, true));
-        }
-        if let Some(rest) = token.strip_prefix(SESSION_PREFIX) {
-            // Cached like an external token's result: the signature check (an Ed25519
-            // verification) is the cost, and every change to the tenant's identity data
-            // (deactivation, logout, teams, keys) bumps the generation the entry carries.
-            let evaluation = deny_or(session(&dir, tenant, rest, now));
-            if let Ok(identity) = &evaluation.result {
+        // Opaque tokens and sessions are cached like an external token's result: every
+        // change to the tenant's identity data (a deactivation, a revoked token, a logout,
+        // teams, keys) bumps the generation the entry carries, and an entry is never used
+        // past the token's expiry or revocation time.
+        let decided = if let Some(rest) = token.strip_prefix(PAT_PREFIX) {
+            Some(opaque(&dir, tenant, rest, token, now, false))
+        } else if let Some(rest) = token.strip_prefix(VA_PREFIX) {
+            Some(opaque(&dir, tenant, rest, token, now, true))
+        } else {
+            // For a session, the signature check (an Ed25519 verification) is the cost saved.
+            token.strip_prefix(SESSION_PREFIX).map(|rest| {
+                session(&dir, tenant, rest, now)
+                    .map(|identity| (identity.expires_at.unwrap_or(now), identity))
+            })
+        };
+        match decided {
+            Some(Ok((valid_until, identity))) => {
+                let identity = Arc::new(identity);
                 let entry = Cached {
                     identity: identity.clone(),
                     generation: dir.generation,
                     policy: Arc::downgrade(&policy),
-                    valid_until: identity.expires_at.unwrap_or(now),
+                    valid_until,
                     key: None,
+                    idp: None,
                     kid: None,
                 };
                 self.remember(cache_key, entry, now);
+                return Evaluation {
+                    result: Ok(identity),
+                    cache_hit: false,
+                    idp: None,
+                    kid: None,
+                };
             }
-            return evaluation;
+            Some(Err(d)) => return deny(d),
+            // Not an opaque token or a session: an external JWT.
+            None => {}
         }
         let mut evaluation = Evaluation {
             result: Err(Deny::unauthenticated("malformed", "")),
@@ -466,6 +516,7 @@ impl Edge {
                     policy: Arc::downgrade(&policy),
                     valid_until,
                     key: Some(key),
+                    idp: evaluation.idp.clone(),
                     kid: evaluation.kid.clone(),
                 };
                 self.remember(cache_key, entry, now);
@@ -496,9 +547,9 @@ impl Edge {
         log: &mut Evaluation,
     ) -> Result<(Identity, i64, (Arc<Source>, [u8; 32])), Deny> {
         let parsed = jwt::parse(token)?;
-        log.kid = parsed.kid.clone();
+        log.kid = parsed.kid.as_deref().map(Arc::from);
         let idp = dir.idps.get(&parsed.iss).ok_or(JwtError::UnknownIssuer)?;
-        log.idp = Some(idp.name.clone());
+        log.idp = Some(Arc::from(idp.name.as_str()));
         if !idp.algorithms.contains(&parsed.alg) {
             return Err(JwtError::Algorithm(format!("{:?}", parsed.alg)).into());
         }
@@ -614,6 +665,7 @@ pub fn identity_for(
                 idp: Some(idp.to_owned()),
                 token: "jwt",
                 expires_at,
+                encoded: Encoded::default(),
             })
         }
         rules::Resolution::User(resolved) => {
@@ -639,15 +691,6 @@ pub struct EdgeContext<'a> {
     pub store: &'a Store,
     pub policies: &'a Registry,
     pub engine: &'a PolicyEngine,
-}
-
-fn deny_or(result: Result<Identity, Deny>) -> Evaluation {
-    Evaluation {
-        result: result.map(Arc::new),
-        cache_hit: false,
-        idp: None,
-        kid: None,
-    }
 }
 
 fn policy_error(error: crate::policy::PolicyError) -> Deny {
@@ -721,6 +764,8 @@ fn cache_key(tenant: &str, token: &str) -> [u8; 32] {
 }
 
 /// A PAT (`ghp_<tenant>_…`) or VA token (`gva_<tenant>_…`), looked up by hash.
+/// A PAT or VA token, with the time (Unix seconds) until which the answer holds: its
+/// expiry or revocation (a rotated VA token's grace), whichever comes first.
 fn opaque(
     dir: &Directory,
     tenant: &str,
@@ -728,7 +773,7 @@ fn opaque(
     token: &str,
     now: i64,
     va: bool,
-) -> Result<Identity, Deny> {
+) -> Result<(i64, Identity), Deny> {
     let unknown = || Deny::unauthenticated("unknown_token", "this token is not known here");
     // A token of another tenant reads as unknown: it never says that tenant exists.
     let (token_tenant, _) = rest.split_once('_').ok_or_else(unknown)?;
@@ -743,6 +788,11 @@ fn opaque(
     if entry.expires_at.is_some_and(|at| at <= now) {
         return Err(Deny::unauthenticated("expired", "this token has expired"));
     }
+    let valid_until = [entry.expires_at, entry.revoked_at]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(i64::MAX);
     match (&entry.owner, va) {
         (TokenOwner::User(id), false) => {
             let user = dir.users.get(id).ok_or_else(unknown)?;
@@ -750,7 +800,7 @@ fn opaque(
             let mut identity = user_identity(dir, id, user, &user.teams);
             identity.token = "pat";
             identity.expires_at = entry.expires_at;
-            Ok(identity)
+            Ok((valid_until, identity))
         }
         (TokenOwner::VirtualAccount(id), true) => {
             let account = dir.vas.get(id).ok_or_else(unknown)?;
@@ -760,18 +810,22 @@ fn opaque(
                     format!("virtual account {} is disabled", account.name),
                 ));
             }
-            Ok(Identity {
-                kind: "virtual_account",
-                id: id.clone(),
-                email: None,
-                name: Some(account.name.clone()),
-                teams: Vec::new(),
-                team_ids: Vec::new(),
-                tenant_role: account.role,
-                idp: None,
-                token: "va_token",
-                expires_at: entry.expires_at,
-            })
+            Ok((
+                valid_until,
+                Identity {
+                    kind: "virtual_account",
+                    id: id.clone(),
+                    email: None,
+                    name: Some(account.name.clone()),
+                    teams: Vec::new(),
+                    team_ids: Vec::new(),
+                    tenant_role: account.role,
+                    idp: None,
+                    token: "va_token",
+                    expires_at: entry.expires_at,
+                    encoded: Encoded::default(),
+                },
+            ))
         }
         _ => Err(unknown()),
     }
@@ -834,6 +888,7 @@ fn user_identity(dir: &Directory, id: &str, user: &DirUser, teams: &[String]) ->
         idp: None,
         token: "pat",
         expires_at: None,
+        encoded: Encoded::default(),
     }
 }
 

@@ -45,9 +45,29 @@ struct Answer<'a> {
     message: &'a str,
 }
 
+/// What the allow answers of one identity are, encoded once (kept in its
+/// [`crate::edge::Encoded`]): a cached result answers many requests with the same bytes.
+#[derive(Default)]
+struct Encodings {
+    /// `/resolve`'s body; empty if the identity could not be encoded.
+    json: std::sync::OnceLock<bytes::Bytes>,
+    /// `forward-auth`'s identity headers, for one tenant and header prefix.
+    forward: std::sync::OnceLock<ForwardHeaders>,
+}
+
+struct ForwardHeaders {
+    tenant: String,
+    prefix: String,
+    headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+fn encodings(identity: &Identity) -> Option<&Encodings> {
+    identity.encoded.get_or_init(Encodings::default)
+}
+
 /// `{"decision":"allow", <the identity's fields>}`: the identity serialized as it is, with
 /// the decision spliced in front (serde's `flatten` would buffer every field first).
-fn allow_answer(identity: &Identity) -> Response {
+fn allow_json(identity: &Identity) -> bytes::Bytes {
     const DECISION: &[u8] = br#"{"decision":"allow","#;
     let mut body = Vec::with_capacity(256);
     body.extend_from_slice(DECISION);
@@ -55,17 +75,29 @@ fn allow_answer(identity: &Identity) -> Response {
         // An identity always has fields: its object is `{"kind":…}`, never `{}`.
         Ok(()) if body.len() > DECISION.len() + 2 => {
             body.remove(DECISION.len()); // the identity's own `{`
-            (
-                [(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json"),
-                )],
-                body,
-            )
-                .into_response()
+            body.into()
         }
-        _ => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+        _ => bytes::Bytes::new(),
     }
+}
+
+/// `/resolve`'s allow answer.
+fn allow_answer(identity: &Identity) -> Response {
+    let body = match encodings(identity) {
+        Some(encoded) => encoded.json.get_or_init(|| allow_json(identity)).clone(),
+        None => allow_json(identity),
+    };
+    if body.is_empty() {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
 }
 
 /// A refusal: `reason` is a stable code (docs/edge.md lists them), `message` says what to do.
@@ -186,40 +218,23 @@ async fn forward_auth_answer(app: &App, tenant: String, headers: &HeaderMap) -> 
     let prefix = settings.header_prefix.as_str();
     match &evaluation.result {
         Ok(identity) => {
-            let names = forward_names(prefix);
             let mut response = StatusCode::OK.into_response();
             let out = response.headers_mut();
-            // Room for every identity header at once, rather than growing the map twice.
-            out.reserve(13);
-            let mut put = |name: &Option<HeaderName>, value: &str| {
-                if let (Some(name), Ok(value)) = (name, HeaderValue::from_str(value)) {
-                    out.insert(name.clone(), value);
+            let fresh;
+            let headers = match encodings(identity).map(|e| {
+                e.forward
+                    .get_or_init(|| forward_headers(&tenant, prefix, identity))
+            }) {
+                Some(cached) if cached.tenant == tenant && cached.prefix == prefix => cached,
+                _ => {
+                    fresh = forward_headers(&tenant, prefix, identity);
+                    &fresh
                 }
             };
-            put(&names.tenant, &tenant);
-            put(&names.kind, identity.kind);
-            put(&names.id, &identity.id);
-            if let Some(email) = &identity.email {
-                put(&names.email, email);
-            }
-            if let Some(name) = &identity.name {
-                put(&names.name, name);
-            }
-            put(&names.teams, &identity.teams.join(","));
-            put(&names.team_ids, &identity.team_ids.join(","));
-            put(
-                &names.role,
-                match identity.tenant_role {
-                    gatehouse_rules::Role::Admin => "admin",
-                    gatehouse_rules::Role::Member => "member",
-                },
-            );
-            if let Some(idp) = &identity.idp {
-                put(&names.idp, idp);
-            }
-            put(&names.token_kind, identity.token);
-            if let (Some(name), Some(at)) = (&names.expires_at, identity.expires_at) {
-                out.insert(name.clone(), HeaderValue::from(at));
+            // Room for every identity header at once, rather than growing the map twice.
+            out.reserve(headers.headers.len() + 1);
+            for (name, value) in &headers.headers {
+                out.insert(name.clone(), value.clone());
             }
             if settings.strip_authorization {
                 out.insert(
@@ -239,6 +254,47 @@ async fn forward_auth_answer(app: &App, tenant: String, headers: &HeaderMap) -> 
             deny_status(&mut response, deny, Some(prefix));
             response
         }
+    }
+}
+
+/// `forward-auth`'s identity headers for `identity`, answering for `tenant`.
+fn forward_headers(tenant: &str, prefix: &str, identity: &Identity) -> ForwardHeaders {
+    let names = forward_names(prefix);
+    let mut headers = Vec::with_capacity(11);
+    let mut put = |name: &Option<HeaderName>, value: &str| {
+        if let (Some(name), Ok(value)) = (name, HeaderValue::from_str(value)) {
+            headers.push((name.clone(), value));
+        }
+    };
+    put(&names.tenant, tenant);
+    put(&names.kind, identity.kind);
+    put(&names.id, &identity.id);
+    if let Some(email) = &identity.email {
+        put(&names.email, email);
+    }
+    if let Some(name) = &identity.name {
+        put(&names.name, name);
+    }
+    put(&names.teams, &identity.teams.join(","));
+    put(&names.team_ids, &identity.team_ids.join(","));
+    put(
+        &names.role,
+        match identity.tenant_role {
+            gatehouse_rules::Role::Admin => "admin",
+            gatehouse_rules::Role::Member => "member",
+        },
+    );
+    if let Some(idp) = &identity.idp {
+        put(&names.idp, idp);
+    }
+    put(&names.token_kind, identity.token);
+    if let (Some(name), Some(at)) = (&names.expires_at, identity.expires_at) {
+        headers.push((name.clone(), HeaderValue::from(at)));
+    }
+    ForwardHeaders {
+        tenant: tenant.to_owned(),
+        prefix: prefix.to_owned(),
+        headers,
     }
 }
 
