@@ -400,6 +400,17 @@ impl Process {
     }
 }
 
+/// A process still running when its handle goes (a test that ended early, failed, or never
+/// stopped it) is killed and reaped: no test leaves a server behind.
+impl Drop for Process {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// Identity-provider helpers: the fixture keys of `tests/fixtures/keys`, tokens signed with
 /// them, and a key set served over HTTP on loopback.
 pub mod jwt {
