@@ -385,10 +385,9 @@ impl Process {
         std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
     }
 
-    /// `kill -9`.
-    pub fn kill9(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    /// `kill -9` (what dropping the handle does), then waits.
+    pub fn kill9(self) {
+        drop(self);
     }
 
     /// SIGTERM, then waits; returns the exit status.

@@ -27,33 +27,19 @@ fn now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
-/// Processes started by a test; all killed when it ends.
+/// Processes started by a test; all killed when it ends (fields drop in order: the
+/// edges, the control plane and the others, each killed by its handle, then their data).
 struct Fleet {
-    dir: tempfile::TempDir,
-    cp: Option<Process>,
-    cp_port: u16,
-    cp_env: Vec<(&'static str, String)>,
     edges: Vec<Option<Process>>,
-    /// Where edges connect (default: the control plane).
-    upstream: Option<String>,
+    cp: Option<Process>,
     /// Other processes (a second replica).
     others: Vec<Process>,
+    dir: tempfile::TempDir,
+    cp_port: u16,
+    cp_env: Vec<(&'static str, String)>,
+    /// Where edges connect (default: the control plane).
+    upstream: Option<String>,
     client: reqwest::Client,
-}
-
-impl Drop for Fleet {
-    fn drop(&mut self) {
-        for process in self.edges.iter_mut().chain([&mut self.cp]) {
-            if let Some(mut p) = process.take() {
-                let _ = p.child.kill();
-                let _ = p.child.wait();
-            }
-        }
-        for p in &mut self.others {
-            let _ = p.child.kill();
-            let _ = p.child.wait();
-        }
-    }
 }
 
 impl Fleet {

@@ -12,20 +12,12 @@ const OP: Option<&str> = Some(OPERATOR_TOKEN);
 const USER: &str = "urn:ietf:params:scim:schemas:core:2.0:User";
 
 struct Replicas {
-    _dirs: tempfile::TempDir,
+    // Fields drop in order: the processes (killed by their handles) before their data.
     a: Process,
     b: Process,
+    _dirs: tempfile::TempDir,
     url: String,
     client: reqwest::Client,
-}
-
-impl Drop for Replicas {
-    fn drop(&mut self) {
-        for process in [&mut self.a, &mut self.b] {
-            let _ = process.child.kill();
-            let _ = process.child.wait();
-        }
-    }
 }
 
 fn replica(dirs: &tempfile::TempDir, name: &str, url: &str) -> Process {

@@ -91,10 +91,10 @@ pub struct Identity {
 }
 
 /// A value derived once from the identity that holds it (the HTTP layer keeps its encoded
-/// answers here); invisible to comparison and `Debug`: two identities are equal whether
-/// or not either was encoded yet.
-#[derive(Default, Clone)]
-pub struct Encoded(std::sync::OnceLock<Arc<dyn std::any::Any + Send + Sync>>);
+/// answers here); invisible to comparison and `Debug`, and not carried by a clone (a clone
+/// may be changed, so it derives its own).
+#[derive(Default)]
+pub struct Encoded(std::sync::OnceLock<Box<dyn std::any::Any + Send + Sync>>);
 
 impl Encoded {
     /// The value, made by `encode` the first time; `None` if a value of another type was
@@ -103,7 +103,13 @@ impl Encoded {
         &self,
         encode: impl FnOnce() -> T,
     ) -> Option<&T> {
-        self.0.get_or_init(|| Arc::new(encode())).downcast_ref()
+        self.0.get_or_init(|| Box::new(encode())).downcast_ref()
+    }
+}
+
+impl Clone for Encoded {
+    fn clone(&self) -> Encoded {
+        Encoded::default()
     }
 }
 
@@ -763,9 +769,9 @@ fn cache_key(tenant: &str, token: &str) -> [u8; 32] {
     hasher.finalize().into()
 }
 
-/// A PAT (`ghp_<tenant>_…`) or VA token (`gva_<tenant>_…`), looked up by hash.
-/// A PAT or VA token, with the time (Unix seconds) until which the answer holds: its
-/// expiry or revocation (a rotated VA token's grace), whichever comes first.
+/// A PAT (`ghp_<tenant>_…`) or VA token (`gva_<tenant>_…`), looked up by hash, with the
+/// time (Unix seconds) until which the answer holds: its expiry or revocation (a rotated
+/// VA token's grace), whichever comes first.
 fn opaque(
     dir: &Directory,
     tenant: &str,

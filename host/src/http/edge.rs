@@ -51,14 +51,9 @@ struct Answer<'a> {
 struct Encodings {
     /// `/resolve`'s body; empty if the identity could not be encoded.
     json: std::sync::OnceLock<bytes::Bytes>,
-    /// `forward-auth`'s identity headers, for one tenant and header prefix.
-    forward: std::sync::OnceLock<ForwardHeaders>,
-}
-
-struct ForwardHeaders {
-    tenant: String,
-    prefix: String,
-    headers: Vec<(HeaderName, HeaderValue)>,
+    /// `forward-auth`'s identity headers (all but the tenant's, which is the request's),
+    /// under the process's one header prefix.
+    forward: std::sync::OnceLock<Vec<(HeaderName, HeaderValue)>>,
 }
 
 fn encodings(identity: &Identity) -> Option<&Encodings> {
@@ -220,20 +215,25 @@ async fn forward_auth_answer(app: &App, tenant: String, headers: &HeaderMap) -> 
         Ok(identity) => {
             let mut response = StatusCode::OK.into_response();
             let out = response.headers_mut();
-            let fresh;
-            let headers = match encodings(identity).map(|e| {
-                e.forward
-                    .get_or_init(|| forward_headers(&tenant, prefix, identity))
-            }) {
-                Some(cached) if cached.tenant == tenant && cached.prefix == prefix => cached,
-                _ => {
-                    fresh = forward_headers(&tenant, prefix, identity);
-                    &fresh
+            let uncached;
+            let headers = match encodings(identity) {
+                Some(encoded) => encoded
+                    .forward
+                    .get_or_init(|| forward_headers(prefix, identity)),
+                None => {
+                    uncached = forward_headers(prefix, identity);
+                    &uncached
                 }
             };
             // Room for every identity header at once, rather than growing the map twice.
-            out.reserve(headers.headers.len() + 1);
-            for (name, value) in &headers.headers {
+            out.reserve(headers.len() + 2);
+            if let (Some(name), Ok(value)) = (
+                &forward_names(prefix).tenant,
+                HeaderValue::from_str(&tenant),
+            ) {
+                out.insert(name.clone(), value);
+            }
+            for (name, value) in headers {
                 out.insert(name.clone(), value.clone());
             }
             if settings.strip_authorization {
@@ -257,16 +257,15 @@ async fn forward_auth_answer(app: &App, tenant: String, headers: &HeaderMap) -> 
     }
 }
 
-/// `forward-auth`'s identity headers for `identity`, answering for `tenant`.
-fn forward_headers(tenant: &str, prefix: &str, identity: &Identity) -> ForwardHeaders {
+/// `forward-auth`'s identity headers for `identity` (the tenant's is added per request).
+fn forward_headers(prefix: &str, identity: &Identity) -> Vec<(HeaderName, HeaderValue)> {
     let names = forward_names(prefix);
-    let mut headers = Vec::with_capacity(11);
+    let mut headers = Vec::with_capacity(10);
     let mut put = |name: &Option<HeaderName>, value: &str| {
         if let (Some(name), Ok(value)) = (name, HeaderValue::from_str(value)) {
             headers.push((name.clone(), value));
         }
     };
-    put(&names.tenant, tenant);
     put(&names.kind, identity.kind);
     put(&names.id, &identity.id);
     if let Some(email) = &identity.email {
@@ -291,11 +290,7 @@ fn forward_headers(tenant: &str, prefix: &str, identity: &Identity) -> ForwardHe
     if let (Some(name), Some(at)) = (&names.expires_at, identity.expires_at) {
         headers.push((name.clone(), HeaderValue::from(at)));
     }
-    ForwardHeaders {
-        tenant: tenant.to_owned(),
-        prefix: prefix.to_owned(),
-        headers,
-    }
+    headers
 }
 
 /// The `forward-auth` answer's header names under one prefix (`None`: the prefix makes no
