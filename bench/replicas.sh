@@ -115,7 +115,7 @@ median() {
 # --- 2 and 3: timed with keep-alive connections from Python
 measured=$(BASE_PG=$base_pg TOKEN_PG=$token_pg BASE_A=$base_a BASE_B=$base_b TOKEN_PAIR=$token_pair \
     PATCH_TRIALS=$PATCH_TRIALS SAMPLES=$PROPAGATION_SAMPLES python3 - <<'EOF'
-import http.client, json, os, time, urllib.parse
+import http.client, json, os, sys, time, urllib.parse
 
 USER = "urn:ietf:params:scim:schemas:core:2.0:User"
 GROUP = "urn:ietf:params:scim:schemas:core:2.0:Group"
@@ -169,6 +169,7 @@ for i in range(int(os.environ["SAMPLES"])):
     lags.append(time.perf_counter() - t)
 
 ms = lambda s: f"{s * 1000:.1f} ms"
+print("PATCH samples: " + ", ".join(ms(s) for s in patch), file=sys.stderr)
 print(f"patch {len(patch)} {ms(pct(patch, 50))} {ms(pct(patch, 99))} {ms(max(patch))}")
 print(f"propagation {len(lags)} {ms(pct(lags, 50))} {ms(pct(lags, 99))} {ms(max(lags))}")
 EOF

@@ -109,6 +109,7 @@ struct Conn {
     put_many: Statement,
     del_many: Statement,
     scan: Statement,
+    scan_open: Statement,
     lock_row: Statement,
     lock_take: Statement,
 }
@@ -126,12 +127,15 @@ impl Conn {
             .prepare("SELECT key, value FROM kv WHERE space = $1 AND key = ANY($2::bytea[])")
             .await?;
         // One index range per prefix ([lo, hi)), the lists in the order of the prefixes.
+        // `OFFSET 0` keeps the lateral subquery from being flattened into a join: flattened,
+        // the planner may read the whole space once and filter it against every range
+        // (1,000 prefixes × 3,000 rows took 96 ms instead of 5).
         let scan_many = client
             .prepare(
                 "SELECT p.i, s.key, s.value
                  FROM unnest($2::bytea[], $3::bytea[]) WITH ORDINALITY AS p(lo, hi, i)
                  CROSS JOIN LATERAL (SELECT key, value FROM kv
-                     WHERE space = $1 AND key >= p.lo AND key < p.hi) s
+                     WHERE space = $1 AND key >= p.lo AND key < p.hi OFFSET 0) s
                  ORDER BY p.i, s.key",
             )
             .await?;
@@ -149,11 +153,18 @@ impl Conn {
                  (SELECT * FROM unnest($1::text[], $2::bytea[]))",
             )
             .await?;
+        // A page of a scan: both bounds are index conditions (a cursor is turned into an
+        // inclusive lower bound), so a page costs its own rows, not the pages before it,
+        // whatever plan the statement is cached with.
         let scan = client
             .prepare(
-                "SELECT key, value FROM kv WHERE space = $1 AND key >= $2
-                 AND ($3::bytea IS NULL OR key > $3) AND ($4::bytea IS NULL OR key < $4)
-                 ORDER BY key LIMIT $5",
+                "SELECT key, value FROM kv WHERE space = $1 AND key >= $2 AND key < $3
+                 ORDER BY key LIMIT $4",
+            )
+            .await?;
+        let scan_open = client
+            .prepare(
+                "SELECT key, value FROM kv WHERE space = $1 AND key >= $2 ORDER BY key LIMIT $3",
             )
             .await?;
         let lock_row = client
@@ -172,6 +183,7 @@ impl Conn {
             put_many,
             del_many,
             scan,
+            scan_open,
         })
     }
 }
@@ -755,19 +767,30 @@ impl Backend for PgBackend {
     ) -> Result<(), StoreError> {
         let lease = self.lease(&self.data)?;
         let end = prefix_end(prefix);
-        let mut cursor: Option<Vec<u8>> = after.filter(|a| *a >= prefix).map(<[u8]>::to_vec);
+        // The lowest key of the next page: the prefix, or just above the last key read.
+        let above = |key: &[u8]| [key, &[0u8][..]].concat();
+        let mut from: Vec<u8> = match after.filter(|a| *a >= prefix) {
+            Some(after) => above(after),
+            None => prefix.to_vec(),
+        };
         loop {
             let conn = lease.conn().clone();
-            let (start, above, end) = (prefix.to_vec(), cursor.clone(), end.clone());
+            let (start, end) = (from.clone(), end.clone());
             let rows = self
                 .run(async move {
-                    let rows = conn
-                        .client
-                        .query(
-                            &conn.scan,
-                            &[&space.name(), &start, &above, &end, &SCAN_PAGE],
-                        )
-                        .await?;
+                    let name = space.name();
+                    let rows = match &end {
+                        Some(end) => {
+                            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
+                                [&name, &start, end, &SCAN_PAGE];
+                            conn.client.query(&conn.scan, &params).await?
+                        }
+                        None => {
+                            conn.client
+                                .query(&conn.scan_open, &[&name, &start, &SCAN_PAGE])
+                                .await?
+                        }
+                    };
                     Ok::<_, tokio_postgres::Error>(
                         rows.into_iter()
                             .map(|row| (row.get::<_, Vec<u8>>(0), row.get::<_, Vec<u8>>(1)))
@@ -782,7 +805,7 @@ impl Backend for PgBackend {
                 }
             }
             match rows.last() {
-                Some((key, _)) if full => cursor = Some(key.clone()),
+                Some((key, _)) if full => from = above(key),
                 _ => return Ok(()),
             }
         }
