@@ -163,9 +163,9 @@ try:
     fleet_token = op(cp, "POST", "/api/v1/edges", {"name": "fleet"})["token"]
     edges = []
     for i in range(EDGES):
+        # The decision log stays on (the default), as in issue 17's target for `serve`.
         _, base = start(["edge", "--upstream", cp, "--data", f"{work}/edge{i}", "--listen", "127.0.0.1:0"],
-                        {"GATEHOUSE_EDGE_TOKEN": fleet_token, "GATEHOUSE_EDGE_DECISION_LOG": "false"},
-                        f"edge{i}")
+                        {"GATEHOUSE_EDGE_TOKEN": fleet_token}, f"edge{i}")
         edges.append(base)
     for base in edges:
         for token in pats:
@@ -274,7 +274,7 @@ try:
     restart_secs = time.perf_counter() - t0
 
     print()
-    print(f"{os.cpu_count()} cores (shared: figures are noisy); {BIN}; decision log off")
+    print(f"{os.cpu_count()} cores (shared: figures are noisy); {BIN}; decision log on for the fleet's edges, off for the big tenant's")
     print()
     print("| measurement | figure | target |")
     print("|---|---|---|")
