@@ -10,6 +10,7 @@
 //! replica is counts from the last `synced` line; past `edge.max_staleness_secs` every
 //! decision is a `stale` refusal (fail closed).
 
+use futures_util::FutureExt;
 use super::fleet::{Frame, StreamRequest, EDGE_SPACES};
 use super::{App, AppError};
 use crate::store::{RawRecord, ReplicaCursor, Space};
@@ -82,6 +83,8 @@ impl Freshness {
 struct Session {
     epoch: Option<String>,
     cursors: HashMap<String, u64>,
+    /// Tenants changed by frames applied since the edge last caught up with the stream.
+    changed: HashSet<String>,
 }
 
 impl App {
@@ -138,7 +141,7 @@ impl App {
                 metrics::counter!("gatehouse_edge_snapshots_total").increment(1);
                 tracing::info!(tenant, seq, records = raw.len(), "snapshot applied");
                 self.refresh_tenant(&tenant, &|_| true, None).map_err(e)?;
-                let _ = self.edge.snapshot(&self.store, &tenant);
+                session.changed.insert(tenant);
             }
             Frame::Batch {
                 tenant,
@@ -163,7 +166,7 @@ impl App {
                     let spaces: HashSet<Space> = raw.iter().map(|(s, _, _)| *s).collect();
                     self.refresh_tenant(&tenant, &|s| spaces.contains(&s), None)
                         .map_err(e)?;
-                    let _ = self.edge.snapshot(&self.store, &tenant);
+                    session.changed.insert(tenant);
                 }
             }
             Frame::Synced => {
@@ -179,6 +182,15 @@ impl App {
             }
         }
         Ok(())
+    }
+
+    /// Rebuilds the directories of the tenants changed since the edge last caught up that
+    /// requests use, so the next request finds them built (a request would otherwise
+    /// build it: a directory is rebuilt on demand whenever its generation moved).
+    fn warm_changed(&self, session: &mut Session) {
+        for tenant in session.changed.drain() {
+            self.edge.warm(&self.store, &tenant);
+        }
     }
 }
 
@@ -265,13 +277,25 @@ async fn session(
     let mut session = Session {
         epoch: (!epoch.is_empty()).then_some(epoch),
         cursors,
+        changed: HashSet::new(),
     };
     let mut buffer: Vec<u8> = Vec::new();
     loop {
-        let chunk = tokio::time::timeout(SILENCE, response.chunk())
-            .await
-            .map_err(|_| format!("no line from the control plane in {}s", SILENCE.as_secs()))?
-            .map_err(|e| format!("the stream broke: {e}"))?;
+        // Directories are rebuilt ahead of requests only once no further frame is waiting:
+        // a burst of batches (a big SCIM push) costs one rebuild per tenant, not one per
+        // batch, each of which reads the whole tenant.
+        let next = match response.chunk().now_or_never() {
+            Some(next) => next,
+            None => {
+                tokio::task::block_in_place(|| app.warm_changed(&mut session));
+                tokio::time::timeout(SILENCE, response.chunk())
+                    .await
+                    .map_err(|_| {
+                        format!("no line from the control plane in {}s", SILENCE.as_secs())
+                    })?
+            }
+        };
+        let chunk = next.map_err(|e| format!("the stream broke: {e}"))?;
         let Some(chunk) = chunk else {
             return Ok(());
         };

@@ -28,7 +28,7 @@ use gatehouse_rules::{self as rules, Role, UserStatus};
 use serde::Serialize;
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -209,6 +209,8 @@ struct TenantState {
     generation: AtomicU64,
     snapshot: RwLock<Option<Arc<Directory>>>,
     rebuild: Mutex<()>,
+    /// Whether a request needed the directory since [`Edge::warm`] last looked.
+    asked: AtomicBool,
 }
 
 impl TenantState {
@@ -366,6 +368,16 @@ impl Edge {
         self.directory(store, tenant, &state)
     }
 
+    /// Rebuilds the tenant's directory ahead of its next request when a request needed it
+    /// since the last call: a tenant nobody asks for is not read whole for every change
+    /// (its first request builds it).
+    pub fn warm(&self, store: &Store, tenant: &str) {
+        let state = self.state(tenant);
+        if state.asked.swap(false, Ordering::Relaxed) {
+            let _ = self.directory(store, tenant, &state);
+        }
+    }
+
     /// Evaluates one request, then logs and counts the decision (never the token).
     pub async fn evaluate(
         &self,
@@ -455,6 +467,7 @@ impl Edge {
             }
             self.cache.remove(&cache_key);
         }
+        state.asked.store(true, Ordering::Relaxed);
         let dir = match self.directory(ctx.store, tenant, &state) {
             Ok(dir) => dir,
             Err(e) => {
