@@ -10,10 +10,10 @@
 //! replica is counts from the last `synced` line; past `edge.max_staleness_secs` every
 //! decision is a `stale` refusal (fail closed).
 
-use futures_util::FutureExt;
 use super::fleet::{Frame, StreamRequest, EDGE_SPACES};
 use super::{App, AppError};
 use crate::store::{RawRecord, ReplicaCursor, Space};
+use futures_util::FutureExt;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
