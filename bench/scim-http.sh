@@ -5,7 +5,9 @@
 # default, `store.group_commit`) and one without (GATEHOUSE_STORE_GROUP_COMMIT=false), each
 # with tenant `acme` in SCIM mode and a SCIM connection, then runs wrk (1 thread, CONNECTIONS
 # connections, DURATION-second rounds, ROUNDS passes alternating between the two servers):
-# every request creates a new user. Prints each server's median creates/s and the ratio.
+# every request creates a new user. Prints each server's median creates/s and the ratio, the
+# server's CPU time per create (from /proc, user + system), and what one fsync costs on the
+# data directory's disk (whether flushes or CPU bound the rate).
 # The SCIM rate limit is raised for the run (it would otherwise be what is measured).
 #
 # With BASELINE_BIN (another build of gatehouse, e.g. the previous commit's), the second
@@ -44,6 +46,7 @@ start() { # NAME GROUP_COMMIT [BINARY] -> sets base_NAME and token_NAME
         "${3:-target/release/gatehouse}" serve --listen 127.0.0.1:0 --data "$work/$name" \
         >"$work/$name.out" 2>"$work/$name.log" &
     pids+=($!)
+    printf -v "pid_$name" '%s' "$!"
     for _ in $(seq 600); do grep -q "^listening on" "$work/$name.out" 2>/dev/null && break; sleep 0.05; done
     local base
     base=$(sed -n 's/^listening on //p' "$work/$name.out")
@@ -71,23 +74,37 @@ else
     label_on="group commit on" label_off="group commit off"
 fi
 
+# utime + stime of a process, in clock ticks (fields 14 and 15 of /proc/PID/stat; the
+# command name in field 2 has no spaces here).
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+
 results="$work/results"
 for round in $(seq "$ROUNDS"); do
     for name in on off; do
-        base_var="base_$name" token_var="token_$name"
+        base_var="base_$name" token_var="token_$name" pid_var="pid_$name"
+        cpu_before=$(cpu_ticks "${!pid_var}")
         out=$(SCIM_TOKEN=${!token_var} PREFIX="r$round" wrk --latency -t1 -c"$CONNECTIONS" \
             -d"${DURATION}s" -s bench/wrk/scim-create.lua "${!base_var}/scim/v2/acme/idp/Users" 2>&1)
         if grep -qE "Non-2xx|\.lua:" <<<"$out"; then echo "$out" >&2; exit 1; fi
+        cpu_after=$(cpu_ticks "${!pid_var}")
         rps=$(awk '/^Requests\/sec:/ { print $2 }' <<<"$out")
         p99=$(awk '$1 == "99%" { print $2 }' <<<"$out")
-        echo "$name $round $rps $p99" >>"$results"
+        creates=$(awk '/requests in/ { print $1 }' <<<"$out")
+        # The server's CPU time (user + system) per create, in microseconds.
+        cpu=$(awk -v t=$((cpu_after - cpu_before)) -v hz="$(getconf CLK_TCK)" -v n="$creates" \
+            'BEGIN { printf "%.0f", t / hz * 1e6 / n }')
+        echo "$name $round $rps $p99 $cpu" >>"$results"
         label_var="label_$name"
-        echo "${!label_var}"$'\t'"round $round"$'\t'"$rps/s"$'\t'"p99 $p99" >&2
+        echo "${!label_var}"$'\t'"round $round"$'\t'"$rps/s"$'\t'"p99 $p99"$'\t'"server CPU ${cpu} µs/create" >&2
     done
 done
 
 median() {
     awk -v n="$1" '$1 == n { print $3 }' "$results" | sort -g | awk '{ v[NR] = $1 } END {
+        if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+median_cpu() {
+    awk -v n="$1" '$1 == n { print $5 }' "$results" | sort -g | awk '{ v[NR] = $1 } END {
         if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
 on=$(median on)
@@ -101,3 +118,21 @@ echo "| $label_on | $(printf '%.0f' "$on")/s | $(awk '$1 == "on" { p = $4 } END 
 echo "| $label_off | $(printf '%.0f' "$off")/s | $(awk '$1 == "off" { p = $4 } END { print p }' "$results") |"
 echo
 echo "$label_on / $label_off: $(awk -v a="$on" -v b="$off" 'BEGIN { printf "%.1f×", a / b }')"
+echo "server CPU per create (median): $label_on $(median_cpu on) µs, $label_off $(median_cpu off) µs"
+# What one flush costs on the data directory's disk: a 4 KiB write + fsync, 200 times.
+echo "fsync of a 4 KiB write on the data directory's disk: $(python3 - "$work" <<'PY'
+import os, sys, time
+path = os.path.join(sys.argv[1], "fsync-probe")
+fd = os.open(path, os.O_WRONLY | os.O_CREAT)
+times = []
+for _ in range(200):
+    os.write(fd, b"x" * 4096)
+    t = time.perf_counter()
+    os.fsync(fd)
+    times.append(time.perf_counter() - t)
+os.close(fd)
+os.unlink(path)
+times.sort()
+print(f"p50 {times[100] * 1000:.2f} ms, p99 {times[197] * 1000:.2f} ms")
+PY
+)"
