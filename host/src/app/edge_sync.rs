@@ -141,6 +141,8 @@ impl App {
                 metrics::counter!("gatehouse_edge_snapshots_total").increment(1);
                 tracing::info!(tenant, seq, records = raw.len(), "snapshot applied");
                 self.refresh_tenant(&tenant, &|_| true, None).map_err(e)?;
+                // A tenant just taken whole is built ahead of its first request.
+                self.edge.want(&tenant);
                 session.changed.insert(tenant);
             }
             Frame::Batch {
@@ -287,7 +289,9 @@ async fn session(
         let next = match response.chunk().now_or_never() {
             Some(next) => next,
             None => {
-                tokio::task::block_in_place(|| app.warm_changed(&mut session));
+                if !session.changed.is_empty() {
+                    tokio::task::block_in_place(|| app.warm_changed(&mut session));
+                }
                 tokio::time::timeout(SILENCE, response.chunk())
                     .await
                     .map_err(|_| {

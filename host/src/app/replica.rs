@@ -262,19 +262,27 @@ impl App {
             Some(compiler) if compiler.send(tenant.to_owned()).is_ok() => Ok(()),
             _ => self.compile_tenant(tenant).map(drop),
         };
-        if touched(Space::PolicyVersions) {
-            compile()?;
-        }
-        if (touched(Space::PolicyState) || touched(Space::Tenants) || touched(Space::PolicyShadows))
-            && !self.sync_policy(tenant, compiler.is_none())?
-        {
-            compile()?;
-        }
+        let policies = || {
+            if touched(Space::PolicyVersions) {
+                compile()?;
+            }
+            if (touched(Space::PolicyState)
+                || touched(Space::Tenants)
+                || touched(Space::PolicyShadows))
+                && !self.sync_policy(tenant, compiler.is_none())?
+            {
+                compile()?;
+            }
+            Ok(())
+        };
+        let refreshed = policies();
         if touched(Space::SessionKeys) {
             self.sessions.forget_signer(tenant);
         }
+        // Whatever happened to the policy, the records changed: the next answer must not
+        // come from the directory or results of before (the change is not sent again).
         self.edge.touch(tenant);
-        Ok(())
+        refreshed
     }
 }
 

@@ -84,27 +84,37 @@ impl Directory {
     /// Reads everything the edge needs for `tenant`.
     pub fn build(store: &Store, tenant: &str, generation: u64) -> Result<Directory, String> {
         let e = |e: crate::store::StoreError| e.to_string();
-        // The two big reads, users and their team memberships, run side by side: on a
-        // restarted edge with 100,000 users they are most of the time to its first answer.
-        let (teams_of, users) = std::thread::scope(|scope| {
-            let teams = scope.spawn(|| {
-                let mut teams_of: HashMap<String, Vec<String>> = HashMap::new();
-                for pair in store.index(Space::UserTeams, tenant, &[])? {
-                    if let Some((user, team)) = pair.split_once('\0') {
-                        teams_of
-                            .entry(user.to_owned())
-                            .or_default()
-                            .push(team.to_owned());
-                    }
+        let teams_of = || {
+            let mut teams_of: HashMap<String, Vec<String>> = HashMap::new();
+            for pair in store.index(Space::UserTeams, tenant, &[])? {
+                if let Some((user, team)) = pair.split_once('\0') {
+                    teams_of
+                        .entry(user.to_owned())
+                        .or_default()
+                        .push(team.to_owned());
                 }
-                Ok::<_, crate::store::StoreError>(teams_of)
-            });
-            let mut users = Vec::new();
-            let read = store.each::<User>(tenant, &[], &mut |user| users.push(user));
-            let teams_of = teams
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-            read.and(teams_of).map(|teams_of| (teams_of, users))
+            }
+            Ok::<_, crate::store::StoreError>(teams_of)
+        };
+        let mut users = Vec::new();
+        // The two big reads, users and their team memberships, run side by side on the
+        // embedded store: on a restarted edge with 100,000 users they are most of the time
+        // to its first answer. (On a database each would hold a pooled connection.)
+        let teams_of = std::thread::scope(|scope| {
+            let teams = match store.is_shared() {
+                false => std::thread::Builder::new()
+                    .name("gatehouse-directory".into())
+                    .spawn_scoped(scope, teams_of)
+                    .ok(),
+                true => None,
+            };
+            store.each::<User>(tenant, &[], &mut |user| users.push(user))?;
+            match teams {
+                Some(teams) => teams
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+                None => teams_of(),
+            }
         })
         .map_err(e)?;
         let mut teams_of = teams_of;

@@ -374,8 +374,16 @@ impl Edge {
     pub fn warm(&self, store: &Store, tenant: &str) {
         let state = self.state(tenant);
         if state.asked.swap(false, Ordering::Relaxed) {
-            let _ = self.directory(store, tenant, &state);
+            if let Err(e) = self.directory(store, tenant, &state) {
+                tracing::error!(tenant, error = %e, "directory rebuild failed");
+            }
         }
+    }
+
+    /// Makes the next [`Edge::warm`] of `tenant` rebuild its directory even if no request
+    /// asked for it yet (a tenant an edge has just taken whole).
+    pub fn want(&self, tenant: &str) {
+        self.state(tenant).asked.store(true, Ordering::Relaxed);
     }
 
     /// Evaluates one request, then logs and counts the decision (never the token).

@@ -281,7 +281,8 @@ impl Store {
 
     /// Every record under `prefix` (key parts), in key order, handed to `visit` as it is
     /// read: nothing is collected on the way (an edge builds a directory of 100,000 users
-    /// without first copying 100,000 raw pairs).
+    /// without first copying 100,000 raw pairs). On PostgreSQL `visit` runs while the scan
+    /// holds a pooled connection: it must not read the store itself.
     pub fn each<T: Record>(
         &self,
         tenant: &str,
