@@ -100,14 +100,15 @@ impl Directory {
         // The two big reads, users and their team memberships, run side by side on the
         // embedded store: on a restarted edge with 100,000 users they are most of the time
         // to its first answer. (On a database each would hold a pooled connection.)
-        let teams_of = std::thread::scope(|scope| {
-            let teams = match store.is_shared() {
-                false => std::thread::Builder::new()
-                    .name("gatehouse-directory".into())
-                    .spawn_scoped(scope, teams_of)
-                    .ok(),
-                true => None,
-            };
+        let mut teams_of = std::thread::scope(|scope| {
+            let teams = (!store.is_shared())
+                .then(|| {
+                    std::thread::Builder::new()
+                        .name("gatehouse-directory".into())
+                        .spawn_scoped(scope, teams_of)
+                        .ok()
+                })
+                .flatten();
             store.each::<User>(tenant, &[], &mut |user| users.push(user))?;
             match teams {
                 Some(teams) => teams
@@ -117,7 +118,6 @@ impl Directory {
             }
         })
         .map_err(e)?;
-        let mut teams_of = teams_of;
         let mut dir = Directory {
             tenant: tenant.to_owned(),
             generation,

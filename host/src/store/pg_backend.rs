@@ -129,7 +129,7 @@ impl Conn {
         // One index range per prefix ([lo, hi)), the lists in the order of the prefixes.
         // `OFFSET 0` keeps the lateral subquery from being flattened into a join: flattened,
         // the planner may read the whole space once and filter it against every range
-        // (1,000 prefixes × 3,000 rows took 96 ms instead of 5).
+        // (decision 77).
         let scan_many = client
             .prepare(
                 "SELECT p.i, s.key, s.value

@@ -297,7 +297,7 @@ impl Store {
         let read = |k: &[u8], v: &[u8]| -> Result<T, StoreError> {
             let mut record = decode::<T>(k, v)?;
             if let Some(sides) = &sides {
-                let name = String::from_utf8_lossy(&k[names_from..]).replace('\0', "/");
+                let name = side_name(k, names_from);
                 if let Some(part) = sides.get(&name) {
                     put_back(k, &mut record, part)?;
                 }
@@ -346,7 +346,7 @@ impl Store {
         let read = |k: &[u8], v: &[u8]| -> Result<T, StoreError> {
             let mut record = decode::<T>(k, v)?;
             if let Some(side) = side {
-                let name = String::from_utf8_lossy(&k[names_from..]).replace('\0', "/");
+                let name = side_name(k, names_from);
                 if let Some(part) = self.sides(side, tenant, &[&name])?.pop().flatten() {
                     put_back(k, &mut record, &part)?;
                 }
@@ -523,6 +523,12 @@ fn put_back<T: Record>(key: &[u8], record: &mut T, part: &[u8]) -> Result<(), St
         key: String::from_utf8_lossy(key).replace('\0', "/"),
         reason,
     })
+}
+
+/// The name a record keyed `key` has in its space's side table: its key parts after the
+/// tenant (which ends at `names_from`), joined by `/`.
+fn side_name(key: &[u8], names_from: usize) -> String {
+    String::from_utf8_lossy(&key[names_from..]).replace('\0', "/")
 }
 
 /// The scan prefix for `parts` under `tenant`: a trailing 0 when there are parts, so
