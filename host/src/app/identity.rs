@@ -344,21 +344,19 @@ impl App {
     }
 
     /// Runs `change` under the tenant's write lock (after checking the tenant exists).
-    pub(super) fn with_tenant<R>(
+    pub(super) fn with_tenant<R: Send>(
         &self,
         tenant: &str,
-        change: impl FnOnce(&str) -> Result<R, AppError>,
+        change: impl FnOnce(&str) -> Result<R, AppError> + Send,
     ) -> Result<R, AppError> {
         let slug = self.tenant(tenant)?.slug;
-        let guard = self.store.lock_tenant(&slug)?;
-        let result = change(&slug);
-        // The lock goes first, then one flush covers the change's writes (decision 62).
-        let durable = guard.release();
+        // The lock goes first, then one flush covers the change's writes (decisions 62
+        // and 79: concurrent changes of the tenant share the lock's round and its flush).
+        let result = self.store.write_locked(&slug, || change(&slug));
         // The edge's next decision for this tenant rebuilds its view (a view built
         // meanwhile carries the older generation and is dropped).
         self.edge.touch(&slug);
-        durable?;
-        result
+        result?
     }
 
     // ------------------------------------------------------------- tenants

@@ -228,10 +228,10 @@ impl App {
         }
     }
 
-    fn scim_write<R>(
+    fn scim_write<R: Send>(
         &self,
         conn: &Connection,
-        change: impl FnOnce(&str) -> Result<R, ScimError>,
+        change: impl FnOnce(&str) -> Result<R, ScimError> + Send,
     ) -> Result<R, ScimError> {
         let mut outcome = None;
         self.with_tenant(&conn.tenant, |slug| {

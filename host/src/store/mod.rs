@@ -218,7 +218,7 @@ impl Space {
 }
 
 /// What the store can fail with.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("{0} not found")]
     NotFound(String),
@@ -397,6 +397,7 @@ pub struct Store {
     kv: Arc<dyn Backend>,
     artifacts: PathBuf,
     locks: Arc<tenant_lock::LocalLocks>,
+    rounds: Arc<tenant_lock::Rounds>,
 }
 
 /// `tenant \0 rest...`: every tenant-owned key starts like this.
@@ -471,6 +472,7 @@ impl Store {
             kv,
             artifacts,
             locks: Arc::default(),
+            rounds: Arc::default(),
         }
     }
 
@@ -487,6 +489,50 @@ impl Store {
         let local = self.locks.lock(slug);
         let remote = self.kv.lock_tenant(slug)?;
         Ok(TenantGuard::new(&*self.kv, remote, local))
+    }
+
+    /// Runs `write` under tenant `slug`'s write lock and returns its result once the
+    /// writes it made are durable (an `Err` when they may not be: nothing may be
+    /// acknowledged then).
+    ///
+    /// Concurrent writes of one tenant go in rounds (decision 79): the first takes the
+    /// lock and runs, on its own thread, the writes queued behind it meanwhile, one after
+    /// the other, each committing on its own as if it held the lock alone; one flush then
+    /// covers the whole round. A queued write's thread sleeps once and wakes once, with
+    /// its result; the lock changes hands once per round, not once per write. A panic in
+    /// `write` is resumed on its caller's thread.
+    pub fn write_locked<R: Send>(
+        &self,
+        slug: &str,
+        write: impl FnOnce() -> R + Send,
+    ) -> Result<R, StoreError> {
+        let mut out = None;
+        let job: Box<dyn FnOnce() + Send + '_> = Box::new(|| out = Some(write()));
+        // SAFETY: only the lifetime is erased (the same trait object). The job borrows
+        // this frame (`write`'s captures and `out`), and this function does not return
+        // before the waiter is `Done`, which its leader sets after the job has run and
+        // been dropped (`Waiter::run` consumes it) or been dropped unrun; a panic in the
+        // job is caught there. Nothing of the job outlives this call.
+        let job: tenant_lock::Job =
+            unsafe { std::mem::transmute::<Box<dyn FnOnce() + Send + '_>, tenant_lock::Job>(job) };
+        let me = tenant_lock::Waiter::new(job);
+        let mut lead = self.rounds.join(slug, &me);
+        loop {
+            if lead {
+                self.rounds
+                    .lead(slug, me.clone(), || self.lock_tenant(slug));
+            }
+            match me.wait() {
+                tenant_lock::Next::Lead => lead = true,
+                tenant_lock::Next::Done(durable, panic) => {
+                    if let Some(panic) = panic {
+                        std::panic::resume_unwind(panic);
+                    }
+                    durable?;
+                    return out.ok_or_else(|| StoreError::Io("the write did not run".to_owned()));
+                }
+            }
+        }
     }
 
     /// Makes every write so far durable (also done by each write method).
@@ -1214,6 +1260,92 @@ mod tests {
             .get(Space::TeamNames, &tkey("acme", &[b"b"]))
             .unwrap()
             .is_some());
+    }
+
+    /// Polls `done` until it holds, failing after ten seconds.
+    fn eventually(what: &str, done: impl Fn() -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !done() {
+            assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+            std::thread::yield_now();
+        }
+    }
+
+    #[test]
+    fn concurrent_writes_of_a_tenant_share_one_round_and_its_flush() {
+        use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+        let dir = tempfile::tempdir().unwrap();
+        let backend = Arc::new(GatedFlush {
+            inner: SledBackend::open(&dir.path().join("sled"), true).unwrap(),
+            flushes: Default::default(),
+            gate: Default::default(),
+        });
+        let store = Store::with_backend(backend.clone(), dir.path().join("artifacts"));
+        let put = |name: &str| {
+            let mut batch = Batch::new("acme");
+            batch.put_raw(Space::TeamNames, &[name], b"x");
+            store.apply(&batch).map(|()| name.to_owned())
+        };
+        let committed = |name: &str| {
+            store
+                .kv
+                .get(Space::TeamNames, &tkey("acme", &[name.as_bytes()]))
+                .unwrap()
+                .is_some()
+        };
+        let names: Vec<String> = (0..6).map(|i| format!("q{i}")).collect();
+        let closed = backend.gate.lock().unwrap();
+        let b_started = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            // A's round is A alone; its flush waits at the gate.
+            let a = s.spawn(|| store.write_locked("acme", || put("a")));
+            eventually("A's flush starts", || backend.flushes.load(SeqCst) == 1);
+            // B leads the next round, and six writes queue behind it while it runs.
+            let b = s.spawn(|| {
+                store.write_locked("acme", || {
+                    b_started.store(true, SeqCst);
+                    eventually("six writes queue", || store.rounds.queued("acme") == 6);
+                    put("b")
+                })
+            });
+            eventually("B leads", || b_started.load(SeqCst));
+            let queued: Vec<_> = names
+                .iter()
+                .map(|name| s.spawn(|| store.write_locked("acme", || put(name))))
+                .collect();
+            // B's round ran the six on B's thread, under the lock, and flushes once.
+            eventually("B's round flushes", || backend.flushes.load(SeqCst) == 2);
+            for name in names.iter().map(String::as_str).chain(["a", "b"]) {
+                assert!(committed(name), "{name} is committed");
+            }
+            // Nothing is acknowledged before a flush that covers it has finished.
+            assert!(!a.is_finished() && !b.is_finished());
+            assert!(queued.iter().all(|q| !q.is_finished()));
+            drop(closed);
+            assert_eq!(a.join().unwrap().unwrap().unwrap(), "a");
+            assert_eq!(b.join().unwrap().unwrap().unwrap(), "b");
+            for (q, name) in queued.into_iter().zip(&names) {
+                assert_eq!(&q.join().unwrap().unwrap().unwrap(), name);
+            }
+        });
+        // Eight writes, two flushes: one per round.
+        assert_eq!(backend.flushes.load(SeqCst), 2);
+    }
+
+    #[test]
+    fn a_write_that_panics_panics_its_own_caller_and_leaves_the_tenant_unlocked() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            store.write_locked("acme", || -> u32 { panic!("the write fails") })
+        }));
+        assert_eq!(
+            panicked.unwrap_err().downcast_ref::<&str>(),
+            Some(&"the write fails")
+        );
+        assert_eq!(store.write_locked("acme", || 7).unwrap(), 7);
+        let guard = store.lock_tenant("acme").unwrap();
+        guard.release().unwrap();
     }
 
     #[test]

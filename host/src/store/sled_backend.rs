@@ -42,9 +42,9 @@ impl SledBackend {
                 .open()
             {
                 Ok(db) => break db,
+                // sled reports the held lock as an `Other` error naming it.
                 Err(sled::Error::Io(e))
-                    if e.kind() == std::io::ErrorKind::WouldBlock
-                        && std::time::Instant::now() < deadline =>
+                    if is_held_lock(&e) && std::time::Instant::now() < deadline =>
                 {
                     std::thread::sleep(std::time::Duration::from_millis(10));
                 }
@@ -71,6 +71,13 @@ impl SledBackend {
     fn tree(&self, space: Space) -> &sled::Tree {
         &self.trees[space_index(space)]
     }
+}
+
+/// The directory's lock is held (by this process's previous handle, going away, or by
+/// another process).
+fn is_held_lock(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::WouldBlock
+        || e.to_string().starts_with("could not acquire lock on")
 }
 
 fn space_index(space: Space) -> usize {

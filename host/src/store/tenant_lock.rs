@@ -9,10 +9,10 @@
 //! flushes through the backend's group commit instead of queueing one flush each behind
 //! the lock (decision 62).
 
+use std::any::Any;
 use std::cell::RefCell;
-use std::collections::HashSet;
-
-use std::sync::{Condvar, Mutex, PoisonError};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
 use super::{Backend, StoreError};
 
@@ -85,6 +85,178 @@ impl Drop for LocalGuard<'_> {
         held.remove(&self.slug);
         drop(held);
         self.locks.released.notify_all();
+    }
+}
+
+/// A tenant write queued for the thread that leads the tenant's current round
+/// ([`super::Store::write_locked`], decision 79): its job, and how it stands.
+pub(super) struct Waiter {
+    job: Mutex<Option<Job>>,
+    turn: Mutex<Turn>,
+    changed: Condvar,
+}
+
+/// A write's body with its borrows erased; see [`super::Store::write_locked`] for why
+/// that is sound.
+pub(super) type Job = Box<dyn FnOnce() + Send + 'static>;
+
+/// A panic caught in a job, resumed on the thread that queued it.
+type Panic = Box<dyn Any + Send + 'static>;
+
+enum Turn {
+    Queued,
+    /// Lead the next round.
+    Lead,
+    /// The job ran (or never will: the lock could not be taken), with the outcome of
+    /// the flush that covers it, or how it panicked.
+    Done(Result<(), super::StoreError>, Option<Panic>),
+    /// [`Waiter::wait`] took the outcome.
+    Taken,
+}
+
+/// What [`Waiter::wait`] returns.
+pub(super) enum Next {
+    Lead,
+    Done(Result<(), super::StoreError>, Option<Panic>),
+}
+
+impl Waiter {
+    pub(super) fn new(job: Job) -> Arc<Waiter> {
+        Arc::new(Waiter {
+            job: Mutex::new(Some(job)),
+            turn: Mutex::new(Turn::Queued),
+            changed: Condvar::new(),
+        })
+    }
+
+    /// Blocks until this write leads a round or is done.
+    pub(super) fn wait(&self) -> Next {
+        let mut turn = self.turn.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            match std::mem::replace(&mut *turn, Turn::Taken) {
+                Turn::Queued => {
+                    *turn = Turn::Queued;
+                    turn = self
+                        .changed
+                        .wait(turn)
+                        .unwrap_or_else(PoisonError::into_inner);
+                }
+                Turn::Lead => return Next::Lead,
+                Turn::Done(durable, panic) => return Next::Done(durable, panic),
+                Turn::Taken => unreachable!("a waiter is waited for by its own thread only"),
+            }
+        }
+    }
+
+    fn set(&self, next: Turn) {
+        *self.turn.lock().unwrap_or_else(PoisonError::into_inner) = next;
+        self.changed.notify_one();
+    }
+
+    /// Runs the job on this thread; a panic is kept for the job's own thread.
+    fn run(&self) -> Option<Panic> {
+        let job = self
+            .job
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()?;
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).err()
+    }
+}
+
+/// Per slug whose round has a leader: the writes queued for it.
+#[derive(Default)]
+pub(super) struct Rounds {
+    queues: Mutex<HashMap<String, VecDeque<Arc<Waiter>>>>,
+}
+
+/// At most this many writes share a round (and its flush); the rest wait for the next.
+const ROUND: usize = 64;
+
+impl Rounds {
+    fn queues(&self) -> std::sync::MutexGuard<'_, HashMap<String, VecDeque<Arc<Waiter>>>> {
+        self.queues.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues `waiter` behind the slug's leader; `true`: there is none, `waiter` leads.
+    pub(super) fn join(&self, slug: &str, waiter: &Arc<Waiter>) -> bool {
+        let mut queues = self.queues();
+        match queues.get_mut(slug) {
+            Some(queue) => {
+                queue.push_back(waiter.clone());
+                false
+            }
+            None => {
+                queues.insert(slug.to_owned(), VecDeque::new());
+                true
+            }
+        }
+    }
+
+    /// How many writes wait for the slug's leader.
+    #[cfg(test)]
+    pub(super) fn queued(&self, slug: &str) -> usize {
+        self.queues().get(slug).map_or(0, VecDeque::len)
+    }
+
+    fn next(&self, slug: &str) -> Option<Arc<Waiter>> {
+        self.queues().get_mut(slug)?.pop_front()
+    }
+
+    /// Ends a round: the first queued write leads the next one, or the slug has no
+    /// leader any more.
+    fn hand_off(&self, slug: &str) {
+        let mut queues = self.queues();
+        match queues.get_mut(slug).and_then(VecDeque::pop_front) {
+            Some(next) => next.set(Turn::Lead),
+            None => {
+                queues.remove(slug);
+            }
+        }
+    }
+
+    /// Leads one round for `slug`, `first` (the caller's write) first: takes the
+    /// tenant's lock with `lock`, runs `first` and then each write queued meanwhile (up
+    /// to [`ROUND`]), each committing on its own; hands the lead to the next queued
+    /// write; releases the lock, which runs one flush covering the whole round; only
+    /// then reports every write of the round done, with that flush's outcome.
+    pub(super) fn lead<'a>(
+        &self,
+        slug: &str,
+        first: Arc<Waiter>,
+        lock: impl FnOnce() -> Result<TenantGuard<'a>, super::StoreError>,
+    ) {
+        let mut round = vec![(first, None)];
+        let durable = match lock() {
+            Ok(guard) => {
+                round[0].1 = round[0].0.run();
+                while round.len() < ROUND {
+                    let Some(waiter) = self.next(slug) else { break };
+                    let panic = waiter.run();
+                    round.push((waiter, panic));
+                }
+                // The next leader takes the lock as soon as this guard lets it go, and
+                // commits while this round's flush runs.
+                self.hand_off(slug);
+                guard.release()
+            }
+            Err(e) => {
+                // Only `first` learns it; the queued writes try again under the next lead.
+                drop(
+                    round[0]
+                        .0
+                        .job
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .take(),
+                );
+                self.hand_off(slug);
+                Err(e)
+            }
+        };
+        for (waiter, panic) in round {
+            waiter.set(Turn::Done(durable.clone(), panic));
+        }
     }
 }
 
