@@ -51,9 +51,30 @@ struct Answer<'a> {
 struct Encodings {
     /// `/resolve`'s body; empty if the identity could not be encoded.
     json: std::sync::OnceLock<bytes::Bytes>,
-    /// `forward-auth`'s identity headers (all but the tenant's, which is the request's),
-    /// under the process's one header prefix.
-    forward: std::sync::OnceLock<Vec<(HeaderName, HeaderValue)>>,
+    /// `forward-auth`'s headers, built once into the map an answer clones (no header is
+    /// hashed per answer): one copy per [`thread_slot`], so the reference counts of the
+    /// values a worker clones are that worker's alone and never bounce between cores.
+    forward: [std::sync::OnceLock<ForwardAnswer>; THREAD_SLOTS],
+}
+
+/// `forward-auth`'s allow headers, with what they were built for.
+struct ForwardAnswer {
+    prefix: String,
+    tenant: String,
+    strip_authorization: bool,
+    headers: HeaderMap,
+}
+
+/// Copies of an identity's `forward-auth` headers (threads beyond share them).
+const THREAD_SLOTS: usize = 4;
+
+/// This thread's copy among [`THREAD_SLOTS`]: threads are numbered as they first answer.
+fn thread_slot() -> usize {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    thread_local! {
+        static SLOT: usize = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % THREAD_SLOTS;
+    }
+    SLOT.with(|slot| *slot)
 }
 
 fn encodings(identity: &Identity) -> Option<&Encodings> {
@@ -213,35 +234,26 @@ async fn forward_auth_answer(app: &App, tenant: String, headers: &HeaderMap) -> 
     let prefix = settings.header_prefix.as_str();
     match &evaluation.result {
         Ok(identity) => {
-            let mut response = StatusCode::OK.into_response();
-            let out = response.headers_mut();
-            let uncached;
-            let headers = match encodings(identity) {
-                Some(encoded) => encoded
-                    .forward
-                    .get_or_init(|| forward_headers(prefix, identity)),
-                None => {
-                    uncached = forward_headers(prefix, identity);
-                    &uncached
+            let strip = settings.strip_authorization;
+            let built = |identity| forward_answer(prefix, &tenant, strip, identity);
+            let fresh;
+            let answer = match encodings(identity)
+                .map(|encoded| encoded.forward[thread_slot()].get_or_init(|| built(identity)))
+            {
+                Some(cached)
+                    if cached.prefix == prefix
+                        && cached.tenant == tenant
+                        && cached.strip_authorization == strip =>
+                {
+                    cached
+                }
+                _ => {
+                    fresh = built(identity);
+                    &fresh
                 }
             };
-            // Room for every identity header at once, rather than growing the map twice.
-            out.reserve(headers.len() + 2);
-            if let (Some(name), Ok(value)) = (
-                &forward_names(prefix).tenant,
-                HeaderValue::from_str(&tenant),
-            ) {
-                out.insert(name.clone(), value);
-            }
-            for (name, value) in headers {
-                out.insert(name.clone(), value.clone());
-            }
-            if settings.strip_authorization {
-                out.insert(
-                    HeaderName::from_static("x-envoy-auth-headers-to-remove"),
-                    HeaderValue::from_static("authorization"),
-                );
-            }
+            let mut response = StatusCode::OK.into_response();
+            *response.headers_mut() = answer.headers.clone();
             response
         }
         Err(deny) => {
@@ -257,15 +269,21 @@ async fn forward_auth_answer(app: &App, tenant: String, headers: &HeaderMap) -> 
     }
 }
 
-/// `forward-auth`'s identity headers for `identity` (the tenant's is added per request).
-fn forward_headers(prefix: &str, identity: &Identity) -> Vec<(HeaderName, HeaderValue)> {
+/// `forward-auth`'s allow headers for `identity`, asked for `tenant`.
+fn forward_answer(
+    prefix: &str,
+    tenant: &str,
+    strip_authorization: bool,
+    identity: &Identity,
+) -> ForwardAnswer {
     let names = forward_names(prefix);
-    let mut headers = Vec::with_capacity(10);
+    let mut headers = HeaderMap::with_capacity(12);
     let mut put = |name: &Option<HeaderName>, value: &str| {
         if let (Some(name), Ok(value)) = (name, HeaderValue::from_str(value)) {
-            headers.push((name.clone(), value));
+            headers.insert(name.clone(), value);
         }
     };
+    put(&names.tenant, tenant);
     put(&names.kind, identity.kind);
     put(&names.id, &identity.id);
     if let Some(email) = &identity.email {
@@ -288,9 +306,20 @@ fn forward_headers(prefix: &str, identity: &Identity) -> Vec<(HeaderName, Header
     }
     put(&names.token_kind, identity.token);
     if let (Some(name), Some(at)) = (&names.expires_at, identity.expires_at) {
-        headers.push((name.clone(), HeaderValue::from(at)));
+        headers.insert(name.clone(), HeaderValue::from(at));
     }
-    headers
+    if strip_authorization {
+        headers.insert(
+            HeaderName::from_static("x-envoy-auth-headers-to-remove"),
+            HeaderValue::from_static("authorization"),
+        );
+    }
+    ForwardAnswer {
+        prefix: prefix.to_owned(),
+        tenant: tenant.to_owned(),
+        strip_authorization,
+        headers,
+    }
 }
 
 /// The `forward-auth` answer's header names under one prefix (`None`: the prefix makes no
@@ -310,37 +339,49 @@ struct ForwardNames {
     expires_at: Option<HeaderName>,
 }
 
-/// The names for `prefix`, built once per thread rather than formatted on every answer
-/// (one entry per thread: a process serves one prefix, several only in tests).
-fn forward_names(prefix: &str) -> Arc<ForwardNames> {
+/// The names for `prefix`, built once per process and prefix rather than formatted on
+/// every answer. They are static (leaked, one set per distinct prefix: a process serves
+/// one, several only in tests), so cloning one into an answer touches no reference
+/// count. Each thread remembers the last set it used.
+fn forward_names(prefix: &str) -> &'static ForwardNames {
+    static ALL: std::sync::Mutex<Vec<&'static ForwardNames>> = std::sync::Mutex::new(Vec::new());
     thread_local! {
-        static NAMES: std::cell::RefCell<Option<Arc<ForwardNames>>> = const { std::cell::RefCell::new(None) };
+        static LAST: std::cell::Cell<Option<&'static ForwardNames>> = const { std::cell::Cell::new(None) };
     }
-    NAMES.with(|cached| {
-        let mut cached = cached.borrow_mut();
-        match cached.as_ref() {
-            Some(names) if names.prefix == prefix => names.clone(),
-            _ => {
-                let name = |suffix: &str| HeaderName::try_from(format!("{prefix}{suffix}")).ok();
-                let names = Arc::new(ForwardNames {
-                    prefix: prefix.to_owned(),
-                    tenant: name("Tenant"),
-                    kind: name("Kind"),
-                    id: name("Id"),
-                    email: name("Email"),
-                    name: name("Name"),
-                    teams: name("Teams"),
-                    team_ids: name("Team-Ids"),
-                    role: name("Role"),
-                    idp: name("Idp"),
-                    token_kind: name("Token-Kind"),
-                    expires_at: name("Expires-At"),
-                });
-                *cached = Some(names.clone());
-                names
-            }
+    if let Some(names) = LAST.get().filter(|names| names.prefix == prefix) {
+        return names;
+    }
+    let mut all = ALL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let names = match all.iter().find(|names| names.prefix == prefix) {
+        Some(names) => *names,
+        None => {
+            let name = |suffix: &str| {
+                let name = HeaderName::try_from(format!("{prefix}{suffix}")).ok()?;
+                let name: &'static str = Box::leak(name.as_str().into());
+                Some(HeaderName::from_static(name))
+            };
+            let names: &'static ForwardNames = Box::leak(Box::new(ForwardNames {
+                prefix: prefix.to_owned(),
+                tenant: name("Tenant"),
+                kind: name("Kind"),
+                id: name("Id"),
+                email: name("Email"),
+                name: name("Name"),
+                teams: name("Teams"),
+                team_ids: name("Team-Ids"),
+                role: name("Role"),
+                idp: name("Idp"),
+                token_kind: name("Token-Kind"),
+                expires_at: name("Expires-At"),
+            }));
+            all.push(names);
+            names
         }
-    })
+    };
+    LAST.set(Some(names));
+    names
 }
 
 /// 401 with a `WWW-Authenticate: Bearer` challenge (RFC 6750 §3), or 403.
