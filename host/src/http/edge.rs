@@ -52,9 +52,8 @@ struct Encodings {
     /// `/resolve`'s body; empty if the identity could not be encoded.
     json: std::sync::OnceLock<bytes::Bytes>,
     /// `forward-auth`'s headers, built once into the map an answer clones (no header is
-    /// hashed per answer): one copy per [`thread_slot`], so the reference counts of the
-    /// values a worker clones are that worker's alone and never bounce between cores.
-    forward: [std::sync::OnceLock<ForwardAnswer>; THREAD_SLOTS],
+    /// hashed per answer).
+    forward: std::sync::OnceLock<ForwardAnswer>,
 }
 
 /// `forward-auth`'s allow headers, with what they were built for.
@@ -63,18 +62,6 @@ struct ForwardAnswer {
     tenant: String,
     strip_authorization: bool,
     headers: HeaderMap,
-}
-
-/// Copies of an identity's `forward-auth` headers (threads beyond share them).
-const THREAD_SLOTS: usize = 4;
-
-/// This thread's copy among [`THREAD_SLOTS`]: threads are numbered as they first answer.
-fn thread_slot() -> usize {
-    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    thread_local! {
-        static SLOT: usize = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % THREAD_SLOTS;
-    }
-    SLOT.with(|slot| *slot)
 }
 
 fn encodings(identity: &Identity) -> Option<&Encodings> {
@@ -238,7 +225,7 @@ async fn forward_auth_answer(app: &App, tenant: String, headers: &HeaderMap) -> 
             let built = |identity| forward_answer(prefix, &tenant, strip, identity);
             let fresh;
             let answer = match encodings(identity)
-                .map(|encoded| encoded.forward[thread_slot()].get_or_init(|| built(identity)))
+                .map(|encoded| encoded.forward.get_or_init(|| built(identity)))
             {
                 Some(cached)
                     if cached.prefix == prefix

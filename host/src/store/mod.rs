@@ -500,19 +500,38 @@ impl Store {
     /// the other, each committing on its own as if it held the lock alone; one flush then
     /// covers the whole round. A queued write's thread sleeps once and wakes once, with
     /// its result; the lock changes hands once per round, not once per write. A panic in
-    /// `write` is resumed on its caller's thread.
+    /// `write` is resumed on its caller's thread. A write nested in another takes the
+    /// lock directly, as [`Store::lock_tenant`] would.
     pub fn write_locked<R: Send>(
         &self,
         slug: &str,
         write: impl FnOnce() -> R + Send,
     ) -> Result<R, StoreError> {
+        // A write nested in another (this thread holds a tenant guard: it leads a round,
+        // or holds `lock_tenant`) takes its lock directly, as a plain lock would, rather
+        // than queue behind a round that may wait for this thread.
+        if tenant_lock::holds_any(tenant_lock::backend_id(&*self.kv)) {
+            let guard = self.lock_tenant(slug)?;
+            let out = write();
+            guard.release()?;
+            return Ok(out);
+        }
         let mut out = None;
-        let job: Box<dyn FnOnce() + Send + '_> = Box::new(|| out = Some(write()));
+        // The job logs under its caller's span, whichever thread runs it.
+        let span = tracing::Span::current();
+        let slot = &mut out;
+        let job: Box<dyn FnOnce() + Send + '_> = Box::new(move || {
+            let _entered = span.enter();
+            *slot = Some(write());
+        });
         // SAFETY: only the lifetime is erased (the same trait object). The job borrows
         // this frame (`write`'s captures and `out`), and this function does not return
         // before the waiter is `Done`, which its leader sets after the job has run and
         // been dropped (`Waiter::run` consumes it) or been dropped unrun; a panic in the
-        // job is caught there. Nothing of the job outlives this call.
+        // job is caught there. When this thread leads and the lock or the flush panics,
+        // the round's end drops its handle of `me` first, and `me` (with an unrun job) is
+        // dropped while this frame unwinds, before `out`. Nothing of the job outlives
+        // this call.
         let job: tenant_lock::Job =
             unsafe { std::mem::transmute::<Box<dyn FnOnce() + Send + '_>, tenant_lock::Job>(job) };
         let me = tenant_lock::Waiter::new(job);
@@ -1186,6 +1205,8 @@ mod tests {
         inner: SledBackend,
         flushes: std::sync::atomic::AtomicUsize,
         gate: std::sync::Mutex<()>,
+        /// The next flush panics.
+        panic_next: std::sync::atomic::AtomicBool,
     }
 
     impl Backend for GatedFlush {
@@ -1207,7 +1228,16 @@ mod tests {
         fn flush(&self) -> Result<(), StoreError> {
             self.flushes
                 .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let _open = self.gate.lock().unwrap();
+            let _open = self
+                .gate
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if self
+                .panic_next
+                .swap(false, std::sync::atomic::Ordering::SeqCst)
+            {
+                panic!("the flush fails");
+            }
             self.inner.flush()
         }
     }
@@ -1220,6 +1250,7 @@ mod tests {
             inner: SledBackend::open(&dir.path().join("sled"), true).unwrap(),
             flushes: Default::default(),
             gate: Default::default(),
+            panic_next: Default::default(),
         });
         let store = Store::with_backend(backend.clone(), dir.path().join("artifacts"));
         let put = |name: &str| {
@@ -1279,6 +1310,7 @@ mod tests {
             inner: SledBackend::open(&dir.path().join("sled"), true).unwrap(),
             flushes: Default::default(),
             gate: Default::default(),
+            panic_next: Default::default(),
         });
         let store = Store::with_backend(backend.clone(), dir.path().join("artifacts"));
         let put = |name: &str| {
@@ -1330,6 +1362,54 @@ mod tests {
         });
         // Eight writes, two flushes: one per round.
         assert_eq!(backend.flushes.load(SeqCst), 2);
+    }
+
+    #[test]
+    fn a_round_whose_flush_panics_ends_every_write_in_it_and_the_next_round_runs() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let dir = tempfile::tempdir().unwrap();
+        let backend = Arc::new(GatedFlush {
+            inner: SledBackend::open(&dir.path().join("sled"), true).unwrap(),
+            flushes: Default::default(),
+            gate: Default::default(),
+            panic_next: Default::default(),
+        });
+        let store = Store::with_backend(backend.clone(), dir.path().join("artifacts"));
+        let put = |name: &str| {
+            let mut batch = Batch::new("acme");
+            batch.put_raw(Space::TeamNames, &[name], b"x");
+            store.apply(&batch)
+        };
+        backend.panic_next.store(true, SeqCst);
+        std::thread::scope(|s| {
+            // A leads and waits until B is queued behind it; the round's flush panics.
+            let a = s.spawn(|| {
+                store.write_locked("acme", || {
+                    eventually("B queues", || store.rounds.queued("acme") == 1);
+                    put("a")
+                })
+            });
+            eventually("A leads", || store.rounds.queues().contains_key("acme"));
+            let b = s.spawn(|| store.write_locked("acme", || put("b")));
+            // A's thread panics; B is not acknowledged, and does not wait forever.
+            assert!(a.join().is_err());
+            assert!(matches!(b.join().unwrap(), Err(StoreError::Io(_))));
+        });
+        // The tenant has no stale leader: the next write runs and is flushed.
+        assert!(store.write_locked("acme", || put("c")).unwrap().is_ok());
+        assert_eq!(backend.flushes.load(SeqCst), 2);
+    }
+
+    #[test]
+    fn a_write_nested_in_another_takes_its_lock_directly() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let nested = store.write_locked("acme", || {
+            let inner = store.write_locked("globex", || "globex");
+            // The outer tenant's round still runs this thread's writes only.
+            (inner.unwrap(), store.rounds.queued("acme"))
+        });
+        assert_eq!(nested.unwrap(), ("globex", 0));
     }
 
     #[test]

@@ -174,7 +174,9 @@ pub(super) struct Rounds {
 const ROUND: usize = 64;
 
 impl Rounds {
-    fn queues(&self) -> std::sync::MutexGuard<'_, HashMap<String, VecDeque<Arc<Waiter>>>> {
+    pub(super) fn queues(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, VecDeque<Arc<Waiter>>>> {
         self.queues.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -226,38 +228,70 @@ impl Rounds {
         first: Arc<Waiter>,
         lock: impl FnOnce() -> Result<TenantGuard<'a>, super::StoreError>,
     ) {
-        let mut round = vec![(first, None)];
-        let durable = match lock() {
+        // Whatever happens below, a panic in the lock or the flush included, every write
+        // of the round ends `Done` and the slug gets its next leader (or none).
+        let mut end = RoundEnd {
+            rounds: self,
+            slug,
+            handed_off: false,
+            round: vec![(first, None)],
+            durable: Err(super::StoreError::Io(
+                "the write's round stopped before its flush".to_owned(),
+            )),
+        };
+        match lock() {
             Ok(guard) => {
-                round[0].1 = round[0].0.run();
-                while round.len() < ROUND {
+                end.round[0].1 = end.round[0].0.run();
+                while end.round.len() < ROUND {
                     let Some(waiter) = self.next(slug) else { break };
                     let panic = waiter.run();
-                    round.push((waiter, panic));
+                    end.round.push((waiter, panic));
                 }
                 // The next leader takes the lock as soon as this guard lets it go, and
                 // commits while this round's flush runs.
                 self.hand_off(slug);
-                guard.release()
+                end.handed_off = true;
+                end.durable = guard.release();
             }
             Err(e) => {
                 // Only `first` learns it; the queued writes try again under the next lead.
-                drop(
-                    round[0]
-                        .0
-                        .job
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .take(),
-                );
-                self.hand_off(slug);
-                Err(e)
+                let unrun = end.round[0]
+                    .0
+                    .job
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .take();
+                drop(unrun);
+                end.durable = Err(e);
             }
-        };
-        for (waiter, panic) in round {
-            waiter.set(Turn::Done(durable.clone(), panic));
         }
     }
+}
+
+/// The end of a round, also when its leader panics: hands the lead on if that has not
+/// happened, then reports every write of the round done with the round's outcome.
+struct RoundEnd<'r> {
+    rounds: &'r Rounds,
+    slug: &'r str,
+    handed_off: bool,
+    round: Vec<(Arc<Waiter>, Option<Panic>)>,
+    durable: Result<(), super::StoreError>,
+}
+
+impl Drop for RoundEnd<'_> {
+    fn drop(&mut self) {
+        if !self.handed_off {
+            self.rounds.hand_off(self.slug);
+        }
+        for (waiter, panic) in self.round.drain(..) {
+            waiter.set(Turn::Done(self.durable.clone(), panic));
+        }
+    }
+}
+
+/// Whether this thread holds a tenant guard of `backend` (a write nested in another).
+pub(super) fn holds_any(backend: usize) -> bool {
+    HELD.with(|held| held.borrow().iter().any(|(id, _)| *id == backend))
 }
 
 /// A held tenant lock ([`super::Store::lock_tenant`]). [`TenantGuard::release`] lets it
