@@ -1242,22 +1242,31 @@ mod tests {
         }
     }
 
-    #[test]
-    fn writes_under_a_tenant_lock_are_flushed_once_after_the_lock_is_released() {
-        use std::sync::atomic::Ordering::SeqCst;
-        let dir = tempfile::tempdir().unwrap();
+    /// A sled store in `dir` behind a [`GatedFlush`].
+    fn gated_store(dir: &Path) -> (Arc<GatedFlush>, Store) {
         let backend = Arc::new(GatedFlush {
-            inner: SledBackend::open(&dir.path().join("sled"), true).unwrap(),
+            inner: SledBackend::open(&dir.join("sled"), true).unwrap(),
             flushes: Default::default(),
             gate: Default::default(),
             panic_next: Default::default(),
         });
-        let store = Store::with_backend(backend.clone(), dir.path().join("artifacts"));
-        let put = |name: &str| {
-            let mut batch = Batch::new("acme");
-            batch.put_raw(Space::TeamNames, &[name], b"x");
-            store.apply(&batch).unwrap();
-        };
+        let store = Store::with_backend(backend.clone(), dir.join("artifacts"));
+        (backend, store)
+    }
+
+    /// Writes team name `name` of tenant `acme`.
+    fn put_team(store: &Store, name: &str) -> Result<(), StoreError> {
+        let mut batch = Batch::new("acme");
+        batch.put_raw(Space::TeamNames, &[name], b"x");
+        store.apply(&batch)
+    }
+
+    #[test]
+    fn writes_under_a_tenant_lock_are_flushed_once_after_the_lock_is_released() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let dir = tempfile::tempdir().unwrap();
+        let (backend, store) = gated_store(dir.path());
+        let put = |name: &str| put_team(&store, name).unwrap();
         // Outside a lock each write waits for its own flush.
         put("outside");
         assert_eq!(backend.flushes.load(SeqCst), 1);
@@ -1306,18 +1315,8 @@ mod tests {
     fn concurrent_writes_of_a_tenant_share_one_round_and_its_flush() {
         use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
         let dir = tempfile::tempdir().unwrap();
-        let backend = Arc::new(GatedFlush {
-            inner: SledBackend::open(&dir.path().join("sled"), true).unwrap(),
-            flushes: Default::default(),
-            gate: Default::default(),
-            panic_next: Default::default(),
-        });
-        let store = Store::with_backend(backend.clone(), dir.path().join("artifacts"));
-        let put = |name: &str| {
-            let mut batch = Batch::new("acme");
-            batch.put_raw(Space::TeamNames, &[name], b"x");
-            store.apply(&batch).map(|()| name.to_owned())
-        };
+        let (backend, store) = gated_store(dir.path());
+        let put = |name: &str| put_team(&store, name).map(|()| name.to_owned());
         let committed = |name: &str| {
             store
                 .kv
@@ -1368,18 +1367,8 @@ mod tests {
     fn a_round_whose_flush_panics_ends_every_write_in_it_and_the_next_round_runs() {
         use std::sync::atomic::Ordering::SeqCst;
         let dir = tempfile::tempdir().unwrap();
-        let backend = Arc::new(GatedFlush {
-            inner: SledBackend::open(&dir.path().join("sled"), true).unwrap(),
-            flushes: Default::default(),
-            gate: Default::default(),
-            panic_next: Default::default(),
-        });
-        let store = Store::with_backend(backend.clone(), dir.path().join("artifacts"));
-        let put = |name: &str| {
-            let mut batch = Batch::new("acme");
-            batch.put_raw(Space::TeamNames, &[name], b"x");
-            store.apply(&batch)
-        };
+        let (backend, store) = gated_store(dir.path());
+        let put = |name: &str| put_team(&store, name);
         backend.panic_next.store(true, SeqCst);
         std::thread::scope(|s| {
             // A leads and waits until B is queued behind it; the round's flush panics.
