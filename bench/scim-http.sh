@@ -12,6 +12,9 @@
 #
 # With BASELINE_BIN (another build of gatehouse, e.g. the previous commit's), the second
 # server is that binary with its defaults instead, and the ratio is this build's / its.
+# Since decision 79 a tenant's concurrent writes share their round's flush with the setting
+# on or off (it only stops separate callers' flushes from being combined), so BASELINE_BIN
+# against a build from before that is the comparison that shows what sharing flushes buys.
 #
 # Settings (environment): ROUNDS (3), DURATION (4), CONNECTIONS (8), BASELINE_BIN. Installs wrk with
 # apt-get when missing. Durability under this load is tested by

@@ -58,7 +58,8 @@ pub struct Config {
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
     /// Concurrent writers share one flush to disk; each is still acknowledged only once
-    /// its write is durable (decision 60). `false`: one flush per write.
+    /// its write is durable (decision 60). `false`: each caller runs its own flush (the
+    /// writes of one tenant's round still share that round's, decision 79).
     pub group_commit: bool,
     /// Most database connections one replica opens for data (PostgreSQL only; tenant
     /// locks use as many again at most).
