@@ -56,11 +56,10 @@ struct Encodings {
     forward: std::sync::OnceLock<ForwardAnswer>,
 }
 
-/// `forward-auth`'s allow headers, with what they were built for.
+/// `forward-auth`'s allow headers, with the tenant (as the request's path named it) they
+/// were built for; the prefix and `strip_authorization` are the edge's fixed settings.
 struct ForwardAnswer {
-    prefix: String,
     tenant: String,
-    strip_authorization: bool,
     headers: HeaderMap,
 }
 
@@ -227,13 +226,7 @@ async fn forward_auth_answer(app: &App, tenant: String, headers: &HeaderMap) -> 
             let answer = match encodings(identity)
                 .map(|encoded| encoded.forward.get_or_init(|| built(identity)))
             {
-                Some(cached)
-                    if cached.prefix == prefix
-                        && cached.tenant == tenant
-                        && cached.strip_authorization == strip =>
-                {
-                    cached
-                }
+                Some(cached) if cached.tenant == tenant => cached,
                 _ => {
                     fresh = built(identity);
                     &fresh
@@ -302,9 +295,7 @@ fn forward_answer(
         );
     }
     ForwardAnswer {
-        prefix: prefix.to_owned(),
         tenant: tenant.to_owned(),
-        strip_authorization,
         headers,
     }
 }
@@ -326,23 +317,16 @@ struct ForwardNames {
     expires_at: Option<HeaderName>,
 }
 
-/// The names for `prefix`, built once per process and prefix rather than formatted on
-/// every answer. They are static (leaked, one set per distinct prefix: a process serves
-/// one, several only in tests), so cloning one into an answer touches no reference
-/// count. Each thread remembers the last set it used.
+/// The names for `prefix`, built when an answer is first encoded. They are static (leaked,
+/// one set per distinct prefix: a process serves one, several only in tests), so cloning
+/// one into an answer touches no reference count.
 fn forward_names(prefix: &str) -> &'static ForwardNames {
     static ALL: std::sync::Mutex<Vec<&'static ForwardNames>> = std::sync::Mutex::new(Vec::new());
-    thread_local! {
-        static LAST: std::cell::Cell<Option<&'static ForwardNames>> = const { std::cell::Cell::new(None) };
-    }
-    if let Some(names) = LAST.get().filter(|names| names.prefix == prefix) {
-        return names;
-    }
     let mut all = ALL
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let names = match all.iter().find(|names| names.prefix == prefix) {
-        Some(names) => *names,
+    match all.iter().find(|names| names.prefix == prefix) {
+        Some(names) => names,
         None => {
             let name = |suffix: &str| {
                 let name = HeaderName::try_from(format!("{prefix}{suffix}")).ok()?;
@@ -366,9 +350,7 @@ fn forward_names(prefix: &str) -> &'static ForwardNames {
             all.push(names);
             names
         }
-    };
-    LAST.set(Some(names));
-    names
+    }
 }
 
 /// 401 with a `WWW-Authenticate: Bearer` challenge (RFC 6750 §3), or 403.

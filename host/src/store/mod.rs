@@ -525,24 +525,24 @@ impl Store {
             *slot = Some(write());
         });
         // SAFETY: only the lifetime is erased (the same trait object). The job borrows
-        // this frame (`write`'s captures and `out`), and this function does not return
-        // before the waiter is `Done`, which its leader sets after the job has run and
-        // been dropped (`Waiter::run` consumes it) or been dropped unrun; a panic in the
-        // job is caught there. When this thread leads and the lock or the flush panics,
-        // the round's end drops its handle of `me` first, and `me` (with an unrun job) is
-        // dropped while this frame unwinds, before `out`. Nothing of the job outlives
-        // this call.
+        // this frame (`write`'s captures and `out`), and this function neither returns
+        // nor unwinds before the job is gone: a queued caller waits until its waiter is
+        // `Done`, which the round's end (`RoundEnd`, also when its leader panics) sets
+        // only after the job has run (a panic in it is caught) or been dropped unrun. A
+        // leader that unwinds has passed through that same end first.
         let job: tenant_lock::Job =
             unsafe { std::mem::transmute::<Box<dyn FnOnce() + Send + '_>, tenant_lock::Job>(job) };
         let me = tenant_lock::Waiter::new(job);
-        let mut lead = self.rounds.join(slug, &me);
+        let lead = || {
+            self.rounds
+                .lead(slug, me.clone(), || self.lock_tenant(slug))
+        };
+        if self.rounds.join(slug, &me) {
+            lead();
+        }
         loop {
-            if lead {
-                self.rounds
-                    .lead(slug, me.clone(), || self.lock_tenant(slug));
-            }
             match me.wait() {
-                tenant_lock::Next::Lead => lead = true,
+                tenant_lock::Next::Lead => lead(),
                 tenant_lock::Next::Done(durable, panic) => {
                     if let Some(panic) = panic {
                         std::panic::resume_unwind(panic);
@@ -1378,7 +1378,7 @@ mod tests {
                     put("a")
                 })
             });
-            eventually("A leads", || store.rounds.queues().contains_key("acme"));
+            eventually("A leads", || store.rounds.led("acme"));
             let b = s.spawn(|| store.write_locked("acme", || put("b")));
             // A's thread panics; B is not acknowledged, and does not wait forever.
             assert!(a.join().is_err());
@@ -1394,11 +1394,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let nested = store.write_locked("acme", || {
-            let inner = store.write_locked("globex", || "globex");
-            // The outer tenant's round still runs this thread's writes only.
-            (inner.unwrap(), store.rounds.queued("acme"))
+            // Under the lock, not in a round of its own.
+            store.write_locked("globex", || store.rounds.led("globex"))
         });
-        assert_eq!(nested.unwrap(), ("globex", 0));
+        assert!(!nested.unwrap().unwrap());
+        assert!(store
+            .write_locked("globex", || store.rounds.led("globex"))
+            .unwrap());
     }
 
     #[test]

@@ -110,8 +110,6 @@ enum Turn {
     /// The job ran (or never will: the lock could not be taken), with the outcome of
     /// the flush that covers it, or how it panicked.
     Done(Result<(), super::StoreError>, Option<Panic>),
-    /// [`Waiter::wait`] took the outcome.
-    Taken,
 }
 
 /// What [`Waiter::wait`] returns.
@@ -133,9 +131,9 @@ impl Waiter {
     pub(super) fn wait(&self) -> Next {
         let mut turn = self.turn.lock().unwrap_or_else(PoisonError::into_inner);
         loop {
-            match std::mem::replace(&mut *turn, Turn::Taken) {
+            // Taken, it is queued again: a leader's own write is next set `Done`.
+            match std::mem::replace(&mut *turn, Turn::Queued) {
                 Turn::Queued => {
-                    *turn = Turn::Queued;
                     turn = self
                         .changed
                         .wait(turn)
@@ -143,7 +141,6 @@ impl Waiter {
                 }
                 Turn::Lead => return Next::Lead,
                 Turn::Done(durable, panic) => return Next::Done(durable, panic),
-                Turn::Taken => unreachable!("a waiter is waited for by its own thread only"),
             }
         }
     }
@@ -153,13 +150,16 @@ impl Waiter {
         self.changed.notify_one();
     }
 
-    /// Runs the job on this thread; a panic is kept for the job's own thread.
-    fn run(&self) -> Option<Panic> {
-        let job = self
-            .job
+    fn take_job(&self) -> Option<Job> {
+        self.job
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .take()?;
+            .take()
+    }
+
+    /// Runs the job on this thread; a panic is kept for the job's own thread.
+    fn run(&self) -> Option<Panic> {
+        let job = self.take_job()?;
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).err()
     }
 }
@@ -174,9 +174,7 @@ pub(super) struct Rounds {
 const ROUND: usize = 64;
 
 impl Rounds {
-    pub(super) fn queues(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<String, VecDeque<Arc<Waiter>>>> {
+    fn queues(&self) -> std::sync::MutexGuard<'_, HashMap<String, VecDeque<Arc<Waiter>>>> {
         self.queues.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -199,6 +197,12 @@ impl Rounds {
     #[cfg(test)]
     pub(super) fn queued(&self, slug: &str) -> usize {
         self.queues().get(slug).map_or(0, VecDeque::len)
+    }
+
+    /// Whether a round of the slug has a leader.
+    #[cfg(test)]
+    pub(super) fn led(&self, slug: &str) -> bool {
+        self.queues().contains_key(slug)
     }
 
     fn next(&self, slug: &str) -> Option<Arc<Waiter>> {
@@ -253,23 +257,16 @@ impl Rounds {
                 end.handed_off = true;
                 end.durable = guard.release();
             }
-            Err(e) => {
-                // Only `first` learns it; the queued writes try again under the next lead.
-                let unrun = end.round[0]
-                    .0
-                    .job
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .take();
-                drop(unrun);
-                end.durable = Err(e);
-            }
+            // Only `first` learns it (its job is dropped unrun); the queued writes try
+            // again under the next lead.
+            Err(e) => end.durable = Err(e),
         }
     }
 }
 
 /// The end of a round, also when its leader panics: hands the lead on if that has not
-/// happened, then reports every write of the round done with the round's outcome.
+/// happened, then reports every write of the round done with the round's outcome, each
+/// job consumed (run, or dropped unrun) before its caller hears of it.
 struct RoundEnd<'r> {
     rounds: &'r Rounds,
     slug: &'r str,
@@ -284,6 +281,7 @@ impl Drop for RoundEnd<'_> {
             self.rounds.hand_off(self.slug);
         }
         for (waiter, panic) in self.round.drain(..) {
+            drop(waiter.take_job());
             waiter.set(Turn::Done(self.durable.clone(), panic));
         }
     }
