@@ -499,7 +499,8 @@ impl App {
     ) -> Result<User, AppError> {
         caller.require_admin()?;
         let email = Email::parse(&invite.email).map_err(AppError::BadRequest)?;
-        self.with_tenant(tenant, |slug| {
+        let send_email = invite.send_password_email;
+        let user = self.with_tenant(tenant, |slug| {
             let now = now();
             let everyone = self.everyone(slug)?;
             let mut user = User {
@@ -535,11 +536,13 @@ impl App {
                 );
             }
             self.store.apply(&batch)?;
-            if invite.send_password_email {
-                self.outbox_queued.notify_one();
-            }
             Ok(user)
-        })
+        })?;
+        // Once the write is durable (and visible to the relay's thread).
+        if send_email {
+            self.outbox_queued.notify_one();
+        }
+        Ok(user)
     }
 
     /// One user; a member may read only itself.
@@ -839,9 +842,11 @@ impl App {
                 None,
             );
             self.store.apply(&batch)?;
-            self.outbox_queued.notify_one();
             Ok(())
-        })
+        })?;
+        // Once the write is durable (and visible to the relay's thread).
+        self.outbox_queued.notify_one();
+        Ok(())
     }
 
     /// The outbox of a tenant (oldest first).

@@ -13,7 +13,7 @@
 //! edge refreshing its view needs. The epoch (a random id in `System`, made once per
 //! database) names the log's lineage: a reader whose epoch differs starts over.
 
-use super::{tkey, Space, Store, StoreError, TxBody, TxFail, Txn};
+use super::{tkey, Backend, Space, Store, StoreError, TxBody, TxFail, Txn};
 use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -63,12 +63,12 @@ fn tenant_of(space: Space, key: &[u8]) -> Option<&[u8]> {
 }
 
 /// The keys one tenant's batch touched: (space, key) → removed.
-type Touched = BTreeMap<(Space, Vec<u8>), bool>;
+pub(super) type Touched = BTreeMap<(Space, Vec<u8>), bool>;
 
 struct Recording<'a> {
     inner: &'a dyn Txn,
     /// Per tenant: (space, key) → removed.
-    touched: RefCell<BTreeMap<Vec<u8>, Touched>>,
+    touched: RefCell<TouchedByTenant>,
 }
 
 impl Recording<'_> {
@@ -109,31 +109,46 @@ fn head_of(bytes: Option<Vec<u8>>) -> u64 {
         .unwrap_or(0)
 }
 
+/// Per tenant, the keys one batch touched.
+pub(super) type TouchedByTenant = BTreeMap<Vec<u8>, Touched>;
+
 /// Runs `body` on `tx`, then appends each touched tenant's log entry in the same
 /// transaction.
 pub(super) fn logged(tx: &dyn Txn, body: &TxBody<'_>) -> Result<(), TxFail> {
+    let touched = touched_by(tx, body)?;
+    append(tx, &touched)
+}
+
+/// Runs `body` on `tx` and returns the keys it put or removed, per tenant.
+pub(super) fn touched_by(tx: &dyn Txn, body: &TxBody<'_>) -> Result<TouchedByTenant, TxFail> {
     let recording = Recording {
         inner: tx,
         touched: RefCell::default(),
     };
     body(&recording)?;
-    for (tenant, keys) in recording.touched.into_inner() {
-        let seq = head_of(tx.get(Space::LogHeads, &tenant)?) + 1;
+    Ok(recording.touched.into_inner())
+}
+
+/// Appends, on `tx`, one log entry per tenant of `touched`: the tenant's next sequence
+/// number (its head, read in `tx`, + 1).
+pub(super) fn append(tx: &dyn Txn, touched: &TouchedByTenant) -> Result<(), TxFail> {
+    for (tenant, keys) in touched {
+        let seq = head_of(tx.get(Space::LogHeads, tenant)?) + 1;
         let entry = ChangeEntry {
             seq,
             changes: keys
-                .into_iter()
+                .iter()
                 .map(|((space, key), removed)| Change {
                     space: space.name().to_owned(),
                     key: hex::encode(key),
-                    removed,
+                    removed: *removed,
                 })
                 .collect(),
         };
-        tx.put(Space::LogHeads, &tenant, &seq.to_be_bytes())?;
+        tx.put(Space::LogHeads, tenant, &seq.to_be_bytes())?;
         tx.put(
             Space::ChangeLog,
-            &entry_key(&tenant, seq),
+            &entry_key(tenant, seq),
             &super::encode(&entry),
         )?;
     }

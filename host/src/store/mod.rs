@@ -14,6 +14,7 @@
 //! through sled). They are a cache: each is derivable from component bytes kept in sled.
 
 mod change_log;
+mod overlay;
 mod pg_backend;
 // The tests crate's PostgreSQL harness (one cluster per test binary).
 #[cfg(test)]
@@ -394,7 +395,11 @@ pub struct NewPolicyVersion<'a> {
 /// The typed store.
 #[derive(Clone)]
 pub struct Store {
-    kv: Arc<dyn Backend>,
+    /// The backend, seen through the round this thread leads (decision 80).
+    kv: Arc<overlay::Overlaid>,
+    /// Concurrent writes of a tenant go in rounds (`store.group_commit`, decisions 79 and
+    /// 80); `false`: each write takes the lock, commits and flushes on its own.
+    rounds_on: bool,
     artifacts: PathBuf,
     locks: Arc<tenant_lock::LocalLocks>,
     rounds: Arc<tenant_lock::Rounds>,
@@ -440,10 +445,13 @@ impl Store {
         let artifacts = dir.join("artifacts");
         std::fs::create_dir_all(&artifacts)
             .map_err(|e| StoreError::Io(format!("cannot create {}: {e}", artifacts.display())))?;
-        Ok(Store::with_backend(
-            Arc::new(SledBackend::open(&dir.join("sled"), settings.group_commit)?),
-            artifacts,
-        ))
+        Ok(Store {
+            rounds_on: settings.group_commit,
+            ..Store::with_backend(
+                Arc::new(SledBackend::open(&dir.join("sled"), settings.group_commit)?),
+                artifacts,
+            )
+        })
     }
 
     /// Opens the store on the PostgreSQL database at `url` (migrating its schema); `dir`
@@ -460,16 +468,17 @@ impl Store {
             max_connections: settings.max_connections,
             ..PgOptions::default()
         };
-        Ok(Store::with_backend(
-            Arc::new(PgBackend::open(url, &options)?),
-            artifacts,
-        ))
+        Ok(Store {
+            rounds_on: settings.group_commit,
+            ..Store::with_backend(Arc::new(PgBackend::open(url, &options)?), artifacts)
+        })
     }
 
     /// A store over any backend, with artifacts in `artifacts`.
     pub fn with_backend(kv: Arc<dyn Backend>, artifacts: PathBuf) -> Store {
         Store {
-            kv,
+            kv: Arc::new(overlay::Overlaid::new(kv)),
+            rounds_on: true,
             artifacts,
             locks: Arc::default(),
             rounds: Arc::default(),
@@ -510,7 +519,7 @@ impl Store {
         // A write nested in another (this thread holds a tenant guard: it leads a round,
         // or holds `lock_tenant`) takes its lock directly, as a plain lock would, rather
         // than queue behind a round that may wait for this thread.
-        if tenant_lock::holds_any(tenant_lock::backend_id(&*self.kv)) {
+        if !self.rounds_on || tenant_lock::holds_any(tenant_lock::backend_id(&*self.kv)) {
             let guard = self.lock_tenant(slug)?;
             let out = write();
             guard.release()?;
@@ -534,8 +543,9 @@ impl Store {
             unsafe { std::mem::transmute::<Box<dyn FnOnce() + Send + '_>, tenant_lock::Job>(job) };
         let me = tenant_lock::Waiter::new(job);
         let lead = || {
-            self.rounds
-                .lead(slug, me.clone(), || self.lock_tenant(slug))
+            self.rounds.lead(slug, me.clone(), || {
+                Ok(self.kv.open_round(self.lock_tenant(slug)?))
+            })
         };
         if self.rounds.join(slug, &me) {
             lead();
@@ -563,6 +573,10 @@ impl Store {
     /// entry of that tenant's change log; durable when it returns, or, when this thread
     /// holds a tenant lock of this store, when that lock is released.
     fn transact_durably(&self, body: &TxBody<'_>) -> Result<(), StoreError> {
+        // In a round this thread leads: staged, committed with the round.
+        if let Some(staged) = self.kv.stage(body) {
+            return staged;
+        }
         self.kv.transact(&|tx| change_log::logged(tx, body))?;
         if tenant_lock::defer_flush(tenant_lock::backend_id(&*self.kv)) {
             return Ok(());
@@ -1204,6 +1218,7 @@ mod tests {
     struct GatedFlush {
         inner: SledBackend,
         flushes: std::sync::atomic::AtomicUsize,
+        transactions: std::sync::atomic::AtomicUsize,
         gate: std::sync::Mutex<()>,
         /// The next flush panics.
         panic_next: std::sync::atomic::AtomicBool,
@@ -1223,6 +1238,8 @@ mod tests {
             self.inner.scan_each(space, prefix, after, visit)
         }
         fn transact(&self, body: &TxBody<'_>) -> Result<(), StoreError> {
+            self.transactions
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             self.inner.transact(body)
         }
         fn flush(&self) -> Result<(), StoreError> {
@@ -1247,6 +1264,7 @@ mod tests {
         let backend = Arc::new(GatedFlush {
             inner: SledBackend::open(&dir.join("sled"), true).unwrap(),
             flushes: Default::default(),
+            transactions: Default::default(),
             gate: Default::default(),
             panic_next: Default::default(),
         });
@@ -1359,8 +1377,145 @@ mod tests {
                 assert_eq!(&q.join().unwrap().unwrap().unwrap(), name);
             }
         });
-        // Eight writes, two flushes: one per round.
+        // Eight writes, two flushes and two transactions: one of each per round.
         assert_eq!(backend.flushes.load(SeqCst), 2);
+        assert_eq!(backend.transactions.load(SeqCst), 2);
+    }
+
+    /// The team names of tenant `acme`, as a scan from this thread sees them.
+    fn team_names(store: &Store) -> Vec<String> {
+        store.index(Space::TeamNames, "acme", &[]).unwrap()
+    }
+
+    #[test]
+    fn a_round_reads_its_own_writes_and_commits_them_at_its_end_with_their_log_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let (backend, store) = gated_store(dir.path());
+        put_team(&store, "a").unwrap();
+        put_team(&store, "c").unwrap();
+        let head = store.changes_since("acme", 0, 10).unwrap().head;
+        let before = backend
+            .transactions
+            .load(std::sync::atomic::Ordering::SeqCst);
+        store
+            .write_locked("acme", || {
+                put_team(&store, "b").unwrap();
+                let mut removal = Batch::new("acme");
+                removal.remove(Space::TeamNames, &["c"]);
+                store.apply(&removal).unwrap();
+                // This thread sees the round's writes, merged into scans in key order,
+                // a removal hiding the stored entry...
+                assert_eq!(team_names(&store), ["a", "b"]);
+                let keys: Vec<Vec<u8>> = ["a", "b", "c"]
+                    .iter()
+                    .map(|n| tkey("acme", &[n.as_bytes()]))
+                    .collect();
+                let values = store.kv.get_many(Space::TeamNames, &keys).unwrap();
+                assert_eq!(
+                    values.iter().map(Option::is_some).collect::<Vec<_>>(),
+                    [true, true, false]
+                );
+                // ...and a check in a later batch sees them too.
+                let mut again = Batch::new("acme");
+                again.require_absent(Space::TeamNames, &["b"], "b is taken".into());
+                assert!(matches!(store.apply(&again), Err(StoreError::Conflict(_))));
+                // Another thread sees none of them before the round commits.
+                let elsewhere =
+                    std::thread::scope(|s| s.spawn(|| team_names(&store)).join().unwrap());
+                assert_eq!(elsewhere, ["a", "c"]);
+            })
+            .unwrap();
+        // One transaction for the round, and each batch got its own log entry, in order.
+        assert_eq!(
+            backend
+                .transactions
+                .load(std::sync::atomic::Ordering::SeqCst)
+                - before,
+            1
+        );
+        assert_eq!(team_names(&store), ["a", "b"]);
+        let page = store.changes_since("acme", head, 10).unwrap();
+        let logged: Vec<(u64, bool)> = page
+            .entries
+            .iter()
+            .map(|e| (e.seq, e.changes[0].removed))
+            .collect();
+        assert_eq!(logged, [(head + 1, false), (head + 2, true)]);
+        assert_eq!(page.head, head + 2);
+    }
+
+    #[test]
+    fn a_round_writes_nothing_when_what_it_read_was_changed_by_a_writer_outside_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let outcome = store.write_locked("acme", || {
+            let mut batch = Batch::new("acme");
+            batch
+                .require_absent(Space::TeamNames, &["k"], "k is taken".into())
+                .put_raw(Space::TeamNames, &["x"], b"x");
+            store.apply(&batch).unwrap();
+            // A writer that does not take the tenant's lock writes the key checked.
+            std::thread::scope(|s| s.spawn(|| put_team(&store, "k").unwrap()).join().unwrap());
+        });
+        assert!(
+            matches!(outcome, Err(StoreError::Unavailable(_))),
+            "{outcome:?}"
+        );
+        assert_eq!(team_names(&store), ["k"]);
+        // The tenant is not stuck: the next round commits.
+        store
+            .write_locked("acme", || put_team(&store, "x").unwrap())
+            .unwrap();
+        assert_eq!(team_names(&store), ["k", "x"]);
+    }
+
+    #[test]
+    fn a_write_nested_in_a_round_lands_after_what_the_round_wrote_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .write_locked("acme", || {
+                put_team(&store, "first").unwrap();
+                store
+                    .write_locked("globex", || {
+                        let mut batch = Batch::new("globex");
+                        batch.put_raw(Space::TeamNames, &["g"], b"x");
+                        store.apply(&batch).unwrap();
+                    })
+                    .unwrap();
+                // The nested write committed, and what the round had written went first.
+                let elsewhere = std::thread::scope(|s| {
+                    s.spawn(|| {
+                        (
+                            team_names(&store),
+                            store.index(Space::TeamNames, "globex", &[]).unwrap(),
+                        )
+                    })
+                    .join()
+                    .unwrap()
+                });
+                assert_eq!(elsewhere, (vec!["first".to_owned()], vec!["g".to_owned()]));
+                put_team(&store, "second").unwrap();
+            })
+            .unwrap();
+        assert_eq!(team_names(&store), ["first", "second"]);
+    }
+
+    #[test]
+    fn with_group_commit_off_each_write_takes_the_lock_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = crate::config::StoreConfig {
+            group_commit: false,
+            ..Default::default()
+        };
+        let store = Store::open_with(dir.path(), &settings).unwrap();
+        assert!(!store
+            .write_locked("acme", || store.rounds.led("acme"))
+            .unwrap());
+        store
+            .write_locked("acme", || put_team(&store, "a").unwrap())
+            .unwrap();
+        assert_eq!(team_names(&store), ["a"]);
     }
 
     #[test]

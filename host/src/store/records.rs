@@ -4,7 +4,7 @@
 //! lowercased names and hashes, none of which can contain a 0 byte.
 
 use super::side::{self, Bucket};
-use super::{decode, encode, tkey, Space, Store, StoreError, TxFail};
+use super::{decode, encode, tkey, Backend, Space, Store, StoreError, TxFail};
 use serde::{de::DeserializeOwned, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 

@@ -9,7 +9,7 @@
 //! flushed before it returns. The edge's own store has no change log: it is a copy, not
 //! a source.
 
-use super::{tkey, Space, Store, StoreError};
+use super::{tkey, Backend, Space, Store, StoreError};
 use serde::{Deserialize, Serialize};
 
 /// Where an edge stands for one tenant: the control plane's log epoch and the last

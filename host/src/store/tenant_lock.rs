@@ -14,6 +14,7 @@ use std::cell::RefCell;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
+use super::overlay::RoundGuard;
 use super::{Backend, StoreError};
 
 thread_local! {
@@ -39,6 +40,16 @@ pub(super) fn defer_flush(backend: usize) -> bool {
             }
             None => false,
         }
+    })
+}
+
+/// How many tenant guards of `backend` this thread holds.
+pub(super) fn held_depth(backend: usize) -> usize {
+    HELD.with(|held| {
+        held.borrow()
+            .iter()
+            .filter(|(id, _)| *id == backend)
+            .count()
     })
 }
 
@@ -222,15 +233,16 @@ impl Rounds {
     }
 
     /// Leads one round for `slug`, `first` (the caller's write) first: takes the
-    /// tenant's lock with `lock`, runs `first` and then each write queued meanwhile (up
-    /// to [`ROUND`]), each committing on its own; hands the lead to the next queued
-    /// write; releases the lock, which runs one flush covering the whole round; only
-    /// then reports every write of the round done, with that flush's outcome.
+    /// tenant's lock with `lock` (which opens the round's overlay), runs `first` and then
+    /// each write queued meanwhile (up to [`ROUND`]), their writes staged; hands the lead
+    /// to the next queued write; releases the round, which commits what it staged in one
+    /// transaction, lets the lock go and runs one flush covering the whole round; only
+    /// then reports every write of the round done, with that outcome.
     pub(super) fn lead<'a>(
         &self,
         slug: &str,
         first: Arc<Waiter>,
-        lock: impl FnOnce() -> Result<TenantGuard<'a>, super::StoreError>,
+        lock: impl FnOnce() -> Result<RoundGuard<'a>, super::StoreError>,
     ) {
         // Whatever happens below, a panic in the lock or the flush included, every write
         // of the round ends `Done` and the slug gets its next leader (or none).
@@ -251,8 +263,8 @@ impl Rounds {
                     let panic = waiter.run();
                     end.round.push((waiter, panic));
                 }
-                // The next leader takes the lock as soon as this guard lets it go, and
-                // commits while this round's flush runs.
+                // The next leader takes the lock as soon as this round lets it go (after
+                // its commit), and runs while this round's flush does.
                 self.hand_off(slug);
                 end.handed_off = true;
                 end.durable = guard.release();
