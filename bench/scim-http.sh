@@ -10,11 +10,11 @@
 # data directory's disk (whether flushes or CPU bound the rate).
 # The SCIM rate limit is raised for the run (it would otherwise be what is measured).
 #
+# With group commit off, each create takes the tenant's lock, commits and flushes on its
+# own; on, a tenant's concurrent creates go in rounds, one transaction and one flush each
+# (decisions 79 and 80). Also prints each server's mean writes per round (from /metrics).
 # With BASELINE_BIN (another build of gatehouse, e.g. the previous commit's), the second
 # server is that binary with its defaults instead, and the ratio is this build's / its.
-# Since decision 79 a tenant's concurrent writes share their round's flush with the setting
-# on or off (it only stops separate callers' flushes from being combined), so BASELINE_BIN
-# against a build from before that is the comparison that shows what sharing flushes buys.
 #
 # Settings (environment): ROUNDS (3), DURATION (4), CONNECTIONS (8), BASELINE_BIN. Installs wrk with
 # apt-get when missing. Durability under this load is tested by
@@ -122,6 +122,13 @@ echo "| $label_off | $(printf '%.0f' "$off")/s | $(awk '$1 == "off" { p = $4 } E
 echo
 echo "$label_on / $label_off: $(awk -v a="$on" -v b="$off" 'BEGIN { printf "%.1f×", a / b }')"
 echo "server CPU per create (median): $label_on $(median_cpu on) µs, $label_off $(median_cpu off) µs"
+# Writes per round: the store's two round counters (a server without rounds has none).
+per_round() {
+    curl -sS "$1/metrics" | awk '$1 == "gatehouse_store_rounds_total" { r = $2 }
+        $1 == "gatehouse_store_round_writes_total" { w = $2 }
+        END { if (r > 0) printf "%.1f", w / r; else print "none" }'
+}
+echo "mean writes per round (all rounds): $label_on $(per_round "$base_on"), $label_off $(per_round "$base_off")"
 # What one flush costs on the data directory's disk: a 4 KiB write + fsync, 200 times.
 echo "fsync of a 4 KiB write on the data directory's disk: $(python3 - "$work" <<'PY'
 import os, sys, time

@@ -57,9 +57,10 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
-    /// Concurrent writers share one flush to disk; each is still acknowledged only once
-    /// its write is durable (decision 60). `false`: each caller runs its own flush (the
-    /// writes of one tenant's round still share that round's, decision 79).
+    /// A tenant's concurrent writes go in rounds, one transaction and one flush each, and
+    /// concurrent flushes are shared; each write is still acknowledged only once durable
+    /// (decisions 60, 79, 80). `false`: each write takes the tenant's lock, commits and
+    /// flushes on its own.
     pub group_commit: bool,
     /// Most database connections one replica opens for data (PostgreSQL only; tenant
     /// locks use as many again at most).

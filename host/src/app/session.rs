@@ -333,7 +333,7 @@ impl super::App {
         ) {
             return Ok(signer);
         }
-        self.with_tenant(tenant, |slug| {
+        let (slug, signer) = self.with_tenant(tenant, |slug| {
             if let Some(signer) = cached(
                 &self
                     .sessions
@@ -341,7 +341,7 @@ impl super::App {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner()),
             ) {
-                return Ok(signer);
+                return Ok((slug.to_owned(), signer));
             }
             let stored: Vec<SessionKeyRecord> = self.store.list(slug, &[])?;
             let current = stored
@@ -381,14 +381,15 @@ impl super::App {
                     }
                 }
             };
-            let signer = Arc::new(signer);
-            self.sessions
-                .signers
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(slug.to_owned(), signer.clone());
-            Ok(signer)
-        })
+            Ok((slug.to_owned(), Arc::new(signer)))
+        })?;
+        // Other threads sign with a cached key without the lock: only once it is durable.
+        self.sessions
+            .signers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(slug, signer.clone());
+        Ok(signer)
     }
 
     /// The caller a session token (without its prefix) names on `tenant`'s admin API: the

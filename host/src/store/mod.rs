@@ -1219,6 +1219,8 @@ mod tests {
         inner: SledBackend,
         flushes: std::sync::atomic::AtomicUsize,
         transactions: std::sync::atomic::AtomicUsize,
+        /// Every key a committed transaction put, in commit order.
+        written: std::sync::Mutex<Vec<Vec<u8>>>,
         gate: std::sync::Mutex<()>,
         /// The next flush panics.
         panic_next: std::sync::atomic::AtomicBool,
@@ -1240,7 +1242,27 @@ mod tests {
         fn transact(&self, body: &TxBody<'_>) -> Result<(), StoreError> {
             self.transactions
                 .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            self.inner.transact(body)
+            /// Notes the keys put (a body may run again: only the last run's count).
+            struct Spy<'a>(&'a dyn Txn, &'a std::cell::RefCell<Vec<Vec<u8>>>);
+            impl Txn for Spy<'_> {
+                fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, TxFail> {
+                    self.0.get(space, key)
+                }
+                fn put(&self, space: Space, key: &[u8], value: &[u8]) -> Result<(), TxFail> {
+                    self.1.borrow_mut().push(key.to_vec());
+                    self.0.put(space, key, value)
+                }
+                fn remove(&self, space: Space, key: &[u8]) -> Result<(), TxFail> {
+                    self.0.remove(space, key)
+                }
+            }
+            let put = std::cell::RefCell::new(Vec::new());
+            self.inner.transact(&|tx| {
+                put.borrow_mut().clear();
+                body(&Spy(tx, &put))
+            })?;
+            self.written.lock().unwrap().extend(put.into_inner());
+            Ok(())
         }
         fn flush(&self) -> Result<(), StoreError> {
             self.flushes
@@ -1265,6 +1287,7 @@ mod tests {
             inner: SledBackend::open(&dir.join("sled"), true).unwrap(),
             flushes: Default::default(),
             transactions: Default::default(),
+            written: Default::default(),
             gate: Default::default(),
             panic_next: Default::default(),
         });
@@ -1445,6 +1468,44 @@ mod tests {
     }
 
     #[test]
+    fn a_rounds_scans_merge_its_writes_after_a_key_and_stop_when_told() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        for name in ["a", "c", "e"] {
+            put_team(&store, name).unwrap();
+        }
+        store
+            .write_locked("acme", || {
+                let mut batch = Batch::new("acme");
+                batch.remove(Space::TeamNames, &["c"]);
+                for name in ["b", "d", "f"] {
+                    batch.put_raw(Space::TeamNames, &[name], b"x");
+                }
+                store.apply(&batch).unwrap();
+                let prefix = tkey("acme", &[]);
+                let scan = |after: Option<&str>, most: usize| {
+                    let after = after.map(|a| tkey("acme", &[a.as_bytes()]));
+                    let mut seen = Vec::new();
+                    store
+                        .kv
+                        .scan_each(Space::TeamNames, &prefix, after.as_deref(), &mut |k, _| {
+                            seen.push(String::from_utf8_lossy(&k[prefix.len()..]).into_owned());
+                            seen.len() < most
+                        })
+                        .unwrap();
+                    seen
+                };
+                assert_eq!(scan(None, 10), ["a", "b", "d", "e", "f"]);
+                assert_eq!(scan(Some("a"), 3), ["b", "d", "e"]);
+                assert_eq!(scan(Some("c"), 10), ["d", "e", "f"]);
+                assert_eq!(scan(Some("e"), 1), ["f"]);
+                assert_eq!(scan(None, 1), ["a"]);
+            })
+            .unwrap();
+        assert_eq!(team_names(&store), ["a", "b", "d", "e", "f"]);
+    }
+
+    #[test]
     fn a_round_writes_nothing_when_what_it_read_was_changed_by_a_writer_outside_the_lock() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
@@ -1471,8 +1532,9 @@ mod tests {
 
     #[test]
     fn a_write_nested_in_a_round_lands_after_what_the_round_wrote_before_it() {
+        use std::sync::atomic::Ordering::SeqCst;
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let (backend, store) = gated_store(dir.path());
         store
             .write_locked("acme", || {
                 put_team(&store, "first").unwrap();
@@ -1483,39 +1545,98 @@ mod tests {
                         store.apply(&batch).unwrap();
                     })
                     .unwrap();
-                // The nested write committed, and what the round had written went first.
-                let elsewhere = std::thread::scope(|s| {
-                    s.spawn(|| {
-                        (
-                            team_names(&store),
-                            store.index(Space::TeamNames, "globex", &[]).unwrap(),
-                        )
-                    })
-                    .join()
-                    .unwrap()
-                });
-                assert_eq!(elsewhere, (vec!["first".to_owned()], vec!["g".to_owned()]));
-                put_team(&store, "second").unwrap();
+                // The nested write's own flush has run.
+                assert_eq!(backend.flushes.load(SeqCst), 1);
             })
             .unwrap();
-        assert_eq!(team_names(&store), ["first", "second"]);
+        // What the round staged before the nested write was committed before it.
+        let teams: Vec<Vec<u8>> = ["first", "g"]
+            .iter()
+            .zip(["acme", "globex"])
+            .map(|(name, tenant)| tkey(tenant, &[name.as_bytes()]))
+            .collect();
+        let written = backend.written.lock().unwrap().clone();
+        let order: Vec<&Vec<u8>> = written.iter().filter(|k| teams.contains(k)).collect();
+        assert_eq!(order, teams.iter().collect::<Vec<_>>());
+        // The round flushed too, after the nested write's flush, though it staged nothing
+        // since: "first" was committed on its behalf, so it owes the flush that covers it.
+        assert_eq!(backend.flushes.load(SeqCst), 2);
+        assert_eq!(team_names(&store), ["first"]);
     }
 
     #[test]
-    fn with_group_commit_off_each_write_takes_the_lock_alone() {
+    fn a_failed_round_fails_only_the_writes_not_committed_before_its_last_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        std::thread::scope(|s| {
+            // A leads and stages "a" once B and C are queued behind it, in that order.
+            let a = s.spawn(|| {
+                store.write_locked("acme", || {
+                    eventually("B and C queue", || store.rounds.queued("acme") == 2);
+                    put_team(&store, "a")
+                })
+            });
+            eventually("A leads", || store.rounds.led("acme"));
+            // B's nested write commits what the round staged before it ("a").
+            let b = s.spawn(|| {
+                store.write_locked("acme", || {
+                    store.write_locked("globex", || {
+                        let mut batch = Batch::new("globex");
+                        batch.put_raw(Space::TeamNames, &["g"], b"x");
+                        store.apply(&batch)
+                    })
+                })
+            });
+            eventually("B queues", || store.rounds.queued("acme") == 1);
+            // C checks "k" is free, and a writer outside the lock takes it meanwhile.
+            let c = s.spawn(|| {
+                store.write_locked("acme", || {
+                    let mut batch = Batch::new("acme");
+                    batch
+                        .require_absent(Space::TeamNames, &["k"], "k is taken".into())
+                        .put_raw(Space::TeamNames, &["c"], b"x");
+                    store.apply(&batch).unwrap();
+                    std::thread::scope(|s| {
+                        s.spawn(|| put_team(&store, "k").unwrap()).join().unwrap()
+                    });
+                })
+            });
+            assert!(matches!(a.join().unwrap(), Ok(Ok(()))));
+            assert!(matches!(b.join().unwrap(), Ok(Ok(Ok(())))));
+            let c = c.join().unwrap();
+            assert!(matches!(c, Err(StoreError::Unavailable(_))), "{c:?}");
+        });
+        assert_eq!(team_names(&store), ["a", "k"]);
+    }
+
+    #[test]
+    fn with_group_commit_off_each_write_takes_the_lock_commits_and_flushes_alone() {
+        use std::sync::atomic::Ordering::SeqCst;
         let dir = tempfile::tempdir().unwrap();
         let settings = crate::config::StoreConfig {
             group_commit: false,
             ..Default::default()
         };
-        let store = Store::open_with(dir.path(), &settings).unwrap();
-        assert!(!store
-            .write_locked("acme", || store.rounds.led("acme"))
-            .unwrap());
-        store
-            .write_locked("acme", || put_team(&store, "a").unwrap())
-            .unwrap();
-        assert_eq!(team_names(&store), ["a"]);
+        assert!(!Store::open_with(dir.path(), &settings).unwrap().rounds_on);
+        let (backend, store) = gated_store(&dir.path().join("gated"));
+        let store = Store {
+            rounds_on: false,
+            ..store
+        };
+        for (i, name) in ["a", "b"].into_iter().enumerate() {
+            store
+                .write_locked("acme", || {
+                    assert!(!store.rounds.led("acme"), "no round");
+                    put_team(&store, name).unwrap();
+                    // Committed at once: another thread sees it before the write returns.
+                    let seen =
+                        std::thread::scope(|s| s.spawn(|| team_names(&store)).join().unwrap());
+                    assert!(seen.contains(&name.to_owned()));
+                })
+                .unwrap();
+            assert_eq!(backend.transactions.load(SeqCst), i + 1);
+            assert_eq!(backend.flushes.load(SeqCst), i + 1);
+        }
     }
 
     #[test]

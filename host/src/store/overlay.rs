@@ -24,7 +24,7 @@
 //! keys also commits early, every [`STAGED_KEYS`], to keep one transaction's size bounded.
 
 use super::change_log::{self, TouchedByTenant};
-use super::tenant_lock::{self, HeldLock, TenantGuard};
+use super::tenant_lock::{self, HeldLock, RoundOutcome, TenantGuard};
 use super::{Backend, Pairs, Space, StoreError, TxBody, TxFail, Txn};
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -59,6 +59,9 @@ struct Open {
     /// a nested lock is held, under which writes are not staged.
     depth: usize,
     staged: Staged,
+    /// Batches staged in the round so far, and how many of them are committed.
+    staged_batches: u64,
+    committed_batches: u64,
     /// An early commit failed: the round's writes so far are lost, so every later one
     /// fails too, and so does the round.
     failed: Option<StoreError>,
@@ -142,6 +145,8 @@ impl Overlaid {
             backend: self.id(),
             depth: tenant_lock::held_depth(self.id()),
             staged: Staged::default(),
+            staged_batches: 0,
+            committed_batches: 0,
             failed: None,
         };
         OPEN.with(|rounds| rounds.borrow_mut().push(open));
@@ -188,6 +193,7 @@ impl Overlaid {
                 if !touched.is_empty() {
                     o.staged.logs.push(touched);
                 }
+                o.staged_batches += 1;
                 o.staged.writes.len() >= STAGED_KEYS
             })
             .unwrap_or(false);
@@ -200,21 +206,27 @@ impl Overlaid {
     }
 
     /// Commits what this thread's open round staged so far (nothing when no round is
-    /// open); after a failure, the round fails.
+    /// open); once a commit of the round failed, nothing more is written and this fails.
     fn commit_staged(&self) -> Result<(), StoreError> {
-        let Some(staged) = self.with_open(|o| std::mem::take(&mut o.staged)) else {
+        let Some(taken) = self.with_open(|o| match &o.failed {
+            Some(e) => Err(e.clone()),
+            None => Ok((std::mem::take(&mut o.staged), o.staged_batches, o.depth)),
+        }) else {
             return Ok(());
         };
-        let committed = self.commit(&staged);
-        if let Err(e) = &committed {
-            self.with_open(|o| o.failed = Some(e.clone()));
-        }
+        let (staged, batches, depth) = taken?;
+        let committed = self.commit(&staged, depth);
+        self.with_open(|o| match &committed {
+            Ok(()) => o.committed_batches = batches,
+            Err(e) => o.failed = Some(e.clone()),
+        });
         committed
     }
 
     /// Commits `staged` in one backend transaction: its reads checked, its writes made,
-    /// its change-log entries appended.
-    fn commit(&self, staged: &Staged) -> Result<(), StoreError> {
+    /// its change-log entries appended. The flush that makes it durable is owed by the
+    /// round's own guard (the `depth`-th), also when a nested guard is held.
+    fn commit(&self, staged: &Staged, depth: usize) -> Result<(), StoreError> {
         if staged.writes.is_empty() {
             return Ok(());
         }
@@ -244,8 +256,7 @@ impl Overlaid {
             }
             Ok(())
         })?;
-        // The round's guard (or a nested one) owes the flush that makes this durable.
-        tenant_lock::defer_flush(self.id());
+        tenant_lock::owe_flush_at(self.id(), depth);
         Ok(())
     }
 }
@@ -265,6 +276,11 @@ pub(super) struct RoundGuard<'a> {
 }
 
 impl RoundGuard<'_> {
+    /// How many batches the round has staged so far (a write's mark).
+    pub(super) fn staged_batches(&self) -> u64 {
+        self.kv.with_open(|o| o.staged_batches).unwrap_or(0)
+    }
+
     /// Closes the round: takes it off this thread's list.
     fn close(&self) -> Option<Open> {
         let id = self.kv.id();
@@ -276,18 +292,28 @@ impl RoundGuard<'_> {
     }
 
     /// Commits what the round staged (under the tenant's lock), then releases the lock,
-    /// which runs the flush that makes the round durable. Acknowledge the round's writes
-    /// only after this returns `Ok`.
-    pub(super) fn release(mut self) -> Result<(), StoreError> {
-        let committed = match self.close() {
+    /// which runs the flush that makes the round durable. Acknowledge a write of the
+    /// round only once its batches are committed and the flush succeeded
+    /// ([`RoundOutcome`]).
+    pub(super) fn release(mut self) -> RoundOutcome {
+        let (commit, committed_batches) = match self.close() {
             Some(Open {
-                failed: Some(e), ..
-            }) => Err(e),
-            Some(open) => self.kv.commit(&open.staged),
-            None => Ok(()),
+                failed: Some(e),
+                committed_batches,
+                ..
+            }) => (Err(e), committed_batches),
+            Some(open) => match self.kv.commit(&open.staged, open.depth) {
+                Ok(()) => (Ok(()), open.staged_batches),
+                Err(e) => (Err(e), open.committed_batches),
+            },
+            None => (Ok(()), 0),
         };
-        let released = self.guard.take().map_or(Ok(()), TenantGuard::release);
-        committed.and(released)
+        let flush = self.guard.take().map_or(Ok(()), TenantGuard::release);
+        RoundOutcome {
+            commit,
+            committed_batches,
+            flush,
+        }
     }
 }
 
@@ -368,7 +394,20 @@ impl Backend for Overlaid {
         if !self.wrote_in(space) {
             return self.inner.get_many(space, keys);
         }
-        keys.iter().map(|key| self.get(space, key)).collect()
+        // The staged values, and the others read at once.
+        let mut values: Vec<Option<Value>> =
+            keys.iter().map(|key| self.staged(space, key)).collect();
+        let missing: Vec<Vec<u8>> = keys
+            .iter()
+            .zip(&values)
+            .filter(|(_, value)| value.is_none())
+            .map(|(key, _)| key.clone())
+            .collect();
+        let mut read = self.inner.get_many(space, &missing)?.into_iter();
+        for value in values.iter_mut().filter(|value| value.is_none()) {
+            *value = Some(read.next().flatten());
+        }
+        Ok(values.into_iter().map(Option::flatten).collect())
     }
 
     fn scan_each(

@@ -43,6 +43,21 @@ pub(super) fn defer_flush(backend: usize) -> bool {
     })
 }
 
+/// Marks the `depth`-th tenant guard of `backend` this thread holds (1: the outermost) as
+/// owing a flush, for a commit made on its behalf under guards nested inside it.
+pub(super) fn owe_flush_at(backend: usize, depth: usize) {
+    HELD.with(|held| {
+        if let Some((_, owed)) = held
+            .borrow_mut()
+            .iter_mut()
+            .filter(|(id, _)| *id == backend)
+            .nth(depth.saturating_sub(1))
+        {
+            *owed = true;
+        }
+    });
+}
+
 /// How many tenant guards of `backend` this thread holds.
 pub(super) fn held_depth(backend: usize) -> usize {
     HELD.with(|held| {
@@ -250,41 +265,87 @@ impl Rounds {
             rounds: self,
             slug,
             handed_off: false,
-            round: vec![(first, None)],
-            durable: Err(super::StoreError::Io(
-                "the write's round stopped before its flush".to_owned(),
-            )),
+            round: vec![(first, None, 0)],
+            outcome: RoundOutcome::stopped(),
         };
         match lock() {
             Ok(guard) => {
+                // Each write's mark: how many batches the round had staged when it ended.
                 end.round[0].1 = end.round[0].0.run();
+                end.round[0].2 = guard.staged_batches();
                 while end.round.len() < ROUND {
                     let Some(waiter) = self.next(slug) else { break };
                     let panic = waiter.run();
-                    end.round.push((waiter, panic));
+                    end.round.push((waiter, panic, guard.staged_batches()));
                 }
+                // Writes per round = the second counter / the first (BENCHMARKS.md).
+                metrics::counter!("gatehouse_store_rounds_total").increment(1);
+                metrics::counter!("gatehouse_store_round_writes_total")
+                    .increment(end.round.len() as u64);
                 // The next leader takes the lock as soon as this round lets it go (after
                 // its commit), and runs while this round's flush does.
                 self.hand_off(slug);
                 end.handed_off = true;
-                end.durable = guard.release();
+                end.outcome = guard.release();
             }
             // Only `first` learns it (its job is dropped unrun); the queued writes try
             // again under the next lead.
-            Err(e) => end.durable = Err(e),
+            Err(e) => {
+                end.outcome = RoundOutcome {
+                    commit: Err(e.clone()),
+                    committed_batches: 0,
+                    flush: Err(e),
+                }
+            }
+        }
+    }
+}
+
+/// How a round ended ([`RoundGuard::release`]).
+pub(super) struct RoundOutcome {
+    /// The outcome of its last commit.
+    pub(super) commit: Result<(), StoreError>,
+    /// How many of its staged batches were committed (by earlier commits, when the last
+    /// one failed).
+    pub(super) committed_batches: u64,
+    /// The outcome of the flush that covers what was committed.
+    pub(super) flush: Result<(), StoreError>,
+}
+
+impl RoundOutcome {
+    /// A round that stopped before its flush: nothing it did is known durable.
+    fn stopped() -> RoundOutcome {
+        let stopped = Err(StoreError::Io(
+            "the write's round stopped before its flush".to_owned(),
+        ));
+        RoundOutcome {
+            commit: stopped.clone(),
+            committed_batches: 0,
+            flush: stopped,
+        }
+    }
+
+    /// The outcome of a write whose batches were all staged once the round had staged
+    /// `mark`: durable when they were committed and the flush succeeded.
+    fn of(&self, mark: u64) -> Result<(), StoreError> {
+        if mark <= self.committed_batches {
+            self.flush.clone()
+        } else {
+            self.commit.clone().and(self.flush.clone())
         }
     }
 }
 
 /// The end of a round, also when its leader panics: hands the lead on if that has not
-/// happened, then reports every write of the round done with the round's outcome, each
-/// job consumed (run, or dropped unrun) before its caller hears of it.
+/// happened, then reports every write of the round done with its outcome, each job
+/// consumed (run, or dropped unrun) before its caller hears of it.
 struct RoundEnd<'r> {
     rounds: &'r Rounds,
     slug: &'r str,
     handed_off: bool,
-    round: Vec<(Arc<Waiter>, Option<Panic>)>,
-    durable: Result<(), super::StoreError>,
+    /// Each write, how its job panicked, and its mark ([`RoundOutcome::of`]).
+    round: Vec<(Arc<Waiter>, Option<Panic>, u64)>,
+    outcome: RoundOutcome,
 }
 
 impl Drop for RoundEnd<'_> {
@@ -292,9 +353,9 @@ impl Drop for RoundEnd<'_> {
         if !self.handed_off {
             self.rounds.hand_off(self.slug);
         }
-        for (waiter, panic) in self.round.drain(..) {
+        for (waiter, panic, mark) in self.round.drain(..) {
             drop(waiter.take_job());
-            waiter.set(Turn::Done(self.durable.clone(), panic));
+            waiter.set(Turn::Done(self.outcome.of(mark), panic));
         }
     }
 }
