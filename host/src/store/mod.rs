@@ -303,12 +303,7 @@ pub trait Backend: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
     /// Every entry under `prefix`, in key order.
     fn scan(&self, space: Space, prefix: &[u8]) -> Result<Pairs, StoreError> {
-        let mut pairs = Vec::new();
-        self.scan_each(space, prefix, None, &mut |k, v| {
-            pairs.push((k.to_vec(), v.to_vec()));
-            true
-        })?;
-        Ok(pairs)
+        collect_pairs(|visit| self.scan_each(space, prefix, None, visit))
     }
     /// Every entry under each of `prefixes`, in key order, one list per prefix (one round
     /// trip on a backend across a network).
@@ -332,6 +327,49 @@ pub trait Backend: Send + Sync + 'static {
     fn lock_tenant(&self, _slug: &str) -> Result<Option<Box<dyn HeldLock + '_>>, StoreError> {
         Ok(None)
     }
+}
+
+/// Every pair a [`Backend::scan_each`]-like `scan` visits, in order.
+fn collect_pairs(
+    scan: impl FnOnce(&mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<(), StoreError>,
+) -> Result<Pairs, StoreError> {
+    let mut pairs = Vec::new();
+    scan(&mut |k, v| {
+        pairs.push((k.to_vec(), v.to_vec()));
+        true
+    })?;
+    Ok(pairs)
+}
+
+/// Where a [`Backend::scan_each`] of `prefix` after `after` starts: just after `after`
+/// when it is at or past the prefix, else at the prefix.
+fn scan_start(prefix: &[u8], after: Option<&[u8]>) -> std::ops::Bound<Vec<u8>> {
+    match after {
+        Some(after) if after >= prefix => std::ops::Bound::Excluded(after.to_vec()),
+        _ => std::ops::Bound::Included(prefix.to_vec()),
+    }
+}
+
+/// The values of `keys`, in order: `known`'s where it has one (`Some(value)`, a value
+/// being `None` when absent), the others read at once with `read`.
+fn fill_missing<E>(
+    keys: &[Vec<u8>],
+    mut known: Vec<Option<Option<Vec<u8>>>>,
+    read: impl FnOnce(Vec<Vec<u8>>) -> Result<Vec<Option<Vec<u8>>>, E>,
+) -> Result<Vec<Option<Vec<u8>>>, E> {
+    let missing: Vec<Vec<u8>> = keys
+        .iter()
+        .zip(&known)
+        .filter(|(_, value)| value.is_none())
+        .map(|(key, _)| key.clone())
+        .collect();
+    if !missing.is_empty() {
+        let mut read = read(missing)?.into_iter();
+        for value in known.iter_mut().filter(|value| value.is_none()) {
+            *value = Some(read.next().flatten());
+        }
+    }
+    Ok(known.into_iter().map(Option::flatten).collect())
 }
 
 /// A tenant as stored.

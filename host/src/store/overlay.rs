@@ -124,9 +124,10 @@ impl Overlaid {
         prefix: &[u8],
         after: Option<&[u8]>,
     ) -> Vec<(Vec<u8>, Value)> {
-        let start = match after {
-            Some(after) if after >= prefix => Bound::Excluded((space, after.to_vec())),
-            _ => Bound::Included((space, prefix.to_vec())),
+        let start = match super::scan_start(prefix, after) {
+            Bound::Excluded(key) => Bound::Excluded((space, key)),
+            Bound::Included(key) => Bound::Included((space, key)),
+            Bound::Unbounded => Bound::Unbounded,
         };
         self.with_open(|o| {
             o.staged
@@ -337,7 +338,7 @@ impl Txn for Staging<'_> {
     }
 
     fn get_many(&self, space: Space, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, TxFail> {
-        let mut values: Vec<Option<Value>> = {
+        let values: Vec<Option<Value>> = {
             let pending = self.pending.borrow();
             keys.iter()
                 .map(|key| {
@@ -348,23 +349,14 @@ impl Txn for Staging<'_> {
                 })
                 .collect()
         };
-        let missing: Vec<Vec<u8>> = keys
-            .iter()
-            .zip(&values)
-            .filter(|(_, value)| value.is_none())
-            .map(|(key, _)| key.clone())
-            .collect();
-        if !missing.is_empty() {
+        Ok(super::fill_missing(keys, values, |missing| {
             let read = self.kv.inner.get_many(space, &missing)?;
             let mut reads = self.reads.borrow_mut();
-            let mut read = missing.into_iter().zip(read);
-            for value in values.iter_mut().filter(|value| value.is_none()) {
-                let (key, found) = read.next().expect("one value per missing key");
+            for (key, found) in missing.into_iter().zip(&read) {
                 reads.entry((space, key)).or_insert_with(|| found.clone());
-                *value = Some(found);
             }
-        }
-        Ok(values.into_iter().map(Option::flatten).collect())
+            Ok::<_, StoreError>(read)
+        })?)
     }
 
     fn put(&self, space: Space, key: &[u8], value: &[u8]) -> Result<(), TxFail> {
@@ -395,19 +387,8 @@ impl Backend for Overlaid {
             return self.inner.get_many(space, keys);
         }
         // The staged values, and the others read at once.
-        let mut values: Vec<Option<Value>> =
-            keys.iter().map(|key| self.staged(space, key)).collect();
-        let missing: Vec<Vec<u8>> = keys
-            .iter()
-            .zip(&values)
-            .filter(|(_, value)| value.is_none())
-            .map(|(key, _)| key.clone())
-            .collect();
-        let mut read = self.inner.get_many(space, &missing)?.into_iter();
-        for value in values.iter_mut().filter(|value| value.is_none()) {
-            *value = Some(read.next().flatten());
-        }
-        Ok(values.into_iter().map(Option::flatten).collect())
+        let staged = keys.iter().map(|key| self.staged(space, key)).collect();
+        super::fill_missing(keys, staged, |missing| self.inner.get_many(space, &missing))
     }
 
     fn scan_each(
@@ -462,12 +443,7 @@ impl Backend for Overlaid {
         if !self.wrote_in(space) {
             return self.inner.scan(space, prefix);
         }
-        let mut pairs = Vec::new();
-        self.scan_each(space, prefix, None, &mut |k, v| {
-            pairs.push((k.to_vec(), v.to_vec()));
-            true
-        })?;
-        Ok(pairs)
+        super::collect_pairs(|visit| self.scan_each(space, prefix, None, visit))
     }
 
     fn scan_many(&self, space: Space, prefixes: &[Vec<u8>]) -> Result<Vec<Pairs>, StoreError> {

@@ -663,33 +663,21 @@ impl Txn for PgTxn<'_> {
         outcome.map_err(|e| TxFail::Backend(BackendFail::Pg(PgFail(e))))
     }
     fn get_many(&self, space: Space, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, TxFail> {
-        let mut values: Vec<Option<Option<Vec<u8>>>> = {
+        let written: Vec<Option<Option<Vec<u8>>>> = {
             let writes = self.writes.borrow();
             keys.iter()
                 .map(|key| writes.get(&(space, key.clone())).cloned())
                 .collect()
         };
-        let unwritten: Vec<Vec<u8>> = keys
-            .iter()
-            .zip(&values)
-            .filter(|(_, written)| written.is_none())
-            .map(|(key, _)| key.clone())
-            .collect();
-        if !unwritten.is_empty() {
+        super::fill_missing(keys, written, |unwritten| {
             let (conn, begin) = (self.conn.clone(), self.begin());
-            let read =
-                self.backend
-                    .run(async move {
-                        begun_then(&conn, begin, query_many(&conn, space, unwritten)).await
-                    })
-                    .map_err(|e| TxFail::Backend(BackendFail::Unavailable(e)))?
-                    .map_err(|e| TxFail::Backend(BackendFail::Pg(PgFail(e))))?;
-            let mut read = read.into_iter();
-            for value in values.iter_mut().filter(|v| v.is_none()) {
-                *value = Some(read.next().flatten());
-            }
-        }
-        Ok(values.into_iter().map(Option::flatten).collect())
+            self.backend
+                .run(async move {
+                    begun_then(&conn, begin, query_many(&conn, space, unwritten)).await
+                })
+                .map_err(|e| TxFail::Backend(BackendFail::Unavailable(e)))?
+                .map_err(|e| TxFail::Backend(BackendFail::Pg(PgFail(e))))
+        })
     }
     fn put(&self, space: Space, key: &[u8], value: &[u8]) -> Result<(), TxFail> {
         self.writes

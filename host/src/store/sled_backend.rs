@@ -125,14 +125,10 @@ impl Backend for SledBackend {
         after: Option<&[u8]>,
         visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), StoreError> {
-        use std::ops::Bound;
-        let start = match after {
-            Some(after) if after >= prefix => Bound::Excluded(after.to_vec()),
-            _ => Bound::Included(prefix.to_vec()),
-        };
+        let start = super::scan_start(prefix, after);
         for entry in self
             .tree(space)
-            .range::<Vec<u8>, _>((start, Bound::Unbounded))
+            .range::<Vec<u8>, _>((start, std::ops::Bound::Unbounded))
         {
             let (key, value) = entry.map_err(io)?;
             if !key.starts_with(prefix) || !visit(&key, &value) {
