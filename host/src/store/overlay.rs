@@ -178,13 +178,10 @@ impl Overlaid {
         };
         let outcome = change_log::touched_by(&staging, body);
         let (pending, reads) = (staging.pending.into_inner(), staging.reads.into_inner());
+        // An aborted body writes nothing, so what it read needs no check at commit.
         let touched = match outcome {
             Ok(touched) => touched,
-            Err(TxFail::Abort(e)) => {
-                // What an aborted body read decided its answer: still checked at commit.
-                self.with_open(|o| keep_reads(&mut o.staged, reads));
-                return Some(Err(e));
-            }
+            Err(TxFail::Abort(e)) => return Some(Err(e)),
             Err(TxFail::Backend(fail)) => return Some(Err(fail.into_store_error())),
         };
         let full = self
