@@ -14,7 +14,8 @@
 # Prints a Markdown table for BENCHMARKS.md. The SCIM rate limit is raised for the run.
 #
 # Settings (environment): ROUNDS (3), DURATION (4), CONNECTIONS (8), PATCH_TRIALS (10),
-# PROPAGATION_SAMPLES (200). Installs wrk with apt-get when missing.
+# PROPAGATION_SAMPLES (200), BIN (the server binary; default this tree's release build,
+# e.g. another commit's build to compare). Installs wrk with apt-get when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -62,7 +63,7 @@ start() { # NAME DATABASE_URL(or empty) -> sets base_NAME
     local name=$1
     GATEHOUSE_OPERATOR_TOKEN=$OPERATOR GATEHOUSE_DATABASE_URL=$2 \
         GATEHOUSE_SCIM_RATE_PER_SECOND=1000000 GATEHOUSE_SCIM_BURST=1000000 \
-        target/release/gatehouse serve --listen 127.0.0.1:0 --data "$work/$name" \
+        "${BIN:-target/release/gatehouse}" serve --listen 127.0.0.1:0 --data "$work/$name" \
         >"$work/$name.out" 2>"$work/$name.log" &
     pids+=($!)
     for _ in $(seq 600); do grep -q "^listening on" "$work/$name.out" 2>/dev/null && break; sleep 0.05; done
