@@ -317,6 +317,12 @@ pub trait Backend: Send + Sync + 'static {
     fn transact(&self, body: &TxBody<'_>) -> Result<(), StoreError>;
     /// Makes every write so far durable.
     fn flush(&self) -> Result<(), StoreError>;
+    /// Returns once the flushes running when it was called have finished; `true` when it
+    /// waited for one. A round's leader calls it before it commits, which on sled waits
+    /// for them anyway, so that the writes queued meanwhile join its round.
+    fn await_flushes(&self) -> bool {
+        false
+    }
     /// Takes the lock of tenant `slug` for other processes sharing this backend, held until
     /// the returned guard drops (`None`: no other process can write, so the store's
     /// in-process lock is enough). The store takes its in-process lock first.

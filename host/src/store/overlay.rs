@@ -274,6 +274,11 @@ pub(super) struct RoundGuard<'a> {
 }
 
 impl RoundGuard<'_> {
+    /// Waits for the flushes running now (the previous round's); `true` when it did.
+    pub(super) fn await_flushes(&self) -> bool {
+        self.kv.inner.await_flushes()
+    }
+
     /// How many batches the round has staged so far (a write's mark).
     pub(super) fn staged_batches(&self) -> u64 {
         self.kv.with_open(|o| o.staged_batches).unwrap_or(0)
@@ -462,6 +467,10 @@ impl Backend for Overlaid {
 
     fn flush(&self) -> Result<(), StoreError> {
         self.inner.flush()
+    }
+
+    fn await_flushes(&self) -> bool {
+        self.inner.await_flushes()
     }
 
     fn shared(&self) -> bool {

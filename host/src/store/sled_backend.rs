@@ -156,6 +156,12 @@ impl Backend for SledBackend {
         })
     }
 
+    fn await_flushes(&self) -> bool {
+        self.group
+            .as_ref()
+            .is_some_and(FlushCombiner::await_running)
+    }
+
     fn flush(&self) -> Result<(), StoreError> {
         let flush = || self.db.flush().map(drop).map_err(|e| e.to_string());
         match &self.group {
@@ -205,6 +211,23 @@ impl Default for FlushState {
 impl FlushCombiner {
     fn lock(&self) -> MutexGuard<'_, FlushState> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Returns once the run of `flush` in progress (if any) has finished; `true` when one
+    /// was.
+    pub(super) fn await_running(&self) -> bool {
+        let mut state = self.lock();
+        let running = state.started;
+        if state.finished >= running {
+            return false;
+        }
+        while state.finished < running {
+            state = self
+                .finished
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        true
     }
 
     /// Returns once a run of `flush` that started after this call began has finished,
@@ -311,6 +334,48 @@ mod tests {
             flushes < calls / 2,
             "{calls} concurrent callers share flushes, but {flushes} ran"
         );
+    }
+
+    #[test]
+    fn awaiting_the_running_flush_returns_once_it_has_finished() {
+        let combiner = Arc::new(FlushCombiner::default());
+        assert!(!combiner.await_running(), "no flush runs: no wait");
+        // A gate the flush waits at, opened a moment after the wait below begins (a wait
+        // that returned at once would find the flush unfinished).
+        let gate = Arc::new(std::sync::Mutex::new(()));
+        let (locked, gate_locked) = std::sync::mpsc::channel();
+        let opener = {
+            let gate = gate.clone();
+            std::thread::spawn(move || {
+                let _closed = gate.lock().unwrap();
+                locked.send(()).unwrap();
+                std::thread::sleep(Duration::from_millis(20));
+            })
+        };
+        gate_locked.recv().unwrap();
+        let finished = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flusher = {
+            let (combiner, finished) = (combiner.clone(), finished.clone());
+            std::thread::spawn(move || {
+                combiner
+                    .flush(|| {
+                        drop(gate.lock().unwrap());
+                        finished.store(true, Ordering::SeqCst);
+                        Ok(())
+                    })
+                    .unwrap();
+            })
+        };
+        while combiner.lock().started == 0 {
+            std::thread::yield_now();
+        }
+        combiner.await_running();
+        assert!(
+            finished.load(Ordering::SeqCst),
+            "returned before the flush finished"
+        );
+        flusher.join().unwrap();
+        opener.join().unwrap();
     }
 
     #[test]

@@ -273,10 +273,20 @@ impl Rounds {
                 // Each write's mark: how many batches the round had staged when it ended.
                 end.round[0].1 = end.round[0].0.run();
                 end.round[0].2 = guard.staged_batches();
-                while end.round.len() < ROUND {
-                    let Some(waiter) = self.next(slug) else { break };
-                    let panic = waiter.run();
-                    end.round.push((waiter, panic, guard.staged_batches()));
+                // The writes queued meanwhile; then, if the previous round's flush still
+                // runs (which this round's commit would wait for anyway), the writes
+                // queued while it finishes too.
+                let mut waited = false;
+                loop {
+                    while end.round.len() < ROUND {
+                        let Some(waiter) = self.next(slug) else { break };
+                        let panic = waiter.run();
+                        end.round.push((waiter, panic, guard.staged_batches()));
+                    }
+                    if waited || end.round.len() >= ROUND || !guard.await_flushes() {
+                        break;
+                    }
+                    waited = true;
                 }
                 // Writes per round = the second counter / the first (BENCHMARKS.md).
                 metrics::counter!("gatehouse_store_rounds_total").increment(1);
