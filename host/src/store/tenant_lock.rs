@@ -29,18 +29,14 @@ pub(super) fn backend_id(backend: &dyn Backend) -> usize {
 }
 
 /// Called after a commit on `backend`: `true` when this thread holds one of its tenant
-/// guards, which then owes the flush (the caller skips it); `false`: flush now.
+/// guards, whose innermost then owes the flush (the caller skips it); `false`: flush now.
 pub(super) fn defer_flush(backend: usize) -> bool {
-    HELD.with(|held| {
-        let mut held = held.borrow_mut();
-        match held.iter_mut().rev().find(|(id, _)| *id == backend) {
-            Some((_, owed)) => {
-                *owed = true;
-                true
-            }
-            None => false,
-        }
-    })
+    let depth = held_depth(backend);
+    if depth == 0 {
+        return false;
+    }
+    owe_flush_at(backend, depth);
+    true
 }
 
 /// Marks the `depth`-th tenant guard of `backend` this thread holds (1: the outermost) as
@@ -276,17 +272,16 @@ impl Rounds {
                 // The writes queued meanwhile; then, if the previous round's flush still
                 // runs (which this round's commit would wait for anyway), the writes
                 // queued while it finishes too.
-                let mut waited = false;
-                loop {
-                    while end.round.len() < ROUND {
+                let drain = |round: &mut Vec<_>| {
+                    while round.len() < ROUND {
                         let Some(waiter) = self.next(slug) else { break };
                         let panic = waiter.run();
-                        end.round.push((waiter, panic, guard.staged_batches()));
+                        round.push((waiter, panic, guard.staged_batches()));
                     }
-                    if waited || end.round.len() >= ROUND || !guard.await_flushes() {
-                        break;
-                    }
-                    waited = true;
+                };
+                drain(&mut end.round);
+                if end.round.len() < ROUND && guard.await_flushes() {
+                    drain(&mut end.round);
                 }
                 // Writes per round = the second counter / the first (BENCHMARKS.md).
                 metrics::counter!("gatehouse_store_rounds_total").increment(1);
