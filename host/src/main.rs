@@ -14,6 +14,10 @@ use std::sync::Arc;
 mod client;
 mod client_admin;
 
+/// mimalloc instead of glibc malloc: see decision 81.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "gatehouse",

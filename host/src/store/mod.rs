@@ -276,6 +276,12 @@ pub trait Txn {
     }
     fn put(&self, space: Space, key: &[u8], value: &[u8]) -> Result<(), TxFail>;
     fn remove(&self, space: Space, key: &[u8]) -> Result<(), TxFail>;
+    /// The backend's [`Backend::stamp`] as this transaction began, with no other one
+    /// committing: equal to a stamp taken before some reads, nothing those reads saw has
+    /// changed since. `None`: the backend cannot tell.
+    fn stamp(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// A transaction body; it may run more than once, so it must only act through `Txn`.
@@ -317,6 +323,14 @@ pub trait Backend: Send + Sync + 'static {
     fn transact(&self, body: &TxBody<'_>) -> Result<(), StoreError>;
     /// Makes every write so far durable.
     fn flush(&self) -> Result<(), StoreError>;
+    /// A stamp of the transactions committed so far, where the backend can give one
+    /// cheaply: take it before reading, and a later transaction whose [`Txn::stamp`] is
+    /// the same knows no other transaction committed since, so what was read still holds
+    /// (a round skips re-reading its reads at commit, decision 81). `None` (the default):
+    /// the backend cannot tell, or a transaction is committing right now.
+    fn stamp(&self) -> Option<u64> {
+        None
+    }
     /// Returns once the flushes running when it was called have finished; `true` when it
     /// waited for one. A round's leader calls it before it commits, which on sled waits
     /// for them anyway, so that the writes queued meanwhile join its round.
@@ -1268,6 +1282,8 @@ mod tests {
         gate: std::sync::Mutex<()>,
         /// The next flush panics.
         panic_next: std::sync::atomic::AtomicBool,
+        /// Keys read inside transactions.
+        transaction_reads: std::sync::atomic::AtomicUsize,
     }
 
     impl Backend for GatedFlush {
@@ -1286,11 +1302,20 @@ mod tests {
         fn transact(&self, body: &TxBody<'_>) -> Result<(), StoreError> {
             self.transactions
                 .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            /// Notes the keys put (a body may run again: only the last run's count).
-            struct Spy<'a>(&'a dyn Txn, &'a std::cell::RefCell<Vec<Vec<u8>>>);
+            /// Notes the keys put (a body may run again: only the last run's count) and
+            /// counts the keys read.
+            struct Spy<'a>(
+                &'a dyn Txn,
+                &'a std::cell::RefCell<Vec<Vec<u8>>>,
+                &'a std::sync::atomic::AtomicUsize,
+            );
             impl Txn for Spy<'_> {
                 fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, TxFail> {
+                    self.2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     self.0.get(space, key)
+                }
+                fn stamp(&self) -> Option<u64> {
+                    self.0.stamp()
                 }
                 fn put(&self, space: Space, key: &[u8], value: &[u8]) -> Result<(), TxFail> {
                     self.1.borrow_mut().push(key.to_vec());
@@ -1303,7 +1328,7 @@ mod tests {
             let put = std::cell::RefCell::new(Vec::new());
             self.inner.transact(&|tx| {
                 put.borrow_mut().clear();
-                body(&Spy(tx, &put))
+                body(&Spy(tx, &put, &self.transaction_reads))
             })?;
             self.written.lock().unwrap().extend(put.into_inner());
             Ok(())
@@ -1323,6 +1348,9 @@ mod tests {
             }
             self.inner.flush()
         }
+        fn stamp(&self) -> Option<u64> {
+            self.inner.stamp()
+        }
     }
 
     /// A sled store in `dir` behind a [`GatedFlush`].
@@ -1334,6 +1362,7 @@ mod tests {
             written: Default::default(),
             gate: Default::default(),
             panic_next: Default::default(),
+            transaction_reads: Default::default(),
         });
         let store = Store::with_backend(backend.clone(), dir.join("artifacts"));
         (backend, store)
@@ -1572,6 +1601,54 @@ mod tests {
             .write_locked("acme", || put_team(&store, "x").unwrap())
             .unwrap();
         assert_eq!(team_names(&store), ["k", "x"]);
+    }
+
+    #[test]
+    fn a_round_rereads_what_it_read_only_when_another_transaction_committed_meanwhile() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let dir = tempfile::tempdir().unwrap();
+        let (backend, store) = gated_store(dir.path());
+        let (check_k, outside) = (&["k"], |name: &str| {
+            // A writer that does not take the tenant's lock, straight to sled (its
+            // transaction's reads are not counted).
+            let key = tkey("globex", &[name.as_bytes()]);
+            backend
+                .inner
+                .transact(&|tx| tx.put(Space::TeamNames, &key, b"x"))
+                .unwrap();
+        });
+        let round = |other_writer: bool| {
+            let before = backend.transaction_reads.load(SeqCst);
+            store
+                .write_locked("acme", || {
+                    let mut batch = Batch::new("acme");
+                    batch
+                        .require_absent(Space::TeamNames, check_k, "k is taken".into())
+                        .put_raw(
+                            Space::TeamNames,
+                            &[if other_writer { "y" } else { "x" }],
+                            b"x",
+                        );
+                    store.apply(&batch).unwrap();
+                    if other_writer {
+                        outside("g");
+                    }
+                })
+                .unwrap();
+            backend.transaction_reads.load(SeqCst) - before
+        };
+        // Alone, the round's transaction reads only the change log's head: "k" (and what
+        // else the batch read) was read after the last commit, and nothing committed since.
+        let alone = round(false);
+        // Another transaction committed between the reads and the round's commit: they
+        // are read again (they still hold, so the round commits).
+        let checked = round(true);
+        assert_eq!(alone, 1, "the change log's head");
+        assert!(
+            checked > alone,
+            "alone {alone}, with another writer {checked}"
+        );
+        assert_eq!(team_names(&store), ["x", "y"]);
     }
 
     #[test]

@@ -49,6 +49,10 @@ struct Staged {
     logs: Vec<TouchedByTenant>,
     /// Every key a body read from the backend (not from `writes`), with what it read.
     reads: BTreeMap<Key, Value>,
+    /// The backend's [`Backend::stamp`] taken before the first of those reads (`None`:
+    /// no read yet). The commit re-reads `reads` unless its transaction has the same
+    /// stamp: no other transaction committed since, so they still hold (decision 81).
+    stamp: Option<Option<u64>>,
 }
 
 /// A round open on this thread.
@@ -228,20 +232,10 @@ impl Overlaid {
         if staged.writes.is_empty() {
             return Ok(());
         }
-        let mut reads: BTreeMap<Space, (Vec<Vec<u8>>, Vec<Value>)> = BTreeMap::new();
-        for ((space, key), value) in &staged.reads {
-            let (keys, values) = reads.entry(*space).or_default();
-            keys.push(key.clone());
-            values.push(value.clone());
-        }
         self.inner.transact(&|tx| {
-            for (space, (keys, seen)) in &reads {
-                if tx.get_many(*space, keys)? != *seen {
-                    return Err(TxFail::Abort(StoreError::Unavailable(
-                        "data these writes depend on was changed by another writer meanwhile; nothing was written, try again"
-                            .to_owned(),
-                    )));
-                }
+            let unchanged = matches!(staged.stamp, Some(Some(stamp)) if tx.stamp() == Some(stamp));
+            if !unchanged {
+                check_reads(tx, &staged.reads)?;
             }
             for ((space, key), value) in &staged.writes {
                 match value {
@@ -257,6 +251,25 @@ impl Overlaid {
         tenant_lock::owe_flush_at(self.id(), depth);
         Ok(())
     }
+}
+
+/// Fails (writing nothing) unless every key in `reads` still holds what was read.
+fn check_reads(tx: &dyn Txn, reads: &BTreeMap<Key, Value>) -> Result<(), TxFail> {
+    let mut by_space: BTreeMap<Space, (Vec<Vec<u8>>, Vec<Value>)> = BTreeMap::new();
+    for ((space, key), value) in reads {
+        let (keys, values) = by_space.entry(*space).or_default();
+        keys.push(key.clone());
+        values.push(value.clone());
+    }
+    for (space, (keys, seen)) in &by_space {
+        if tx.get_many(*space, keys)? != *seen {
+            return Err(TxFail::Abort(StoreError::Unavailable(
+                "data these writes depend on was changed by another writer meanwhile; nothing was written, try again"
+                    .to_owned(),
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Keeps the first value read of each key (the one the round's answers rest on).
@@ -352,6 +365,11 @@ impl Txn for Staging<'_> {
                 .collect()
         };
         Ok(super::fill_missing(keys, values, |missing| {
+            self.kv.with_open(|o| {
+                if o.staged.stamp.is_none() {
+                    o.staged.stamp = Some(self.kv.inner.stamp());
+                }
+            });
             let read = self.kv.inner.get_many(space, &missing)?;
             let mut reads = self.reads.borrow_mut();
             for (key, found) in missing.into_iter().zip(&read) {

@@ -4,7 +4,9 @@ use super::{Backend, BackendFail, Space, StoreError, TxBody, TxFail, Txn};
 use sled::transaction::{
     ConflictableTransactionError, TransactionError, TransactionalTree, UnabortableTransactionError,
 };
+use std::cell::Cell;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 
 /// A conflict or I/O failure inside a sled transaction; sled retries or reports it.
@@ -16,6 +18,12 @@ pub struct SledBackend {
     trees: Vec<sled::Tree>,
     /// `None`: every caller runs its own `db.flush()` (`store.group_commit = false`).
     group: Option<FlushCombiner>,
+    /// Transactions begun and ended (the [`Backend::stamp`]): a transaction's body
+    /// counts `begun` under sled's exclusive transaction lock, and `ended` counts it once
+    /// its writes are applied. Equal, nothing is being applied; `begun` unchanged, nothing
+    /// was committed since.
+    begun: AtomicU64,
+    ended: AtomicU64,
 }
 
 /// How long [`SledBackend::open`] waits for a directory lock held by a handle that is going away.
@@ -65,6 +73,8 @@ impl SledBackend {
             db,
             trees,
             group: group_commit.then(FlushCombiner::default),
+            begun: AtomicU64::new(0),
+            ended: AtomicU64::new(0),
         })
     }
 
@@ -87,26 +97,31 @@ fn space_index(space: Space) -> usize {
         .expect("every space is in Space::ALL")
 }
 
-struct SledTxn<'a>(&'a [TransactionalTree]);
+struct SledTxn<'a> {
+    trees: &'a [TransactionalTree],
+    /// `begun` as this transaction began (see [`SledBackend::stamp`]).
+    stamp: u64,
+}
 
 impl Txn for SledTxn<'_> {
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, TxFail> {
-        self.0[space_index(space)]
+        self.trees[space_index(space)]
             .get(key)
             .map(|v| v.map(|v| v.to_vec()))
             .map_err(|e| TxFail::Backend(BackendFail::Sled(SledFail(e))))
     }
+    // `put` and `delete` (vendor/sled/PATCHES.md): sled's `insert` and `remove` would
+    // read each key's old value through the tree, to return it.
     fn put(&self, space: Space, key: &[u8], value: &[u8]) -> Result<(), TxFail> {
-        self.0[space_index(space)]
-            .insert(key, value)
-            .map(drop)
-            .map_err(|e| TxFail::Backend(BackendFail::Sled(SledFail(e))))
+        self.trees[space_index(space)].put(key, value);
+        Ok(())
     }
     fn remove(&self, space: Space, key: &[u8]) -> Result<(), TxFail> {
-        self.0[space_index(space)]
-            .remove(key)
-            .map(drop)
-            .map_err(|e| TxFail::Backend(BackendFail::Sled(SledFail(e))))
+        self.trees[space_index(space)].delete(key);
+        Ok(())
+    }
+    fn stamp(&self) -> Option<u64> {
+        Some(self.stamp)
     }
 }
 
@@ -140,9 +155,16 @@ impl Backend for SledBackend {
 
     fn transact(&self, body: &TxBody<'_>) -> Result<(), StoreError> {
         use sled::Transactional;
+        // Runs of the body (sled may run it again), each counted in `begun` and, once
+        // sled returns, in `ended`. sled holds its exclusive transaction lock while the
+        // body runs and while the writes are applied, so a stamp taken by the body is
+        // `begun` with no other transaction in progress.
+        let runs = Cell::new(0u64);
         let result: Result<(), TransactionError<StoreError>> =
             self.trees.as_slice().transaction(|trees| {
-                body(&SledTxn(trees)).map_err(|fail| match fail {
+                runs.set(runs.get() + 1);
+                let stamp = self.begun.fetch_add(1, Ordering::SeqCst);
+                body(&SledTxn { trees, stamp }).map_err(|fail| match fail {
                     TxFail::Abort(e) => ConflictableTransactionError::Abort(e),
                     TxFail::Backend(BackendFail::Sled(SledFail(e))) => e.into(),
                     TxFail::Backend(other) => {
@@ -150,10 +172,19 @@ impl Backend for SledBackend {
                     }
                 })
             });
+        self.ended.fetch_add(runs.get(), Ordering::SeqCst);
         result.map_err(|e| match e {
             TransactionError::Abort(e) => e,
             TransactionError::Storage(e) => io(e),
         })
+    }
+
+    fn stamp(&self) -> Option<u64> {
+        // `ended` first: when `begun` then equals it, every transaction begun by then had
+        // applied its writes before this call read `begun`.
+        let ended = self.ended.load(Ordering::SeqCst);
+        let begun = self.begun.load(Ordering::SeqCst);
+        (begun == ended).then_some(begun)
     }
 
     fn await_flushes(&self) -> bool {
@@ -407,6 +438,47 @@ mod tests {
         };
         assert!(leader.join().is_err());
         assert_eq!(combiner.flush(|| Ok(())), Ok(()));
+    }
+
+    #[test]
+    fn the_stamp_changes_with_each_commit_and_is_none_while_one_is_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = SledBackend::open(dir.path(), true).unwrap();
+        let put = |key: u8| {
+            backend
+                .transact(&|tx| tx.put(Space::System, &[key], b"v"))
+                .unwrap()
+        };
+        let before = backend.stamp().expect("nothing is being committed");
+        assert_eq!(backend.stamp(), Some(before), "no commit: the same stamp");
+        // A transaction begun with no commit since sees the same stamp.
+        let seen = Cell::new(None);
+        backend
+            .transact(&|tx| {
+                seen.set(tx.stamp());
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(seen.get(), Some(before));
+        put(1);
+        let after = backend.stamp().unwrap();
+        assert_ne!(after, before, "a commit changes the stamp");
+        // While a transaction runs (here: its body), another thread gets no stamp.
+        let during = std::sync::Mutex::new(Some(0));
+        backend
+            .transact(&|tx| {
+                std::thread::scope(|s| {
+                    *during.lock().unwrap() = s.spawn(|| backend.stamp()).join().unwrap()
+                });
+                tx.put(Space::System, &[2], b"v")
+            })
+            .unwrap();
+        assert_eq!(*during.lock().unwrap(), None);
+        // An aborted transaction also ends: the stamp comes back (changed).
+        let aborted =
+            backend.transact(&|_| Err(TxFail::Abort(StoreError::Unavailable("no".into()))));
+        assert!(aborted.is_err());
+        assert!(backend.stamp().is_some_and(|s| s != after));
     }
 
     #[test]
