@@ -16,7 +16,9 @@
 # With BASELINE_BIN (another build of gatehouse, e.g. the previous commit's), the second
 # server is that binary with its defaults instead, and the ratio is this build's / its.
 #
-# Settings (environment): ROUNDS (3), DURATION (4), CONNECTIONS (8), BASELINE_BIN. Installs wrk with
+# With BIN, the first server is that binary instead of this tree's release build (which is
+# then not built).
+# Settings (environment): ROUNDS (3), DURATION (4), CONNECTIONS (8), BASELINE_BIN, BIN. Installs wrk with
 # apt-get when missing. Durability under this load is tested by
 # tests/tests/serve.rs::every_acknowledged_scim_create_survives_kill_9_under_load.
 set -euo pipefail
@@ -31,7 +33,11 @@ if ! command -v wrk >/dev/null 2>&1; then
     apt-get install -y --no-install-recommends wrk >/dev/null \
         || { apt-get update >/dev/null && apt-get install -y --no-install-recommends wrk >/dev/null; }
 fi
-cargo build --release -q -p gatehouse --bin gatehouse
+BIN=${BIN:-}
+if [ -z "$BIN" ]; then
+    cargo build --release -q -p gatehouse --bin gatehouse
+    BIN=target/release/gatehouse
+fi
 
 work=$(mktemp -d)
 pids=()
@@ -46,7 +52,7 @@ start() { # NAME GROUP_COMMIT [BINARY] -> sets base_NAME and token_NAME
     local name=$1
     GATEHOUSE_OPERATOR_TOKEN=$OPERATOR GATEHOUSE_STORE_GROUP_COMMIT=$2 \
         GATEHOUSE_SCIM_RATE_PER_SECOND=1000000 GATEHOUSE_SCIM_BURST=1000000 \
-        "${3:-target/release/gatehouse}" serve --listen 127.0.0.1:0 --data "$work/$name" \
+        "${3:-$BIN}" serve --listen 127.0.0.1:0 --data "$work/$name" \
         >"$work/$name.out" 2>"$work/$name.log" &
     pids+=($!)
     printf -v "pid_$name" '%s' "$!"
