@@ -318,12 +318,12 @@ impl App {
                 ))
             }
         };
-        let (json, created, user) = self.scim_write(conn, |slug| {
+        let (json, created) = self.scim_write(conn, |slug| {
             if let Some(ext) = &ext_key {
                 if let Some(id) = self.index_get(slug, &[&conn.sso, EXT, ext])? {
                     if let Some((user, scim)) = self.scim_user(slug, conn, &id)? {
                         if scim.user_name.to_lowercase() == name_key {
-                            return Ok((user_json(&user, &scim, &conn.base), false, user));
+                            return Ok((user_json(&user, &scim, &conn.base), false));
                         }
                         return Err(ScimError::Uniqueness(format!(
                             "externalId {ext:?} already belongs to user {:?}",
@@ -419,12 +419,10 @@ impl App {
             batch.put(&[&conn.sso, &user.id], &scim);
             put_user_indexes(&mut batch, conn, &user.id, &scim, input.external_id.as_deref());
             self.store.apply(&batch)?;
+            self.apply_pending(slug, conn, &user, &input)?;
             tracing::debug!(tenant = slug, sso = %conn.sso, user = %user.id, action, "scim user provisioned");
-            Ok((user_json(&user, &scim, &conn.base), true, user))
+            Ok((user_json(&user, &scim, &conn.base), true))
         })?;
-        if created {
-            self.apply_pending(conn, &user, &input)?;
-        }
         Ok((json, created))
     }
 
@@ -701,8 +699,12 @@ impl App {
 
     /// Applies the pending memberships waiting for a user just provisioned (matched by
     /// its externalId or userName), then drops them. Expired ones are dropped unused.
+    /// Called inside the write that provisions the user (its tenant's lock held, in the
+    /// same round), so both are acknowledged together and a create that finds nothing
+    /// pending writes nothing more.
     fn apply_pending(
         &self,
+        slug: &str,
         conn: &Connection,
         user: &User,
         input: &UserInput,
@@ -711,7 +713,7 @@ impl App {
         if let Some(ext) = &input.external_id {
             keys.push(ext.clone());
         }
-        self.scim_write(conn, |slug| {
+        {
             let now = now();
             let mut batch = Batch::new(slug);
             let mut audit = self.audit_log(slug)?;
@@ -752,7 +754,7 @@ impl App {
             }
             self.store.apply(&batch)?;
             Ok(())
-        })
+        }
     }
 
     // ----------------------------------------------------------------- groups
