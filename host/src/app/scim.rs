@@ -713,48 +713,46 @@ impl App {
         if let Some(ext) = &input.external_id {
             keys.push(ext.clone());
         }
-        {
-            let now = now();
-            let mut batch = Batch::new(slug);
-            let mut audit = self.audit_log(slug)?;
-            let mut teams = BTreeSet::new();
-            for key in keys.iter().filter_map(|k| key_value(k)) {
-                for pending in self.store.list::<PendingMember>(slug, &[&conn.sso, key])? {
-                    batch.remove(Space::ScimPending, &[&conn.sso, key, &pending.team]);
-                    if pending.expires_at > now {
-                        teams.insert(pending.team);
-                    }
+        let now = now();
+        let mut batch = Batch::new(slug);
+        let mut teams = BTreeSet::new();
+        for key in keys.iter().filter_map(|k| key_value(k)) {
+            for pending in self.store.list::<PendingMember>(slug, &[&conn.sso, key])? {
+                batch.remove(Space::ScimPending, &[&conn.sso, key, &pending.team]);
+                if pending.expires_at > now {
+                    teams.insert(pending.team);
                 }
             }
-            if batch.is_empty() {
-                return Ok(());
-            }
-            for team_id in teams {
-                let Some(mut team) = self.store.get::<Team>(slug, &[&team_id])? else {
-                    continue;
-                };
-                let before: BTreeSet<String> = self
-                    .store
-                    .index(Space::Members, slug, &[&team_id])?
-                    .into_iter()
-                    .collect();
-                let mut after = before.clone();
-                after.insert(user.id.clone());
-                self.stage_members(
-                    slug,
-                    &team_id,
-                    &before,
-                    &after,
-                    &mut batch,
-                    &mut audit,
-                    &conn.actor(),
-                )?;
-                team.updated_at = now;
-                batch.put(&[&team_id], &team);
-            }
-            self.store.apply(&batch)?;
-            Ok(())
         }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut audit = self.audit_log(slug)?;
+        for team_id in teams {
+            let Some(mut team) = self.store.get::<Team>(slug, &[&team_id])? else {
+                continue;
+            };
+            let before: BTreeSet<String> = self
+                .store
+                .index(Space::Members, slug, &[&team_id])?
+                .into_iter()
+                .collect();
+            let mut after = before.clone();
+            after.insert(user.id.clone());
+            self.stage_members(
+                slug,
+                &team_id,
+                &before,
+                &after,
+                &mut batch,
+                &mut audit,
+                &conn.actor(),
+            )?;
+            team.updated_at = now;
+            batch.put(&[&team_id], &team);
+        }
+        self.store.apply(&batch)?;
+        Ok(())
     }
 
     // ----------------------------------------------------------------- groups

@@ -1608,22 +1608,22 @@ mod tests {
         use std::sync::atomic::Ordering::SeqCst;
         let dir = tempfile::tempdir().unwrap();
         let (backend, store) = gated_store(dir.path());
-        let (check_k, outside) = (&["k"], |name: &str| {
-            // A writer that does not take the tenant's lock, straight to sled (its
-            // transaction's reads are not counted).
-            let key = tkey("globex", &[name.as_bytes()]);
+        // A writer that does not take the tenant's lock, straight to sled (its
+        // transaction's reads are not counted).
+        let outside = || {
+            let key = tkey("globex", &[b"g"]);
             backend
                 .inner
                 .transact(&|tx| tx.put(Space::TeamNames, &key, b"x"))
                 .unwrap();
-        });
+        };
         let round = |other_writer: bool| {
             let before = backend.transaction_reads.load(SeqCst);
             store
                 .write_locked("acme", || {
                     let mut batch = Batch::new("acme");
                     batch
-                        .require_absent(Space::TeamNames, check_k, "k is taken".into())
+                        .require_absent(Space::TeamNames, &["k"], "k is taken".into())
                         .put_raw(
                             Space::TeamNames,
                             &[if other_writer { "y" } else { "x" }],
@@ -1631,7 +1631,7 @@ mod tests {
                         );
                     store.apply(&batch).unwrap();
                     if other_writer {
-                        outside("g");
+                        outside();
                     }
                 })
                 .unwrap();

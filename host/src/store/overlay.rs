@@ -49,10 +49,10 @@ struct Staged {
     logs: Vec<TouchedByTenant>,
     /// Every key a body read from the backend (not from `writes`), with what it read.
     reads: BTreeMap<Key, Value>,
-    /// The backend's [`Backend::stamp`] taken before the first of those reads (`None`:
-    /// no read yet). The commit re-reads `reads` unless its transaction has the same
-    /// stamp: no other transaction committed since, so they still hold (decision 81).
-    stamp: Option<Option<u64>>,
+    /// The backend's [`Backend::stamp`] when this staging began, before any of those
+    /// reads. The commit re-reads `reads` unless its transaction has the same stamp: no
+    /// other transaction committed since, so they still hold (decision 81).
+    stamp: Option<u64>,
 }
 
 /// A round open on this thread.
@@ -149,7 +149,10 @@ impl Overlaid {
         let open = Open {
             backend: self.id(),
             depth: tenant_lock::held_depth(self.id()),
-            staged: Staged::default(),
+            staged: Staged {
+                stamp: self.inner.stamp(),
+                ..Staged::default()
+            },
             staged_batches: 0,
             committed_batches: 0,
             failed: None,
@@ -219,7 +222,11 @@ impl Overlaid {
         let (staged, batches, depth) = taken?;
         let committed = self.commit(&staged, depth);
         self.with_open(|o| match &committed {
-            Ok(()) => o.committed_batches = batches,
+            Ok(()) => {
+                o.committed_batches = batches;
+                // What the round stages next is read after this commit.
+                o.staged.stamp = self.inner.stamp();
+            }
             Err(e) => o.failed = Some(e.clone()),
         });
         committed
@@ -233,8 +240,7 @@ impl Overlaid {
             return Ok(());
         }
         self.inner.transact(&|tx| {
-            let unchanged = matches!(staged.stamp, Some(Some(stamp)) if tx.stamp() == Some(stamp));
-            if !unchanged {
+            if staged.stamp.is_none() || tx.stamp() != staged.stamp {
                 check_reads(tx, &staged.reads)?;
             }
             for ((space, key), value) in &staged.writes {
@@ -365,11 +371,6 @@ impl Txn for Staging<'_> {
                 .collect()
         };
         Ok(super::fill_missing(keys, values, |missing| {
-            self.kv.with_open(|o| {
-                if o.staged.stamp.is_none() {
-                    o.staged.stamp = Some(self.kv.inner.stamp());
-                }
-            });
             let read = self.kv.inner.get_many(space, &missing)?;
             let mut reads = self.reads.borrow_mut();
             for (key, found) in missing.into_iter().zip(&read) {

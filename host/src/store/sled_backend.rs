@@ -156,13 +156,19 @@ impl Backend for SledBackend {
     fn transact(&self, body: &TxBody<'_>) -> Result<(), StoreError> {
         use sled::Transactional;
         // Runs of the body (sled may run it again), each counted in `begun` and, once
-        // sled returns, in `ended`. sled holds its exclusive transaction lock while the
-        // body runs and while the writes are applied, so a stamp taken by the body is
-        // `begun` with no other transaction in progress.
-        let runs = Cell::new(0u64);
+        // sled returns (or the body panics), in `ended`. sled holds its exclusive
+        // transaction lock while the body runs and while the writes are applied, so a
+        // stamp taken by the body is `begun` with no other transaction in progress.
+        struct Ended<'a>(&'a AtomicU64, Cell<u64>);
+        impl Drop for Ended<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_add(self.1.get(), Ordering::SeqCst);
+            }
+        }
+        let runs = Ended(&self.ended, Cell::new(0));
         let result: Result<(), TransactionError<StoreError>> =
             self.trees.as_slice().transaction(|trees| {
-                runs.set(runs.get() + 1);
+                runs.1.set(runs.1.get() + 1);
                 let stamp = self.begun.fetch_add(1, Ordering::SeqCst);
                 body(&SledTxn { trees, stamp }).map_err(|fail| match fail {
                     TxFail::Abort(e) => ConflictableTransactionError::Abort(e),
@@ -172,7 +178,7 @@ impl Backend for SledBackend {
                     }
                 })
             });
-        self.ended.fetch_add(runs.get(), Ordering::SeqCst);
+        drop(runs);
         result.map_err(|e| match e {
             TransactionError::Abort(e) => e,
             TransactionError::Storage(e) => io(e),
@@ -479,6 +485,12 @@ mod tests {
             backend.transact(&|_| Err(TxFail::Abort(StoreError::Unavailable("no".into()))));
         assert!(aborted.is_err());
         assert!(backend.stamp().is_some_and(|s| s != after));
+        // So does one whose body panics (stamps would otherwise never be given again).
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            backend.transact(&|_| panic!("the body fails"))
+        }));
+        assert!(panicked.is_err());
+        assert!(backend.stamp().is_some(), "a stamp after a panicking body");
     }
 
     #[test]
