@@ -100,6 +100,46 @@ impl Default for PgOptions {
     }
 }
 
+/// What every connection sets before it prepares anything (decision 82). Every statement
+/// on `kv` reads by key or key range, but a prepared statement runs on a generic plan cached
+/// after five executions, planned for the table as it was then: planned while `kv` was
+/// small, a sequential scan (or an index scan on `space` alone, filtering keys) looked
+/// cheapest and stayed cached as the table grew, costing each read the whole space. With
+/// sequential scans off, the planner takes an index path wherever one exists.
+const SESSION: &str = "SET enable_seqscan = off";
+
+/// The statements each connection prepares, in [`Conn`]'s field order.
+const GET: &str = "SELECT value FROM kv WHERE space = $1 AND key = $2";
+/// One primary-key probe per key: `key = ANY($2)` was cached as an index scan on `space`
+/// alone with the keys as a filter (decision 82); an equality on the whole key has no such
+/// plan. `OFFSET 0` keeps the lateral subquery from being flattened (decision 77).
+const GET_MANY: &str = "SELECT s.key, s.value FROM unnest($2::bytea[]) AS p(k)
+     CROSS JOIN LATERAL (SELECT key, value FROM kv WHERE space = $1 AND key = p.k OFFSET 0) s";
+/// One index range per prefix ([lo, hi)), the lists in the order of the prefixes.
+/// `OFFSET 0` keeps the lateral subquery from being flattened into a join: flattened,
+/// the planner may read the whole space once and filter it against every range
+/// (decision 77).
+const SCAN_MANY: &str = "SELECT p.i, s.key, s.value
+     FROM unnest($2::bytea[], $3::bytea[]) WITH ORDINALITY AS p(lo, hi, i)
+     CROSS JOIN LATERAL (SELECT key, value FROM kv
+         WHERE space = $1 AND key >= p.lo AND key < p.hi OFFSET 0) s
+     ORDER BY p.i, s.key";
+/// Duplicate keys cannot occur: a transaction keeps one write per key.
+const PUT_MANY: &str = "INSERT INTO kv (space, key, value)
+     SELECT * FROM unnest($1::text[], $2::bytea[], $3::bytea[])
+     ON CONFLICT (space, key) DO UPDATE SET value = EXCLUDED.value";
+const DEL_MANY: &str = "DELETE FROM kv WHERE (space, key) IN
+     (SELECT * FROM unnest($1::text[], $2::bytea[]))";
+/// A page of a scan: both bounds are index conditions (a cursor is turned into an
+/// inclusive lower bound), so a page costs its own rows, not the pages before it,
+/// whatever plan the statement is cached with.
+const SCAN: &str = "SELECT key, value FROM kv WHERE space = $1 AND key >= $2 AND key < $3
+     ORDER BY key LIMIT $4";
+const SCAN_OPEN: &str =
+    "SELECT key, value FROM kv WHERE space = $1 AND key >= $2 ORDER BY key LIMIT $3";
+const LOCK_ROW: &str = "INSERT INTO tenant_locks (slug) VALUES ($1) ON CONFLICT (slug) DO NOTHING";
+const LOCK_TAKE: &str = "SELECT 1 FROM tenant_locks WHERE slug = $1 FOR UPDATE";
+
 /// One connection with its prepared statements.
 struct Conn {
     client: Client,
@@ -120,70 +160,31 @@ impl Conn {
         handle: &tokio::runtime::Handle,
     ) -> Result<Conn, tokio_postgres::Error> {
         let client = connect(config, handle).await?;
-        let get = client
-            .prepare("SELECT value FROM kv WHERE space = $1 AND key = $2")
-            .await?;
-        let get_many = client
-            .prepare("SELECT key, value FROM kv WHERE space = $1 AND key = ANY($2::bytea[])")
-            .await?;
-        // One index range per prefix ([lo, hi)), the lists in the order of the prefixes.
-        // `OFFSET 0` keeps the lateral subquery from being flattened into a join: flattened,
-        // the planner may read the whole space once and filter it against every range
-        // (decision 77).
-        let scan_many = client
-            .prepare(
-                "SELECT p.i, s.key, s.value
-                 FROM unnest($2::bytea[], $3::bytea[]) WITH ORDINALITY AS p(lo, hi, i)
-                 CROSS JOIN LATERAL (SELECT key, value FROM kv
-                     WHERE space = $1 AND key >= p.lo AND key < p.hi OFFSET 0) s
-                 ORDER BY p.i, s.key",
-            )
-            .await?;
-        // Duplicate keys cannot occur: a transaction keeps one write per key.
-        let put_many = client
-            .prepare(
-                "INSERT INTO kv (space, key, value)
-                 SELECT * FROM unnest($1::text[], $2::bytea[], $3::bytea[])
-                 ON CONFLICT (space, key) DO UPDATE SET value = EXCLUDED.value",
-            )
-            .await?;
-        let del_many = client
-            .prepare(
-                "DELETE FROM kv WHERE (space, key) IN
-                 (SELECT * FROM unnest($1::text[], $2::bytea[]))",
-            )
-            .await?;
-        // A page of a scan: both bounds are index conditions (a cursor is turned into an
-        // inclusive lower bound), so a page costs its own rows, not the pages before it,
-        // whatever plan the statement is cached with.
-        let scan = client
-            .prepare(
-                "SELECT key, value FROM kv WHERE space = $1 AND key >= $2 AND key < $3
-                 ORDER BY key LIMIT $4",
-            )
-            .await?;
-        let scan_open = client
-            .prepare(
-                "SELECT key, value FROM kv WHERE space = $1 AND key >= $2 ORDER BY key LIMIT $3",
-            )
-            .await?;
-        let lock_row = client
-            .prepare("INSERT INTO tenant_locks (slug) VALUES ($1) ON CONFLICT (slug) DO NOTHING")
-            .await?;
-        let lock_take = client
-            .prepare("SELECT 1 FROM tenant_locks WHERE slug = $1 FOR UPDATE")
-            .await?;
+        client.batch_execute(SESSION).await?;
+        // Prepared in one pipeline: one round trip for all of them.
+        let (get, get_many, scan_many, put_many, del_many, scan, scan_open, lock_row, lock_take) =
+            tokio::try_join!(
+                client.prepare(GET),
+                client.prepare(GET_MANY),
+                client.prepare(SCAN_MANY),
+                client.prepare(PUT_MANY),
+                client.prepare(DEL_MANY),
+                client.prepare(SCAN),
+                client.prepare(SCAN_OPEN),
+                client.prepare(LOCK_ROW),
+                client.prepare(LOCK_TAKE),
+            )?;
         Ok(Conn {
             client,
             get,
-            lock_row,
-            lock_take,
             get_many,
             scan_many,
             put_many,
             del_many,
             scan,
             scan_open,
+            lock_row,
+            lock_take,
         })
     }
 }
@@ -867,7 +868,81 @@ impl Backend for PgBackend {
 
 #[cfg(test)]
 mod tests {
-    use super::prefix_end;
+    use super::*;
+    use crate::store::pg_cluster;
+
+    /// Every statement on `kv`, in the plan a connection caches for it, reads by key: no
+    /// sequential scan and no rows filtered after the index, also when the plan was made
+    /// while the table was small (decision 82). Each is explained with `force_generic_plan`
+    /// (what a prepared statement runs on after five executions) on a table of a few
+    /// hundred rows that was never analysed, the state in which the cached plans that read
+    /// whole spaces were made.
+    #[test]
+    fn every_statement_reads_kv_by_key_in_the_plan_a_small_table_gets() {
+        let url = pg_cluster::database_url();
+        drop(PgBackend::open(&url, &PgOptions::default()).expect("the schema is created"));
+        let name = url.rsplit('/').next().unwrap();
+        pg_cluster::cluster().psql_in(
+            name,
+            "INSERT INTO kv SELECT (ARRAY['users','audit','members','scim_index'])[1 + i % 4],
+                 decode(md5(i::text), 'hex'), '\\x00'
+             FROM generate_series(1, 300) i",
+        );
+        // Each statement with arguments for `EXECUTE` (any will do: the plan is generic).
+        let statements = [
+            (GET, "'users', '\\x00'::bytea"),
+            (GET_MANY, "'users', ARRAY['\\x00'::bytea]"),
+            (
+                SCAN_MANY,
+                "'users', ARRAY['\\x00'::bytea], ARRAY['\\x01'::bytea]",
+            ),
+            (
+                PUT_MANY,
+                "ARRAY['users'], ARRAY['\\x00'::bytea], ARRAY['\\x00'::bytea]",
+            ),
+            (DEL_MANY, "ARRAY['users'], ARRAY['\\x00'::bytea]"),
+            (SCAN, "'users', '\\x00'::bytea, '\\x01'::bytea, 10"),
+            (SCAN_OPEN, "'users', '\\x00'::bytea, 10"),
+        ];
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let config: tokio_postgres::Config = url.parse().unwrap();
+            let client = connect(&config, &tokio::runtime::Handle::current())
+                .await
+                .unwrap();
+            client.batch_execute(SESSION).await.unwrap();
+            client
+                .batch_execute("SET plan_cache_mode = force_generic_plan")
+                .await
+                .unwrap();
+            for (i, (sql, args)) in statements.iter().enumerate() {
+                client
+                    .batch_execute(&format!("PREPARE s{i} AS {sql}"))
+                    .await
+                    .unwrap();
+                let plan: Vec<String> = client
+                    .simple_query(&format!("EXPLAIN EXECUTE s{i}({args})"))
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .filter_map(|m| match m {
+                        tokio_postgres::SimpleQueryMessage::Row(row) => {
+                            row.get(0).map(str::to_owned)
+                        }
+                        _ => None,
+                    })
+                    .collect();
+                let plan = plan.join("\n");
+                assert!(
+                    !plan.contains("Seq Scan on kv") && !plan.contains("Filter:"),
+                    "{sql}\nis planned to read more than its keys:\n{plan}"
+                );
+            }
+        });
+    }
 
     #[test]
     fn a_prefix_ends_at_its_successor() {
