@@ -27,6 +27,7 @@ impl AppError {
                 retry_after_secs, ..
             } => Some(*retry_after_secs),
             AppError::Unavailable(_) => Some(1),
+            AppError::PolicyFailed(e) if e.is_transient() => Some(1),
             _ => None,
         }
     }
@@ -43,6 +44,7 @@ impl AppError {
             AppError::Conflict(_) => StatusCode::CONFLICT,
             AppError::PolicyRefused(PolicyError::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::PolicyRefused(PolicyError::Busy) => StatusCode::SERVICE_UNAVAILABLE,
+            AppError::PolicyFailed(e) if e.is_transient() => StatusCode::SERVICE_UNAVAILABLE,
             AppError::PolicyFailed(_)
             | AppError::PolicyRefused(_)
             | AppError::CasesFailed { .. } => StatusCode::UNPROCESSABLE_ENTITY,

@@ -201,6 +201,7 @@ async fn list_users(
         (status = 404, description = "No such tenant (or a token of another tenant)", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "A user with this email exists", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "The tenant's policy could not decide effective roles; nothing changed", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The tenant's policy ran past its deadline, or every sandbox was busy; nothing changed, try again (`Retry-After`)", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])),
 )]
@@ -386,6 +387,7 @@ struct RoleBody {
         (status = 403, description = "A member's token: this needs a tenant admin", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such tenant or user", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "The tenant's policy could not decide effective roles; nothing changed", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The tenant's policy ran past its deadline, or every sandbox was busy; nothing changed, try again (`Retry-After`)", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])),
 )]
@@ -418,6 +420,7 @@ async fn set_role(
         (status = 403, description = "A member's token: this needs a tenant admin", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such tenant or user", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "The tenant's policy could not decide effective roles; nothing changed", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The tenant's policy ran past its deadline, or every sandbox was busy; nothing changed, try again (`Retry-After`)", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])),
 )]
@@ -665,6 +668,7 @@ async fn list_teams(
         (status = 404, description = "No such tenant (or a token of another tenant)", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "A team with this name (case-insensitively) or one of the mappings exists", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "The tenant's policy could not decide effective roles; nothing changed", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The tenant's policy ran past its deadline, or every sandbox was busy; nothing changed, try again (`Retry-After`)", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])),
 )]
@@ -726,6 +730,7 @@ async fn get_team(
         (status = 404, description = "No such tenant or team", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The name is taken, or the built-in team cannot be renamed", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "The tenant's policy could not decide effective roles; nothing changed", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The tenant's policy ran past its deadline, or every sandbox was busy; nothing changed, try again (`Retry-After`)", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])),
 )]
@@ -759,6 +764,7 @@ async fn patch_team(
         (status = 404, description = "No such tenant or team", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The built-in team cannot be deleted", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "The tenant's policy could not decide effective roles; nothing changed", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The tenant's policy ran past its deadline, or every sandbox was busy; nothing changed, try again (`Retry-After`)", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])),
 )]
@@ -797,6 +803,7 @@ struct Members {
         (status = 404, description = "No such tenant or team", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The members of the built-in team cannot be changed", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "The tenant's policy could not decide effective roles; nothing changed", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The tenant's policy ran past its deadline, or every sandbox was busy; nothing changed, try again (`Retry-After`)", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])),
 )]
@@ -836,6 +843,7 @@ async fn replace_members(
         (status = 404, description = "No such tenant or team", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The members of the built-in team cannot be changed", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "The tenant's policy could not decide effective roles; nothing changed", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The tenant's policy ran past its deadline, or every sandbox was busy; nothing changed, try again (`Retry-After`)", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])),
 )]
@@ -865,6 +873,7 @@ async fn change_members(
         (status = 403, description = "A member's token: this needs a tenant admin", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such tenant (or a token of another tenant)", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "The tenant's policy could not decide effective roles; nothing changed", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The tenant's policy ran past its deadline, or every sandbox was busy; nothing changed, try again (`Retry-After`)", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])),
 )]

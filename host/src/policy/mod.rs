@@ -86,6 +86,13 @@ pub enum PolicyError {
 }
 
 impl PolicyError {
+    /// Whether the same decision may well succeed if asked again: it ran out of time
+    /// (a deadline is wall-clock, so a starved CPU can cause it) or found no free sandbox.
+    /// Callers answer these 503 with `Retry-After`, the others as the policy's fault.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, PolicyError::Timeout(_) | PolicyError::Busy)
+    }
+
     /// A short stable name for metrics and logs.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -88,6 +88,10 @@ impl From<AppError> for ScimError {
             AppError::NotFound(what) => ScimError::NotFound(what),
             AppError::BadRequest(why) => ScimError::InvalidValue(why),
             AppError::Conflict(why) => ScimError::Uniqueness(why),
+            // A deadline or a full sandbox pool passes: the IdP should retry (503).
+            AppError::PolicyFailed(e) if e.is_transient() => ScimError::Unavailable(format!(
+                "the tenant's policy could not decide roles in time, so nothing changed: {e}"
+            )),
             AppError::PolicyFailed(e) => ScimError::Internal(format!(
                 "the tenant's policy could not decide roles, so nothing changed: {e}"
             )),
