@@ -58,6 +58,8 @@ pub struct PolicyEngine {
     linker: Linker<Sandbox>,
     limits: Limits,
     deadline_ticks: u64,
+    /// Sandboxes run so far ([`PolicyEngine::runs`]).
+    runs: std::sync::atomic::AtomicU64,
     _ticker: Ticker,
 }
 
@@ -129,6 +131,7 @@ impl PolicyEngine {
             engine,
             limits,
             deadline_ticks,
+            runs: std::sync::atomic::AtomicU64::new(0),
             _ticker: Ticker {
                 stop,
                 thread: Some(thread),
@@ -150,6 +153,11 @@ impl PolicyEngine {
             .precompile_compatibility_hash()
             .hash(&mut hasher);
         format!("{:016x}", hasher.finish())
+    }
+
+    /// How many sandboxes (policy calls) this engine has run.
+    pub fn runs(&self) -> u64 {
+        self.runs.load(Ordering::Relaxed)
     }
 
     /// Validates, type-checks and compiles a component: refused when too large, not a
@@ -278,6 +286,7 @@ impl PolicyEngine {
         &self,
         run: impl FnOnce(&mut Store<Sandbox>) -> wasmtime::Result<R>,
     ) -> Result<R, PolicyError> {
+        self.runs.fetch_add(1, Ordering::Relaxed);
         let limits = StoreLimitsBuilder::new()
             .memory_size(self.limits.memory_bytes)
             .instances(16)

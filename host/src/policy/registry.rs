@@ -21,6 +21,8 @@ pub struct TenantPolicy {
     pub settings: Arc<str>,
     compiled: Result<Arc<Compiled>, String>,
     claim_maps: RwLock<HashMap<rules::IdpClaims, rules::ClaimMap>>,
+    /// Effective roles decided by this version, by input ([`TenantPolicy::effective_role`]).
+    roles: RwLock<HashMap<rules::RoleInput, rules::RoleDecision>>,
     /// The tenant's decision ring and shadow, set when the registry installs this policy; a
     /// policy outside the registry (a dry-run or shadow candidate) records nothing.
     side: Option<Arc<TenantSide>>,
@@ -68,6 +70,7 @@ impl TenantPolicy {
             settings,
             compiled: Ok(compiled),
             claim_maps: RwLock::default(),
+            roles: RwLock::default(),
             side: None,
             health: Health::default(),
         }
@@ -80,6 +83,7 @@ impl TenantPolicy {
             settings,
             compiled: Err(reason),
             claim_maps: RwLock::default(),
+            roles: RwLock::default(),
             side: None,
             health: Health::default(),
         }
@@ -199,12 +203,54 @@ impl TenantPolicy {
     }
 
     /// Effective roles, one per input.
+    ///
+    /// A policy is a function of its input and settings (it imports nothing and each call
+    /// gets a fresh instance), so this version's decision for an input is remembered, like
+    /// its claim maps, and the policy is asked only about inputs it has not answered, each
+    /// once (decision 84). The inputs are a manual role and the roles of a user's teams, so
+    /// a tenant has few distinct ones; failures are not remembered.
     pub fn effective_role(
         &self,
         engine: &PolicyEngine,
         inputs: &[rules::RoleInput],
     ) -> Result<Vec<rules::RoleDecision>, PolicyError> {
-        self.note(engine.effective_role(self.compiled()?, inputs, &self.settings))
+        // Each distinct input, with this version's decision when it is known.
+        let mut decided: HashMap<rules::RoleInput, Option<rules::RoleDecision>> = HashMap::new();
+        {
+            let known = self.roles.read().unwrap_or_else(|p| p.into_inner());
+            for input in inputs {
+                if !decided.contains_key(input) {
+                    decided.insert(input.clone(), known.get(input).copied());
+                }
+            }
+        }
+        let asked: Vec<rules::RoleInput> = decided
+            .iter()
+            .filter(|(_, decision)| decision.is_none())
+            .map(|(input, _)| input.clone())
+            .collect();
+        if !asked.is_empty() {
+            let answers =
+                self.note(engine.effective_role(self.compiled()?, &asked, &self.settings))?;
+            let mut known = self.roles.write().unwrap_or_else(|p| p.into_inner());
+            for (input, decision) in asked.into_iter().zip(answers) {
+                // The bound only stops a pathological tenant (thousands of distinct team
+                // role combinations); past it, decisions are simply not remembered.
+                if known.len() < 4096 {
+                    known.insert(input.clone(), decision);
+                }
+                decided.insert(input, Some(decision));
+            }
+        }
+        // The engine checked that every input was answered.
+        inputs
+            .iter()
+            .map(|input| {
+                decided.get(input).copied().flatten().ok_or_else(|| {
+                    PolicyError::Engine("an effective role went undecided".to_owned())
+                })
+            })
+            .collect()
     }
 
     /// The team name for a group's display name: the policy's `naming` answer (contract
@@ -447,5 +493,73 @@ impl Registry {
     /// Whether no tenant has a policy.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{Limits, DEFAULT_POLICY};
+    use rules::{Role, RoleInput, RoleSource};
+
+    /// A version answers each distinct role input once: repeated inputs in a call, and
+    /// inputs answered by an earlier call, cost no sandbox; the answers are the policy's.
+    #[test]
+    fn a_version_asks_its_policy_about_each_role_input_once() {
+        let engine = PolicyEngine::new(Limits::default()).unwrap();
+        let compiled = engine.compile(DEFAULT_POLICY).unwrap();
+        let policy = TenantPolicy::new(Some(1), compiled.clone(), Arc::from("{}"));
+        let member = RoleInput::default();
+        let admin = RoleInput {
+            manual: None,
+            team_roles: vec![Role::Admin],
+        };
+        let manual = RoleInput {
+            manual: Some(Role::Member),
+            team_roles: vec![Role::Admin],
+        };
+        let expected = |inputs: &[RoleInput]| {
+            engine
+                .effective_role(&compiled, inputs, "{}")
+                .expect("the policy decides")
+        };
+        let batch = vec![member.clone(), admin.clone(), member.clone(), admin.clone()];
+        let want = expected(&batch);
+        assert_eq!(want[1].role, Role::Admin);
+        assert_eq!(want[1].source, RoleSource::Group);
+
+        let before = engine.runs();
+        assert_eq!(policy.effective_role(&engine, &batch).unwrap(), want);
+        assert_eq!(
+            engine.runs() - before,
+            1,
+            "one call for the batch's two inputs"
+        );
+
+        let before = engine.runs();
+        assert_eq!(
+            policy
+                .effective_role(&engine, &[admin.clone(), member.clone()])
+                .unwrap(),
+            expected(&[admin.clone(), member.clone()])
+        );
+        let between = engine.runs();
+        assert_eq!(between - before, 1, "only the expectation ran the policy");
+
+        // A new input is asked about (alone); a new version remembers nothing.
+        let mixed = [manual.clone(), admin.clone()];
+        assert_eq!(
+            policy.effective_role(&engine, &mixed).unwrap(),
+            expected(&mixed)
+        );
+        assert_eq!(
+            engine.runs() - between,
+            2,
+            "the new input and the expectation"
+        );
+        let next = TenantPolicy::new(Some(2), compiled.clone(), Arc::from("{}"));
+        let before = engine.runs();
+        next.effective_role(&engine, &[admin]).unwrap();
+        assert_eq!(engine.runs() - before, 1);
     }
 }
