@@ -20,14 +20,14 @@ pub struct Problem {
 }
 
 impl AppError {
-    /// Seconds a client should wait before trying again (a 429's `Retry-After`).
+    /// Seconds a client should wait before trying again: a 429's own wait, and one second
+    /// for every 503 (whatever made it one), so no 503 goes out without `Retry-After`.
     pub(super) fn retry_after(&self) -> Option<u64> {
         match self {
             AppError::TooManyRequests {
                 retry_after_secs, ..
             } => Some(*retry_after_secs),
-            AppError::Unavailable(_) => Some(1),
-            AppError::PolicyFailed(e) if e.is_transient() => Some(1),
+            _ if self.status() == StatusCode::SERVICE_UNAVAILABLE => Some(1),
             _ => None,
         }
     }

@@ -20,9 +20,10 @@ pub struct TenantPolicy {
     pub version: Option<u64>,
     pub settings: Arc<str>,
     compiled: Result<Arc<Compiled>, String>,
-    claim_maps: RwLock<HashMap<rules::IdpClaims, rules::ClaimMap>>,
-    /// Effective roles decided by this version, by input ([`TenantPolicy::effective_role`]).
-    roles: RwLock<HashMap<rules::RoleInput, rules::RoleDecision>>,
+    /// A tenant has few IdPs; the bound only stops a pathological caller.
+    claim_maps: Memo<rules::IdpClaims, rules::ClaimMap>,
+    /// A manual role and the roles of a user's teams: few distinct ones per tenant.
+    roles: Memo<rules::RoleInput, rules::RoleDecision>,
     /// The tenant's decision ring and shadow, set when the registry installs this policy; a
     /// policy outside the registry (a dry-run or shadow candidate) records nothing.
     side: Option<Arc<TenantSide>>,
@@ -62,6 +63,36 @@ impl Default for Health {
     }
 }
 
+/// Answers a policy version gave, by input. A policy imports nothing and each call gets a
+/// fresh instance, so it is a function of its input and settings: an answer once given is
+/// the version's answer (decision 84). Failures are never remembered. Past `cap` entries
+/// nothing more is remembered; the bound only stops a pathological caller.
+struct Memo<K, V> {
+    answers: RwLock<HashMap<K, V>>,
+    cap: usize,
+}
+
+impl<K: std::hash::Hash + Eq, V: Clone> Memo<K, V> {
+    fn new(cap: usize) -> Self {
+        Memo {
+            answers: RwLock::default(),
+            cap,
+        }
+    }
+
+    fn get(&self, input: &K) -> Option<V> {
+        let answers = self.answers.read().unwrap_or_else(|p| p.into_inner());
+        answers.get(input).cloned()
+    }
+
+    fn remember(&self, input: K, answer: V) {
+        let mut answers = self.answers.write().unwrap_or_else(|p| p.into_inner());
+        if answers.len() < self.cap {
+            answers.insert(input, answer);
+        }
+    }
+}
+
 impl TenantPolicy {
     /// A usable policy.
     pub fn new(version: Option<u64>, compiled: Arc<Compiled>, settings: Arc<str>) -> Self {
@@ -69,8 +100,8 @@ impl TenantPolicy {
             version,
             settings,
             compiled: Ok(compiled),
-            claim_maps: RwLock::default(),
-            roles: RwLock::default(),
+            claim_maps: Memo::new(1024),
+            roles: Memo::new(4096),
             side: None,
             health: Health::default(),
         }
@@ -82,8 +113,8 @@ impl TenantPolicy {
             version,
             settings,
             compiled: Err(reason),
-            claim_maps: RwLock::default(),
-            roles: RwLock::default(),
+            claim_maps: Memo::new(1024),
+            roles: Memo::new(4096),
             side: None,
             health: Health::default(),
         }
@@ -202,13 +233,8 @@ impl TenantPolicy {
         })
     }
 
-    /// Effective roles, one per input.
-    ///
-    /// A policy is a function of its input and settings (it imports nothing and each call
-    /// gets a fresh instance), so this version's decision for an input is remembered, like
-    /// its claim maps, and the policy is asked only about inputs it has not answered, each
-    /// once (decision 84). The inputs are a manual role and the roles of a user's teams, so
-    /// a tenant has few distinct ones; failures are not remembered.
+    /// Effective roles, one per input. The policy is asked only about inputs this version
+    /// has not answered ([`Memo`]), each distinct one once (decision 84).
     pub fn effective_role(
         &self,
         engine: &PolicyEngine,
@@ -216,12 +242,9 @@ impl TenantPolicy {
     ) -> Result<Vec<rules::RoleDecision>, PolicyError> {
         // Each distinct input, with this version's decision when it is known.
         let mut decided: HashMap<rules::RoleInput, Option<rules::RoleDecision>> = HashMap::new();
-        {
-            let known = self.roles.read().unwrap_or_else(|p| p.into_inner());
-            for input in inputs {
-                if !decided.contains_key(input) {
-                    decided.insert(input.clone(), known.get(input).copied());
-                }
+        for input in inputs {
+            if !decided.contains_key(input) {
+                decided.insert(input.clone(), self.roles.get(input));
             }
         }
         let asked: Vec<rules::RoleInput> = decided
@@ -232,13 +255,8 @@ impl TenantPolicy {
         if !asked.is_empty() {
             let answers =
                 self.note(engine.effective_role(self.compiled()?, &asked, &self.settings))?;
-            let mut known = self.roles.write().unwrap_or_else(|p| p.into_inner());
             for (input, decision) in asked.into_iter().zip(answers) {
-                // The bound only stops a pathological tenant (thousands of distinct team
-                // role combinations); past it, decisions are simply not remembered.
-                if known.len() < 4096 {
-                    known.insert(input.clone(), decision);
-                }
+                self.roles.remember(input.clone(), decision);
                 decided.insert(input, Some(decision));
             }
         }
@@ -310,20 +328,11 @@ impl TenantPolicy {
         engine: &PolicyEngine,
         idp: &rules::IdpClaims,
     ) -> Result<rules::ClaimMap, PolicyError> {
-        if let Some(map) = self
-            .claim_maps
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(idp)
-        {
-            return Ok(map.clone());
+        if let Some(map) = self.claim_maps.get(idp) {
+            return Ok(map);
         }
         let map = engine.claim_mapping(self.compiled()?, idp, &self.settings)?;
-        let mut cache = self.claim_maps.write().unwrap_or_else(|p| p.into_inner());
-        // A tenant has few IdPs; the bound only stops a pathological caller.
-        if cache.len() < 1024 {
-            cache.insert(idp.clone(), map.clone());
-        }
+        self.claim_maps.remember(idp.clone(), map.clone());
         Ok(map)
     }
 }

@@ -90,7 +90,7 @@ impl From<AppError> for ScimError {
             AppError::Conflict(why) => ScimError::Uniqueness(why),
             // A deadline or a full sandbox pool passes: the IdP should retry (503).
             AppError::PolicyFailed(e) if e.is_transient() => ScimError::Unavailable(format!(
-                "the tenant's policy could not decide roles in time, so nothing changed: {e}"
+                "the tenant's policy could not decide roles just now, so nothing changed: {e}"
             )),
             AppError::PolicyFailed(e) => ScimError::Internal(format!(
                 "the tenant's policy could not decide roles, so nothing changed: {e}"
