@@ -15,6 +15,7 @@ use gatehouse_rules::{self as rules, Role, RoleSource, UserSource, UserStatus};
 use serde::Serialize;
 use serde_json::value::RawValue;
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
 use time::{Duration, OffsetDateTime};
 
@@ -355,6 +356,28 @@ impl App {
         let result = self.store.write_locked(&slug, || change(&slug));
         // The edge's next decision for this tenant rebuilds its view (a view built
         // meanwhile carries the older generation and is dropped).
+        self.edge.touch(&slug);
+        result?
+    }
+
+    /// [`App::with_tenant`] for a caller in a tokio task: while the change waits for
+    /// its round and its flush, no thread waits with it ([`crate::store::Store::write_queued`],
+    /// decision 85). `change` gets the app and the tenant's slug. Its tenant check reads
+    /// the store on the caller's thread: for a store on this machine (sled) that is a
+    /// read from memory; a caller on a shared store uses [`App::with_tenant`] on a
+    /// blocking thread instead.
+    pub(super) async fn with_tenant_queued<R: Send + 'static>(
+        self: &Arc<Self>,
+        tenant: &str,
+        change: impl FnOnce(&App, &str) -> Result<R, AppError> + Send + 'static,
+    ) -> Result<R, AppError> {
+        let slug = self.tenant(tenant)?.slug;
+        let (app, at) = (self.clone(), slug.clone());
+        let result = self
+            .store
+            .write_queued(&slug, move || change(&app, &at))
+            .await;
+        // As in `with_tenant`: the edge's next decision for this tenant rebuilds its view.
         self.edge.touch(&slug);
         result?
     }

@@ -27,7 +27,7 @@ use crate::store::{Batch, Space, StoreError};
 use gatehouse_rules::{UserSource, UserStatus};
 use serde_json::Value;
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use time::{Duration, OffsetDateTime};
 
@@ -189,6 +189,41 @@ fn check_if_match(if_match: Option<&str>, current: &str) -> Result<(), ScimError
     }
 }
 
+/// A SCIM user to create, as checked before the tenant's lock is taken.
+struct NewUser {
+    input: UserInput,
+    email: Option<Email>,
+    /// The lowercased `userName` and the `externalId`, as index keys.
+    name_key: String,
+    ext_key: Option<String>,
+}
+
+impl NewUser {
+    fn parse(body: &Value) -> Result<NewUser, ScimError> {
+        let input = UserInput::from_json(body)?;
+        let email = input.email()?;
+        let name_key = input.user_name.to_lowercase();
+        let (name_key, ext_key) = match (
+            key_value(&name_key),
+            input.external_id.as_deref().map(key_value),
+        ) {
+            (Some(n), None) => (n.to_owned(), None),
+            (Some(n), Some(Some(e))) => (n.to_owned(), Some(e.to_owned())),
+            _ => {
+                return Err(ScimError::InvalidValue(
+                    "userName and externalId must be at most 512 characters".into(),
+                ))
+            }
+        };
+        Ok(NewUser {
+            input,
+            email,
+            name_key,
+            ext_key,
+        })
+    }
+}
+
 impl App {
     /// The connection `tenant`/`sso` if `bearer` is its current SCIM token (compared in
     /// constant time with the stored SHA-256). Every failure — no token, a wrong, rotated
@@ -233,21 +268,33 @@ impl App {
         conn: &Connection,
         change: impl FnOnce(&str) -> Result<R, ScimError> + Send,
     ) -> Result<R, ScimError> {
-        let mut outcome = None;
         self.with_tenant(&conn.tenant, |slug| {
-            // SPEC §2: only a tenant in `scim` mode has users and teams pushed by SCIM;
-            // in the other modes a connection can read (and be tested) but not change.
-            let mode = self.tenant(slug)?.mode;
-            if mode != "scim" {
-                outcome = Some(Err(ScimError::Forbidden(format!(
-                    "tenant {slug} is in provisioning mode {mode}: SCIM changes need mode scim (an admin sets it with PUT /api/v1/tenants/{slug}/provisioning)"
-                ))));
-                return Ok(());
-            }
-            outcome = Some(change(slug));
-            Ok(())
-        })?;
-        outcome.unwrap_or_else(|| Err(ScimError::Internal("write did not run".into())))
+            Ok(self.scim_may_change(slug).and_then(|()| change(slug)))
+        })?
+    }
+
+    /// [`App::scim_write`] for a caller in a tokio task ([`App::with_tenant_queued`]).
+    async fn scim_write_queued<R: Send + 'static>(
+        self: &Arc<Self>,
+        conn: &Connection,
+        change: impl FnOnce(&App, &str) -> Result<R, ScimError> + Send + 'static,
+    ) -> Result<R, ScimError> {
+        self.with_tenant_queued(&conn.tenant, move |app, slug| {
+            Ok(app.scim_may_change(slug).and_then(|()| change(app, slug)))
+        })
+        .await?
+    }
+
+    /// SPEC §2: only a tenant in `scim` mode has users and teams pushed by SCIM; in the
+    /// other modes a connection can read (and be tested) but not change.
+    fn scim_may_change(&self, slug: &str) -> Result<(), ScimError> {
+        let mode = self.tenant(slug)?.mode;
+        if mode != "scim" {
+            return Err(ScimError::Forbidden(format!(
+                "tenant {slug} is in provisioning mode {mode}: SCIM changes need mode scim (an admin sets it with PUT /api/v1/tenants/{slug}/provisioning)"
+            )));
+        }
+        Ok(())
     }
 
     fn index_get(&self, slug: &str, parts: &[&str]) -> Result<Option<String>, AppError> {
@@ -303,127 +350,170 @@ impl App {
         conn: &Connection,
         body: &Value,
     ) -> Result<(Value, bool), ScimError> {
-        let input = UserInput::from_json(body)?;
-        let email = input.email()?;
-        let name_key = input.user_name.to_lowercase();
-        let (name_key, ext_key) = match (
-            key_value(&name_key),
-            input.external_id.as_deref().map(key_value),
-        ) {
-            (Some(n), None) => (n.to_owned(), None),
-            (Some(n), Some(Some(e))) => (n.to_owned(), Some(e.to_owned())),
-            _ => {
-                return Err(ScimError::InvalidValue(
-                    "userName and externalId must be at most 512 characters".into(),
-                ))
+        let new = NewUser::parse(body)?;
+        self.scim_write(conn, |slug| self.create_scim_user(slug, conn, &new))
+    }
+
+    /// [`App::scim_create_user`] for a caller in a tokio task: while the create waits for
+    /// its round and its flush, no thread waits with it (decision 85).
+    pub async fn scim_create_user_queued(
+        self: &Arc<Self>,
+        conn: &Connection,
+        body: &Value,
+    ) -> Result<(Value, bool), ScimError> {
+        let new = NewUser::parse(body)?;
+        let at = conn.clone();
+        self.scim_write_queued(conn, move |app, slug| app.create_scim_user(slug, &at, &new))
+            .await
+    }
+
+    /// The create itself, under the tenant's lock.
+    fn create_scim_user(
+        &self,
+        slug: &str,
+        conn: &Connection,
+        new: &NewUser,
+    ) -> Result<(Value, bool), ScimError> {
+        let NewUser {
+            input,
+            email,
+            name_key,
+            ext_key,
+        } = new;
+        if let Some(ext) = &ext_key {
+            if let Some(id) = self.index_get(slug, &[&conn.sso, EXT, ext])? {
+                if let Some((user, scim)) = self.scim_user(slug, conn, &id)? {
+                    if scim.user_name.to_lowercase() == *name_key {
+                        return Ok((user_json(&user, &scim, &conn.base), false));
+                    }
+                    return Err(ScimError::Uniqueness(format!(
+                        "externalId {ext:?} already belongs to user {:?}",
+                        scim.user_name
+                    )));
+                }
+            }
+        }
+        // An index entry whose user is gone (an admin deleted it through the admin
+        // API) is stale: it is overwritten, not a conflict.
+        let taken = match self.index_get(slug, &[&conn.sso, NAME, name_key])? {
+            Some(id) if self.scim_user(slug, conn, &id)?.is_some() => Some(id),
+            _ => None,
+        };
+        if let Some(id) = taken {
+            return Err(ScimError::Uniqueness(format!(
+                "userName {:?} is already taken by user {id}{}",
+                input.user_name,
+                if input.external_id.is_some() {
+                    " with another externalId"
+                } else {
+                    ""
+                }
+            )));
+        }
+        let now = now();
+        // A user without an email adopts no one: it is always a new user.
+        let existing: Option<User> = match email
+            .as_ref()
+            .map(|email| self.store.get_raw(Space::UserEmails, slug, &[&email.key()]))
+            .transpose()?
+            .flatten()
+        {
+            Some(id) => self.store.get(slug, &[&String::from_utf8_lossy(&id)])?,
+            None => None,
+        };
+        let mut batch = Batch::new(slug);
+        let mut audit = self.audit_log(slug)?;
+        let actor = conn.actor();
+        let (user, action) = match existing {
+            Some(before) => {
+                let owner = self.index_get(slug, &[OWNER, &before.id])?;
+                // Tenant admins set by hand stay under admins' control: a connection
+                // that adopted one could deactivate the tenant's last way in.
+                if owner.is_none() && before.manual_role == Some(gatehouse_rules::Role::Admin) {
+                    return Err(ScimError::Uniqueness(format!(
+                        "a user with email {} already exists and is a tenant admin; SCIM does not take over tenant admins",
+                        before.email
+                    )));
+                }
+                let adoptable = owner.is_none()
+                    && matches!(before.source, UserSource::Invite | UserSource::Jit);
+                if !adoptable {
+                    return Err(ScimError::Uniqueness(format!(
+                        "a user with email {} already exists and is not this connection's to take over (created by {}{})",
+                        before.email,
+                        source_name(before.source),
+                        owner.map(|o| format!(", managed by SCIM connection {o}")).unwrap_or_default()
+                    )));
+                }
+                let mut after = apply_fields(&before, input, email.as_ref(), now);
+                if let Some((changed, _)) = status_change(&after, input.active, now) {
+                    after = changed;
+                }
+                batch.put(&[&after.id], &after);
+                audit.record(
+                    &mut batch,
+                    &actor,
+                    "scim.user.adopt",
+                    &after.id,
+                    Some(&before),
+                    Some(&after),
+                );
+                (after, "adopted")
+            }
+            None => {
+                let everyone = self.everyone(slug)?;
+                let status = if input.active {
+                    UserStatus::Active
+                } else {
+                    UserStatus::Deactivated
+                };
+                let mut user = User {
+                    status,
+                    ..new_user_with(
+                        email.as_ref().map_or("", Email::as_str),
+                        UserSource::Scim,
+                        now,
+                    )
+                };
+                user = apply_fields(&user, input, email.as_ref(), now);
+                match &email {
+                    Some(email) => add_user_records(&mut batch, &user, email, &everyone.id),
+                    None => add_user_records_without_email(&mut batch, &user, &everyone.id),
+                }
+                let mut view = RoleView::empty();
+                view.user_teams.insert(&user.id, vec![everyone.id.clone()]);
+                audit.record(
+                    &mut batch,
+                    &actor,
+                    "scim.user.create",
+                    &user.id,
+                    None,
+                    Some(&user),
+                );
+                self.recompute(
+                    slug,
+                    &[RoleState::from(&user)],
+                    &view,
+                    &mut batch,
+                    &mut audit,
+                    &actor,
+                )?;
+                (user, "created")
             }
         };
-        let (json, created) = self.scim_write(conn, |slug| {
-            if let Some(ext) = &ext_key {
-                if let Some(id) = self.index_get(slug, &[&conn.sso, EXT, ext])? {
-                    if let Some((user, scim)) = self.scim_user(slug, conn, &id)? {
-                        if scim.user_name.to_lowercase() == name_key {
-                            return Ok((user_json(&user, &scim, &conn.base), false));
-                        }
-                        return Err(ScimError::Uniqueness(format!(
-                            "externalId {ext:?} already belongs to user {:?}",
-                            scim.user_name
-                        )));
-                    }
-                }
-            }
-            // An index entry whose user is gone (an admin deleted it through the admin
-            // API) is stale: it is overwritten, not a conflict.
-            let taken = match self.index_get(slug, &[&conn.sso, NAME, &name_key])? {
-                Some(id) if self.scim_user(slug, conn, &id)?.is_some() => Some(id),
-                _ => None,
-            };
-            if let Some(id) = taken {
-                return Err(ScimError::Uniqueness(format!(
-                    "userName {:?} is already taken by user {id}{}",
-                    input.user_name,
-                    if input.external_id.is_some() {
-                        " with another externalId"
-                    } else {
-                        ""
-                    }
-                )));
-            }
-            let now = now();
-            // A user without an email adopts no one: it is always a new user.
-            let existing: Option<User> = match email
-                .as_ref()
-                .map(|email| self.store.get_raw(Space::UserEmails, slug, &[&email.key()]))
-                .transpose()?
-                .flatten()
-            {
-                Some(id) => self.store.get(slug, &[&String::from_utf8_lossy(&id)])?,
-                None => None,
-            };
-            let mut batch = Batch::new(slug);
-            let mut audit = self.audit_log(slug)?;
-            let actor = conn.actor();
-            let (user, action) = match existing {
-                Some(before) => {
-                    let owner = self.index_get(slug, &[OWNER, &before.id])?;
-                    // Tenant admins set by hand stay under admins' control: a connection
-                    // that adopted one could deactivate the tenant's last way in.
-                    if owner.is_none() && before.manual_role == Some(gatehouse_rules::Role::Admin) {
-                        return Err(ScimError::Uniqueness(format!(
-                            "a user with email {} already exists and is a tenant admin; SCIM does not take over tenant admins",
-                            before.email
-                        )));
-                    }
-                    let adoptable = owner.is_none()
-                        && matches!(before.source, UserSource::Invite | UserSource::Jit);
-                    if !adoptable {
-                        return Err(ScimError::Uniqueness(format!(
-                            "a user with email {} already exists and is not this connection's to take over (created by {}{})",
-                            before.email,
-                            source_name(before.source),
-                            owner.map(|o| format!(", managed by SCIM connection {o}")).unwrap_or_default()
-                        )));
-                    }
-                    let mut after = apply_fields(&before, &input, email.as_ref(), now);
-                    if let Some((changed, _)) = status_change(&after, input.active, now) {
-                        after = changed;
-                    }
-                    batch.put(&[&after.id], &after);
-                    audit.record(&mut batch, &actor, "scim.user.adopt", &after.id, Some(&before), Some(&after));
-                    (after, "adopted")
-                }
-                None => {
-                    let everyone = self.everyone(slug)?;
-                    let status = if input.active {
-                        UserStatus::Active
-                    } else {
-                        UserStatus::Deactivated
-                    };
-                    let mut user = User {
-                        status,
-                        ..new_user_with(email.as_ref().map_or("", Email::as_str), UserSource::Scim, now)
-                    };
-                    user = apply_fields(&user, &input, email.as_ref(), now);
-                    match &email {
-                        Some(email) => add_user_records(&mut batch, &user, email, &everyone.id),
-                        None => add_user_records_without_email(&mut batch, &user, &everyone.id),
-                    }
-                    let mut view = RoleView::empty();
-                    view.user_teams.insert(&user.id, vec![everyone.id.clone()]);
-                    audit.record(&mut batch, &actor, "scim.user.create", &user.id, None, Some(&user));
-                    self.recompute(slug, &[RoleState::from(&user)], &view, &mut batch, &mut audit, &actor)?;
-                    (user, "created")
-                }
-            };
-            let scim = scim_record(&user.id, &input);
-            batch.put(&[&conn.sso, &user.id], &scim);
-            put_user_indexes(&mut batch, conn, &user.id, &scim, input.external_id.as_deref());
-            self.store.apply(&batch)?;
-            self.apply_pending(slug, conn, &user, &input)?;
-            tracing::debug!(tenant = slug, sso = %conn.sso, user = %user.id, action, "scim user provisioned");
-            Ok((user_json(&user, &scim, &conn.base), true))
-        })?;
-        Ok((json, created))
+        let scim = scim_record(&user.id, input);
+        batch.put(&[&conn.sso, &user.id], &scim);
+        put_user_indexes(
+            &mut batch,
+            conn,
+            &user.id,
+            &scim,
+            input.external_id.as_deref(),
+        );
+        self.store.apply(&batch)?;
+        self.apply_pending(slug, conn, &user, input)?;
+        tracing::debug!(tenant = slug, sso = %conn.sso, user = %user.id, action, "scim user provisioned");
+        Ok((user_json(&user, &scim, &conn.base), true))
     }
 
     /// Replaces a user (PUT): every attribute as sent; never creates.

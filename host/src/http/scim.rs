@@ -115,59 +115,44 @@ async fn serve(
     let request_id = crate::logging::request_id();
     let max_body = app.scim.config.max_body_kib as usize * 1024;
     let (log_tenant, log_sso) = (tenant.clone(), sso.clone());
-    let outcome = tokio::task::spawn_blocking(move || {
-        let conn = match app.scim_connect(&tenant, &sso, bearer(&headers)) {
-            Ok(conn) => conn,
-            Err(e) => {
-                return Outcome {
-                    operation: "auth",
-                    resource: String::new(),
-                    response: Err(e),
-                }
-            }
-        };
-        if let Err(wait) = app.scim.admit(&format!("{tenant}/{sso}")) {
-            return Outcome {
-                operation: "rate_limit",
-                resource: String::new(),
-                response: Err(ScimError::RateLimited(wait)),
+    // A user create on a store on this machine waits for its round in this task, not on
+    // a thread of its own (decision 85); every other request runs on a blocking thread.
+    let outcome = if method == Method::POST && is_users(&rest) && !app.store.is_shared() {
+        create_user_queued(
+            &app,
+            &tenant,
+            &sso,
+            query.as_deref(),
+            &headers,
+            body,
+            max_body,
+        )
+        .await
+    } else {
+        tokio::task::spawn_blocking(move || {
+            let (conn, body) = match admit(&app, &tenant, &sso, &headers, body, max_body) {
+                Ok(admitted) => admitted,
+                Err(why) => return refused(why),
             };
-        }
-        let body = match body {
-            Ok(bytes) => bytes,
-            Err(rejection) => {
-                let error = if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    ScimError::TooLarge(max_body)
-                } else {
-                    ScimError::InvalidSyntax(format!(
-                        "the request body could not be read: {rejection}"
-                    ))
-                };
-                return Outcome {
-                    operation: "read_body",
-                    resource: String::new(),
-                    response: Err(error),
-                };
-            }
-        };
-        let request = Request {
-            app: &app,
-            conn: &conn,
-            method: &method,
-            query: query.as_deref().unwrap_or_default(),
-            headers: &headers,
-            body: &body,
-        };
-        request.dispatch(&rest)
-    })
-    .await
-    .unwrap_or_else(|e| Outcome {
-        operation: "panic",
-        resource: String::new(),
-        response: Err(ScimError::Internal(format!(
-            "the SCIM handler stopped: {e}"
-        ))),
-    });
+            let request = Request {
+                app: &app,
+                conn: &conn,
+                method: &method,
+                query: query.as_deref().unwrap_or_default(),
+                headers: &headers,
+                body: &body,
+            };
+            request.dispatch(&rest)
+        })
+        .await
+        .unwrap_or_else(|e| Outcome {
+            operation: "panic",
+            resource: String::new(),
+            response: Err(ScimError::Internal(format!(
+                "the SCIM handler stopped: {e}"
+            ))),
+        })
+    };
     let response = match outcome.response {
         Ok(response) => response,
         Err(e) => error_response(e, &request_id),
@@ -180,6 +165,95 @@ async fn serve(
     );
     metrics::counter!("gatehouse_scim_requests_total", "operation" => outcome.operation, "status" => status.to_string()).increment(1);
     response
+}
+
+/// Whether `rest` is the Users collection (as [`Request::dispatch`] reads paths).
+fn is_users(rest: &str) -> bool {
+    let mut segments = rest.split('/').filter(|s| !s.is_empty());
+    segments
+        .next()
+        .is_some_and(|kind| kind.eq_ignore_ascii_case("users"))
+        && segments.next().is_none()
+}
+
+/// The connection a request authenticates as, once it is within the connection's rate
+/// and its body was read; otherwise the operation that refused it (for the log) and why.
+fn admit(
+    app: &App,
+    tenant: &str,
+    sso: &str,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    max_body: usize,
+) -> Result<(Connection, Bytes), (&'static str, ScimError)> {
+    let conn = app
+        .scim_connect(tenant, sso, bearer(headers))
+        .map_err(|e| ("auth", e))?;
+    if let Err(wait) = app.scim.admit(&format!("{tenant}/{sso}")) {
+        return Err(("rate_limit", ScimError::RateLimited(wait)));
+    }
+    let body = body.map_err(|rejection| {
+        let error = if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ScimError::TooLarge(max_body)
+        } else {
+            ScimError::InvalidSyntax(format!("the request body could not be read: {rejection}"))
+        };
+        ("read_body", error)
+    })?;
+    Ok((conn, body))
+}
+
+/// What a request refused by [`admit`] did, for its log line.
+fn refused((operation, error): (&'static str, ScimError)) -> Outcome {
+    Outcome {
+        operation,
+        resource: String::new(),
+        response: Err(error),
+    }
+}
+
+/// `POST Users` in the request's own task ([`App::scim_create_user_queued`]).
+async fn create_user_queued(
+    app: &Arc<App>,
+    tenant: &str,
+    sso: &str,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    max_body: usize,
+) -> Outcome {
+    let (conn, body) = match admit(app, tenant, sso, headers, body, max_body) {
+        Ok(admitted) => admitted,
+        Err(why) => return refused(why),
+    };
+    let request = Request {
+        app,
+        conn: &conn,
+        method: &Method::POST,
+        query: query.unwrap_or_default(),
+        headers,
+        body: &body,
+    };
+    let response = async {
+        let (projection, json) = (request.projection()?, request.json()?);
+        let (user, created) = app.scim_create_user_queued(&conn, &json).await?;
+        Ok(created_response(user, created, &projection))
+    };
+    Outcome {
+        operation: "users.create",
+        resource: String::new(),
+        response: response.await,
+    }
+}
+
+/// A create's answer: 201, or 200 when it created nothing (a retry).
+fn created_response(resource: Value, created: bool, projection: &Projection) -> Response {
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    resource_response(status, resource, projection)
 }
 
 /// The RFC 7644 §3.12 error body.
@@ -513,12 +587,7 @@ impl Request<'_> {
     fn create_user(&self) -> Result<Response, ScimError> {
         let projection = self.projection()?;
         let (user, created) = self.app.scim_create_user(self.conn, &self.json()?)?;
-        let status = if created {
-            StatusCode::CREATED
-        } else {
-            StatusCode::OK
-        };
-        Ok(resource_response(status, user, &projection))
+        Ok(created_response(user, created, &projection))
     }
 
     fn write_user(&self, id: &str, patch: bool) -> Result<Response, ScimError> {
@@ -547,13 +616,8 @@ impl Request<'_> {
     fn create_group(&self) -> Result<Response, ScimError> {
         let projection = self.projection()?;
         let (group, created, report) = self.app.scim_create_group(self.conn, &self.json()?)?;
-        let status = if created {
-            StatusCode::CREATED
-        } else {
-            StatusCode::OK
-        };
         Ok(with_report(
-            resource_response(status, group, &projection),
+            created_response(group, created, &projection),
             &report,
         ))
     }

@@ -463,6 +463,23 @@ pub struct Store {
     rounds: Arc<tenant_lock::Rounds>,
 }
 
+/// A write that panicked, as an error for its caller (with the panic's message).
+fn panicked(panic: &(dyn std::any::Any + Send)) -> StoreError {
+    let what = (panic.downcast_ref::<&str>().copied())
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("no message");
+    StoreError::Io(format!("the write panicked: {what}"))
+}
+
+/// A task of [`Store::write_queued`] that stopped: it panicked, or the runtime is
+/// shutting down.
+fn stopped(e: tokio::task::JoinError) -> StoreError {
+    match e.try_into_panic() {
+        Ok(panic) => panicked(&*panic),
+        Err(e) => StoreError::Io(format!("the write stopped: {e}")),
+    }
+}
+
 /// `tenant \0 rest...`: every tenant-owned key starts like this.
 fn tkey(tenant: &str, rest: &[&[u8]]) -> Vec<u8> {
     let mut key =
@@ -600,23 +617,90 @@ impl Store {
         let job: tenant_lock::Job =
             unsafe { std::mem::transmute::<Box<dyn FnOnce() + Send + '_>, tenant_lock::Job>(job) };
         let me = tenant_lock::Waiter::new(job);
-        let lead = || {
-            self.rounds.lead(slug, me.clone(), || {
-                Ok(self.kv.open_round(self.lock_tenant(slug)?))
-            })
-        };
         if self.rounds.join(slug, &me) {
-            lead();
+            self.lead(slug, &me);
         }
         loop {
             match me.wait() {
-                tenant_lock::Next::Lead => lead(),
+                tenant_lock::Next::Lead => self.lead(slug, &me),
                 tenant_lock::Next::Done(durable, panic) => {
                     if let Some(panic) = panic {
                         std::panic::resume_unwind(panic);
                     }
                     durable?;
                     return out.ok_or_else(|| StoreError::Io("the write did not run".to_owned()));
+                }
+            }
+        }
+    }
+
+    /// Leads a round of `slug` on this thread, `me` (handed the lead) first.
+    fn lead(&self, slug: &str, me: &Arc<tenant_lock::Waiter>) {
+        self.rounds.lead(slug, me.clone(), || {
+            Ok(self.kv.open_round(self.lock_tenant(slug)?))
+        })
+    }
+
+    /// [`Store::write_locked`] for a caller in a tokio task (decision 85): the write joins
+    /// the tenant's round the same way and is acknowledged the same way (`Ok` only once a
+    /// flush covers it), but while it is queued no thread waits for it, only the task.
+    /// Handed the lead, the task leads the round on a blocking thread. The protocol runs
+    /// in a task of its own, so a caller that stops waiting (a client gone) neither
+    /// loses a round its write was to lead nor stops its write: a write once queued
+    /// happens, as one on a thread would. A panic in `write` is an `Err` here. Not for
+    /// a write nested in another (no thread of this task holds a tenant guard). With
+    /// rounds off it is [`Store::write_locked`] on a blocking thread.
+    pub async fn write_queued<R: Send + 'static>(
+        &self,
+        slug: &str,
+        write: impl FnOnce() -> R + Send + 'static,
+    ) -> Result<R, StoreError> {
+        let (store, slug) = (self.clone(), slug.to_owned());
+        tokio::spawn(async move { store.queued(slug, write).await })
+            .await
+            .unwrap_or_else(|e| Err(stopped(e)))
+    }
+
+    async fn queued<R: Send + 'static>(
+        self,
+        slug: String,
+        write: impl FnOnce() -> R + Send + 'static,
+    ) -> Result<R, StoreError> {
+        if !self.rounds_on {
+            return tokio::task::spawn_blocking(move || self.write_locked(&slug, write))
+                .await
+                .unwrap_or_else(|e| Err(stopped(e)));
+        }
+        let out = Arc::new(std::sync::Mutex::new(None));
+        let slot = out.clone();
+        // The job logs under its caller's span, whichever thread runs it.
+        let span = tracing::Span::current();
+        let me = tenant_lock::Waiter::new(Box::new(move || {
+            let _entered = span.enter();
+            let value = write();
+            *slot
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(value);
+        }));
+        let mut lead = self.rounds.join(&slug, &me);
+        loop {
+            if lead {
+                let (store, slug, me) = (self.clone(), slug.clone(), me.clone());
+                // However the round ends (a panic included), `me` is then `Done`.
+                let _ = tokio::task::spawn_blocking(move || store.lead(&slug, &me)).await;
+            }
+            match me.wait_async().await {
+                tenant_lock::Next::Lead => lead = true,
+                tenant_lock::Next::Done(durable, panic) => {
+                    if let Some(panic) = panic {
+                        return Err(panicked(&*panic));
+                    }
+                    durable?;
+                    return out
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .take()
+                        .ok_or_else(|| StoreError::Io("the write did not run".to_owned()));
                 }
             }
         }
@@ -1784,6 +1868,155 @@ mod tests {
         // The tenant has no stale leader: the next write runs and is flushed.
         assert!(store.write_locked("acme", || put("c")).unwrap().is_ok());
         assert_eq!(backend.flushes.load(SeqCst), 2);
+    }
+
+    /// A tokio runtime like the server's: two workers and a blocking pool.
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn queued_writes_join_a_threads_round_and_are_acknowledged_after_its_flush() {
+        use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+        let dir = tempfile::tempdir().unwrap();
+        let (backend, store) = gated_store(dir.path());
+        let committed = |name: &str| {
+            store
+                .kv
+                .get(Space::TeamNames, &tkey("acme", &[name.as_bytes()]))
+                .unwrap()
+                .is_some()
+        };
+        let rt = runtime();
+        let closed = backend.gate.lock().unwrap();
+        let b_started = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            // A's round is A alone; its flush waits at the gate.
+            let a = s.spawn(|| store.write_locked("acme", || put_team(&store, "a")));
+            eventually("A's flush starts", || backend.flushes.load(SeqCst) == 1);
+            // B, on a thread, leads the next round; three tasks queue behind it.
+            let b = s.spawn(|| {
+                store.write_locked("acme", || {
+                    b_started.store(true, SeqCst);
+                    eventually("three writes queue", || store.rounds.queued("acme") == 3);
+                    put_team(&store, "b")
+                })
+            });
+            eventually("B leads", || b_started.load(SeqCst));
+            let tasks: Vec<_> = (0..3)
+                .map(|i| {
+                    let (store, name) = (store.clone(), format!("t{i}"));
+                    rt.spawn(async move {
+                        let at = store.clone();
+                        store
+                            .write_queued("acme", move || put_team(&at, &name))
+                            .await
+                    })
+                })
+                .collect();
+            // B's round ran the three on B's thread and flushes once for all four.
+            eventually("B's round flushes", || backend.flushes.load(SeqCst) == 2);
+            assert!(["t0", "t1", "t2", "b"].iter().all(|name| committed(name)));
+            // Nothing is acknowledged before a flush that covers it has finished.
+            assert!(!a.is_finished() && !b.is_finished());
+            assert!(tasks.iter().all(|task| !task.is_finished()));
+            drop(closed);
+            for task in tasks {
+                assert!(rt.block_on(task).unwrap().unwrap().is_ok());
+            }
+            assert!(a.join().unwrap().unwrap().is_ok() && b.join().unwrap().unwrap().is_ok());
+        });
+        // Five writes, two rounds: one transaction and one flush each.
+        assert_eq!(backend.transactions.load(SeqCst), 2);
+        assert_eq!(backend.flushes.load(SeqCst), 2);
+    }
+
+    #[test]
+    fn a_queued_write_handed_the_lead_leads_its_round_after_its_caller_has_gone() {
+        use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+        let go = AtomicBool::new(false);
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let rt = runtime();
+        std::thread::scope(|s| {
+            // A leads; 63 writes on threads queue behind it, then one task's: the round
+            // takes A and the 63 (a full round), and hands the lead to the task's write.
+            let a = s.spawn(|| {
+                store.write_locked("acme", || {
+                    eventually("64 writes are queued", || go.load(SeqCst));
+                    put_team(&store, "a")
+                })
+            });
+            eventually("A leads", || store.rounds.led("acme"));
+            let threads: Vec<_> = (0..63)
+                .map(|i| {
+                    let store = &store;
+                    s.spawn(move || {
+                        store.write_locked("acme", || put_team(store, &format!("w{i}")))
+                    })
+                })
+                .collect();
+            eventually("63 writes queue", || store.rounds.queued("acme") == 63);
+            let at = store.clone();
+            let caller = rt.spawn({
+                let store = store.clone();
+                async move {
+                    store
+                        .write_queued("acme", move || put_team(&at, "last"))
+                        .await
+                }
+            });
+            eventually("the task's write queues", || {
+                store.rounds.queued("acme") == 64
+            });
+            // Its caller stops waiting (a client gone): the write is led and made anyway.
+            caller.abort();
+            go.store(true, SeqCst);
+            assert!(a.join().unwrap().unwrap().is_ok());
+            for thread in threads {
+                assert!(thread.join().unwrap().unwrap().is_ok());
+            }
+        });
+        eventually("the last write commits", || {
+            store
+                .kv
+                .get(Space::TeamNames, &tkey("acme", &[b"last"]))
+                .unwrap()
+                .is_some()
+        });
+        // And the tenant has no stale leader.
+        eventually("its round ends", || !store.rounds.led("acme"));
+        assert!(store
+            .write_locked("acme", || put_team(&store, "after"))
+            .unwrap()
+            .is_ok());
+    }
+
+    #[test]
+    fn a_queued_write_that_panics_is_an_error_and_rounds_off_run_it_on_a_thread() {
+        let rt = runtime();
+        for group_commit in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let config = crate::config::StoreConfig {
+                group_commit,
+                ..Default::default()
+            };
+            let store = Store::open_with(dir.path(), &config).unwrap();
+            let failed =
+                rt.block_on(store.write_queued("acme", || -> u32 { panic!("the write fails") }));
+            match failed {
+                Err(StoreError::Io(e)) => assert!(e.contains("the write fails"), "{e}"),
+                other => panic!("{other:?}"),
+            }
+            let at = store.clone();
+            let written = rt.block_on(store.write_queued("acme", move || put_team(&at, "b")));
+            assert!(written.unwrap().is_ok());
+            assert_eq!(team_names(&store), ["b"]);
+        }
     }
 
     #[test]

@@ -111,11 +111,15 @@ impl Drop for LocalGuard<'_> {
 }
 
 /// A tenant write queued for the thread that leads the tenant's current round
-/// ([`super::Store::write_locked`], decision 79): its job, and how it stands.
+/// ([`super::Store::write_locked`], decision 79): its job, and how it stands. Its caller
+/// waits on a thread ([`Waiter::wait`]) or in a task ([`Waiter::wait_async`],
+/// [`super::Store::write_queued`], decision 85).
 pub(super) struct Waiter {
     job: Mutex<Option<Job>>,
     turn: Mutex<Turn>,
     changed: Condvar,
+    /// Wakes an async caller; keeps one wake-up when no task waits yet, so none is lost.
+    changed_async: tokio::sync::Notify,
 }
 
 /// A write's body with its borrows erased; see [`super::Store::write_locked`] for why
@@ -146,30 +150,51 @@ impl Waiter {
             job: Mutex::new(Some(job)),
             turn: Mutex::new(Turn::Queued),
             changed: Condvar::new(),
+            changed_async: tokio::sync::Notify::new(),
         })
+    }
+
+    /// Takes the turn if it is no longer `Queued` (a leader's own write is next set
+    /// `Done`, so a taken turn is queued again).
+    fn take_turn(turn: &mut Turn) -> Option<Next> {
+        match std::mem::replace(turn, Turn::Queued) {
+            Turn::Queued => None,
+            Turn::Lead => Some(Next::Lead),
+            Turn::Done(durable, panic) => Some(Next::Done(durable, panic)),
+        }
     }
 
     /// Blocks until this write leads a round or is done.
     pub(super) fn wait(&self) -> Next {
         let mut turn = self.turn.lock().unwrap_or_else(PoisonError::into_inner);
         loop {
-            // Taken, it is queued again: a leader's own write is next set `Done`.
-            match std::mem::replace(&mut *turn, Turn::Queued) {
-                Turn::Queued => {
-                    turn = self
-                        .changed
-                        .wait(turn)
-                        .unwrap_or_else(PoisonError::into_inner);
-                }
-                Turn::Lead => return Next::Lead,
-                Turn::Done(durable, panic) => return Next::Done(durable, panic),
+            if let Some(next) = Self::take_turn(&mut turn) {
+                return next;
             }
+            turn = self
+                .changed
+                .wait(turn)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// [`Waiter::wait`] for a task: no thread sleeps meanwhile.
+    pub(super) async fn wait_async(&self) -> Next {
+        loop {
+            let next =
+                Self::take_turn(&mut self.turn.lock().unwrap_or_else(PoisonError::into_inner));
+            if let Some(next) = next {
+                return next;
+            }
+            // A `set` since the look above left its wake-up here.
+            self.changed_async.notified().await;
         }
     }
 
     fn set(&self, next: Turn) {
         *self.turn.lock().unwrap_or_else(PoisonError::into_inner) = next;
         self.changed.notify_one();
+        self.changed_async.notify_one();
     }
 
     fn take_job(&self) -> Option<Job> {
