@@ -115,19 +115,17 @@ async fn serve(
     let request_id = crate::logging::request_id();
     let max_body = app.scim.config.max_body_kib as usize * 1024;
     let (log_tenant, log_sso) = (tenant.clone(), sso.clone());
-    // A user create on a store on this machine waits for its round in this task, not on
-    // a thread of its own (decision 85); every other request runs on a blocking thread.
+    // A user create on a store on this machine waits for its round in a task, not on a
+    // thread of its own (decision 85); every other request runs on a blocking thread.
+    // Either runs in a task of its own: a panic is a 500 with its log line, and a client
+    // that goes away does not stop a write halfway.
     let outcome = if method == Method::POST && is_users(&rest) && !app.store.is_shared() {
-        create_user_queued(
-            &app,
-            &tenant,
-            &sso,
-            query.as_deref(),
-            &headers,
-            body,
-            max_body,
-        )
+        tokio::spawn(async move {
+            let query = query.as_deref();
+            create_user_queued(&app, &tenant, &sso, query, &headers, body, max_body).await
+        })
         .await
+        .unwrap_or_else(stopped)
     } else {
         tokio::task::spawn_blocking(move || {
             let (conn, body) = match admit(&app, &tenant, &sso, &headers, body, max_body) {
@@ -145,13 +143,7 @@ async fn serve(
             request.dispatch(&rest)
         })
         .await
-        .unwrap_or_else(|e| Outcome {
-            operation: "panic",
-            resource: String::new(),
-            response: Err(ScimError::Internal(format!(
-                "the SCIM handler stopped: {e}"
-            ))),
-        })
+        .unwrap_or_else(stopped)
     };
     let response = match outcome.response {
         Ok(response) => response,
@@ -201,6 +193,17 @@ fn admit(
         ("read_body", error)
     })?;
     Ok((conn, body))
+}
+
+/// What a request whose handler panicked did, for its log line.
+fn stopped(e: tokio::task::JoinError) -> Outcome {
+    Outcome {
+        operation: "panic",
+        resource: String::new(),
+        response: Err(ScimError::Internal(format!(
+            "the SCIM handler stopped: {e}"
+        ))),
+    }
 }
 
 /// What a request refused by [`admit`] did, for its log line.

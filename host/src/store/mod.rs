@@ -1500,6 +1500,15 @@ mod tests {
             .is_some());
     }
 
+    /// Whether team name `name` of tenant `acme` is committed to the backend.
+    fn has_team(store: &Store, name: &str) -> bool {
+        store
+            .kv
+            .get(Space::TeamNames, &tkey("acme", &[name.as_bytes()]))
+            .unwrap()
+            .is_some()
+    }
+
     /// Polls `done` until it holds, failing after ten seconds.
     fn eventually(what: &str, done: impl Fn() -> bool) {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -1515,13 +1524,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (backend, store) = gated_store(dir.path());
         let put = |name: &str| put_team(&store, name).map(|()| name.to_owned());
-        let committed = |name: &str| {
-            store
-                .kv
-                .get(Space::TeamNames, &tkey("acme", &[name.as_bytes()]))
-                .unwrap()
-                .is_some()
-        };
+        let committed = |name: &str| has_team(&store, name);
         let names: Vec<String> = (0..6).map(|i| format!("q{i}")).collect();
         let closed = backend.gate.lock().unwrap();
         let b_started = AtomicBool::new(false);
@@ -1884,13 +1887,7 @@ mod tests {
         use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
         let dir = tempfile::tempdir().unwrap();
         let (backend, store) = gated_store(dir.path());
-        let committed = |name: &str| {
-            store
-                .kv
-                .get(Space::TeamNames, &tkey("acme", &[name.as_bytes()]))
-                .unwrap()
-                .is_some()
-        };
+        let committed = |name: &str| has_team(&store, name);
         let rt = runtime();
         let closed = backend.gate.lock().unwrap();
         let b_started = AtomicBool::new(false);
@@ -1981,13 +1978,7 @@ mod tests {
                 assert!(thread.join().unwrap().unwrap().is_ok());
             }
         });
-        eventually("the last write commits", || {
-            store
-                .kv
-                .get(Space::TeamNames, &tkey("acme", &[b"last"]))
-                .unwrap()
-                .is_some()
-        });
+        eventually("the last write commits", || has_team(&store, "last"));
         // And the tenant has no stale leader.
         eventually("its round ends", || !store.rounds.led("acme"));
         assert!(store
