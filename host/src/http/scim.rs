@@ -24,6 +24,7 @@ use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
+use tracing::Instrument;
 
 const SCIM_JSON: &str = "application/scim+json";
 
@@ -120,10 +121,14 @@ async fn serve(
     // Either runs in a task of its own: a panic is a 500 with its log line, and a client
     // that goes away does not stop a write halfway.
     let outcome = if method == Method::POST && is_users(&rest) && !app.store.is_shared() {
-        tokio::spawn(async move {
-            let query = query.as_deref();
-            create_user_queued(&app, &tenant, &sso, query, &headers, body, max_body).await
-        })
+        let in_request = tracing::Span::current();
+        tokio::spawn(
+            async move {
+                let query = query.as_deref();
+                create_user_queued(&app, &tenant, &sso, query, &headers, body, max_body).await
+            }
+            .instrument(in_request),
+        )
         .await
         .unwrap_or_else(stopped)
     } else {

@@ -656,9 +656,14 @@ impl Store {
         write: impl FnOnce() -> R + Send + 'static,
     ) -> Result<R, StoreError> {
         let (store, slug) = (self.clone(), slug.to_owned());
-        tokio::spawn(async move { store.queued(slug, write).await })
-            .await
-            .unwrap_or_else(|e| Err(stopped(e)))
+        // Under the caller's span, so the write logs under it whichever thread runs it.
+        let span = tracing::Span::current();
+        tokio::spawn(tracing::Instrument::instrument(
+            store.queued(slug, write),
+            span,
+        ))
+        .await
+        .unwrap_or_else(|e| Err(stopped(e)))
     }
 
     async fn queued<R: Send + 'static>(
