@@ -380,7 +380,7 @@ impl App {
             name_key,
             ext_key,
         } = new;
-        if let Some(ext) = &ext_key {
+        if let Some(ext) = ext_key {
             if let Some(id) = self.index_get(slug, &[&conn.sso, EXT, ext])? {
                 if let Some((user, scim)) = self.scim_user(slug, conn, &id)? {
                     if scim.user_name.to_lowercase() == *name_key {

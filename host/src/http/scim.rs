@@ -20,11 +20,12 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::{Json, Router};
+use futures_util::FutureExt;
 use serde_json::{json, Value};
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Instant;
-use tracing::Instrument;
 
 const SCIM_JSON: &str = "application/scim+json";
 
@@ -116,21 +117,17 @@ async fn serve(
     let request_id = crate::logging::request_id();
     let max_body = app.scim.config.max_body_kib as usize * 1024;
     let (log_tenant, log_sso) = (tenant.clone(), sso.clone());
-    // A user create on a store on this machine waits for its round in a task, not on a
-    // thread of its own (decision 85); every other request runs on a blocking thread.
-    // Either runs in a task of its own: a panic is a 500 with its log line, and a client
-    // that goes away does not stop a write halfway.
+    // A user create on a store on this machine waits for its round in this task, not on
+    // a thread of its own (decision 85); every other request runs on a blocking thread.
+    // A panic in either is a 500 with its log line.
     let outcome = if method == Method::POST && is_users(&rest) && !app.store.is_shared() {
-        let in_request = tracing::Span::current();
-        tokio::spawn(
-            async move {
-                let query = query.as_deref();
-                create_user_queued(&app, &tenant, &sso, query, &headers, body, max_body).await
-            }
-            .instrument(in_request),
-        )
+        let query = query.as_deref();
+        AssertUnwindSafe(create_user_queued(
+            &app, &tenant, &sso, query, &headers, body, max_body,
+        ))
+        .catch_unwind()
         .await
-        .unwrap_or_else(stopped)
+        .unwrap_or_else(|panic| stopped(crate::logging::panic_message(&*panic)))
     } else {
         tokio::task::spawn_blocking(move || {
             let (conn, body) = match admit(&app, &tenant, &sso, &headers, body, max_body) {
@@ -164,13 +161,14 @@ async fn serve(
     response
 }
 
-/// Whether `rest` is the Users collection (as [`Request::dispatch`] reads paths).
+/// The path segments after the connection, as [`Request::dispatch`] routes them.
+fn segments(rest: &str) -> Vec<&str> {
+    rest.split('/').filter(|s| !s.is_empty()).collect()
+}
+
+/// Whether `rest` is the Users collection.
 fn is_users(rest: &str) -> bool {
-    let mut segments = rest.split('/').filter(|s| !s.is_empty());
-    segments
-        .next()
-        .is_some_and(|kind| kind.eq_ignore_ascii_case("users"))
-        && segments.next().is_none()
+    matches!(segments(rest)[..], [kind] if kind.eq_ignore_ascii_case("users"))
 }
 
 /// The connection a request authenticates as, once it is within the connection's rate
@@ -200,13 +198,13 @@ fn admit(
     Ok((conn, body))
 }
 
-/// What a request whose handler panicked did, for its log line.
-fn stopped(e: tokio::task::JoinError) -> Outcome {
+/// What a request whose handler panicked (`why`) did, for its log line.
+fn stopped(why: impl std::fmt::Display) -> Outcome {
     Outcome {
         operation: "panic",
         resource: String::new(),
         response: Err(ScimError::Internal(format!(
-            "the SCIM handler stopped: {e}"
+            "the SCIM handler stopped: {why}"
         ))),
     }
 }
@@ -220,7 +218,7 @@ fn refused((operation, error): (&'static str, ScimError)) -> Outcome {
     }
 }
 
-/// `POST Users` in the request's own task ([`App::scim_create_user_queued`]).
+/// `POST Users` waiting for its round in the request's task ([`Request::create_user_queued`]).
 async fn create_user_queued(
     app: &Arc<App>,
     tenant: &str,
@@ -242,15 +240,10 @@ async fn create_user_queued(
         headers,
         body: &body,
     };
-    let response = async {
-        let (projection, json) = (request.projection()?, request.json()?);
-        let (user, created) = app.scim_create_user_queued(&conn, &json).await?;
-        Ok(created_response(user, created, &projection))
-    };
     Outcome {
         operation: "users.create",
         resource: String::new(),
-        response: response.await,
+        response: request.create_user_queued(app).await,
     }
 }
 
@@ -386,7 +379,7 @@ impl Request<'_> {
     }
 
     fn dispatch(&self, rest: &str) -> Outcome {
-        let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+        let segments = segments(rest);
         let kind = segments.first().copied().unwrap_or_default();
         let id = segments.get(1).copied();
         let (operation, resource, result): (&'static str, String, Result<Response, ScimError>) =
@@ -595,6 +588,16 @@ impl Request<'_> {
     fn create_user(&self) -> Result<Response, ScimError> {
         let projection = self.projection()?;
         let (user, created) = self.app.scim_create_user(self.conn, &self.json()?)?;
+        Ok(created_response(user, created, &projection))
+    }
+
+    /// [`Request::create_user`] waiting for its round in this task (`app` is this
+    /// request's, shared: the create outlives a borrow).
+    async fn create_user_queued(&self, app: &Arc<App>) -> Result<Response, ScimError> {
+        let projection = self.projection()?;
+        let (user, created) = app
+            .scim_create_user_queued(self.conn, &self.json()?)
+            .await?;
         Ok(created_response(user, created, &projection))
     }
 

@@ -465,9 +465,7 @@ pub struct Store {
 
 /// A write that panicked, as an error for its caller (with the panic's message).
 fn panicked(panic: &(dyn std::any::Any + Send)) -> StoreError {
-    let what = (panic.downcast_ref::<&str>().copied())
-        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("no message");
+    let what = crate::logging::panic_message(panic);
     StoreError::Io(format!("the write panicked: {what}"))
 }
 
