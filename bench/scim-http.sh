@@ -49,8 +49,10 @@ cleanup() {
 trap cleanup EXIT
 
 start() { # NAME GROUP_COMMIT [BINARY] -> sets base_NAME and token_NAME
+    # An empty GROUP_COMMIT leaves the setting out: a baseline runs with its own defaults
+    # (a build from before the setting existed refuses it).
     local name=$1
-    GATEHOUSE_OPERATOR_TOKEN=$OPERATOR GATEHOUSE_STORE_GROUP_COMMIT=$2 \
+    env GATEHOUSE_OPERATOR_TOKEN=$OPERATOR ${2:+GATEHOUSE_STORE_GROUP_COMMIT=$2} \
         GATEHOUSE_SCIM_RATE_PER_SECOND=1000000 GATEHOUSE_SCIM_BURST=1000000 \
         "${3:-$BIN}" serve --listen 127.0.0.1:0 --data "$work/$name" \
         >"$work/$name.out" 2>"$work/$name.log" &
@@ -76,7 +78,7 @@ start() { # NAME GROUP_COMMIT [BINARY] -> sets base_NAME and token_NAME
 }
 start on true
 if [ -n "${BASELINE_BIN:-}" ]; then
-    start off true "$BASELINE_BIN"
+    start off "" "$BASELINE_BIN"
     label_on="this build" label_off="baseline $BASELINE_BIN"
 else
     start off false
