@@ -1527,7 +1527,6 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (backend, store) = gated_store(dir.path());
         let put = |name: &str| put_team(&store, name).map(|()| name.to_owned());
-        let committed = |name: &str| has_team(&store, name);
         let names: Vec<String> = (0..6).map(|i| format!("q{i}")).collect();
         let closed = backend.gate.lock().unwrap();
         let b_started = AtomicBool::new(false);
@@ -1551,7 +1550,7 @@ mod tests {
             // B's round ran the six on B's thread, under the lock, and flushes once.
             eventually("B's round flushes", || backend.flushes.load(SeqCst) == 2);
             for name in names.iter().map(String::as_str).chain(["a", "b"]) {
-                assert!(committed(name), "{name} is committed");
+                assert!(has_team(&store, name), "{name} is committed");
             }
             // Nothing is acknowledged before a flush that covers it has finished.
             assert!(!a.is_finished() && !b.is_finished());
@@ -1890,7 +1889,6 @@ mod tests {
         use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
         let dir = tempfile::tempdir().unwrap();
         let (backend, store) = gated_store(dir.path());
-        let committed = |name: &str| has_team(&store, name);
         let rt = runtime();
         let closed = backend.gate.lock().unwrap();
         let b_started = AtomicBool::new(false);
@@ -1920,7 +1918,9 @@ mod tests {
                 .collect();
             // B's round ran the three on B's thread and flushes once for all four.
             eventually("B's round flushes", || backend.flushes.load(SeqCst) == 2);
-            assert!(["t0", "t1", "t2", "b"].iter().all(|name| committed(name)));
+            assert!(["t0", "t1", "t2", "b"]
+                .iter()
+                .all(|name| has_team(&store, name)));
             // Nothing is acknowledged before a flush that covers it has finished.
             assert!(!a.is_finished() && !b.is_finished());
             assert!(tasks.iter().all(|task| !task.is_finished()));
