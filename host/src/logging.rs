@@ -194,6 +194,7 @@ static FORMAT: OnceLock<LogFormat> = OnceLock::new();
 
 /// What the request span (`request{id=… method=… path=…}`) of the request being
 /// answered says, for lines formatted by hand and for 5xx bodies (its id).
+#[derive(Clone)]
 pub struct RequestInfo {
     pub id: String,
     pub method: String,
@@ -214,6 +215,11 @@ tokio::task_local! {
 /// Runs `answer` as request `info`'s (the HTTP layer, around its request span).
 pub async fn in_request<F: std::future::Future>(info: RequestInfo, answer: F) -> F::Output {
     REQUEST.scope(info, answer).await
+}
+
+/// What the request being answered is (`None` outside one), to carry it to another thread.
+pub fn current_request() -> Option<RequestInfo> {
+    REQUEST.try_with(RequestInfo::clone).ok()
 }
 
 /// The id of the request being answered (empty outside one).

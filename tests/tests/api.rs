@@ -196,3 +196,85 @@ async fn bare_refusals_of_the_admin_api_are_problems_too() {
         (Some(413), Some("too_large"))
     );
 }
+
+/// An admin write that waits (here for its tenant's lock, which the test holds; in
+/// production for a flush or a database round trip) holds a blocking thread, not one of
+/// the runtime's workers: with a single worker, `/healthz` still answers meanwhile, and the
+/// write completes once the lock is let go (decision 87).
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn an_admin_write_that_waits_does_not_stall_the_workers() {
+    let data = tempfile::tempdir().unwrap();
+    let config = gatehouse::config::Config {
+        data: data.path().to_owned(),
+        operator_token: Some(gatehouse_tests::OPERATOR_TOKEN.into()),
+        ..Default::default()
+    };
+    let app = std::sync::Arc::new(gatehouse::app::App::open(&config).unwrap().0);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(gatehouse::http::serve(
+        app.clone(),
+        listener,
+        std::future::pending(),
+    ));
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let admin = |method, path: &str| {
+        client
+            .request(method, format!("{base}{path}"))
+            .bearer_auth(gatehouse_tests::OPERATOR_TOKEN)
+    };
+    let created = admin(Method::POST, "/api/v1/tenants")
+        .json(&json!({ "slug": "acme" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+
+    let held = app.store.lock_tenant("acme").unwrap();
+    let write = tokio::spawn(
+        admin(Method::POST, "/api/v1/tenants/acme/teams")
+            .json(&json!({ "name": "platform" }))
+            .send(),
+    );
+    // The write reaches the lock within milliseconds; had it taken the only worker with
+    // it, every later request would wait for the lock. The probe is a plain blocking
+    // socket with its own timeout on this (non-worker) thread, so a stalled worker fails
+    // the test instead of hanging it.
+    let address = base.trim_start_matches("http://").to_owned();
+    let until = std::time::Instant::now() + std::time::Duration::from_millis(300);
+    while std::time::Instant::now() < until {
+        assert_eq!(
+            healthz_status(&address),
+            "200",
+            "/healthz answers meanwhile"
+        );
+    }
+    assert!(
+        !write.is_finished(),
+        "the write waits for the lock the test holds"
+    );
+    held.release().unwrap();
+    let written = write.await.unwrap().expect("the write completes");
+    assert_eq!(written.status(), 201);
+    server.abort();
+}
+
+/// `GET /healthz`'s status code over a fresh blocking connection, failing after 5 s.
+fn healthz_status(address: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: gatehouse\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    stream
+        .read_to_string(&mut answer)
+        .expect("an answer within 5 s");
+    answer.split(' ').nth(1).unwrap_or_default().to_owned()
+}

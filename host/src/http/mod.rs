@@ -104,6 +104,7 @@ pub fn router(app: Arc<App>) -> Router {
         .merge(migration::routes())
         .merge(scim::admin_routes())
         .merge(fleet::admin_routes())
+        .layer(middleware::from_fn(off_the_workers))
         .layer(middleware::from_fn(error::bare_errors_as_problems));
     Router::new()
         .route("/healthz", get(healthz))
@@ -112,7 +113,7 @@ pub fn router(app: Arc<App>) -> Router {
         .nest("/api/v1", api)
         .merge(edge::routes())
         .merge(fleet::stream_routes())
-        .merge(sso::routes())
+        .merge(sso::routes().layer(middleware::from_fn(off_the_workers)))
         .merge(password::routes())
         .merge(console::routes(max_upload))
         .merge(scim::routes(scim_max_body))
@@ -178,6 +179,35 @@ async fn request_span(request: Request, next: Next) -> Response {
         response.headers_mut().insert("x-request-id", value);
     }
     response
+}
+
+/// Runs the rest of a request, its handler, on a blocking thread. Admin and login handlers
+/// call the store directly, and a store call blocks: a write waits for its round's commit
+/// and flush, a PostgreSQL query for its round trip, a tenant's lock for the write holding
+/// it. On one of the runtime's few workers (one per core) that would stall every request
+/// the worker serves meanwhile, the edge's among them (decision 87). The handler keeps its
+/// request span and id; a panic in it is a 500 with its log line, not a dropped connection.
+async fn off_the_workers(request: Request, next: Next) -> Response {
+    let span = tracing::Span::current();
+    let info = crate::logging::current_request();
+    let runtime = tokio::runtime::Handle::current();
+    let answer = tokio::task::spawn_blocking(move || {
+        let answer = next.run(request).instrument(span);
+        match info {
+            Some(info) => runtime.block_on(crate::logging::in_request(info, answer)),
+            None => runtime.block_on(answer),
+        }
+    });
+    match answer.await {
+        Ok(response) => response,
+        Err(stopped) => {
+            let why = match stopped.try_into_panic() {
+                Ok(panic) => crate::logging::panic_message(&*panic).to_owned(),
+                Err(stopped) => stopped.to_string(),
+            };
+            AppError::Internal(format!("the handler stopped: {why}")).into_response()
+        }
+    }
 }
 
 pub(super) fn bearer(headers: &HeaderMap) -> Option<&str> {
