@@ -426,6 +426,14 @@ async fn a_cached_va_token_answer_ends_with_its_grace_period() {
     assert_eq!(status, 201, "{new}");
     let (status, body) = w.resolve(&old_secret).await;
     assert_eq!(status, 200, "within the grace period: {body}");
+    // The answer says when the token stops passing: the grace's end, not the token's own
+    // expiry months away (a gateway may cache the answer that long).
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let until = body["expires_at"].as_i64().expect("expires_at set");
+    assert!(
+        until <= now + 3,
+        "expires_at {until} is the grace's end: {body}"
+    );
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
     loop {
         let (status, body) = w.resolve(&old_secret).await;
@@ -580,7 +588,7 @@ async fn attacks_are_refused_with_their_reasons() {
                 parts[1]
             ),
             401,
-            "malformed",
+            "algorithm",
         ),
         (
             "alg none with a signature",
@@ -1009,4 +1017,102 @@ async fn a_scim_deactivation_denies_the_next_request_even_when_cached() {
         .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(w.deny_reason(&token).await, (403, "deactivated".into()));
+}
+
+/// A provider whose key set was never fetched, and is down, costs one fetch per
+/// cool-down however many tokens name it: the others are refused at once with
+/// `keys_unavailable`, not each with a fetch (or a fetch's timeout) of their own.
+#[tokio::test]
+async fn a_provider_down_from_the_start_is_fetched_once_per_cool_down() {
+    let w = world(|config| config.edge.jwks_refetch_cooldown_ms = 60_000).await;
+    const DOWN: &str = "https://idp.test/down";
+    let down = Jwks::serve(vec![jwk("rsa-a")], 300).await;
+    down.down.store(true, Ordering::SeqCst);
+    let (status, body) = w
+        .server
+        .call(
+            Method::POST,
+            "/api/v1/tenants/acme/identity-providers",
+            OP,
+            Some(&json!({
+                "name": "down", "issuer": DOWN, "jwks_uri": down.url, "audiences": ["api"],
+                "algorithms": ["RS256"], "user_claim": "email"
+            })),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let mut claims = claims(json!({ "email": "ann@acme.io" }));
+    claims["iss"] = json!(DOWN);
+    let token = sign("rsa-a", Algorithm::RS256, &claims);
+    for _ in 0..10 {
+        assert_eq!(
+            w.deny_reason(&token).await,
+            (401, "keys_unavailable".into())
+        );
+    }
+    assert_eq!(down.fetches(), 1, "one fetch for ten tokens");
+    // The corp provider's keys are another location: untouched by this one's cool-down.
+    let ann = sign(
+        "rsa-a",
+        Algorithm::RS256,
+        &self::claims(json!({ "email": "ann@acme.io" })),
+    );
+    assert_eq!(w.resolve(&ann).await.0, 200);
+}
+
+/// A version whose claim mapping fails counts toward automatic rollback like any other
+/// decision (docs/policy-authoring.md §7): enough failing JWTs put the last good version
+/// back, and tokens pass again.
+#[tokio::test]
+async fn a_version_failing_in_claim_mapping_is_rolled_back_automatically() {
+    let w = world(|config| {
+        config.policy.auto_rollback_failures = 3;
+        config.policy.auto_rollback_window_secs = 60;
+    })
+    .await;
+    let (status, body) = w
+        .server
+        .upload(
+            "acme",
+            gatehouse_tests::fixtures::HOSTILE,
+            json!({ "mode": "trap" }),
+            true,
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let active = || async {
+        let (_, state) = w
+            .server
+            .call(Method::GET, "/api/v1/tenants/acme/policy", OP, None)
+            .await;
+        state["active"].clone()
+    };
+    let failing = active().await;
+    // Each token is new (its own `jti`), so no answer comes from the cache.
+    let token = |n: u32| {
+        sign(
+            "rsa-a",
+            Algorithm::RS256,
+            &claims(json!({ "email": "ann@acme.io", "jti": format!("t{n}") })),
+        )
+    };
+    for n in 0..3 {
+        assert_eq!(w.deny_reason(&token(n)).await, (403, "policy_error".into()));
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut n = 3;
+    loop {
+        let (status, body) = w.resolve(&token(n)).await;
+        if status == 200 {
+            break;
+        }
+        assert_eq!(body["reason"], "policy_error", "{body}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still failing: the version was not rolled back"
+        );
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_ne!(active().await, failing, "another version is active");
 }

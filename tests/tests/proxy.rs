@@ -251,6 +251,21 @@ async fn nginx_auth_request_passes_identities_and_stops_refusals() {
         .unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["x-gatehouse-id"], ann.as_str());
+    // Whatever the original path holds, escapes that are not UTF-8 (Latin-1) included.
+    for below in ["files/caf%E9.txt", "a%00b/%ff", "files/caf%C3%A9.txt"] {
+        let response = client
+            .get(format!("{}/v1/acme/forward-auth/{below}", server.base))
+            .bearer_auth(&pat)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{below}");
+        assert_eq!(
+            response.headers()["x-gatehouse-id"],
+            ann.as_str(),
+            "{below}"
+        );
+    }
     let response = client
         .get(format!("{}/v1/acme/forward-auth/models/42", server.base))
         .send()

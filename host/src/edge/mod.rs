@@ -766,7 +766,12 @@ fn bearer<'a>(values: &[&'a [u8]]) -> Result<&'a str, Deny> {
         .split_once(' ')
         .ok_or_else(|| Deny::unauthenticated("malformed", "use Authorization: Bearer <token>"))?;
     if !scheme.eq_ignore_ascii_case("bearer") {
-        return Err(Deny::unauthenticated("malformed", "use the Bearer scheme"));
+        // Another scheme (Basic, Digest, ...) carries no bearer token: RFC 6750 §3.1's
+        // "unsupported authentication method", answered with a bare challenge.
+        return Err(Deny::unauthenticated(
+            "missing_token",
+            "no bearer token: the Authorization header uses another scheme; send Authorization: Bearer <token>",
+        ));
     }
     let token = token.trim_matches(' ');
     if token.is_empty()
@@ -820,13 +825,16 @@ fn opaque(
         .flatten()
         .min()
         .unwrap_or(i64::MAX);
+    // What the answer reports as `expires_at`: when the token stops passing, its expiry or
+    // the end of a replaced token's grace, whichever comes first.
+    let stops_passing = (valid_until != i64::MAX).then_some(valid_until);
     match (&entry.owner, va) {
         (TokenOwner::User(id), false) => {
             let user = dir.users.get(id).ok_or_else(unknown)?;
             user_may_pass(user)?;
             let mut identity = user_identity(dir, id, user, &user.teams);
             identity.token = "pat";
-            identity.expires_at = entry.expires_at;
+            identity.expires_at = stops_passing;
             Ok((valid_until, identity))
         }
         (TokenOwner::VirtualAccount(id), true) => {
@@ -849,7 +857,7 @@ fn opaque(
                     tenant_role: account.role,
                     idp: None,
                     token: "va_token",
-                    expires_at: entry.expires_at,
+                    expires_at: stops_passing,
                     encoded: Encoded::default(),
                 },
             ))
@@ -930,7 +938,7 @@ mod tests {
         for (values, reason) in [
             (vec![], "missing_token"),
             (vec![&b"Bearer a"[..], &b"Bearer b"[..]], "malformed"),
-            (vec![&b"Basic YTpi"[..]], "malformed"),
+            (vec![&b"Basic YTpi"[..]], "missing_token"),
             (vec![&b"Bearer"[..]], "malformed"),
             (vec![&b"Bearer "[..]], "malformed"),
             (vec![&b"Bearer a b"[..]], "malformed"),

@@ -191,12 +191,24 @@ async fn forward_auth(
     ),
     security(("bearer" = [])),
 )]
-async fn forward_auth_below(
-    State(app): Shared,
-    Path((tenant, _path)): Path<(String, String)>,
-    request: Request,
-) -> Response {
+async fn forward_auth_below(State(app): Shared, request: Request) -> Response {
+    // Not the `Path` extractor: it decodes the original path too, and refuses one whose
+    // escapes are not UTF-8 (`caf%E9.txt`, Latin-1), which a URI may well carry.
+    let tenant = tenant_segment(request.uri().path());
     forward_auth_answer(&app, tenant, request.headers()).await
+}
+
+/// The tenant in `/v1/{tenant}/…`, percent-decoded as the `Path` extractor would (a
+/// segment that does not decode to text names no tenant: empty).
+fn tenant_segment(path: &str) -> String {
+    let segment = path
+        .strip_prefix("/v1/")
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_default();
+    percent_encoding::percent_decode_str(segment)
+        .decode_utf8()
+        .map(std::borrow::Cow::into_owned)
+        .unwrap_or_default()
 }
 
 /// The session cookie a browser login set, as a bearer value, when the request carries no

@@ -221,8 +221,11 @@ impl JwksCache {
         match usable(&set) {
             None => {
                 // Nothing usable: this request has to wait for keys (cold start, or stale
-                // past the bound). Respect the cool-down after failures.
-                if !self.may_fetch(&source, now) && set.is_some() {
+                // past the bound). Respect the cool-down after failures, a provider whose
+                // keys were never fetched included: a flood of tokens for it costs one
+                // fetch per cool-down, not one (or one timeout) per request.
+                if !self.may_fetch(&source, now) {
+                    metrics::counter!("gatehouse_jwks_refetch_suppressed_total").increment(1);
                     return Err(JwtError::KeysUnavailable);
                 }
                 self.refresh(&source, now).await;

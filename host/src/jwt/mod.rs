@@ -115,7 +115,9 @@ pub fn parse(token: &str) -> Result<Parsed<'_>, JwtError> {
     else {
         return Err(JwtError::Malformed("a JWT has exactly three segments"));
     };
-    if header.is_empty() || payload.is_empty() || signature.is_empty() {
+    // An empty signature is checked after the algorithm: an unsecured JWT (RFC 7519 §6,
+    // `alg: none` with an empty signature) is refused for its algorithm.
+    if header.is_empty() || payload.is_empty() {
         return Err(JwtError::Malformed("a segment is empty"));
     }
     if header.len() > MAX_HEADER_BYTES {
@@ -137,6 +139,9 @@ pub fn parse(token: &str) -> Result<Parsed<'_>, JwtError> {
         }
     }
     let alg = asymmetric_algorithm(&raw.alg)?;
+    if signature.is_empty() {
+        return Err(JwtError::Malformed("a segment is empty"));
+    }
     // The signature segment is decoded by the verifier; check its alphabet now so a
     // malformed one is `malformed`, not `bad_signature`.
     if !is_base64url(signature) {
@@ -347,6 +352,15 @@ mod tests {
     fn refuses_what_spec_section_4_step_1_lists() {
         let cases: Vec<(String, &str)> = vec![
             (token(json!({"alg": "none"}), good_claims()), "algorithm"),
+            // An unsecured JWT as RFC 7519 §6.1 writes it: an empty signature.
+            (
+                format!("{}.{}.", b64(&json!({"alg": "none"})), b64(&good_claims())),
+                "algorithm",
+            ),
+            (
+                format!("{}.{}.", b64(&json!({"alg": "RS256"})), b64(&good_claims())),
+                "malformed",
+            ),
             (token(json!({"alg": "HS256"}), good_claims()), "algorithm"),
             (
                 token(json!({"alg": "RS256", "jwk": {}}), good_claims()),

@@ -331,7 +331,7 @@ impl TenantPolicy {
         if let Some(map) = self.claim_maps.get(idp) {
             return Ok(map);
         }
-        let map = engine.claim_mapping(self.compiled()?, idp, &self.settings)?;
+        let map = self.note(engine.claim_mapping(self.compiled()?, idp, &self.settings))?;
         self.claim_maps.remember(idp.clone(), map.clone());
         Ok(map)
     }
