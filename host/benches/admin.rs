@@ -64,6 +64,7 @@ fn role_recomputation(app: &App) {
                 manual_role: (i % 50 == 0).then_some(Role::Member),
                 password_hash: None,
                 mappings: Vec::new(),
+                deactivated_at: None,
                 created_at: now,
                 updated_at: now,
             };

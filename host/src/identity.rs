@@ -144,6 +144,15 @@ pub struct User {
     pub password_hash: Option<String>,
     #[serde(default)]
     pub mappings: Vec<Mapping>,
+    /// When the user was last deactivated. Sessions issued until then stay revoked after a
+    /// reactivation (SPEC §3: a session is revoked when its user is deactivated); PATs pass
+    /// again once the user is active (decision 26).
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub deactivated_at: Option<OffsetDateTime>,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]

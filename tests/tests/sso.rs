@@ -729,6 +729,53 @@ async fn a_login_session_resolves_until_the_user_is_deactivated() {
         (status, body["reason"].as_str()),
         (403, Some("deactivated"))
     );
+
+    // Reactivated, the user logs in again, but the session the deactivation revoked stays
+    // revoked (SPEC §3), at the edge and on the admin API.
+    let (status, body) = w
+        .server
+        .call(
+            Method::POST,
+            &format!("/api/v1/tenants/acme/users/{id}/reactivate"),
+            OP,
+            Some(&json!({})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = w.resolve("acme", &token).await;
+    assert_eq!(
+        (status, body["reason"].as_str()),
+        (401, Some("revoked")),
+        "{body}"
+    );
+    let (status, _) = w
+        .server
+        .call(
+            Method::GET,
+            "/api/v1/tenants/acme/users/me",
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 401);
+    assert_eq!(forward(format!("gatehouse_session={token}")).await.0, 401);
+    // A new login passes (one issued in the second of the deactivation counts as issued
+    // before it, so it may take another second).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let fresh = loop {
+        let (status, body) = w.login("bea@acme.io", "bea").await;
+        assert_eq!(status, 200, "{body}");
+        let fresh = body["session_token"].as_str().unwrap().to_owned();
+        if w.resolve("acme", &fresh).await.0 == 200 {
+            break fresh;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a session from after the reactivation never passes"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_ne!(fresh, token);
 }
 
 #[tokio::test]

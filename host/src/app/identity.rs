@@ -1832,6 +1832,11 @@ pub(super) fn status_change(
             User {
                 status,
                 updated_at: now,
+                deactivated_at: if active {
+                    before.deactivated_at
+                } else {
+                    Some(now)
+                },
                 ..before.clone()
             },
             action,
@@ -1859,6 +1864,7 @@ pub(super) fn new_user_with(email: &str, source: UserSource, now: OffsetDateTime
         manual_role: None,
         password_hash: None,
         mappings: Vec::new(),
+        deactivated_at: None,
         created_at: now,
         updated_at: now,
     }

@@ -414,7 +414,10 @@ impl super::App {
             .store
             .get(tenant, &[&claims.user_id])?
             .ok_or(AppError::Unauthorized)?;
-        if user.status != UserStatus::Active {
+        let deactivated_at = user.deactivated_at.map(OffsetDateTime::unix_timestamp);
+        if user.status != UserStatus::Active
+            || crate::edge::session_revoked_by_deactivation(deactivated_at, claims.issued_at)
+        {
             return Err(AppError::Unauthorized);
         }
         Ok(match user.role {

@@ -15,6 +15,9 @@ pub struct DirUser {
     pub role: Role,
     /// Team ids.
     pub teams: Vec<String>,
+    /// When the user was last deactivated (Unix seconds): sessions issued until then are
+    /// revoked for good.
+    pub deactivated_at: Option<i64>,
 }
 
 pub struct DirVa {
@@ -171,6 +174,7 @@ impl Directory {
                     status: user.status,
                     role: user.role,
                     teams,
+                    deactivated_at: user.deactivated_at.map(|at| at.unix_timestamp()),
                 },
             );
         }

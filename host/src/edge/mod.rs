@@ -882,10 +882,22 @@ fn session(dir: &Directory, tenant: &str, jws: &str, now: i64) -> Result<Identit
         .get(&claims.user_id)
         .ok_or_else(|| Deny::unauthenticated("revoked", "this session's user no longer exists"))?;
     user_may_pass(user)?;
+    if session_revoked_by_deactivation(user.deactivated_at, claims.issued_at) {
+        return Err(Deny::unauthenticated(
+            "revoked",
+            "this session ended when its user was deactivated; log in again",
+        ));
+    }
     let mut identity = user_identity(dir, &claims.user_id, user, &user.teams);
     identity.token = "session";
     identity.expires_at = Some(claims.expires_at);
     Ok(identity)
+}
+
+/// SPEC §3: a session is revoked when its user is deactivated, so one issued before (or in
+/// the second of) the user's last deactivation never passes again, reactivated or not.
+pub fn session_revoked_by_deactivation(deactivated_at: Option<i64>, issued_at: i64) -> bool {
+    deactivated_at.is_some_and(|at| issued_at <= at)
 }
 
 fn user_may_pass(user: &DirUser) -> Result<(), Deny> {

@@ -113,7 +113,7 @@ pub fn router(app: Arc<App>) -> Router {
         .nest("/api/v1", api)
         .merge(edge::routes())
         .merge(fleet::stream_routes())
-        .merge(sso::routes().layer(middleware::from_fn(off_the_workers)))
+        .merge(sso::routes())
         .merge(password::routes())
         .merge(console::routes(max_upload))
         .merge(scim::routes(scim_max_body))
@@ -181,13 +181,14 @@ async fn request_span(request: Request, next: Next) -> Response {
     response
 }
 
-/// Runs the rest of a request, its handler, on a blocking thread. Admin and login handlers
+/// Runs the rest of a request, its handler, on a blocking thread (a layer on the admin API
+/// here and on the SSO routes in `sso.rs`). Admin and login handlers
 /// call the store directly, and a store call blocks: a write waits for its round's commit
 /// and flush, a PostgreSQL query for its round trip, a tenant's lock for the write holding
 /// it. On one of the runtime's few workers (one per core) that would stall every request
 /// the worker serves meanwhile, the edge's among them (decision 87). The handler keeps its
 /// request span and id; a panic in it is a 500 with its log line, not a dropped connection.
-async fn off_the_workers(request: Request, next: Next) -> Response {
+pub(super) async fn off_the_workers(request: Request, next: Next) -> Response {
     let span = tracing::Span::current();
     let info = crate::logging::current_request();
     let runtime = tokio::runtime::Handle::current();

@@ -26,6 +26,7 @@ pub(super) fn routes() -> Router<Arc<App>> {
         .route("/v1/{tenant}/sso/{sso_id}/callback", get(callback))
         .route("/v1/{tenant}/sso/{sso_id}/token-login", post(token_login))
         .route("/v1/{tenant}/logout", post(logout))
+        .layer(axum::middleware::from_fn(super::off_the_workers))
 }
 
 /// What a successful login answers to an API client.

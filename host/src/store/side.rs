@@ -168,6 +168,7 @@ mod tests {
             manual_role: None,
             password_hash: None,
             mappings: Vec::new(),
+            deactivated_at: None,
             created_at: now,
             updated_at: now,
         }
