@@ -1192,3 +1192,199 @@ async fn a_user_without_an_email_is_matched_by_user_name_and_cannot_log_in() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["user"]["id"], ids[0].as_str(), "{body}");
 }
+
+/// The users a filter finds, by id.
+async fn found(scim: &Scim, resource: &str, filter: &str) -> (u16, Value) {
+    scim.call(
+        Method::GET,
+        &format!(
+            "/{resource}?filter={}&attributes=id&count=1000",
+            encode(filter)
+        ),
+        None,
+    )
+    .await
+}
+
+/// `meta.created` and `meta.lastModified` are dateTime: a filter compares instants
+/// (RFC 7644 §3.4.2.2), whatever the offset or the digits of the second's fraction, and
+/// an operand that is not a date-time is an `invalidFilter` that says so.
+#[tokio::test]
+async fn date_time_filters_compare_instants() {
+    use time::format_description::well_known::Rfc3339;
+    use time::{Duration, OffsetDateTime, UtcOffset};
+    let scim = Scim::start().await;
+    let (status, created) = scim
+        .call(Method::POST, "/Users", Some(user("when@acme.io")))
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].clone();
+    let modified = created["meta"]["lastModified"].as_str().unwrap();
+    let at = OffsetDateTime::parse(modified, &Rfc3339).unwrap();
+    // The same instant and its whole second, written in three offsets and two ways.
+    let second = at.replace_nanosecond(0).unwrap();
+    let nanos = at.nanosecond();
+    let written = |t: OffsetDateTime, hours: i8| {
+        t.to_offset(UtcOffset::from_hms(hours, 0, 0).unwrap())
+            .format(&Rfc3339)
+            .unwrap()
+    };
+    let plus_zero = |t: OffsetDateTime| written(t, 0).replace('Z', "+00:00");
+    let mut cases = vec![
+        (format!("meta.lastModified eq \"{}\"", written(at, 1)), true),
+        (
+            format!("meta.lastModified eq \"{}\"", written(at, -1)),
+            true,
+        ),
+        (format!("meta.lastModified eq \"{}\"", plus_zero(at)), true),
+        (format!("meta.lastModified ge \"{}\"", written(at, 1)), true),
+        (
+            format!("meta.lastModified le \"{}\"", written(at, -1)),
+            true,
+        ),
+        (
+            format!("meta.lastModified ne \"{}\"", written(at, 1)),
+            false,
+        ),
+        (
+            format!("meta.lastModified gt \"{}\"", written(at, 1)),
+            false,
+        ),
+        (
+            format!(
+                "meta.lastModified gt \"{}\"",
+                written(at + Duration::seconds(1), 1)
+            ),
+            false,
+        ),
+        (
+            format!(
+                "meta.lastModified lt \"{}\"",
+                written(at + Duration::seconds(1), -1)
+            ),
+            true,
+        ),
+        (
+            format!(
+                "meta.created gt \"{}\" and meta.created lt \"{}\"",
+                plus_zero(second - Duration::seconds(1)),
+                written(second + Duration::seconds(1), 1)
+            ),
+            true,
+        ),
+    ];
+    // The reported case: a whole-second operand before a time with a fraction.
+    if nanos != 0 {
+        for hours in [0, 1, -1] {
+            cases.push((
+                format!("meta.lastModified gt \"{}\"", written(second, hours)),
+                true,
+            ));
+        }
+        cases.push((
+            format!("meta.lastModified gt \"{}\"", plus_zero(second)),
+            true,
+        ));
+    }
+    for (filter, matches) in cases {
+        let (status, body) = found(&scim, "Users", &filter).await;
+        assert_eq!(status, 200, "{filter}: {body}");
+        let ids: Vec<Value> = body["Resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["id"].clone())
+            .collect();
+        let expected = if matches { vec![id.clone()] } else { vec![] };
+        assert_eq!(ids, expected, "{filter} (lastModified {modified})");
+    }
+    // Groups carry the same dateTime attributes.
+    let (_, group) = scim
+        .call(
+            Method::POST,
+            "/Groups",
+            Some(json!({ "displayName": "When" })),
+        )
+        .await;
+    let group_at =
+        OffsetDateTime::parse(group["meta"]["created"].as_str().unwrap(), &Rfc3339).unwrap();
+    let (status, body) = found(
+        &scim,
+        "Groups",
+        &format!("meta.created eq \"{}\"", written(group_at, 1)),
+    )
+    .await;
+    assert_eq!(
+        (status, body["totalResults"].clone()),
+        (200, json!(1)),
+        "{body}"
+    );
+    // Not a date-time: 400 invalidFilter, with the reason.
+    for filter in [
+        "meta.lastModified gt \"yesterday\"",
+        "meta.created ge \"2026-12-07\"",
+        "meta.created lt 20261207",
+    ] {
+        let (status, body) = found(&scim, "Users", filter).await;
+        assert_eq!(
+            (status, body["scimType"].as_str()),
+            (400, Some("invalidFilter")),
+            "{filter}: {body}"
+        );
+        let detail = body["detail"].as_str().unwrap();
+        assert!(
+            detail.contains("not an RFC 3339 date-time"),
+            "{filter}: {detail}"
+        );
+    }
+}
+
+/// RFC 7644 §3.4.2.3: resources without the `sortBy` attribute come last when ascending
+/// and first when descending.
+#[tokio::test]
+async fn resources_without_the_sort_attribute_come_first_when_descending() {
+    let scim = Scim::start().await;
+    for (email, title) in [
+        ("a@acme.io", Some("Beta")),
+        ("b@acme.io", None),
+        ("c@acme.io", Some("Alpha")),
+        ("d@acme.io", None),
+    ] {
+        let mut body = user(email);
+        if let Some(title) = title {
+            body["title"] = json!(title);
+        }
+        let (status, _) = scim.call(Method::POST, "/Users", Some(body)).await;
+        assert_eq!(status, 201);
+    }
+    let order = |direction: &'static str| {
+        let scim = &scim;
+        async move {
+            let (status, body) = scim
+                .call(
+                    Method::GET,
+                    &format!("/Users?sortBy=title&sortOrder={direction}&attributes=userName"),
+                    None,
+                )
+                .await;
+            assert_eq!(status, 200, "{body}");
+            body["Resources"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["userName"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    let ascending = order("ascending").await;
+    let descending = order("descending").await;
+    let (untitled_a, untitled_d) = (&ascending[2..], &descending[..2]);
+    assert_eq!(&ascending[..2], ["c@acme.io", "a@acme.io"]);
+    assert_eq!(&descending[2..], ["a@acme.io", "c@acme.io"]);
+    let mut both = [untitled_a.to_vec(), untitled_d.to_vec()];
+    for list in &mut both {
+        list.sort();
+    }
+    assert_eq!(both[0], ["b@acme.io", "d@acme.io"], "{ascending:?}");
+    assert_eq!(both[1], ["b@acme.io", "d@acme.io"], "{descending:?}");
+}

@@ -1620,25 +1620,32 @@ fn put_user_indexes(
 fn page(mut found: Vec<Value>, query: &ListQuery) -> ListPage {
     match &query.sort_by {
         Some(path) => {
-            let key = |v: &Value| -> String {
-                filter::values(v, path)
-                    .first()
-                    .map(|x| match x {
-                        Value::String(s) => s.to_lowercase(),
-                        other => other.to_string(),
-                    })
-                    .unwrap_or_default()
+            // dateTime attributes sort chronologically, as they filter: their text
+            // (`…44.84Z` before `…44Z`) does not order them.
+            let date_time = filter::is_date_time(path);
+            let key = |v: &Value| -> Option<(Option<OffsetDateTime>, String)> {
+                filter::values(v, path).first().map(|x| match x {
+                    Value::String(s) if date_time => (filter::parse_date_time(s), s.clone()),
+                    Value::String(s) => (None, s.to_lowercase()),
+                    other => (None, other.to_string()),
+                })
             };
-            // Resources without the attribute sort last either way (RFC 7644 §3.4.2.3).
+            // Resources without the attribute sort last if ascending and first if
+            // descending (RFC 7644 §3.4.2.3), ties by id.
             found.sort_by(|a, b| {
                 let (ka, kb) = (key(a), key(b));
-                match (ka.is_empty(), kb.is_empty()) {
-                    (true, false) => std::cmp::Ordering::Greater,
-                    (false, true) => std::cmp::Ordering::Less,
-                    _ if query.descending => kb.cmp(&ka),
-                    _ => ka.cmp(&kb),
-                }
-                .then_with(|| a["id"].as_str().cmp(&b["id"].as_str()))
+                let order = match (ka, kb) {
+                    (None, None) => std::cmp::Ordering::Equal,
+                    (None, Some(_)) => std::cmp::Ordering::Greater,
+                    (Some(_), None) => std::cmp::Ordering::Less,
+                    (Some(ka), Some(kb)) => ka.cmp(&kb),
+                };
+                let order = if query.descending {
+                    order.reverse()
+                } else {
+                    order
+                };
+                order.then_with(|| a["id"].as_str().cmp(&b["id"].as_str()))
             });
         }
         None => found.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str())),
@@ -1671,6 +1678,34 @@ mod tests {
             check_if_match(Some("W/\"2\""), "W/\"1\""),
             Err(ScimError::PreconditionFailed(_))
         ));
+    }
+
+    #[test]
+    fn sorting_puts_missing_last_ascending_first_descending_and_times_in_order() {
+        let resources = vec![
+            serde_json::json!({"id": "1", "title": "b", "meta": {"lastModified": "2026-12-07T16:33:44.5Z"}}),
+            serde_json::json!({"id": "2", "meta": {"lastModified": "2026-12-07T16:33:44.52Z"}}),
+            serde_json::json!({"id": "3", "title": "a", "meta": {"lastModified": "2026-12-07T17:33:44+01:00"}}),
+        ];
+        let order = |sort: &str, descending: bool| -> Vec<String> {
+            let query = ListQuery {
+                filter: None,
+                start_index: 1,
+                count: 10,
+                sort_by: Some(filter::parse_attr_path(sort).unwrap()),
+                descending,
+                with_members: false,
+            };
+            page(resources.clone(), &query)
+                .resources
+                .iter()
+                .map(|r| r["id"].as_str().unwrap().to_owned())
+                .collect()
+        };
+        assert_eq!(order("title", false), ["3", "1", "2"]);
+        assert_eq!(order("title", true), ["2", "1", "3"]);
+        assert_eq!(order("meta.lastModified", false), ["3", "1", "2"]);
+        assert_eq!(order("meta.lastModified", true), ["2", "1", "3"]);
     }
 
     #[test]

@@ -443,11 +443,60 @@ pub fn parse_filter(input: &str) -> Result<Filter, ParseError> {
     };
     let filter = parser.or()?;
     match parser.peek() {
-        None => Ok(filter),
+        None => {
+            check_date_times(&filter)?;
+            Ok(filter)
+        }
         Some(token) => Err(ParseError(format!(
             "has {} where \"and\", \"or\" or the end was expected",
             describe(Some(token))
         ))),
+    }
+}
+
+/// Whether `path` names a `dateTime` attribute: `meta.created` or `meta.lastModified`
+/// (the only ones Gatehouse serves), bare or under a core schema URN.
+pub fn is_date_time(path: &AttrPath) -> bool {
+    path.urn
+        .as_deref()
+        .is_none_or(|u| u.eq_ignore_ascii_case(USER_SCHEMA) || u.eq_ignore_ascii_case(GROUP_SCHEMA))
+        && path.name.eq_ignore_ascii_case("meta")
+        && path.sub.as_deref().is_some_and(|s| {
+            s.eq_ignore_ascii_case("created") || s.eq_ignore_ascii_case("lastModified")
+        })
+}
+
+/// An RFC 3339 date-time (any offset, any fraction of a second).
+pub fn parse_date_time(text: &str) -> Option<time::OffsetDateTime> {
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()
+}
+
+/// Comparisons on `dateTime` attributes are chronological (RFC 7644 §3.4.2.2), so their
+/// operand must be a date-time and their operator one that orders: said when parsing,
+/// not only when some resource happens to be compared.
+fn check_date_times(filter: &Filter) -> Result<(), ParseError> {
+    match filter {
+        Filter::Compare(path, op, value) if is_date_time(path) => {
+            if matches!(op, CompareOp::Co | CompareOp::Sw | CompareOp::Ew) {
+                return Err(ParseError(format!(
+                    "uses {} on {path}, a dateTime: use eq, ne, gt, ge, lt or le",
+                    op.as_str()
+                )));
+            }
+            match value {
+                CompValue::Null => Ok(()),
+                CompValue::Str(text) if parse_date_time(text).is_some() => Ok(()),
+                other => Err(ParseError(format!(
+                    "compares {path}, a dateTime, with {other}, which is not an RFC 3339 date-time such as \"2026-12-07T16:33:44Z\" or \"2026-12-07T17:33:44.5+01:00\""
+                ))),
+            }
+        }
+        Filter::Compare(..) | Filter::Present(_) | Filter::ValuePath(..) => Ok(()),
+        Filter::And(a, b) | Filter::Or(a, b) => {
+            check_date_times(a)?;
+            check_date_times(b)
+        }
+        Filter::Not(inner) => check_date_times(inner),
     }
 }
 
@@ -659,8 +708,14 @@ fn compare(
     op: CompareOp,
     expected: &CompValue,
     exact: bool,
+    date_time: bool,
 ) -> Result<bool, EvalError> {
     use std::cmp::Ordering;
+    if date_time {
+        if let (Value::String(a), CompValue::Str(e)) = (actual, expected) {
+            return compare_instants(a, op, e);
+        }
+    }
     let fold = |s: &str| {
         if exact {
             s.to_owned()
@@ -719,6 +774,36 @@ fn compare(
     })
 }
 
+/// `actual op expected` for two date-times, as instants: `…44Z`, `…45+01:00` and
+/// `…44.000Z` are one instant, and `…44.84Z` is after `…44Z`. A stored value that is
+/// not a date-time equals no operand and is ordered against none.
+fn compare_instants(actual: &str, op: CompareOp, expected: &str) -> Result<bool, EvalError> {
+    use std::cmp::Ordering;
+    let Some(e) = parse_date_time(expected) else {
+        return Err(ParseError(format!(
+            "compares a dateTime with {expected:?}, which is not an RFC 3339 date-time"
+        )));
+    };
+    let Some(a) = parse_date_time(actual) else {
+        return Ok(op == CompareOp::Ne);
+    };
+    let ord = a.cmp(&e);
+    Ok(match op {
+        CompareOp::Eq => ord == Ordering::Equal,
+        CompareOp::Ne => ord != Ordering::Equal,
+        CompareOp::Gt => ord == Ordering::Greater,
+        CompareOp::Ge => ord != Ordering::Less,
+        CompareOp::Lt => ord == Ordering::Less,
+        CompareOp::Le => ord != Ordering::Greater,
+        CompareOp::Co | CompareOp::Sw | CompareOp::Ew => {
+            return Err(ParseError(format!(
+                "operator {} does not apply to dateTime attributes: use eq, ne, gt, ge, lt or le",
+                op.as_str()
+            )))
+        }
+    })
+}
+
 impl Filter {
     /// Whether `resource` (a SCIM resource's JSON) matches.
     pub fn matches(&self, resource: &Value) -> Result<bool, EvalError> {
@@ -727,11 +812,12 @@ impl Filter {
             Filter::Compare(path, op, expected) => {
                 let found = values(resource, path);
                 let exact = case_exact(path);
+                let date_time = is_date_time(path);
                 if *op == CompareOp::Ne {
                     // "ne": no value equals the operand.
                     let mut any_equal = false;
                     for v in &found {
-                        any_equal |= compare(v, CompareOp::Eq, expected, exact)?;
+                        any_equal |= compare(v, CompareOp::Eq, expected, exact, date_time)?;
                     }
                     if matches!(expected, CompValue::Null) {
                         !found.is_empty()
@@ -743,7 +829,7 @@ impl Filter {
                 } else {
                     let mut any = false;
                     for v in found {
-                        any |= compare(v, *op, expected, exact)?;
+                        any |= compare(v, *op, expected, exact, date_time)?;
                     }
                     any
                 }
@@ -944,6 +1030,59 @@ mod tests {
             "emails[type eq \"w\"].",
         ] {
             assert!(parse_path(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn date_times_compare_as_instants() {
+        let user = json!({"meta": {"created": "2026-12-07T16:00:00Z", "lastModified": "2026-12-07T16:33:44.84Z"}});
+        let check = |text: &str| parse_filter(text).unwrap().matches(&user).unwrap();
+        for (text, expected) in [
+            (r#"meta.lastModified gt "2026-12-07T16:33:44Z""#, true),
+            (r#"meta.lastModified gt "2026-12-07T17:33:44+01:00""#, true),
+            (r#"meta.lastModified gt "2026-12-07T15:33:44-01:00""#, true),
+            (r#"meta.lastModified gt "2026-12-07T16:33:44+00:00""#, true),
+            (r#"meta.lastModified lt "2026-12-07T16:33:44.9Z""#, true),
+            (
+                r#"meta.lastModified eq "2026-12-07T17:33:44.840+01:00""#,
+                true,
+            ),
+            (
+                r#"meta.lastModified ne "2026-12-07T17:33:44.840+01:00""#,
+                false,
+            ),
+            (
+                r#"meta.lastModified ge "2026-12-07T16:33:44.840000Z""#,
+                true,
+            ),
+            (r#"meta.lastModified le "2026-12-07T16:33:44.839Z""#, false),
+            (r#"meta.created lt "2026-12-07T17:00:00.5+01:00""#, true),
+            (r#"META.CREATED ge "2026-12-07t16:00:00z""#, true),
+            (
+                r#"urn:ietf:params:scim:schemas:core:2.0:User:meta.created gt "2026-12-07T16:00:00Z""#,
+                false,
+            ),
+        ] {
+            assert_eq!(check(text), expected, "{text}");
+        }
+        for (text, needle) in [
+            (
+                r#"meta.lastModified gt "yesterday""#,
+                "not an RFC 3339 date-time",
+            ),
+            (
+                r#"meta.created ge "2026-12-07""#,
+                "not an RFC 3339 date-time",
+            ),
+            (r#"meta.created gt 5"#, "not an RFC 3339 date-time"),
+            (
+                r#"title pr and not (meta.created lt true)"#,
+                "not an RFC 3339",
+            ),
+            (r#"meta.created sw "2026""#, "use eq, ne, gt, ge, lt or le"),
+        ] {
+            let err = parse_filter(text).unwrap_err();
+            assert!(err.0.contains(needle), "{text}: {err}");
         }
     }
 

@@ -230,7 +230,8 @@ pub fn suffixed(base: &str, display: &str) -> String {
     format!("{base}-{hex}")
 }
 
-fn encode(text: &str) -> String {
+/// Percent-encodes a query parameter value (a filter).
+pub fn encode(text: &str) -> String {
     text.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
