@@ -1339,6 +1339,100 @@ async fn date_time_filters_compare_instants() {
     }
 }
 
+/// SPEC §2: only an admin or SCIM `active=true` reactivates. A PUT that leaves `active`
+/// out asserts nothing about it, so the user keeps its status, whichever it is.
+#[tokio::test]
+async fn a_put_without_active_keeps_the_status() {
+    let scim = Scim::start().await;
+    let (_, created) = scim
+        .call(
+            Method::POST,
+            "/Users",
+            Some(json!({ "schemas": [USER], "userName": "put@acme.io" })),
+        )
+        .await;
+    assert_eq!(
+        created["active"], true,
+        "a POST without active is active: {created}"
+    );
+    let id = created["id"].as_str().unwrap().to_owned();
+    let path = format!("/Users/{id}");
+    let status_of = || async {
+        let (_, record) = scim.admin(Method::GET, &format!("/users/{id}"), None).await;
+        record["status"].as_str().unwrap().to_owned()
+    };
+    let put = json!({ "schemas": [USER], "userName": "put@acme.io", "title": "Ops" });
+    let (status, body) = scim.call(Method::PUT, &path, Some(put.clone())).await;
+    assert_eq!(
+        (status, body["active"].clone()),
+        (200, json!(true)),
+        "{body}"
+    );
+    assert_eq!(status_of().await, "active");
+
+    let (status, body) = scim
+        .call(
+            Method::PATCH,
+            &path,
+            Some(patch(
+                json!([{ "op": "replace", "path": "active", "value": false }]),
+            )),
+        )
+        .await;
+    assert_eq!(
+        (status, body["active"].clone()),
+        (200, json!(false)),
+        "{body}"
+    );
+    let mut put = put;
+    put["title"] = json!("Sales");
+    let (status, body) = scim.call(Method::PUT, &path, Some(put.clone())).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (body["active"].clone(), body["title"].clone()),
+        (json!(false), json!("Sales")),
+        "{body}"
+    );
+    assert_eq!(status_of().await, "deactivated");
+    let (_, read) = scim.call(Method::GET, &path, None).await;
+    assert_eq!(read["active"], false, "{read}");
+
+    // A PATCH that removed `active` leaves it unassigned; a PUT without it keeps that.
+    let (status, _) = scim
+        .call(
+            Method::PATCH,
+            &path,
+            Some(patch(json!([{ "op": "remove", "path": "active" }]))),
+        )
+        .await;
+    assert_eq!(status, 200);
+    put["title"] = json!("Legal");
+    let (status, body) = scim.call(Method::PUT, &path, Some(put.clone())).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.get("active").is_none(), "{body}");
+    assert_eq!(status_of().await, "deactivated");
+
+    // `active: true` is what reactivates.
+    put["active"] = json!(true);
+    let (status, body) = scim.call(Method::PUT, &path, Some(put)).await;
+    assert_eq!(
+        (status, body["active"].clone()),
+        (200, json!(true)),
+        "{body}"
+    );
+    assert_eq!(status_of().await, "active");
+    let (_, audit) = scim.admin(Method::GET, "/audit?limit=1000", None).await;
+    let statuses: Vec<&str> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["target"] == json!(id))
+        .filter_map(|e| e["action"].as_str())
+        .filter(|a| *a == "user.deactivate" || *a == "user.reactivate")
+        .collect();
+    assert_eq!(statuses, ["user.deactivate", "user.reactivate"]);
+}
+
 /// RFC 7644 §3.4.2.3: resources without the `sortBy` attribute come last when ascending
 /// and first when descending.
 #[tokio::test]

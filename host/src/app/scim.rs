@@ -446,7 +446,9 @@ impl App {
                     )));
                 }
                 let mut after = apply_fields(&before, input, email.as_ref(), now);
-                if let Some((changed, _)) = status_change(&after, input.active, now) {
+                // An adopted user without `active` is active, as a created one is.
+                if let Some((changed, _)) = status_change(&after, input.active.unwrap_or(true), now)
+                {
                     after = changed;
                 }
                 batch.put(&[&after.id], &after);
@@ -462,7 +464,7 @@ impl App {
             }
             None => {
                 let everyone = self.everyone(slug)?;
-                let status = if input.active {
+                let status = if input.active.unwrap_or(true) {
                     UserStatus::Active
                 } else {
                     UserStatus::Deactivated
@@ -516,7 +518,8 @@ impl App {
         Ok((user_json(&user, &scim, &conn.base), true))
     }
 
-    /// Replaces a user (PUT): every attribute as sent; never creates.
+    /// Replaces a user (PUT): every attribute as sent, except that a missing `active`
+    /// keeps the user's status; never creates.
     pub fn scim_replace_user(
         &self,
         conn: &Connection,
@@ -524,10 +527,16 @@ impl App {
         body: &Value,
         if_match: Option<&str>,
     ) -> Result<Value, ScimError> {
-        let input = UserInput::from_json(body)?;
+        let mut input = UserInput::from_json(body)?;
         self.scim_write(conn, |slug| {
             let (user, scim) = self.existing_scim_user(slug, conn, id)?;
             check_if_match(if_match, &version(user.updated_at))?;
+            // A PUT without `active` asserts nothing about it: the user keeps its status
+            // (and an unassigned `active` stays unassigned), so a profile push never
+            // reactivates anyone (SPEC §2, decision 88).
+            if input.active.is_none() {
+                input.active_unassigned = scim.active_unassigned;
+            }
             self.write_user(slug, conn, user, scim, input, "scim.user.replace")
         })
     }
@@ -553,7 +562,7 @@ impl App {
             // An `active` the PATCH left unassigned (removed, or already removed) stays
             // so: the user is deactivated and the resource omits `active` (decision 56).
             if crate::scim::filter::get_ci(&resource, "active").is_none() {
-                input.active = false;
+                input.active = Some(false);
                 input.active_unassigned = true;
             }
             self.write_user(slug, conn, user, scim, input, "scim.user.patch")
@@ -575,7 +584,10 @@ impl App {
         let now = now();
         let mut after = apply_fields(&before, &input, email.as_ref(), now);
         let mut status_action = None;
-        if let Some((changed, what)) = status_change(&after, input.active, now) {
+        if let Some((changed, what)) = input
+            .active
+            .and_then(|active| status_change(&after, active, now))
+        {
             after = changed;
             status_action = Some(what);
         }

@@ -75,8 +75,9 @@ impl Record for PendingMember {
 pub struct UserInput {
     pub user_name: String,
     pub external_id: Option<String>,
-    /// `active` as sent; an absent `active` reads as `true` on POST and PUT.
-    pub active: bool,
+    /// `active` as sent; `None` when absent (or null): a POST then creates an active
+    /// user, a PUT keeps the user's status (decision 88).
+    pub active: Option<bool>,
     /// `active` is unassigned (removed by a PATCH): the user is deactivated (decision 56).
     pub active_unassigned: bool,
     pub display_name: Option<String>,
@@ -172,8 +173,8 @@ impl UserInput {
             user_name,
             external_id: string(get_ci(body, "externalId"), "externalId")?,
             active: match get_ci(body, "active") {
-                None | Some(Value::Null) => true,
-                Some(v) => boolean(v, "active")?,
+                None | Some(Value::Null) => None,
+                Some(v) => Some(boolean(v, "active")?),
             },
             active_unassigned: false,
             display_name: string(get_ci(body, "displayName"), "displayName")?,
@@ -652,14 +653,14 @@ mod tests {
         });
         let input = UserInput::from_json(&okta).unwrap();
         assert_eq!(input.email().unwrap().unwrap().as_str(), "ann@acme.io");
-        assert!(input.active);
+        assert_eq!(input.active, Some(true));
         let entra = json!({
             "UserName": "AnnL", "Active": "False",
             "emails": [{"type": "work", "value": "Ann@Acme.io", "primary": "True"}],
             ENTERPRISE_SCHEMA: {"employeeNumber": "7", "Department": "R&D"}
         });
         let input = UserInput::from_json(&entra).unwrap();
-        assert!(!input.active);
+        assert_eq!(input.active, Some(false));
         assert_eq!(input.email().unwrap().unwrap().as_str(), "Ann@Acme.io");
         assert_eq!(input.department.as_deref(), Some("R&D"));
         let none = UserInput::from_json(&json!({"userName": "nobody"}))
