@@ -1433,6 +1433,93 @@ async fn a_put_without_active_keeps_the_status() {
     assert_eq!(statuses, ["user.deactivate", "user.reactivate"]);
 }
 
+/// RFC 7644 §3.5.2: an operation on a read-only attribute (`id`, `meta`, `schemas`) is a
+/// 400 `mutability`, and nothing of the PATCH applies; a no-path value may carry the
+/// resource's own `id` (Entra's group rename does), not another.
+#[tokio::test]
+async fn patches_of_read_only_attributes_are_refused() {
+    let scim = Scim::start().await;
+    let (_, created) = scim
+        .call(Method::POST, "/Users", Some(user("ro@acme.io")))
+        .await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    let path = format!("/Users/{id}");
+    for ops in [
+        json!([{ "op": "replace", "path": "id", "value": "usr_other" }]),
+        json!([{ "op": "replace", "path": "title", "value": "t" }, { "op": "replace", "path": "meta.lastModified", "value": "2020-01-01T00:00:00Z" }]),
+        json!([{ "op": "add", "path": "meta", "value": { "resourceType": "Group" } }]),
+        json!([{ "op": "remove", "path": "schemas" }]),
+        json!([{ "op": "replace", "path": "urn:ietf:params:scim:schemas:core:2.0:User:id", "value": "x" }]),
+        json!([{ "op": "replace", "value": { "id": "usr_other", "title": "t" } }]),
+    ] {
+        let (status, body) = scim
+            .call(Method::PATCH, &path, Some(patch(ops.clone())))
+            .await;
+        assert_eq!(
+            (status, body["scimType"].as_str()),
+            (400, Some("mutability")),
+            "{ops}: {body}"
+        );
+        assert!(
+            body["detail"].as_str().unwrap().contains("read-only"),
+            "{body}"
+        );
+    }
+    let (_, read) = scim.call(Method::GET, &path, None).await;
+    assert_eq!(read, created, "nothing changed");
+    let (status, body) = scim
+        .call(
+            Method::PATCH,
+            &path,
+            Some(patch(
+                json!([{ "op": "replace", "value": { "id": id, "title": "t" } }]),
+            )),
+        )
+        .await;
+    assert_eq!((status, body["title"].clone()), (200, json!("t")), "{body}");
+
+    let (_, group) = scim
+        .call(
+            Method::POST,
+            "/Groups",
+            Some(json!({ "displayName": "RO" })),
+        )
+        .await;
+    let gid = group["id"].as_str().unwrap().to_owned();
+    let gpath = format!("/Groups/{gid}");
+    for ops in [
+        json!([{ "op": "replace", "path": "id", "value": "team_other" }]),
+        json!([{ "op": "replace", "path": "meta.created", "value": "2020-01-01T00:00:00Z" }]),
+        json!([{ "op": "Replace", "value": { "id": "team_other", "displayName": "RO2" } }]),
+    ] {
+        let (status, body) = scim
+            .call(Method::PATCH, &gpath, Some(patch(ops.clone())))
+            .await;
+        assert_eq!(
+            (status, body["scimType"].as_str()),
+            (400, Some("mutability")),
+            "{ops}: {body}"
+        );
+    }
+    let (_, read) = scim.call(Method::GET, &gpath, None).await;
+    assert_eq!(read["displayName"], "RO", "{read}");
+    // Entra's no-path rename with the group's own id still renames.
+    let (status, body) = scim
+        .call(
+            Method::PATCH,
+            &gpath,
+            Some(patch(
+                json!([{ "op": "Replace", "value": { "id": gid, "displayName": "RO2" } }]),
+            )),
+        )
+        .await;
+    assert_eq!(
+        (status, body["displayName"].clone()),
+        (200, json!("RO2")),
+        "{body}"
+    );
+}
+
 /// RFC 7644 §3.4.2.3: resources without the `sortBy` attribute come last when ascending
 /// and first when descending.
 #[tokio::test]
@@ -1481,4 +1568,101 @@ async fn resources_without_the_sort_attribute_come_first_when_descending() {
     }
     assert_eq!(both[0], ["b@acme.io", "d@acme.io"], "{ascending:?}");
     assert_eq!(both[1], ["b@acme.io", "d@acme.io"], "{descending:?}");
+}
+
+/// RFC 7643 §2.4: at most one primary email. POST and PUT with two are refused; a PATCH
+/// that makes a new one primary takes the flag from the old one, and the user's email
+/// (the primary one when `userName` is not an address) follows it.
+#[tokio::test]
+async fn one_primary_email() {
+    let scim = Scim::start().await;
+    let two = json!([
+        { "value": "p1@acme.io", "type": "work", "primary": true },
+        { "value": "p2@acme.io", "type": "home", "primary": true }
+    ]);
+    let (status, body) = scim
+        .call(
+            Method::POST,
+            "/Users",
+            Some(json!({ "schemas": [USER], "userName": "U-1", "emails": two })),
+        )
+        .await;
+    assert_eq!(
+        (status, body["scimType"].as_str()),
+        (400, Some("invalidValue")),
+        "{body}"
+    );
+    assert!(
+        body["detail"].as_str().unwrap().contains("primary"),
+        "{body}"
+    );
+    let (status, created) = scim
+        .call(
+            Method::POST,
+            "/Users",
+            Some(json!({ "schemas": [USER], "userName": "U-1", "emails": [{ "value": "p1@acme.io", "type": "work", "primary": true }] })),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+    let path = format!("/Users/{id}");
+    let (status, body) = scim
+        .call(
+            Method::PUT,
+            &path,
+            Some(json!({ "schemas": [USER], "userName": "U-1", "emails": two })),
+        )
+        .await;
+    assert_eq!(
+        (status, body["scimType"].as_str()),
+        (400, Some("invalidValue")),
+        "{body}"
+    );
+    let email = || async {
+        let (_, record) = scim.admin(Method::GET, &format!("/users/{id}"), None).await;
+        record["email"].clone()
+    };
+    assert_eq!(email().await, "p1@acme.io");
+
+    let (status, body) = scim
+        .call(
+            Method::PATCH,
+            &path,
+            Some(patch(json!([{ "op": "add", "path": "emails", "value": [{ "value": "p2@acme.io", "type": "home", "primary": true }] }]))),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["emails"],
+        json!([
+            { "value": "p1@acme.io", "type": "work", "primary": false },
+            { "value": "p2@acme.io", "type": "home", "primary": true }
+        ])
+    );
+    assert_eq!(email().await, "p2@acme.io");
+    // Entra sets the flag through a filtered path, as a string.
+    let (status, body) = scim
+        .call(
+            Method::PATCH,
+            &path,
+            Some(patch(json!([{ "op": "Replace", "path": "emails[type eq \"work\"].primary", "value": "True" }]))),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, read) = scim.call(Method::GET, &path, None).await;
+    assert_eq!(
+        read["emails"],
+        json!([
+            { "value": "p1@acme.io", "type": "work", "primary": true },
+            { "value": "p2@acme.io", "type": "home", "primary": false }
+        ])
+    );
+    assert_eq!(email().await, "p1@acme.io");
+    let (_, body) = found(
+        &scim,
+        "Users",
+        "emails[primary eq true and value eq \"p2@acme.io\"]",
+    )
+    .await;
+    assert_eq!(body["totalResults"], 0, "{body}");
 }

@@ -201,6 +201,7 @@ struct NewUser {
 impl NewUser {
     fn parse(body: &Value) -> Result<NewUser, ScimError> {
         let input = UserInput::from_json(body)?;
+        input.check_one_primary()?;
         let email = input.email()?;
         let name_key = input.user_name.to_lowercase();
         let (name_key, ext_key) = match (
@@ -528,6 +529,7 @@ impl App {
         if_match: Option<&str>,
     ) -> Result<Value, ScimError> {
         let mut input = UserInput::from_json(body)?;
+        input.check_one_primary()?;
         self.scim_write(conn, |slug| {
             let (user, scim) = self.existing_scim_user(slug, conn, id)?;
             check_if_match(if_match, &version(user.updated_at))?;
@@ -1163,7 +1165,7 @@ impl App {
         if_match: Option<&str>,
         with_members: bool,
     ) -> Result<(Value, MemberReport), ScimError> {
-        let change = patch::group_change(&patch::parse(body)?)?;
+        let change = patch::group_change(&patch::parse(body)?, id)?;
         self.write_group(conn, id, change, if_match, with_members, "scim.group.patch")
     }
 

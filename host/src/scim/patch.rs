@@ -403,9 +403,41 @@ fn apply_target(
     Ok(())
 }
 
+/// The read-only attributes of every resource (RFC 7643 §3.1, `mutability: readOnly`).
+const READ_ONLY: [&str; 3] = ["id", "meta", "schemas"];
+
+/// Refuses an operation whose path is a read-only attribute (`id`, `meta` or one of its
+/// sub-attributes, `schemas`), bare or under the resource's core schema URN: RFC 7644
+/// §3.5.2 answers `mutability` rather than ignoring it.
+fn check_writable(op: OpKind, path: &PatchPath, core: &str) -> Result<(), ScimError> {
+    let core_urn = path
+        .attr
+        .urn
+        .as_deref()
+        .is_none_or(|u| u.eq_ignore_ascii_case(core));
+    if core_urn
+        && READ_ONLY
+            .iter()
+            .any(|k| k.eq_ignore_ascii_case(&path.attr.name))
+    {
+        let verb = match op {
+            OpKind::Add => "add",
+            OpKind::Remove => "remove",
+            OpKind::Replace => "replace",
+        };
+        return Err(ScimError::Mutability(format!(
+            "{path} is read-only: a PATCH cannot {verb} it"
+        )));
+    }
+    Ok(())
+}
+
 /// The (path, value) pairs of a no-path `add`/`replace`: each key is a path (possibly
 /// dotted or URN-qualified); an extension URN key holds an object of its attributes.
-fn no_path_pairs(value: &Value) -> Result<Vec<(PatchPath, Value)>, ScimError> {
+/// `meta` and `schemas` in the value are ignored (clients send the resource back as they
+/// read it), and so is an `id` equal to the resource's own (`own_id`; Entra's group
+/// rename sends it); any other `id` is an attempt to change it, refused (`mutability`).
+fn no_path_pairs(value: &Value, own_id: &str) -> Result<Vec<(PatchPath, Value)>, ScimError> {
     let Value::Object(map) = value else {
         return Err(ScimError::InvalidValue(
             "an add or replace without a path needs an object value".into(),
@@ -413,7 +445,15 @@ fn no_path_pairs(value: &Value) -> Result<Vec<(PatchPath, Value)>, ScimError> {
     };
     let mut pairs = Vec::new();
     for (key, v) in map {
-        if ["id", "meta", "schemas"]
+        if key.eq_ignore_ascii_case("id") {
+            if v.as_str() == Some(own_id) {
+                continue;
+            }
+            return Err(ScimError::Mutability(format!(
+                "id is read-only: the value of an add or replace without a path has id {v}, not this resource's id {own_id:?}"
+            )));
+        }
+        if ["meta", "schemas"]
             .iter()
             .any(|k| k.eq_ignore_ascii_case(key))
         {
@@ -443,15 +483,24 @@ pub fn apply_user(resource: &mut Value, ops: &[Operation]) -> Result<(), ScimErr
             "a user resource is not an object".into(),
         ));
     };
+    let own_id = map
+        .get("id")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
     for op in ops {
         let pairs = match &op.path {
             Some(path) => vec![(path.clone(), op.value.clone())],
-            None => no_path_pairs(op.value.as_ref().unwrap_or(&Value::Null))?
+            None => no_path_pairs(op.value.as_ref().unwrap_or(&Value::Null), &own_id)?
                 .into_iter()
                 .map(|(p, v)| (p, Some(v)))
                 .collect(),
         };
+        let primaries_before: Vec<Value> = emails(map)
+            .map(|items| items.iter().filter(|e| is_primary(e)).cloned().collect())
+            .unwrap_or_default();
         for (path, value) in pairs {
+            check_writable(op.op, &path, USER_SCHEMA)?;
             if is_enterprise_whole(&path) {
                 apply_enterprise_whole(map, op.op, value.as_ref())?;
                 continue;
@@ -460,8 +509,58 @@ pub fn apply_user(resource: &mut Value, ops: &[Operation]) -> Result<(), ScimErr
                 apply_target(map, op.op, &target, value.as_ref())?;
             }
         }
+        one_primary(map, &primaries_before)?;
     }
     Ok(())
+}
+
+/// The resource's `emails` entries, if it has any.
+fn emails(map: &Map<String, Value>) -> Option<&Vec<Value>> {
+    map.get("emails").and_then(Value::as_array)
+}
+
+/// Whether an `emails` entry says `primary: true` (Entra: `"True"`).
+fn is_primary(entry: &Value) -> bool {
+    match get_ci(entry, "primary") {
+        Some(Value::Bool(b)) => *b,
+        Some(Value::String(s)) => s.eq_ignore_ascii_case("true"),
+        _ => false,
+    }
+}
+
+/// At most one email is primary (RFC 7643 §2.4). An operation that makes one primary
+/// (an entry that is primary now and was not a primary entry before it) takes the flag
+/// from the others (RFC 7644 §3.5.2); one that makes two primary is refused. Entries
+/// the operation left alone are not judged, so an older record with two primaries can
+/// still be patched elsewhere.
+fn one_primary(map: &mut Map<String, Value>, before: &[Value]) -> Result<(), ScimError> {
+    let Some(items) = map.get_mut("emails").and_then(Value::as_array_mut) else {
+        return Ok(());
+    };
+    let new: Vec<usize> = items
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| is_primary(e) && !before.contains(e))
+        .map(|(i, _)| i)
+        .collect();
+    match new[..] {
+        [] => Ok(()),
+        [chosen] => {
+            for (i, entry) in items.iter_mut().enumerate() {
+                if i != chosen && is_primary(entry) {
+                    if let Some(m) = entry.as_object_mut() {
+                        m.retain(|k, _| !k.eq_ignore_ascii_case("primary"));
+                        m.insert("primary".into(), Value::Bool(false));
+                    }
+                }
+            }
+            Ok(())
+        }
+        _ => Err(ScimError::InvalidValue(format!(
+            "{} emails would be primary: at most one email can be (RFC 7643 §2.4)",
+            new.len()
+        ))),
+    }
 }
 
 /// Whether a path names the whole enterprise extension
@@ -541,18 +640,19 @@ fn group_string(value: Option<&Value>, what: &str) -> Result<Option<String>, Sci
     }
 }
 
-/// Reads group PATCH operations.
-pub fn group_change(ops: &[Operation]) -> Result<GroupChange, ScimError> {
+/// Reads group PATCH operations on group `id`.
+pub fn group_change(ops: &[Operation], id: &str) -> Result<GroupChange, ScimError> {
     let mut change = GroupChange::default();
     for op in ops {
         let pairs = match &op.path {
             Some(path) => vec![(path.clone(), op.value.clone())],
-            None => no_path_pairs(op.value.as_ref().unwrap_or(&Value::Null))?
+            None => no_path_pairs(op.value.as_ref().unwrap_or(&Value::Null), id)?
                 .into_iter()
                 .map(|(p, v)| (p, Some(v)))
                 .collect(),
         };
         for (path, value) in pairs {
+            check_writable(op.op, &path, GROUP_SCHEMA)?;
             let urn_ok = path
                 .attr
                 .urn
@@ -677,7 +777,94 @@ mod tests {
     }
 
     fn user() -> Value {
-        json!({"userName": "ann@acme.io", "active": true, "name": {"givenName": "Ann"}, "emails": [{"value": "ann@acme.io", "type": "work", "primary": true}]})
+        json!({"id": "usr_1", "userName": "ann@acme.io", "active": true, "name": {"givenName": "Ann"}, "emails": [{"value": "ann@acme.io", "type": "work", "primary": true}]})
+    }
+
+    #[test]
+    fn read_only_attributes_are_refused_with_mutability() {
+        for body in [
+            json!({"Operations": [{"op": "replace", "path": "id", "value": "usr_2"}]}),
+            json!({"Operations": [{"op": "replace", "path": "meta.lastModified", "value": "2026-01-01T00:00:00Z"}]}),
+            json!({"Operations": [{"op": "add", "path": "META", "value": {}}]}),
+            json!({"Operations": [{"op": "remove", "path": "schemas"}]}),
+            json!({"Operations": [{"op": "replace", "path": "urn:ietf:params:scim:schemas:core:2.0:User:id", "value": "x"}]}),
+            json!({"Operations": [{"op": "replace", "value": {"id": "usr_2", "title": "t"}}]}),
+            json!({"Operations": [{"op": "replace", "value": {"meta.version": "W/\"1\""}}]}),
+        ] {
+            let mut u = user();
+            let err = apply_user(&mut u, &ops(body.clone())).unwrap_err();
+            assert!(matches!(err, ScimError::Mutability(_)), "{body}: {err}");
+            assert_eq!(u, user(), "{body}: nothing applied");
+        }
+        // The resource's own id (and meta, schemas) in a no-path value are ignored.
+        let mut u = user();
+        apply_user(&mut u, &ops(json!({"Operations": [{"op": "replace", "value": {"id": "usr_1", "schemas": [], "meta": {}, "title": "t"}}]}))).unwrap();
+        assert_eq!(u["title"], json!("t"));
+        // Groups: the same, with the group's id.
+        let rename = ops(
+            json!({"Operations": [{"op": "replace", "value": {"id": "team_1", "displayName": "R"}}]}),
+        );
+        assert_eq!(
+            group_change(&rename, "team_1")
+                .unwrap()
+                .display_name
+                .as_deref(),
+            Some("R")
+        );
+        assert!(matches!(
+            group_change(&rename, "team_2"),
+            Err(ScimError::Mutability(_))
+        ));
+        let meta =
+            ops(json!({"Operations": [{"op": "replace", "path": "meta.created", "value": "x"}]}));
+        assert!(matches!(
+            group_change(&meta, "team_1"),
+            Err(ScimError::Mutability(_))
+        ));
+    }
+
+    #[test]
+    fn a_new_primary_email_takes_the_flag_from_the_others() {
+        let mut u = user();
+        apply_user(&mut u, &ops(json!({"Operations": [
+            {"op": "add", "path": "emails", "value": [{"value": "ann@home.io", "type": "home", "primary": true}]},
+        ]}))).unwrap();
+        assert_eq!(
+            u["emails"],
+            json!([
+                {"value": "ann@acme.io", "type": "work", "primary": false},
+                {"value": "ann@home.io", "type": "home", "primary": true},
+            ])
+        );
+        // Entra's dialect: a string flag on a filtered entry.
+        apply_user(
+            &mut u,
+            &ops(json!({"Operations": [
+                {"op": "Replace", "path": "emails[type eq \"work\"].primary", "value": "True"},
+            ]})),
+        )
+        .unwrap();
+        assert_eq!(
+            u["emails"],
+            json!([
+                {"value": "ann@acme.io", "type": "work", "primary": "True"},
+                {"value": "ann@home.io", "type": "home", "primary": false},
+            ])
+        );
+        // An operation that makes two primary is refused.
+        let err = apply_user(&mut u, &ops(json!({"Operations": [
+            {"op": "replace", "path": "emails", "value": [{"value": "a@x.io", "primary": true}, {"value": "b@x.io", "primary": true}]},
+        ]}))).unwrap_err();
+        assert!(matches!(err, ScimError::InvalidValue(_)), "{err}");
+        // An operation elsewhere leaves an older record's two primaries alone.
+        let mut two = json!({"id": "usr_1", "userName": "u", "emails": [{"value": "a@x.io", "primary": true}, {"value": "b@x.io", "primary": true}]});
+        apply_user(
+            &mut two,
+            &ops(json!({"Operations": [{"op": "replace", "path": "title", "value": "t"}]})),
+        )
+        .unwrap();
+        assert_eq!(two["emails"][0]["primary"], json!(true));
+        assert_eq!(two["emails"][1]["primary"], json!(true));
     }
 
     #[test]
@@ -709,7 +896,7 @@ mod tests {
             &ops(json!({"Operations": [{"op": "replace", "value": {
                 "active": false, "name.familyName": "Lee", "DisplayName": "Ann Lee",
                 "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:employeeNumber": "7",
-                ENTERPRISE_SCHEMA: {"department": "Ops"}, "id": "ignored"
+                ENTERPRISE_SCHEMA: {"department": "Ops"}, "id": "usr_1"
             }}]})),
         )
         .unwrap();
@@ -749,22 +936,26 @@ mod tests {
     #[test]
     fn group_member_dialects() {
         let before: BTreeSet<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
-        let change = group_change(&ops(json!({"Operations": [
-            {"op": "add", "path": "members", "value": [{"value": "d"}, {"value": "a"}]},
-            {"op": "remove", "path": "members[value eq \"b\"]"},
-            {"op": "Remove", "path": "members", "value": [{"value": "c"}]},
-            {"op": "replace", "value": {"id": "x", "displayName": "Renamed"}},
-        ]})))
+        let change = group_change(
+            &ops(json!({"Operations": [
+                {"op": "add", "path": "members", "value": [{"value": "d"}, {"value": "a"}]},
+                {"op": "remove", "path": "members[value eq \"b\"]"},
+                {"op": "Remove", "path": "members", "value": [{"value": "c"}]},
+                {"op": "replace", "value": {"id": "x", "displayName": "Renamed"}},
+            ]})),
+            "x",
+        )
         .unwrap();
         let (after, _) = change.members_after(&before).unwrap();
         assert_eq!(after.into_iter().collect::<Vec<_>>(), ["a", "d"]);
         assert_eq!(change.display_name.as_deref(), Some("Renamed"));
-        let clear = group_change(&ops(
-            json!({"Operations": [{"op": "remove", "path": "members"}]}),
-        ))
+        let clear = group_change(
+            &ops(json!({"Operations": [{"op": "remove", "path": "members"}]})),
+            "x",
+        )
         .unwrap();
         assert!(clear.members_after(&before).unwrap().0.is_empty());
-        let replace = group_change(&ops(json!({"Operations": [{"op": "replace", "path": "members", "value": [{"value": "z"}]}]}))).unwrap();
+        let replace = group_change(&ops(json!({"Operations": [{"op": "replace", "path": "members", "value": [{"value": "z"}]}]})), "x").unwrap();
         assert_eq!(
             replace
                 .members_after(&before)
@@ -795,7 +986,7 @@ mod tests {
                 if let Ok(ops) = parse(&body) {
                     let mut u = user();
                     let _ = apply_user(&mut u, &ops);
-                    if let Ok(change) = group_change(&ops) {
+                    if let Ok(change) = group_change(&ops, "x") {
                         let _ = change.members_after(&BTreeSet::new());
                     }
                 }
@@ -812,7 +1003,7 @@ mod tests {
                 let change = group_change(&parse(&json!({"Operations": [
                     {"op": "add", "path": "members", "value": add_refs},
                     {"op": "remove", "path": "members", "value": rm_refs},
-                ]})).unwrap()).unwrap();
+                ]})).unwrap(), "g").unwrap();
                 let (after, _) = change.members_after(&start).unwrap();
                 for m in start.iter().chain(add.iter()) {
                     prop_assert_eq!(after.contains(m), !remove.contains(m));

@@ -188,6 +188,18 @@ impl UserInput {
         })
     }
 
+    /// Refuses more than one primary email (RFC 7643 §2.4): a POST or PUT sends the whole
+    /// list, so two primaries there are the client's contradiction, not a change to take.
+    pub fn check_one_primary(&self) -> Result<(), ScimError> {
+        let primaries = self.emails.iter().filter(|e| e.primary).count();
+        if primaries > 1 {
+            return Err(ScimError::InvalidValue(format!(
+                "{primaries} emails are primary: at most one email can be (RFC 7643 §2.4)"
+            )));
+        }
+        Ok(())
+    }
+
     /// The user's email (SPEC §7): `userName` when it is an address, else the primary (or
     /// first) of `emails`; `None` when there is neither (RFC 7643 requires only `userName`).
     pub fn email(&self) -> Result<Option<Email>, ScimError> {
