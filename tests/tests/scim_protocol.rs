@@ -1570,6 +1570,74 @@ async fn resources_without_the_sort_attribute_come_first_when_descending() {
     assert_eq!(both[1], ["b@acme.io", "d@acme.io"], "{descending:?}");
 }
 
+/// A member value longer than any user's id, userName or externalId can be (513-1024
+/// bytes: still a valid string) cannot be kept pending; it is refused in the membership
+/// report and the audit log like any value not applied, never dropped unsaid.
+#[tokio::test]
+async fn member_values_too_long_to_keep_pending_are_reported() {
+    let scim = Scim::start().await;
+    let (_, member) = scim
+        .call(Method::POST, "/Users", Some(user("m@acme.io")))
+        .await;
+    let uid = member["id"].as_str().unwrap().to_owned();
+    let long = "x".repeat(600);
+    let (status, headers, group) = scim
+        .send(
+            Method::POST,
+            "/Groups",
+            Some(json!({ "displayName": "Long", "members": [{ "value": long }, { "value": uid }, { "value": "ghost" }] })),
+        )
+        .await;
+    assert_eq!(status, 201, "{group}");
+    assert_eq!(group["members"][0]["value"], json!(uid), "{group}");
+    let reported = report(&headers);
+    assert_eq!(reported["pending"], json!(["ghost"]), "{reported}");
+    assert_eq!(reported["refused"][0]["value"], json!(long), "{reported}");
+    assert!(
+        reported["refused"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("cannot be kept pending"),
+        "{reported}"
+    );
+    let gid = group["id"].as_str().unwrap().to_owned();
+    let longer = "y".repeat(1024);
+    let (status, headers, body) = scim
+        .send(
+            Method::PATCH,
+            &format!("/Groups/{gid}"),
+            Some(patch(
+                json!([{ "op": "add", "path": "members", "value": [{ "value": longer }] }]),
+            )),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let reported = report(&headers);
+    assert_eq!(
+        (
+            reported["pending"].clone(),
+            reported["refused"][0]["value"].clone()
+        ),
+        (json!([]), json!(longer)),
+        "{reported}"
+    );
+    let (_, audit) = scim.admin(Method::GET, "/audit?limit=1000", None).await;
+    let refused: Vec<Value> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "scim.group.members_not_applied" && e["target"] == json!(gid))
+        .flat_map(|e| {
+            e["after"]["refused"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .map(|r| r["value"].clone())
+        .collect();
+    assert_eq!(refused, [json!(long), json!(longer)]);
+}
+
 /// RFC 7643 §2.4: at most one primary email. POST and PUT with two are refused; a PATCH
 /// that makes a new one primary takes the flag from the old one, and the user's email
 /// (the primary one when `userName` is not an address) follows it.

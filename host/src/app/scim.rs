@@ -973,7 +973,8 @@ impl App {
     }
 
     /// Sorts member values into users of this connection, pending values (unknown ids)
-    /// and refused ones (groups, users the connection did not provision).
+    /// and refused ones (groups, users the connection did not provision, values too long
+    /// to ever name one of its users).
     fn sort_members(
         &self,
         slug: &str,
@@ -1022,6 +1023,14 @@ impl App {
                 ));
             } else if key_value(&r.value).is_some() {
                 report.pending.push(r.value.clone());
+            } else {
+                // Too long (or holding a 0 byte) to be kept pending, and no user of the
+                // connection can ever have it as userName or externalId (both are limited
+                // the same way): refused, but said, never dropped (decision 89).
+                report.refused.push((
+                    r.value.clone(),
+                    "this value cannot be kept pending: member values are user ids, userNames or externalIds of at most 512 bytes without a 0 byte, so no user can ever match it".into(),
+                ));
             }
         }
         Ok(users)
