@@ -243,6 +243,16 @@ async fn errors_are_scim_errors() {
             error(405, None, "method not allowed here: use GET, POST")
         )
     );
+    // RFC 9110 §15.5.6: a 405 names what the resource allows.
+    for (method, path, allowed) in [
+        (Method::DELETE, "/Users", "GET, POST"),
+        (Method::PUT, "/Groups", "GET, POST"),
+        (Method::POST, "/Users/usr_x", "GET, PUT, PATCH, DELETE"),
+    ] {
+        let (status, headers, _) = scim.send(method.clone(), path, None).await;
+        assert_eq!(status, 405, "{method} {path}");
+        assert_eq!(headers["allow"], allowed, "{method} {path}");
+    }
     let (status, created) = scim
         .call(Method::POST, "/Users", Some(user("ann@acme.io")))
         .await;

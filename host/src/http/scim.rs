@@ -307,6 +307,9 @@ fn error_response(e: ScimError, request_id: &str) -> Response {
         ScimError::Unavailable(_) => {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
+        ScimError::MethodNotAllowed(allowed) => {
+            headers.insert(header::ALLOW, HeaderValue::from_static(allowed));
+        }
         _ => {}
     }
     response
@@ -747,8 +750,8 @@ fn with_report(mut response: Response, report: &crate::app::MemberReport) -> Res
     response
 }
 
-fn not_allowed(allowed: &str) -> ScimError {
-    ScimError::MethodNotAllowed(format!("method not allowed here: use {allowed}"))
+fn not_allowed(allowed: &'static str) -> ScimError {
+    ScimError::MethodNotAllowed(allowed)
 }
 
 fn user_op(method: &Method) -> &'static str {

@@ -73,9 +73,9 @@ pub enum ScimError {
     /// 501.
     #[error("{0} is not implemented")]
     NotImplemented(&'static str),
-    /// 405.
-    #[error("{0}")]
-    MethodNotAllowed(String),
+    /// 405, with the methods the resource allows (its `Allow` header, RFC 9110 §15.5.6).
+    #[error("method not allowed here: use {0}")]
+    MethodNotAllowed(&'static str),
     /// 500 (detail logged, never shown).
     #[error("{0}")]
     Internal(String),
