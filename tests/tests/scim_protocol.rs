@@ -1744,3 +1744,32 @@ async fn one_primary_email() {
     .await;
     assert_eq!(body["totalResults"], 0, "{body}");
 }
+
+/// Two users of one connection cannot share an email: the 409 says the email is this
+/// connection's own user's, not that some other connection manages it.
+#[tokio::test]
+async fn an_email_of_another_user_of_the_same_connection_is_named_as_such() {
+    let scim = Scim::start().await;
+    let (status, first) = scim
+        .call(
+            Method::POST,
+            "/Users",
+            Some(json!({ "userName": "U-1", "emails": [{ "value": "ann@acme.io", "primary": true }] })),
+        )
+        .await;
+    assert_eq!(status, 201, "{first}");
+    let (status, body) = scim
+        .call(
+            Method::POST,
+            "/Users",
+            Some(json!({ "userName": "U-2", "emails": [{ "value": "ann@acme.io", "primary": true }] })),
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["scimType"], "uniqueness", "{body}");
+    let detail = body["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("of this connection") && detail.contains(first["id"].as_str().unwrap()),
+        "{detail}"
+    );
+}

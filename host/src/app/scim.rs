@@ -436,6 +436,12 @@ impl App {
                         before.email
                     )));
                 }
+                if owner.as_deref() == Some(conn.sso.as_str()) {
+                    return Err(ScimError::Uniqueness(format!(
+                        "email {} already belongs to user {} of this connection, under another userName; change that user's email first",
+                        before.email, before.id
+                    )));
+                }
                 let adoptable = owner.is_none()
                     && matches!(before.source, UserSource::Invite | UserSource::Jit);
                 if !adoptable {
