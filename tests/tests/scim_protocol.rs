@@ -1772,4 +1772,17 @@ async fn an_email_of_another_user_of_the_same_connection_is_named_as_such() {
         detail.contains("of this connection") && detail.contains(first["id"].as_str().unwrap()),
         "{detail}"
     );
+    // A 0 byte in a userName is refused for what it is, not for a length it does not have.
+    let (status, body) = scim
+        .call(
+            Method::POST,
+            "/Users",
+            Some(json!({ "userName": "nul\u{0}x" })),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("no 0 byte"),
+        "{body}"
+    );
 }

@@ -212,7 +212,7 @@ impl NewUser {
             (Some(n), Some(Some(e))) => (n.to_owned(), Some(e.to_owned())),
             _ => {
                 return Err(ScimError::InvalidValue(
-                    "userName and externalId must be at most 512 characters".into(),
+                    "userName and externalId must be at most 512 bytes and hold no 0 byte".into(),
                 ))
             }
         };
