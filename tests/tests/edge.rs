@@ -148,6 +148,20 @@ impl World {
             .await
     }
 
+    /// Uploads and activates the hostile fixture in its `trap` mode: every decision fails.
+    async fn activate_trapping_policy(&self) {
+        let (status, body) = self
+            .server
+            .upload(
+                "acme",
+                gatehouse_tests::fixtures::HOSTILE,
+                json!({ "mode": "trap" }),
+                true,
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+    }
+
     async fn deny_reason(&self, token: &str) -> (u16, String) {
         let (status, body) = self.resolve(token).await;
         assert_eq!(body["decision"], "deny", "{body}");
@@ -915,16 +929,7 @@ async fn a_new_policy_applies_to_the_next_request_and_a_failing_one_fails_closed
     assert_eq!(w.resolve(&token).await.0, 200);
     assert_eq!(w.resolve(&token).await.0, 200, "now cached");
     // A policy that traps on every decision: the cached allow is not used again.
-    let (status, body) = w
-        .server
-        .upload(
-            "acme",
-            gatehouse_tests::fixtures::HOSTILE,
-            json!({ "mode": "trap" }),
-            true,
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
+    w.activate_trapping_policy().await;
     assert_eq!(w.deny_reason(&token).await, (403, "policy_error".into()));
     // Back to the built-in policy: allowed again.
     let (status, body) = w
@@ -1070,16 +1075,7 @@ async fn a_version_failing_in_claim_mapping_is_rolled_back_automatically() {
         config.policy.auto_rollback_window_secs = 60;
     })
     .await;
-    let (status, body) = w
-        .server
-        .upload(
-            "acme",
-            gatehouse_tests::fixtures::HOSTILE,
-            json!({ "mode": "trap" }),
-            true,
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
+    w.activate_trapping_policy().await;
     let active = || async {
         let (_, state) = w
             .server

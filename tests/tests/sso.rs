@@ -699,29 +699,23 @@ async fn a_login_session_resolves_until_the_user_is_deactivated() {
     );
 
     // Deactivation through the admin API revokes it on the next request.
-    let (status, body) = w
-        .server
-        .call(
-            Method::POST,
-            &format!("/api/v1/tenants/acme/users/{id}/deactivate"),
-            OP,
-            Some(&json!({})),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    let (server, session) = (&w.server, token.as_str());
+    let set_status = |action: &'static str| {
+        let path = format!("/api/v1/tenants/acme/users/{id}/{action}");
+        async move {
+            let (status, body) = server.call(Method::POST, &path, OP, Some(&json!({}))).await;
+            assert_eq!(status, 200, "{action}: {body}");
+        }
+    };
+    let me = || async move {
+        let path = "/api/v1/tenants/acme/users/me";
+        server.call(Method::GET, path, Some(session), None).await.0
+    };
+    set_status("deactivate").await;
     let (status, body) = w.resolve("acme", &token).await;
     assert_eq!(status, 403, "{body}");
     assert_eq!(body["reason"], "deactivated");
-    let (status, _) = w
-        .server
-        .call(
-            Method::GET,
-            "/api/v1/tenants/acme/users/me",
-            Some(&token),
-            None,
-        )
-        .await;
-    assert_eq!(status, 401);
+    assert_eq!(me().await, 401);
     assert_eq!(forward(format!("gatehouse_session={token}")).await.0, 403);
     // And a new login is refused, never reactivating.
     let (status, body) = w.login("bea@acme.io", "bea").await;
@@ -732,32 +726,14 @@ async fn a_login_session_resolves_until_the_user_is_deactivated() {
 
     // Reactivated, the user logs in again, but the session the deactivation revoked stays
     // revoked (SPEC §3), at the edge and on the admin API.
-    let (status, body) = w
-        .server
-        .call(
-            Method::POST,
-            &format!("/api/v1/tenants/acme/users/{id}/reactivate"),
-            OP,
-            Some(&json!({})),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    set_status("reactivate").await;
     let (status, body) = w.resolve("acme", &token).await;
     assert_eq!(
         (status, body["reason"].as_str()),
         (401, Some("revoked")),
         "{body}"
     );
-    let (status, _) = w
-        .server
-        .call(
-            Method::GET,
-            "/api/v1/tenants/acme/users/me",
-            Some(&token),
-            None,
-        )
-        .await;
-    assert_eq!(status, 401);
+    assert_eq!(me().await, 401);
     assert_eq!(forward(format!("gatehouse_session={token}")).await.0, 401);
     // A new login passes (one issued in the second of the deactivation counts as issued
     // before it, so it may take another second).

@@ -754,20 +754,7 @@ fn compare(
                 .zip(e.as_f64())
                 .and_then(|(a, e)| a.partial_cmp(&e))
                 .unwrap_or(Ordering::Equal);
-            match op {
-                CompareOp::Eq => ord == Ordering::Equal,
-                CompareOp::Ne => ord != Ordering::Equal,
-                CompareOp::Gt => ord == Ordering::Greater,
-                CompareOp::Ge => ord != Ordering::Less,
-                CompareOp::Lt => ord == Ordering::Less,
-                CompareOp::Le => ord != Ordering::Greater,
-                CompareOp::Co | CompareOp::Sw | CompareOp::Ew => {
-                    return Err(ParseError(format!(
-                        "operator {} does not apply to numbers",
-                        op.as_str()
-                    )))
-                }
-            }
+            by_order(op, ord, "numbers")?
         }
         (_, CompValue::Null) => matches!(op, CompareOp::Ne),
         _ => matches!(op, CompareOp::Ne),
@@ -778,7 +765,6 @@ fn compare(
 /// `…44.000Z` are one instant, and `…44.84Z` is after `…44Z`. A stored value that is
 /// not a date-time equals no operand and is ordered against none.
 fn compare_instants(actual: &str, op: CompareOp, expected: &str) -> Result<bool, EvalError> {
-    use std::cmp::Ordering;
     let Some(e) = parse_date_time(expected) else {
         return Err(ParseError(format!(
             "compares a dateTime with {expected:?}, which is not an RFC 3339 date-time"
@@ -787,7 +773,17 @@ fn compare_instants(actual: &str, op: CompareOp, expected: &str) -> Result<bool,
     let Some(a) = parse_date_time(actual) else {
         return Ok(op == CompareOp::Ne);
     };
-    let ord = a.cmp(&e);
+    by_order(
+        op,
+        a.cmp(&e),
+        "dateTime attributes: use eq, ne, gt, ge, lt or le",
+    )
+}
+
+/// Whether `op` holds for values ordered `ord` (actual against expected); the string
+/// operators do not apply to `what`.
+fn by_order(op: CompareOp, ord: std::cmp::Ordering, what: &str) -> Result<bool, EvalError> {
+    use std::cmp::Ordering;
     Ok(match op {
         CompareOp::Eq => ord == Ordering::Equal,
         CompareOp::Ne => ord != Ordering::Equal,
@@ -797,7 +793,7 @@ fn compare_instants(actual: &str, op: CompareOp, expected: &str) -> Result<bool,
         CompareOp::Le => ord != Ordering::Greater,
         CompareOp::Co | CompareOp::Sw | CompareOp::Ew => {
             return Err(ParseError(format!(
-                "operator {} does not apply to dateTime attributes: use eq, ne, gt, ge, lt or le",
+                "operator {} does not apply to {what}",
                 op.as_str()
             )))
         }
