@@ -12,7 +12,8 @@
 #
 # With group commit off, each create takes the tenant's lock, commits and flushes on its
 # own; on, a tenant's concurrent creates go in rounds, one transaction and one flush each
-# (decisions 79 and 80). Also prints each server's mean writes per round (from /metrics).
+# (decisions 79 and 80). Also prints each server's mean writes per round and where a
+# round's time goes (its commit, its flush, the wait for the previous flush; from /metrics).
 # With BASELINE_BIN (another build of gatehouse, e.g. the previous commit's), the second
 # server is that binary with its defaults instead, and the ratio is this build's / its.
 #
@@ -137,6 +138,28 @@ per_round() {
         END { if (r > 0) printf "%.1f", w / r; else print "none" }'
 }
 echo "mean writes per round (all rounds): $label_on $(per_round "$base_on"), $label_off $(per_round "$base_off")"
+# Where a round's time goes (the store's round histograms; a server without them has none):
+# its sled commit, its flush, the wait for the previous round's flush (rounds that waited),
+# and the share of rounds whose lead passed straight to a write already queued (the next
+# round overlapping this one's commit and flush) rather than to the next write to arrive.
+phases() {
+    curl -sS "$1/metrics" | awk '
+        $1 == "gatehouse_store_round_commit_seconds_sum" { cs = $2 }
+        $1 == "gatehouse_store_round_commit_seconds_count" { cn = $2 }
+        $1 == "gatehouse_store_round_flush_seconds_sum" { fs = $2 }
+        $1 == "gatehouse_store_round_flush_seconds_count" { fn = $2 }
+        $1 == "gatehouse_store_round_flush_wait_seconds_sum" { ws = $2 }
+        $1 == "gatehouse_store_round_flush_wait_seconds_count" { wn = $2 }
+        $1 == "gatehouse_store_rounds_total" { r = $2 }
+        $1 == "gatehouse_store_round_handoffs_total" { h = $2 }
+        END {
+            if (cn > 0 && fn > 0 && r > 0)
+                printf "commit %.0f µs, flush %.0f µs, waited for the previous flush in %.0f %% of rounds (%.0f µs), lead handed to a queued write in %.0f %%",
+                    cs / cn * 1e6, fs / fn * 1e6, wn / r * 100, (wn > 0 ? ws / wn * 1e6 : 0), h / r * 100
+            else print "none"
+        }'
+}
+echo "mean round (all rounds): $label_on: $(phases "$base_on"); $label_off: $(phases "$base_off")"
 # What one flush costs on the data directory's disk: a 4 KiB write + fsync, 200 times.
 echo "fsync of a 4 KiB write on the data directory's disk: $(python3 - "$work" <<'PY'
 import os, sys, time

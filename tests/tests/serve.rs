@@ -916,6 +916,25 @@ fn every_acknowledged_scim_create_survives_kill_9_under_load() {
         );
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
+    // The creates went in rounds, and `/metrics` times their phases (BENCHMARKS.md reads
+    // them through `bench/scim-http.sh`).
+    let metrics = reqwest::blocking::get(format!("{}/metrics", server.base))
+        .unwrap()
+        .text()
+        .unwrap();
+    let metric = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} is not on /metrics:\n{metrics}"))
+    };
+    let rounds = metric("gatehouse_store_rounds_total");
+    assert!(rounds >= 1.0);
+    assert!(metric("gatehouse_store_round_writes_total") >= rounds);
+    for phase in ["commit", "flush"] {
+        assert!(metric(&format!("gatehouse_store_round_{phase}_seconds_count")) >= 1.0);
+        assert!(metric(&format!("gatehouse_store_round_{phase}_seconds_sum")) > 0.0);
+    }
     server.kill9();
     stop.store(true, Ordering::Relaxed);
     for worker in workers {

@@ -324,13 +324,21 @@ impl RoundGuard<'_> {
                 committed_batches,
                 ..
             }) => (Err(e), committed_batches),
-            Some(open) => match self.kv.commit(&open.staged, open.depth) {
-                Ok(()) => (Ok(()), open.staged_batches),
-                Err(e) => (Err(e), open.committed_batches),
-            },
+            Some(open) => {
+                let started = std::time::Instant::now();
+                let commit = self.kv.commit(&open.staged, open.depth);
+                metrics::histogram!("gatehouse_store_round_commit_seconds")
+                    .record(started.elapsed());
+                match commit {
+                    Ok(()) => (Ok(()), open.staged_batches),
+                    Err(e) => (Err(e), open.committed_batches),
+                }
+            }
             None => (Ok(()), 0),
         };
+        let started = std::time::Instant::now();
         let flush = self.guard.take().map_or(Ok(()), TenantGuard::release);
+        metrics::histogram!("gatehouse_store_round_flush_seconds").record(started.elapsed());
         RoundOutcome {
             commit,
             committed_batches,

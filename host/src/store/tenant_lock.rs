@@ -256,14 +256,18 @@ impl Rounds {
         self.queues().get_mut(slug)?.pop_front()
     }
 
-    /// Ends a round: the first queued write leads the next one, or the slug has no
-    /// leader any more.
-    fn hand_off(&self, slug: &str) {
+    /// Ends a round: the first queued write leads the next one (`true`), or the slug has
+    /// no leader any more.
+    fn hand_off(&self, slug: &str) -> bool {
         let mut queues = self.queues();
         match queues.get_mut(slug).and_then(VecDeque::pop_front) {
-            Some(next) => next.set(Turn::Lead),
+            Some(next) => {
+                next.set(Turn::Lead);
+                true
+            }
             None => {
                 queues.remove(slug);
+                false
             }
         }
     }
@@ -305,7 +309,10 @@ impl Rounds {
                     }
                 };
                 drain(&mut end.round);
+                let waiting = std::time::Instant::now();
                 if end.round.len() < ROUND && guard.await_flushes() {
+                    metrics::histogram!("gatehouse_store_round_flush_wait_seconds")
+                        .record(waiting.elapsed());
                     drain(&mut end.round);
                 }
                 // Writes per round = the second counter / the first (BENCHMARKS.md).
@@ -314,7 +321,9 @@ impl Rounds {
                     .increment(end.round.len() as u64);
                 // The next leader takes the lock as soon as this round lets it go (after
                 // its commit), and runs while this round's flush does.
-                self.hand_off(slug);
+                if self.hand_off(slug) {
+                    metrics::counter!("gatehouse_store_round_handoffs_total").increment(1);
+                }
                 end.handed_off = true;
                 end.outcome = guard.release();
             }
@@ -381,7 +390,7 @@ struct RoundEnd<'r> {
 impl Drop for RoundEnd<'_> {
     fn drop(&mut self) {
         if !self.handed_off {
-            self.rounds.hand_off(self.slug);
+            let _ = self.rounds.hand_off(self.slug);
         }
         for (waiter, panic, mark) in self.round.drain(..) {
             drop(waiter.take_job());
