@@ -139,9 +139,8 @@ per_round() {
 }
 echo "mean writes per round (all rounds): $label_on $(per_round "$base_on"), $label_off $(per_round "$base_off")"
 # Where a round's time goes (the store's round histograms; a server without them has none):
-# its sled commit, its flush, the wait for the previous round's flush (rounds that waited),
-# and the share of rounds whose lead passed straight to a write already queued (the next
-# round overlapping this one's commit and flush) rather than to the next write to arrive.
+# its sled commit, its flush, and the wait for the previous round's flush (in the rounds
+# that waited).
 phases() {
     curl -sS "$1/metrics" | awk '
         $1 == "gatehouse_store_round_commit_seconds_sum" { cs = $2 }
@@ -151,11 +150,10 @@ phases() {
         $1 == "gatehouse_store_round_flush_wait_seconds_sum" { ws = $2 }
         $1 == "gatehouse_store_round_flush_wait_seconds_count" { wn = $2 }
         $1 == "gatehouse_store_rounds_total" { r = $2 }
-        $1 == "gatehouse_store_round_handoffs_total" { h = $2 }
         END {
             if (cn > 0 && fn > 0 && r > 0)
-                printf "commit %.0f µs, flush %.0f µs, waited for the previous flush in %.0f %% of rounds (%.0f µs), lead handed to a queued write in %.0f %%",
-                    cs / cn * 1e6, fs / fn * 1e6, wn / r * 100, (wn > 0 ? ws / wn * 1e6 : 0), h / r * 100
+                printf "commit %.0f µs, flush %.0f µs, waited for the previous flush in %.0f %% of rounds (%.0f µs)",
+                    cs / cn * 1e6, fs / fn * 1e6, wn / r * 100, (wn > 0 ? ws / wn * 1e6 : 0)
             else print "none"
         }'
 }

@@ -256,18 +256,14 @@ impl Rounds {
         self.queues().get_mut(slug)?.pop_front()
     }
 
-    /// Ends a round: the first queued write leads the next one (`true`), or the slug has
-    /// no leader any more.
-    fn hand_off(&self, slug: &str) -> bool {
+    /// Ends a round: the first queued write leads the next one, or the slug has no
+    /// leader any more.
+    fn hand_off(&self, slug: &str) {
         let mut queues = self.queues();
         match queues.get_mut(slug).and_then(VecDeque::pop_front) {
-            Some(next) => {
-                next.set(Turn::Lead);
-                true
-            }
+            Some(next) => next.set(Turn::Lead),
             None => {
                 queues.remove(slug);
-                false
             }
         }
     }
@@ -321,9 +317,7 @@ impl Rounds {
                     .increment(end.round.len() as u64);
                 // The next leader takes the lock as soon as this round lets it go (after
                 // its commit), and runs while this round's flush does.
-                if self.hand_off(slug) {
-                    metrics::counter!("gatehouse_store_round_handoffs_total").increment(1);
-                }
+                self.hand_off(slug);
                 end.handed_off = true;
                 end.outcome = guard.release();
             }
@@ -390,7 +384,7 @@ struct RoundEnd<'r> {
 impl Drop for RoundEnd<'_> {
     fn drop(&mut self) {
         if !self.handed_off {
-            let _ = self.rounds.hand_off(self.slug);
+            self.rounds.hand_off(self.slug);
         }
         for (waiter, panic, mark) in self.round.drain(..) {
             drop(waiter.take_job());
