@@ -156,24 +156,28 @@ pub enum UserCommand {
     Deactivate {
         #[arg(long)]
         tenant: String,
+        /// The user's id or email.
         id: String,
     },
     /// Reactivate a user.
     Reactivate {
         #[arg(long)]
         tenant: String,
+        /// The user's id or email.
         id: String,
     },
     /// Delete a user (refused while it is in a team or collaborates on a resource).
     Delete {
         #[arg(long)]
         tenant: String,
+        /// The user's id or email.
         id: String,
     },
     /// Set the manual role (admin, member) or clear it (clear).
     Role {
         #[arg(long)]
         tenant: String,
+        /// The user's id or email.
         id: String,
         role: String,
     },
@@ -196,21 +200,21 @@ pub enum TeamCommand {
         #[arg(long)]
         role: Option<String>,
     },
-    /// Add users (ids) to a team.
+    /// Add users (ids or emails) to a team (its id or name).
     Add {
         #[arg(long)]
         tenant: String,
         team: String,
         users: Vec<String>,
     },
-    /// Remove users (ids) from a team.
+    /// Remove users (ids or emails) from a team (its id or name).
     Remove {
         #[arg(long)]
         tenant: String,
         team: String,
         users: Vec<String>,
     },
-    /// Delete a team.
+    /// Delete a team (its id or name).
     Delete {
         #[arg(long)]
         tenant: String,
@@ -310,6 +314,7 @@ pub fn user(api: &Api, command: UserCommand) -> Result<()> {
             );
         }
         UserCommand::Deactivate { tenant, id } => {
+            let id = user_id(api, &tenant, &id)?;
             let user = api.call(
                 Method::POST,
                 &format!("/api/v1/tenants/{tenant}/users/{id}/deactivate"),
@@ -318,6 +323,7 @@ pub fn user(api: &Api, command: UserCommand) -> Result<()> {
             api.done(&user, format!("deactivated {}", text(&user, "email")));
         }
         UserCommand::Reactivate { tenant, id } => {
+            let id = user_id(api, &tenant, &id)?;
             let user = api.call(
                 Method::POST,
                 &format!("/api/v1/tenants/{tenant}/users/{id}/reactivate"),
@@ -326,6 +332,7 @@ pub fn user(api: &Api, command: UserCommand) -> Result<()> {
             api.done(&user, format!("reactivated {}", text(&user, "email")));
         }
         UserCommand::Delete { tenant, id } => {
+            let id = user_id(api, &tenant, &id)?;
             let answer = api.call(
                 Method::DELETE,
                 &format!("/api/v1/tenants/{tenant}/users/{id}"),
@@ -334,6 +341,7 @@ pub fn user(api: &Api, command: UserCommand) -> Result<()> {
             api.done(&answer, format!("deleted user {id}"));
         }
         UserCommand::Role { tenant, id, role } => {
+            let id = user_id(api, &tenant, &id)?;
             let path = format!("/api/v1/tenants/{tenant}/users/{id}/role");
             let user = match role.as_str() {
                 "clear" => api.call(Method::DELETE, &path, None)?,
@@ -415,13 +423,18 @@ pub fn team(api: &Api, command: TeamCommand) -> Result<()> {
             team,
             users,
         } if users.is_empty() => {
-            bail!("name at least one user id to change in team {team} of {tenant}")
+            bail!("name at least one user (id or email) to change in team {team} of {tenant}")
         }
         TeamCommand::Add {
             tenant,
             team,
             users,
         } => {
+            let team = team_id(api, &tenant, &team)?;
+            let users = users
+                .iter()
+                .map(|user| user_id(api, &tenant, user))
+                .collect::<Result<Vec<_>>>()?;
             let view = api.call(
                 Method::PATCH,
                 &format!("/api/v1/tenants/{tenant}/teams/{team}/members"),
@@ -441,6 +454,11 @@ pub fn team(api: &Api, command: TeamCommand) -> Result<()> {
             team,
             users,
         } => {
+            let team = team_id(api, &tenant, &team)?;
+            let users = users
+                .iter()
+                .map(|user| user_id(api, &tenant, user))
+                .collect::<Result<Vec<_>>>()?;
             let view = api.call(
                 Method::PATCH,
                 &format!("/api/v1/tenants/{tenant}/teams/{team}/members"),
@@ -456,6 +474,7 @@ pub fn team(api: &Api, command: TeamCommand) -> Result<()> {
             );
         }
         TeamCommand::Delete { tenant, team } => {
+            let team = team_id(api, &tenant, &team)?;
             let answer = api.call(
                 Method::DELETE,
                 &format!("/api/v1/tenants/{tenant}/teams/{team}"),
@@ -465,6 +484,58 @@ pub fn team(api: &Api, command: TeamCommand) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The id of the user `user` names in `tenant`: itself, or, when it is an email (it has an
+/// `@`; ids never do), the id of the user with that email.
+fn user_id(api: &Api, tenant: &str, user: &str) -> Result<String> {
+    if !user.contains('@') {
+        return Ok(user.to_owned());
+    }
+    let query = serde_urlencoded::to_string([("q", user), ("limit", "500")])?;
+    let found = api.call(
+        Method::GET,
+        &format!("/api/v1/tenants/{tenant}/users?{query}"),
+        None,
+    )?;
+    found["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|u| {
+            u["email"]
+                .as_str()
+                .is_some_and(|e| e.eq_ignore_ascii_case(user))
+        })
+        .map(|u| text(u, "id"))
+        .ok_or_else(|| anyhow::anyhow!("tenant {tenant} has no user with email {user}"))
+}
+
+/// The id of the team `team` names in `tenant`: a team's id, or its name (names are
+/// unique in a tenant, compared case-insensitively).
+fn team_id(api: &Api, tenant: &str, team: &str) -> Result<String> {
+    let teams = api.call(
+        Method::GET,
+        &format!("/api/v1/tenants/{tenant}/teams"),
+        None,
+    )?;
+    let teams = teams["teams"].as_array().cloned().unwrap_or_default();
+    teams
+        .iter()
+        .find(|t| t["id"] == team)
+        .or_else(|| {
+            teams.iter().find(|t| {
+                t["name"]
+                    .as_str()
+                    .is_some_and(|name| name.eq_ignore_ascii_case(team))
+            })
+        })
+        .map(|t| text(t, "id"))
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "tenant {tenant} has no team with id or name {team} (gatehouse team list --tenant {tenant})"
+            )
+        })
 }
 
 /// `gatehouse migrate ...`

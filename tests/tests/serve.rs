@@ -161,6 +161,21 @@ fn the_cli_manages_tenants_users_and_teams_on_a_running_server() {
     let team = out.trim().rsplit(' ').next().unwrap().to_owned();
     let (ok, out, err) = run(&["team", "add", "--tenant", "acme", &team, &bob]);
     assert!(ok && out.contains("1 members"), "{out}{err}");
+    // A team by its name and users by their email do as well as ids.
+    let (ok, out, err) = run(&["team", "remove", "--tenant", "acme", "ML", "BOB@acme.io"]);
+    assert!(ok && out.contains("0 members"), "{out}{err}");
+    let (ok, out, err) = run(&["team", "add", "--tenant", "acme", "ml", "bob@acme.io"]);
+    assert!(ok && out.contains("1 members"), "{out}{err}");
+    let (ok, _, err) = run(&["team", "add", "--tenant", "acme", "ml", "nobody@acme.io"]);
+    assert!(
+        !ok && err.contains("no user with email nobody@acme.io"),
+        "{err}"
+    );
+    let (ok, _, err) = run(&["team", "add", "--tenant", "acme", "design", &bob]);
+    assert!(
+        !ok && err.contains("no team with id or name design"),
+        "{err}"
+    );
     let (ok, out, _) = run(&["user", "list", "--tenant", "acme"]);
     assert!(
         ok && out.lines().next().unwrap().starts_with("ID") && out.contains("admin (group)"),
