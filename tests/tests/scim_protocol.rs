@@ -240,14 +240,19 @@ async fn errors_are_scim_errors() {
         (status, body),
         (
             405,
-            error(405, None, "method not allowed here: use GET, POST")
+            error(405, None, "method not allowed here: use GET, HEAD, POST")
         )
     );
     // RFC 9110 §15.5.6: a 405 names what the resource allows.
     for (method, path, allowed) in [
-        (Method::DELETE, "/Users", "GET, POST"),
-        (Method::PUT, "/Groups", "GET, POST"),
-        (Method::POST, "/Users/usr_x", "GET, PUT, PATCH, DELETE"),
+        (Method::DELETE, "/Users", "GET, HEAD, POST"),
+        (Method::PUT, "/Groups", "GET, HEAD, POST"),
+        (
+            Method::POST,
+            "/Users/usr_x",
+            "GET, HEAD, PUT, PATCH, DELETE",
+        ),
+        (Method::POST, "/ServiceProviderConfig", "GET, HEAD"),
     ] {
         let (status, headers, _) = scim.send(method.clone(), path, None).await;
         assert_eq!(status, 405, "{method} {path}");
@@ -258,6 +263,18 @@ async fn errors_are_scim_errors() {
         .await;
     assert_eq!(status, 201);
     let id = created["id"].as_str().unwrap();
+    // HEAD answers as GET would, without the body (RFC 9110 §9.3.2).
+    let (_, got, _) = scim.send(Method::GET, &format!("/Users/{id}"), None).await;
+    let (status, headers, body) = scim.send(Method::HEAD, &format!("/Users/{id}"), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["etag"], got["etag"]);
+    assert!(body.is_null(), "{body}");
+    let (status, _, body) = scim
+        .send(Method::HEAD, "/ServiceProviderConfig", None)
+        .await;
+    assert_eq!((status, body), (200, Value::Null));
+    let (status, _, _) = scim.send(Method::HEAD, "/Users/usr_nobody", None).await;
+    assert_eq!(status, 404);
     let (status, body) = scim
         .call(Method::GET, "/Users?filter=active+gt+true", None)
         .await;

@@ -115,6 +115,12 @@ async fn serve(
 ) -> Response {
     let started = Instant::now();
     let request_id = crate::logging::request_id();
+    // HEAD is GET without the body (RFC 9110 §9.3.2), which the server leaves out.
+    let method = if method == Method::HEAD {
+        Method::GET
+    } else {
+        method
+    };
     let max_body = app.scim.config.max_body_kib as usize * 1024;
     let (log_tenant, log_sso) = (tenant.clone(), sso.clone());
     // A user create on a store on this machine waits for its round in this task, not on
@@ -390,12 +396,12 @@ impl Request<'_> {
                 ("users", None, 1) => match *self.method {
                     Method::GET => ("users.list", String::new(), self.list(false)),
                     Method::POST => ("users.create", String::new(), self.create_user()),
-                    _ => ("users", String::new(), Err(not_allowed("GET, POST"))),
+                    _ => ("users", String::new(), Err(not_allowed("GET, HEAD, POST"))),
                 },
                 ("groups", None, 1) => match *self.method {
                     Method::GET => ("groups.list", String::new(), self.list(true)),
                     Method::POST => ("groups.create", String::new(), self.create_group()),
-                    _ => ("groups", String::new(), Err(not_allowed("GET, POST"))),
+                    _ => ("groups", String::new(), Err(not_allowed("GET, HEAD, POST"))),
                 },
                 ("users", Some(".search"), 2) => ("users.search", String::new(), self.search(false)),
                 ("groups", Some(".search"), 2) => ("groups.search", String::new(), self.search(true)),
@@ -405,7 +411,7 @@ impl Request<'_> {
                         Method::PUT => self.write_user(id, false),
                         Method::PATCH => self.write_user(id, true),
                         Method::DELETE => self.delete(id, false),
-                        _ => Err(not_allowed("GET, PUT, PATCH, DELETE")),
+                        _ => Err(not_allowed("GET, HEAD, PUT, PATCH, DELETE")),
                     };
                     (user_op(self.method), id.to_owned(), result)
                 }
@@ -415,7 +421,7 @@ impl Request<'_> {
                         Method::PUT => self.write_group(id, false),
                         Method::PATCH => self.write_group(id, true),
                         Method::DELETE => self.delete(id, true),
-                        _ => Err(not_allowed("GET, PUT, PATCH, DELETE")),
+                        _ => Err(not_allowed("GET, HEAD, PUT, PATCH, DELETE")),
                     };
                     (group_op(self.method), id.to_owned(), result)
                 }
@@ -666,7 +672,7 @@ impl Request<'_> {
 
     fn discovery(&self, kind: &str, id: Option<&str>) -> Result<Response, ScimError> {
         if *self.method != Method::GET {
-            return Err(not_allowed("GET"));
+            return Err(not_allowed("GET, HEAD"));
         }
         let base = &self.conn.base;
         let config = &self.app.scim.config;
