@@ -366,6 +366,7 @@ pub fn user(api: &Api, command: UserCommand) -> Result<()> {
 
 /// Runs a team command.
 pub fn team(api: &Api, command: TeamCommand) -> Result<()> {
+    let adding = matches!(command, TeamCommand::Add { .. });
     match command {
         TeamCommand::List { tenant } => {
             let teams = api.call(
@@ -429,31 +430,13 @@ pub fn team(api: &Api, command: TeamCommand) -> Result<()> {
             tenant,
             team,
             users,
-        } => {
-            let team = team_id(api, &tenant, &team)?;
-            let users = users
-                .iter()
-                .map(|user| user_id(api, &tenant, user))
-                .collect::<Result<Vec<_>>>()?;
-            let view = api.call(
-                Method::PATCH,
-                &format!("/api/v1/tenants/{tenant}/teams/{team}/members"),
-                Some(json!({ "add": users })),
-            )?;
-            api.done(
-                &view,
-                format!(
-                    "team {} has {} members",
-                    text(&view, "name"),
-                    view["members"].as_array().map_or(0, Vec::len)
-                ),
-            );
         }
-        TeamCommand::Remove {
+        | TeamCommand::Remove {
             tenant,
             team,
             users,
         } => {
+            let change = if adding { "add" } else { "remove" };
             let team = team_id(api, &tenant, &team)?;
             let users = users
                 .iter()
@@ -462,7 +445,7 @@ pub fn team(api: &Api, command: TeamCommand) -> Result<()> {
             let view = api.call(
                 Method::PATCH,
                 &format!("/api/v1/tenants/{tenant}/teams/{team}/members"),
-                Some(json!({ "remove": users })),
+                Some(json!({ change: users })),
             )?;
             api.done(
                 &view,

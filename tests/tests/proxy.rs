@@ -242,19 +242,20 @@ async fn nginx_auth_request_passes_identities_and_stops_refusals() {
     assert_eq!(get(Some(&pat)).await.unwrap().status(), 200);
     assert_eq!(seen.lock().unwrap().len(), 2);
 
-    // Envoy's ext_authz appends the original path to its `path_prefix`: same answer below.
-    let response = client
-        .post(format!("{}/v1/acme/forward-auth/models/42", server.base))
-        .bearer_auth(&pat)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    assert_eq!(response.headers()["x-gatehouse-id"], ann.as_str());
-    // Whatever the original path holds, escapes that are not UTF-8 (Latin-1) included.
-    for below in ["files/caf%E9.txt", "a%00b/%ff", "files/caf%C3%A9.txt"] {
+    // Envoy's ext_authz appends the original path (and keeps the method) to its
+    // `path_prefix`: same answer below, whatever the path holds, escapes that are not
+    // UTF-8 (Latin-1) included.
+    for (method, below) in [
+        (Method::POST, "models/42"),
+        (Method::GET, "files/caf%E9.txt"),
+        (Method::GET, "a%00b/%ff"),
+        (Method::GET, "files/caf%C3%A9.txt"),
+    ] {
         let response = client
-            .get(format!("{}/v1/acme/forward-auth/{below}", server.base))
+            .request(
+                method,
+                format!("{}/v1/acme/forward-auth/{below}", server.base),
+            )
             .bearer_auth(&pat)
             .send()
             .await

@@ -1460,6 +1460,22 @@ async fn a_put_without_active_keeps_the_status() {
     assert_eq!(statuses, ["user.deactivate", "user.reactivate"]);
 }
 
+/// A PATCH of `ops` on `path` answers 400 `mutability`, saying what is read-only.
+async fn refused_as_read_only(scim: &Scim, path: &str, ops: Value) {
+    let (status, body) = scim
+        .call(Method::PATCH, path, Some(patch(ops.clone())))
+        .await;
+    assert_eq!(
+        (status, body["scimType"].as_str()),
+        (400, Some("mutability")),
+        "{ops}: {body}"
+    );
+    assert!(
+        body["detail"].as_str().unwrap().contains("read-only"),
+        "{body}"
+    );
+}
+
 /// RFC 7644 §3.5.2: an operation on a read-only attribute (`id`, `meta`, `schemas`) is a
 /// 400 `mutability`, and nothing of the PATCH applies; a no-path value may carry the
 /// resource's own `id` (Entra's group rename does), not another.
@@ -1479,18 +1495,7 @@ async fn patches_of_read_only_attributes_are_refused() {
         json!([{ "op": "replace", "path": "urn:ietf:params:scim:schemas:core:2.0:User:id", "value": "x" }]),
         json!([{ "op": "replace", "value": { "id": "usr_other", "title": "t" } }]),
     ] {
-        let (status, body) = scim
-            .call(Method::PATCH, &path, Some(patch(ops.clone())))
-            .await;
-        assert_eq!(
-            (status, body["scimType"].as_str()),
-            (400, Some("mutability")),
-            "{ops}: {body}"
-        );
-        assert!(
-            body["detail"].as_str().unwrap().contains("read-only"),
-            "{body}"
-        );
+        refused_as_read_only(&scim, &path, ops).await;
     }
     let (_, read) = scim.call(Method::GET, &path, None).await;
     assert_eq!(read, created, "nothing changed");
@@ -1519,14 +1524,7 @@ async fn patches_of_read_only_attributes_are_refused() {
         json!([{ "op": "replace", "path": "meta.created", "value": "2020-01-01T00:00:00Z" }]),
         json!([{ "op": "Replace", "value": { "id": "team_other", "displayName": "RO2" } }]),
     ] {
-        let (status, body) = scim
-            .call(Method::PATCH, &gpath, Some(patch(ops.clone())))
-            .await;
-        assert_eq!(
-            (status, body["scimType"].as_str()),
-            (400, Some("mutability")),
-            "{ops}: {body}"
-        );
+        refused_as_read_only(&scim, &gpath, ops).await;
     }
     let (_, read) = scim.call(Method::GET, &gpath, None).await;
     assert_eq!(read["displayName"], "RO", "{read}");

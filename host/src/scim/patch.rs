@@ -13,7 +13,7 @@ use super::filter::{
     get_ci, parse_path, CompValue, CompareOp, Filter, PatchPath, ENTERPRISE_SCHEMA, GROUP_SCHEMA,
     USER_SCHEMA,
 };
-use super::resource::{member_refs, MemberRef};
+use super::resource::{boolean, member_refs, MemberRef};
 use super::ScimError;
 use serde_json::{Map, Value};
 use std::collections::BTreeSet;
@@ -453,10 +453,8 @@ fn no_path_pairs(value: &Value, own_id: &str) -> Result<Vec<(PatchPath, Value)>,
                 "id is read-only: the value of an add or replace without a path has id {v}, not this resource's id {own_id:?}"
             )));
         }
-        if ["meta", "schemas"]
-            .iter()
-            .any(|k| k.eq_ignore_ascii_case(key))
-        {
+        // `id` is handled above: what is left of the read-only ones is `meta`, `schemas`.
+        if READ_ONLY.iter().any(|k| k.eq_ignore_ascii_case(key)) {
             continue;
         }
         if key.eq_ignore_ascii_case(ENTERPRISE_SCHEMA) {
@@ -475,6 +473,27 @@ fn no_path_pairs(value: &Value, own_id: &str) -> Result<Vec<(PatchPath, Value)>,
     Ok(pairs)
 }
 
+/// What one operation writes: its path and value, or, without a path, each attribute of
+/// its value (see [`no_path_pairs`]); refused when one is read-only in the resource whose
+/// core schema is `core` and whose id is `own_id`.
+fn targets(
+    op: &Operation,
+    own_id: &str,
+    core: &str,
+) -> Result<Vec<(PatchPath, Option<Value>)>, ScimError> {
+    let pairs: Vec<(PatchPath, Option<Value>)> = match &op.path {
+        Some(path) => vec![(path.clone(), op.value.clone())],
+        None => no_path_pairs(op.value.as_ref().unwrap_or(&Value::Null), own_id)?
+            .into_iter()
+            .map(|(p, v)| (p, Some(v)))
+            .collect(),
+    };
+    for (path, _) in &pairs {
+        check_writable(op.op, path, core)?;
+    }
+    Ok(pairs)
+}
+
 /// Applies operations to a User resource's JSON form. Operations on attributes Gatehouse
 /// does not store are ignored.
 pub fn apply_user(resource: &mut Value, ops: &[Operation]) -> Result<(), ScimError> {
@@ -489,18 +508,11 @@ pub fn apply_user(resource: &mut Value, ops: &[Operation]) -> Result<(), ScimErr
         .unwrap_or_default()
         .to_owned();
     for op in ops {
-        let pairs = match &op.path {
-            Some(path) => vec![(path.clone(), op.value.clone())],
-            None => no_path_pairs(op.value.as_ref().unwrap_or(&Value::Null), &own_id)?
-                .into_iter()
-                .map(|(p, v)| (p, Some(v)))
-                .collect(),
-        };
+        let pairs = targets(op, &own_id, USER_SCHEMA)?;
         let primaries_before: Vec<Value> = emails(map)
             .map(|items| items.iter().filter(|e| is_primary(e)).cloned().collect())
             .unwrap_or_default();
         for (path, value) in pairs {
-            check_writable(op.op, &path, USER_SCHEMA)?;
             if is_enterprise_whole(&path) {
                 apply_enterprise_whole(map, op.op, value.as_ref())?;
                 continue;
@@ -519,13 +531,10 @@ fn emails(map: &Map<String, Value>) -> Option<&Vec<Value>> {
     map.get("emails").and_then(Value::as_array)
 }
 
-/// Whether an `emails` entry says `primary: true` (Entra: `"True"`).
+/// Whether an `emails` entry says `primary: true` (Entra: `"True"`), as a User's
+/// `emails` are read ([`boolean`]); anything else is not primary.
 fn is_primary(entry: &Value) -> bool {
-    match get_ci(entry, "primary") {
-        Some(Value::Bool(b)) => *b,
-        Some(Value::String(s)) => s.eq_ignore_ascii_case("true"),
-        _ => false,
-    }
+    get_ci(entry, "primary").is_some_and(|v| boolean(v, "emails.primary").unwrap_or(false))
 }
 
 /// At most one email is primary (RFC 7643 §2.4). An operation that makes one primary
@@ -644,15 +653,7 @@ fn group_string(value: Option<&Value>, what: &str) -> Result<Option<String>, Sci
 pub fn group_change(ops: &[Operation], id: &str) -> Result<GroupChange, ScimError> {
     let mut change = GroupChange::default();
     for op in ops {
-        let pairs = match &op.path {
-            Some(path) => vec![(path.clone(), op.value.clone())],
-            None => no_path_pairs(op.value.as_ref().unwrap_or(&Value::Null), id)?
-                .into_iter()
-                .map(|(p, v)| (p, Some(v)))
-                .collect(),
-        };
-        for (path, value) in pairs {
-            check_writable(op.op, &path, GROUP_SCHEMA)?;
+        for (path, value) in targets(op, id, GROUP_SCHEMA)? {
             let urn_ok = path
                 .attr
                 .urn
