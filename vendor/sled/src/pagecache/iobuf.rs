@@ -309,6 +309,11 @@ pub(crate) struct IoBufs {
     // file, and there may be buffers that have been written out-of-order
     // to stable storage due to interesting thread interleavings.
     pub stable_lsn: AtomicLsn,
+    // Gatehouse patch: buffers are written without a sync, so `stable_lsn` is the
+    // highest contiguous lsn *written*; this one is the highest known on disk, after
+    // the sync `make_stable` runs (`sync_through`), one for every caller waiting.
+    pub synced_lsn: AtomicLsn,
+    sync_mu: Mutex<()>,
     pub max_reserved_lsn: AtomicLsn,
     pub max_header_stable_lsn: Arc<AtomicLsn>,
     pub segment_accountant: Mutex<SegmentAccountant>,
@@ -412,6 +417,8 @@ impl IoBufs {
             interval_updated: Condvar::new(),
 
             stable_lsn: AtomicLsn::new(stable),
+            synced_lsn: AtomicLsn::new(stable),
+            sync_mu: Mutex::new(()),
             max_reserved_lsn: AtomicLsn::new(stable),
             max_header_stable_lsn: Arc::new(AtomicLsn::new(next_lsn)),
             segment_accountant: Mutex::new(segment_accountant),
@@ -728,33 +735,8 @@ impl IoBufs {
         {
             let f = &self.config.file;
             pwrite_all(f, data, log_offset)?;
-            if !self.config.temporary {
-                #[cfg(target_os = "linux")]
-                {
-                    use std::os::unix::io::AsRawFd;
-                    let ret = unsafe {
-                        libc::sync_file_range(
-                            f.as_raw_fd(),
-                            i64::try_from(log_offset).unwrap(),
-                            i64::try_from(total_len).unwrap(),
-                            libc::SYNC_FILE_RANGE_WAIT_BEFORE
-                                | libc::SYNC_FILE_RANGE_WRITE
-                                | libc::SYNC_FILE_RANGE_WAIT_AFTER,
-                        )
-                    };
-                    if ret < 0 {
-                        let err = std::io::Error::last_os_error();
-                        if let Some(libc::ENOSYS) = err.raw_os_error() {
-                            f.sync_all()?;
-                        } else {
-                            return Err(err.into());
-                        }
-                    }
-                }
-
-                #[cfg(not(target_os = "linux"))]
-                f.sync_all()?;
-            }
+            // Gatehouse patch: no sync per buffer; `make_stable` syncs once for every
+            // buffer written before it (`sync_through`).
         }
         io_fail!(self, "buffer write post");
 
@@ -878,7 +860,59 @@ pub(in crate::pagecache) fn make_stable(
     iobufs: &Arc<IoBufs>,
     lsn: Lsn,
 ) -> Result<usize> {
-    make_stable_inner(iobufs, lsn, false)
+    let written = make_stable_inner(iobufs, lsn, false)?;
+    sync_through(iobufs, lsn)?;
+    Ok(written)
+}
+
+/// Gatehouse patch: what upstream ran after each buffer's write, over the whole file
+/// instead of the buffer's range: the file's dirty pages written and waited for (on
+/// Linux `sync_file_range`, as upstream; elsewhere, or where that is missing, `fsync`).
+fn sync_file(f: &std::fs::File) -> Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::io::AsRawFd;
+        let ret = unsafe {
+            libc::sync_file_range(
+                f.as_raw_fd(),
+                0,
+                0,
+                libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                    | libc::SYNC_FILE_RANGE_WRITE
+                    | libc::SYNC_FILE_RANGE_WAIT_AFTER,
+            )
+        };
+        if ret == 0 {
+            return Ok(());
+        }
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::ENOSYS) {
+            return Err(err.into());
+        }
+    }
+    f.sync_all()?;
+    Ok(())
+}
+
+/// Gatehouse patch: returns once every buffer through `lsn` (already written) is on
+/// disk. One `sync_file` at a time, under `sync_mu`; it covers every buffer written
+/// before it started (`stable`, read just before it), so the callers that queued
+/// meanwhile mostly find their lsn covered and return without a sync of their own.
+/// Upstream synced each buffer after its write instead, so a transaction's two buffers
+/// (its batch manifest, then its data, on the same page) cost two device writes one
+/// after the other, and a flush waited for a pool thread to run each.
+fn sync_through(iobufs: &IoBufs, lsn: Lsn) -> Result<()> {
+    if iobufs.config.temporary || iobufs.synced_lsn.load(Acquire) >= lsn {
+        return Ok(());
+    }
+    let _one = iobufs.sync_mu.lock();
+    if iobufs.synced_lsn.load(Acquire) >= lsn {
+        return Ok(());
+    }
+    let written = iobufs.stable();
+    sync_file(&iobufs.config.file)?;
+    bump_atomic_lsn(&iobufs.synced_lsn, written);
+    Ok(())
 }
 
 /// Blocks until the specified log sequence number
@@ -933,7 +967,7 @@ pub(in crate::pagecache) fn make_stable_inner(
             // nothing to write, don't bother sealing
             // current IO buffer.
         } else {
-            maybe_seal_and_write_iobuf(iobufs, &iobuf, header, false)?;
+            seal_and_write_iobuf(iobufs, &iobuf, header, false, true)?;
             stable = iobufs.stable();
             // NB we have to continue here to possibly clear
             // the next io buffer, which may have dirty
@@ -1022,6 +1056,19 @@ pub(in crate::pagecache) fn maybe_seal_and_write_iobuf(
     iobuf: &Arc<IoBuf>,
     header: Header,
     from_reserve: bool,
+) -> Result<()> {
+    seal_and_write_iobuf(iobufs, iobuf, header, from_reserve, false)
+}
+
+/// `maybe_seal_and_write_iobuf`; with `inline`, a buffer this call has to write is
+/// written on this thread (Gatehouse patch: `make_stable` waits for that write anyway,
+/// so handing it to the pool only added a thread wake-up to every flush).
+fn seal_and_write_iobuf(
+    iobufs: &Arc<IoBufs>,
+    iobuf: &Arc<IoBuf>,
+    header: Header,
+    from_reserve: bool,
+    inline: bool,
 ) -> Result<()> {
     if header::is_sealed(header) {
         // this buffer is already sealed. nothing to do here.
@@ -1172,7 +1219,18 @@ pub(in crate::pagecache) fn maybe_seal_and_write_iobuf(
     drop(measure_assign_offset);
 
     // if writers is 0, it's our responsibility to write the buffer.
-    if header::n_writers(sealed) == 0 {
+    if header::n_writers(sealed) == 0 && inline {
+        iobufs.config.global_error()?;
+        if let Err(e) = iobufs.write_to_log(iobuf) {
+            error!("hit error while writing iobuf with lsn {}: {:?}", lsn, e);
+            iobufs.config.set_global_error(e.clone());
+            let intervals = iobufs.intervals.lock();
+            drop(intervals);
+            let _notified = iobufs.interval_updated.notify_all();
+            return Err(e);
+        }
+        Ok(())
+    } else if header::n_writers(sealed) == 0 {
         iobufs.config.global_error()?;
         trace!(
             "asynchronously writing iobuf with lsn {} to log from maybe_seal",
