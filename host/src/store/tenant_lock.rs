@@ -257,11 +257,15 @@ impl Rounds {
     }
 
     /// Ends a round: the first queued write leads the next one, or the slug has no
-    /// leader any more.
-    fn hand_off(&self, slug: &str) {
+    /// leader any more. `start` may start that lead on another thread at once
+    /// ([`NextLead`]); otherwise the write's own caller is told to lead.
+    fn hand_off(&self, slug: &str, start: Option<&dyn Fn(NextLead)>) {
         let mut queues = self.queues();
         match queues.get_mut(slug).and_then(VecDeque::pop_front) {
-            Some(next) => next.set(Turn::Lead),
+            Some(next) => match start {
+                Some(start) => start(NextLead(Some(next))),
+                None => next.set(Turn::Lead),
+            },
             None => {
                 queues.remove(slug);
             }
@@ -279,6 +283,7 @@ impl Rounds {
         slug: &str,
         first: Arc<Waiter>,
         lock: impl FnOnce() -> Result<RoundGuard<'a>, super::StoreError>,
+        start: Option<&dyn Fn(NextLead)>,
     ) {
         // Whatever happens below, a panic in the lock or the flush included, every write
         // of the round ends `Done` and the slug gets its next leader (or none).
@@ -317,7 +322,7 @@ impl Rounds {
                     .increment(end.round.len() as u64);
                 // The next leader takes the lock as soon as this round lets it go (after
                 // its commit), and runs while this round's flush does.
-                self.hand_off(slug);
+                self.hand_off(slug, start);
                 end.handed_off = true;
                 end.outcome = guard.release();
             }
@@ -330,6 +335,25 @@ impl Rounds {
                     flush: Err(e),
                 }
             }
+        }
+    }
+}
+
+/// The write that leads the next round, handed to a thread that will lead it
+/// ([`Rounds::lead`]'s `start`): take it with [`NextLead::take`]. Dropped untaken (the
+/// thread never ran), its caller is told to lead, so the write is never stranded.
+pub(super) struct NextLead(Option<Arc<Waiter>>);
+
+impl NextLead {
+    pub(super) fn take(mut self) -> Arc<Waiter> {
+        self.0.take().expect("a next lead is taken once")
+    }
+}
+
+impl Drop for NextLead {
+    fn drop(&mut self) {
+        if let Some(waiter) = self.0.take() {
+            waiter.set(Turn::Lead);
         }
     }
 }
@@ -384,7 +408,7 @@ struct RoundEnd<'r> {
 impl Drop for RoundEnd<'_> {
     fn drop(&mut self) {
         if !self.handed_off {
-            self.rounds.hand_off(self.slug);
+            self.rounds.hand_off(self.slug, None);
         }
         for (waiter, panic, mark) in self.round.drain(..) {
             drop(waiter.take_job());
@@ -462,6 +486,18 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
+
+    #[test]
+    fn a_next_lead_no_thread_took_makes_its_caller_lead() {
+        let waiter = Waiter::new(Box::new(|| {}));
+        // A thread that will lead took it: the caller is not told to lead.
+        let taken = NextLead(Some(waiter.clone())).take();
+        assert!(Arc::ptr_eq(&taken, &waiter));
+        assert!(Waiter::take_turn(&mut waiter.turn.lock().unwrap()).is_none());
+        // Dropped untaken (the thread never ran): the caller leads, the write is not lost.
+        drop(NextLead(Some(waiter.clone())));
+        assert!(matches!(waiter.wait(), Next::Lead));
+    }
 
     #[test]
     fn one_holder_per_slug_and_slugs_are_independent() {
