@@ -636,21 +636,19 @@ impl Store {
     fn lead(&self, slug: &str, me: &Arc<tenant_lock::Waiter>) {
         // In a runtime, the next round's lead starts on a blocking thread as soon as this
         // round hands it off, instead of waking its caller to start it (one thread hop
-        // fewer between two rounds).
+        // fewer between two rounds); outside one, the dropped `next` wakes its caller.
         let runtime = tokio::runtime::Handle::try_current().ok();
-        let start = runtime.as_ref().map(|runtime| {
-            move |next: tenant_lock::NextLead| {
+        let start = |next: tenant_lock::NextLead| {
+            if let Some(runtime) = &runtime {
                 let (store, slug) = (self.clone(), slug.to_owned());
                 runtime.spawn_blocking(move || store.lead(&slug, &next.take()));
             }
-        });
+        };
         self.rounds.lead(
             slug,
             me.clone(),
             || Ok(self.kv.open_round(self.lock_tenant(slug)?)),
-            start
-                .as_ref()
-                .map(|start| start as &dyn Fn(tenant_lock::NextLead)),
+            &start,
         )
     }
 

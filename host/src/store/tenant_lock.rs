@@ -257,15 +257,12 @@ impl Rounds {
     }
 
     /// Ends a round: the first queued write leads the next one, or the slug has no
-    /// leader any more. `start` may start that lead on another thread at once
-    /// ([`NextLead`]); otherwise the write's own caller is told to lead.
-    fn hand_off(&self, slug: &str, start: Option<&dyn Fn(NextLead)>) {
+    /// leader any more. `start` gets that write ([`NextLead`]): it may start its lead on
+    /// another thread at once, or drop it, and the write's own caller is told to lead.
+    fn hand_off(&self, slug: &str, start: &dyn Fn(NextLead)) {
         let mut queues = self.queues();
         match queues.get_mut(slug).and_then(VecDeque::pop_front) {
-            Some(next) => match start {
-                Some(start) => start(NextLead(Some(next))),
-                None => next.set(Turn::Lead),
-            },
+            Some(next) => start(NextLead(Some(next))),
             None => {
                 queues.remove(slug);
             }
@@ -283,7 +280,7 @@ impl Rounds {
         slug: &str,
         first: Arc<Waiter>,
         lock: impl FnOnce() -> Result<RoundGuard<'a>, super::StoreError>,
-        start: Option<&dyn Fn(NextLead)>,
+        start: &dyn Fn(NextLead),
     ) {
         // Whatever happens below, a panic in the lock or the flush included, every write
         // of the round ends `Done` and the slug gets its next leader (or none).
@@ -408,7 +405,7 @@ struct RoundEnd<'r> {
 impl Drop for RoundEnd<'_> {
     fn drop(&mut self) {
         if !self.handed_off {
-            self.rounds.hand_off(self.slug, None);
+            self.rounds.hand_off(self.slug, &drop);
         }
         for (waiter, panic, mark) in self.round.drain(..) {
             drop(waiter.take_job());
